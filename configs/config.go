@@ -1,0 +1,421 @@
+// Package configs loads eventfn's configuration: built-in defaults, then a YAML
+// profile (local, compose, test, embedded in the binary), then an optional YAML
+// file, then EVENTFN_* environment variables. The result is one typed Config,
+// validated before anything starts.
+package configs
+
+import (
+	"embed"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/go-viper/mapstructure/v2"
+	"github.com/knadh/koanf/parsers/yaml"
+	"github.com/knadh/koanf/providers/confmap"
+	"github.com/knadh/koanf/providers/file"
+	"github.com/knadh/koanf/providers/rawbytes"
+	"github.com/knadh/koanf/v2"
+)
+
+//go:embed *.yaml
+var profiles embed.FS
+
+// EnvPrefix starts every environment variable that overrides a key: the key
+// kafka.brokers is EVENTFN_KAFKA_BROKERS.
+const EnvPrefix = "EVENTFN_"
+
+// Config is the whole configuration of one eventfn process.
+type Config struct {
+	// Profile is the name of the built-in profile the configuration started from.
+	Profile string `koanf:"profile"`
+	// DataDir holds the embedded broker's log and the SQLite database.
+	DataDir string `koanf:"data_dir"`
+	// HTTP is the order API and health endpoints.
+	HTTP HTTP `koanf:"http"`
+	// Kafka is the broker eventfn consumes from and publishes to.
+	Kafka Kafka `koanf:"kafka"`
+	// Database holds the business tables, the inbox and the outbox.
+	Database Database `koanf:"database"`
+	// Relay moves committed outbox rows to Kafka.
+	Relay Relay `koanf:"relay"`
+	// Shutdown bounds a graceful stop.
+	Shutdown Shutdown `koanf:"shutdown"`
+	// Log sets the level and format of the process log.
+	Log Log `koanf:"log"`
+	// Handlers overrides the policy of handlers by name.
+	Handlers map[string]HandlerPolicy `koanf:"handlers"`
+	// Payments configures the fake payment gateway.
+	Payments Payments `koanf:"payments"`
+}
+
+// HTTP configures the HTTP server.
+type HTTP struct {
+	// Addr is host:port to listen on; port 0 picks a free one.
+	Addr string `koanf:"addr"`
+	// MaxBodyBytes is the largest request body accepted; larger ones get 413.
+	MaxBodyBytes int64 `koanf:"max_body_bytes"`
+}
+
+// Kafka configures the broker connection.
+type Kafka struct {
+	// Embedded starts an in-process Kafka-protocol broker on Brokers[0].
+	Embedded bool `koanf:"embedded"`
+	// Brokers are the bootstrap addresses.
+	Brokers []string `koanf:"brokers"`
+	// Version is the Kafka protocol version the client speaks (2.1.0 or newer:
+	// Kafka 4 refuses older request versions).
+	Version string `koanf:"version"`
+	// ClientID names this process to the broker.
+	ClientID string `koanf:"client_id"`
+	// TopicPrefix is put before every topic and consumer group; it lets several
+	// deployments, or test runs, share one cluster.
+	TopicPrefix string `koanf:"topic_prefix"`
+	// Partitions is the partition count of topics eventfn creates.
+	Partitions int `koanf:"partitions"`
+	// ReplicationFactor is the replication factor of topics eventfn creates.
+	ReplicationFactor int `koanf:"replication_factor"`
+	// DeadLetterTopic receives events a handler could not process.
+	DeadLetterTopic string `koanf:"dead_letter_topic"`
+}
+
+// Database configures the SQL database.
+type Database struct {
+	// URL is postgres://... or sqlite://<path>; empty means SQLite in DataDir.
+	URL string `koanf:"url"`
+	// MaxOpenConns caps the connection pool (PostgreSQL).
+	MaxOpenConns int `koanf:"max_open_conns"`
+}
+
+// Relay configures the outbox relay.
+type Relay struct {
+	// PollInterval is how often an idle relay looks for new outbox rows.
+	PollInterval time.Duration `koanf:"poll_interval"`
+	// BatchSize is how many outbox rows one poll reads at most.
+	BatchSize int `koanf:"batch_size"`
+}
+
+// Shutdown configures a graceful stop.
+type Shutdown struct {
+	// Timeout is how long a stop may take before in-flight work is abandoned
+	// (it is redelivered after a restart, never lost).
+	Timeout time.Duration `koanf:"timeout"`
+}
+
+// Log configures the process log.
+type Log struct {
+	// Level is debug, info, warn or error.
+	Level string `koanf:"level"`
+	// Format is text or json.
+	Format string `koanf:"format"`
+}
+
+// HandlerPolicy overrides a handler's declared policy; zero fields keep it.
+type HandlerPolicy struct {
+	MaxRetries     *int          `koanf:"max_retries"`
+	InitialBackoff time.Duration `koanf:"initial_backoff"`
+	MaxBackoff     time.Duration `koanf:"max_backoff"`
+	Timeout        time.Duration `koanf:"timeout"`
+	Concurrency    int           `koanf:"concurrency"`
+}
+
+// Payments configures the fake payment gateway of the reference flow.
+type Payments struct {
+	// FailAttempts makes the first N charge attempts of every order fail.
+	FailAttempts int `koanf:"fail_attempts"`
+	// Delay is added to every charge.
+	Delay time.Duration `koanf:"delay"`
+}
+
+// defaults are the values of every key before any profile; they also list the
+// keys that environment variables may override.
+func defaults() map[string]any {
+	return map[string]any{
+		"profile":                  "local",
+		"data_dir":                 ".eventfn",
+		"http.addr":                "127.0.0.1:8080",
+		"http.max_body_bytes":      int64(1 << 20),
+		"kafka.embedded":           true,
+		"kafka.brokers":            []string{"127.0.0.1:9092"},
+		"kafka.version":            "3.6.0",
+		"kafka.client_id":          "eventfn",
+		"kafka.topic_prefix":       "",
+		"kafka.partitions":         4,
+		"kafka.replication_factor": 1,
+		"kafka.dead_letter_topic":  "eventfn.dead-letter",
+		"database.url":             "",
+		"database.max_open_conns":  16,
+		"relay.poll_interval":      "10ms",
+		"relay.batch_size":         100,
+		"shutdown.timeout":         "30s",
+		"log.level":                "info",
+		"log.format":               "text",
+		"payments.fail_attempts":   0,
+		"payments.delay":           "0s",
+	}
+}
+
+// Profiles lists the built-in profile names.
+func Profiles() []string {
+	entries, _ := profiles.ReadDir(".")
+	var names []string
+	for _, e := range entries {
+		names = append(names, strings.TrimSuffix(e.Name(), ".yaml"))
+	}
+	sort.Strings(names)
+	return names
+}
+
+// Options says where Load reads from.
+type Options struct {
+	// Profile is a built-in profile; empty means $EVENTFN_PROFILE, then "local".
+	Profile string
+	// File is an extra YAML file laid over the profile; empty means $EVENTFN_CONFIG.
+	File string
+	// Environ is the environment, as os.Environ returns it.
+	Environ []string
+	// Overrides are laid over everything else (flags set them), keyed like the YAML.
+	Overrides map[string]any
+}
+
+// Load builds and validates the configuration.
+func Load(opts Options) (Config, error) {
+	env := envMap(opts.Environ)
+	profile := opts.Profile
+	if profile == "" {
+		profile = env[EnvPrefix+"PROFILE"]
+	}
+	if profile == "" {
+		profile = "local"
+	}
+	k := koanf.New(".")
+	if err := k.Load(confmap.Provider(defaults(), "."), nil); err != nil {
+		return Config{}, fmt.Errorf("load defaults: %w", err)
+	}
+	raw, err := profiles.ReadFile(profile + ".yaml")
+	if err != nil {
+		return Config{}, fmt.Errorf("profile %q does not exist; accepted: %s", profile, strings.Join(Profiles(), ", "))
+	}
+	if err := k.Load(rawbytes.Provider(raw), yaml.Parser()); err != nil {
+		return Config{}, fmt.Errorf("profile %q: %w", profile, err)
+	}
+	if err := k.Set("profile", profile); err != nil {
+		return Config{}, err
+	}
+	path := opts.File
+	if path == "" {
+		path = env[EnvPrefix+"CONFIG"]
+	}
+	if path != "" {
+		if err := k.Load(file.Provider(path), yaml.Parser()); err != nil {
+			return Config{}, fmt.Errorf("config file %s: %w", path, err)
+		}
+	}
+	for key := range defaults() {
+		name := EnvName(key)
+		if v, ok := env[name]; ok {
+			if err := k.Set(key, v); err != nil {
+				return Config{}, fmt.Errorf("%s: %w", name, err)
+			}
+		}
+	}
+	for key, v := range opts.Overrides {
+		if err := k.Set(key, v); err != nil {
+			return Config{}, fmt.Errorf("%s: %w", key, err)
+		}
+	}
+	var cfg Config
+	err = k.UnmarshalWithConf("", &cfg, koanf.UnmarshalConf{
+		Tag: "koanf",
+		DecoderConfig: &mapstructure.DecoderConfig{
+			DecodeHook: mapstructure.ComposeDecodeHookFunc(
+				mapstructure.StringToTimeDurationHookFunc(),
+				mapstructure.StringToSliceHookFunc(","),
+			),
+			ErrorUnused:      true,
+			WeaklyTypedInput: true,
+			Result:           &cfg,
+			TagName:          "koanf",
+		},
+	})
+	if err != nil {
+		return Config{}, fmt.Errorf("configuration: %w", err)
+	}
+	if err := cfg.Validate(); err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+// EnvName is the environment variable that overrides key.
+func EnvName(key string) string {
+	return EnvPrefix + strings.ToUpper(strings.ReplaceAll(key, ".", "_"))
+}
+
+func envMap(environ []string) map[string]string {
+	m := make(map[string]string, len(environ))
+	for _, kv := range environ {
+		if k, v, ok := strings.Cut(kv, "="); ok && strings.HasPrefix(k, EnvPrefix) {
+			m[k] = v
+		}
+	}
+	return m
+}
+
+// Validate reports every invalid value, each naming its key and what is accepted.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s (%s): %s", key, EnvName(key), fmt.Sprintf(format, args...)))
+	}
+	if _, _, err := net.SplitHostPort(c.HTTP.Addr); err != nil {
+		bad("http.addr", "%q is not host:port", c.HTTP.Addr)
+	}
+	if c.HTTP.MaxBodyBytes < 1 {
+		bad("http.max_body_bytes", "%d: must be at least 1", c.HTTP.MaxBodyBytes)
+	}
+	if len(c.Kafka.Brokers) == 0 {
+		bad("kafka.brokers", "empty: name at least one host:port")
+	}
+	for _, b := range c.Kafka.Brokers {
+		if _, _, err := net.SplitHostPort(b); err != nil {
+			bad("kafka.brokers", "%q is not host:port", b)
+		}
+	}
+	if c.Kafka.Embedded && len(c.Kafka.Brokers) > 1 {
+		bad("kafka.brokers", "the embedded broker listens on one address, got %d", len(c.Kafka.Brokers))
+	}
+	if _, err := ParseKafkaVersion(c.Kafka.Version); err != nil {
+		bad("kafka.version", "%v", err)
+	}
+	if c.Kafka.Partitions < 1 {
+		bad("kafka.partitions", "%d: must be at least 1", c.Kafka.Partitions)
+	}
+	if c.Kafka.ReplicationFactor < 1 {
+		bad("kafka.replication_factor", "%d: must be at least 1", c.Kafka.ReplicationFactor)
+	}
+	if c.Kafka.DeadLetterTopic == "" {
+		bad("kafka.dead_letter_topic", "empty: name a topic")
+	}
+	if _, err := c.Database.Driver(); err != nil {
+		bad("database.url", "%v", err)
+	}
+	if c.Database.MaxOpenConns < 1 {
+		bad("database.max_open_conns", "%d: must be at least 1", c.Database.MaxOpenConns)
+	}
+	if c.Relay.PollInterval <= 0 {
+		bad("relay.poll_interval", "%s: must be a positive duration such as 10ms", c.Relay.PollInterval)
+	}
+	if c.Relay.BatchSize < 1 {
+		bad("relay.batch_size", "%d: must be at least 1", c.Relay.BatchSize)
+	}
+	if c.Shutdown.Timeout <= 0 {
+		bad("shutdown.timeout", "%s: must be a positive duration such as 30s", c.Shutdown.Timeout)
+	}
+	if _, err := c.Log.SlogLevel(); err != nil {
+		bad("log.level", "%v", err)
+	}
+	if !slices.Contains([]string{"text", "json"}, c.Log.Format) {
+		bad("log.format", "%q: accepted: text, json", c.Log.Format)
+	}
+	if c.Payments.FailAttempts < 0 {
+		bad("payments.fail_attempts", "%d: must not be negative", c.Payments.FailAttempts)
+	}
+	if c.Payments.Delay < 0 {
+		bad("payments.delay", "%s: must not be negative", c.Payments.Delay)
+	}
+	for name, p := range c.Handlers {
+		key := "handlers." + name
+		if p.MaxRetries != nil && *p.MaxRetries < 0 {
+			bad(key+".max_retries", "%d: must not be negative", *p.MaxRetries)
+		}
+		if p.InitialBackoff < 0 || p.MaxBackoff < 0 || p.Timeout < 0 {
+			bad(key, "durations must not be negative")
+		}
+		if p.Concurrency < 0 {
+			bad(key+".concurrency", "%d: must not be negative", p.Concurrency)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// SlogLevel parses Level.
+func (l Log) SlogLevel() (slog.Level, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(l.Level)); err != nil {
+		return 0, fmt.Errorf("%q: accepted: debug, info, warn, error", l.Level)
+	}
+	return lv, nil
+}
+
+// Driver says which database URL names: "sqlite" or "postgres".
+func (d Database) Driver() (string, error) {
+	if d.URL == "" {
+		return "sqlite", nil
+	}
+	u, err := url.Parse(d.URL)
+	if err != nil {
+		return "", fmt.Errorf("not a URL: %w", err)
+	}
+	switch u.Scheme {
+	case "postgres", "postgresql":
+		return "postgres", nil
+	case "sqlite", "file":
+		return "sqlite", nil
+	}
+	return "", fmt.Errorf("scheme %q: accepted: postgres://, postgresql://, sqlite://", u.Scheme)
+}
+
+// SQLitePath is the SQLite database file: the path of a sqlite:// URL, or
+// eventfn.db in dataDir when the URL is empty.
+func (d Database) SQLitePath(dataDir string) string {
+	if d.URL == "" {
+		return filepath.Join(dataDir, "eventfn.db")
+	}
+	u, err := url.Parse(d.URL)
+	if err != nil {
+		return ""
+	}
+	if u.Opaque != "" {
+		return u.Opaque
+	}
+	return u.Host + u.Path
+}
+
+// Topic is the Kafka topic of an event type.
+func (k Kafka) Topic(eventType string) string { return k.TopicPrefix + eventType }
+
+// Group is the consumer group of a handler.
+func (k Kafka) Group(handler string) string { return k.TopicPrefix + handler }
+
+// ParseKafkaVersion checks a protocol version string such as 3.6.0.
+func ParseKafkaVersion(v string) ([3]int, error) {
+	var out [3]int
+	parts := strings.Split(v, ".")
+	if len(parts) < 2 || len(parts) > 4 {
+		return out, fmt.Errorf("%q: accepted: a version such as 3.6.0, at least 2.1.0", v)
+	}
+	for i := 0; i < 3 && i < len(parts); i++ {
+		var n int
+		if _, err := fmt.Sscanf(parts[i], "%d", &n); err != nil {
+			return out, fmt.Errorf("%q: accepted: a version such as 3.6.0, at least 2.1.0", v)
+		}
+		out[i] = n
+	}
+	if out[0] < 2 || (out[0] == 2 && out[1] < 1) {
+		return out, fmt.Errorf("%q is older than 2.1.0, which Kafka 4 refuses; accepted: 2.1.0 or newer", v)
+	}
+	return out, nil
+}
+
+// Environ is os.Environ; a named function keeps callers honest about where the
+// environment comes from.
+func Environ() []string { return os.Environ() }

@@ -1,0 +1,26 @@
+package runtime
+
+import (
+	"context"
+	"database/sql"
+)
+
+// Tx is the handle a handler gets: the SQL transaction it runs in and the outbox.
+//
+// Queries use PostgreSQL-style placeholders ($1, $2, ...), which both PostgreSQL and
+// SQLite accept, so one handler runs unchanged on either database.
+type Tx interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+	// Emit writes events to the outbox in this transaction. They reach Kafka only
+	// if the transaction commits. A handler may emit only the event types it
+	// declared with Emits.
+	Emit(ctx context.Context, events ...Event) error
+}
+
+// Transactor runs a function in one transaction with an outbox, outside any
+// handler: an HTTP endpoint that writes an order and emits order.placed uses it.
+type Transactor interface {
+	Transact(ctx context.Context, fn func(ctx context.Context, tx Tx) error) error
+}

@@ -1,0 +1,171 @@
+// Package store opens eventfn's SQL database, SQLite or PostgreSQL, and brings its
+// schema up to date with the migrations embedded in the binary.
+package store
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/url"
+	"os"
+	"path/filepath"
+	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" driver
+	"github.com/pressly/goose/v3"
+	_ "modernc.org/sqlite" // registers the "sqlite" driver
+)
+
+//go:embed migrations
+var migrations embed.FS
+
+// Driver names a database engine.
+type Driver string
+
+const (
+	SQLite   Driver = "sqlite"
+	Postgres Driver = "postgres"
+)
+
+// DB is an open, migrated database. Its embedded *sql.DB is for transactions
+// that write; Read is for queries that only read.
+type DB struct {
+	*sql.DB
+	// Read serves read-only queries. On SQLite it is a separate pool, so reads run
+	// beside the one writer; on PostgreSQL it is the same pool as DB.
+	Read *sql.DB
+	// Driver says which engine this is; SQL that differs between them switches on it.
+	Driver Driver
+	// Where names the database for people (a file path or host/database), never a password.
+	Where string
+}
+
+// Config says which database to open.
+type Config struct {
+	// Driver is SQLite or Postgres.
+	Driver Driver
+	// SQLitePath is the database file (SQLite).
+	SQLitePath string
+	// URL is the connection URL (PostgreSQL).
+	URL string
+	// MaxOpenConns caps the PostgreSQL pool.
+	MaxOpenConns int
+}
+
+// Open connects, checks the connection and applies pending migrations.
+func Open(ctx context.Context, cfg Config) (*DB, error) {
+	db, err := connect(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := db.Ping(ctx); err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("reach %s database %s: %w", db.Driver, db.Where, err)
+	}
+	if err := migrate(ctx, db); err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	return db, nil
+}
+
+func connect(cfg Config) (*DB, error) {
+	switch cfg.Driver {
+	case SQLite:
+		if err := os.MkdirAll(filepath.Dir(cfg.SQLitePath), 0o755); err != nil {
+			return nil, fmt.Errorf("create directory for %s: %w", cfg.SQLitePath, err)
+		}
+		// SQLite allows one writer per file. All writes share one connection, so
+		// writers queue in database/sql's pool, which hands the connection to a
+		// waiting goroutine at once, instead of in SQLite's busy handler, which
+		// sleeps up to 100 ms between tries and lets a fast re-poller starve the
+		// others. Transactions are IMMEDIATE so a transaction never has to
+		// upgrade from reader to writer (which fails in WAL mode if another write
+		// committed meanwhile). WAL lets the read pool run beside the writer.
+		writer, err := openSQLite(cfg.SQLitePath, "immediate", 1)
+		if err != nil {
+			return nil, err
+		}
+		reader, err := openSQLite(cfg.SQLitePath, "deferred", 4)
+		if err != nil {
+			_ = writer.Close()
+			return nil, err
+		}
+		return &DB{DB: writer, Read: reader, Driver: SQLite, Where: cfg.SQLitePath}, nil
+	case Postgres:
+		db, err := sql.Open("pgx", cfg.URL)
+		if err != nil {
+			return nil, fmt.Errorf("open PostgreSQL: %w", err)
+		}
+		if cfg.MaxOpenConns > 0 {
+			db.SetMaxOpenConns(cfg.MaxOpenConns)
+			db.SetMaxIdleConns(cfg.MaxOpenConns)
+		}
+		return &DB{DB: db, Read: db, Driver: Postgres, Where: redact(cfg.URL)}, nil
+	}
+	return nil, fmt.Errorf("unknown database driver %q: accepted: sqlite, postgres", cfg.Driver)
+}
+
+func openSQLite(path, txlock string, conns int) (*sql.DB, error) {
+	q := url.Values{}
+	for _, p := range []string{"busy_timeout(15000)", "journal_mode(WAL)", "synchronous(NORMAL)", "foreign_keys(1)"} {
+		q.Add("_pragma", p)
+	}
+	q.Set("_txlock", txlock)
+	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
+	if err != nil {
+		return nil, fmt.Errorf("open SQLite %s: %w", path, err)
+	}
+	db.SetMaxOpenConns(conns)
+	db.SetMaxIdleConns(conns)
+	db.SetConnMaxIdleTime(time.Minute)
+	return db, nil
+}
+
+// Close closes both pools.
+func (db *DB) Close() error {
+	err := db.DB.Close()
+	if db.Read != db.DB {
+		err = errors.Join(err, db.Read.Close())
+	}
+	return err
+}
+
+func migrate(ctx context.Context, db *DB) error {
+	dialect := goose.DialectSQLite3
+	if db.Driver == Postgres {
+		dialect = goose.DialectPostgres
+	}
+	dir, err := fs.Sub(migrations, "migrations/"+string(db.Driver))
+	if err != nil {
+		return fmt.Errorf("migrations for %s: %w", db.Driver, err)
+	}
+	p, err := goose.NewProvider(dialect, db.DB, dir)
+	if err != nil {
+		return fmt.Errorf("prepare migrations for %s: %w", db.Driver, err)
+	}
+	if _, err := p.Up(ctx); err != nil {
+		return fmt.Errorf("migrate %s database %s: %w", db.Driver, db.Where, err)
+	}
+	return nil
+}
+
+// Ping checks that both pools reach the database.
+func (db *DB) Ping(ctx context.Context) error {
+	if err := db.DB.PingContext(ctx); err != nil {
+		return err
+	}
+	return db.Read.PingContext(ctx)
+}
+
+// redact drops the password from a connection URL so it can be logged.
+func redact(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	return u.Redacted()
+}
