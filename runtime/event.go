@@ -81,6 +81,8 @@ type EventSpec struct {
 	Type string
 	// Check decodes and validates a JSON payload and reports why it is not an event of this type.
 	Check func(payload []byte) error
+	// Key returns the Kafka key a valid payload chooses (see Keyed), or "".
+	Key func(payload []byte) string
 }
 
 // SpecOf returns the EventSpec of E.
@@ -91,6 +93,16 @@ func SpecOf[E Event]() EventSpec {
 		Check: func(payload []byte) error {
 			_, err := Decode[E](payload)
 			return err
+		},
+		Key: func(payload []byte) string {
+			ev, err := Decode[E](payload)
+			if err != nil {
+				return ""
+			}
+			if k, ok := any(ev).(Keyed); ok {
+				return k.EventKey()
+			}
+			return ""
 		},
 	}
 }

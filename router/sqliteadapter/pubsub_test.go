@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
-	wsql "github.com/ThreeDotsLabs/watermill-sql/v3/pkg/sql"
 	"github.com/ThreeDotsLabs/watermill"
+	wsql "github.com/ThreeDotsLabs/watermill-sql/v3/pkg/sql"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/pubsub/tests"
 
@@ -77,7 +77,7 @@ func sqlitePubSub(t *testing.T) tests.ConsumerGroupPubSubConstructor {
 	}
 	t.Cleanup(func() { _ = db.Close() })
 	return func(t *testing.T, group string) (message.Publisher, message.Subscriber) {
-		return newPubSub(t, db.DB, group, sqliteadapter.Schema{}, sqliteadapter.Offsets{}, 0, false)
+		return newPubSub(t, db.DB, group, sqliteadapter.Schema{}, sqliteadapter.Offsets{}, false)
 	}
 }
 
@@ -95,31 +95,25 @@ func TestPostgresPubSubConformance(t *testing.T) {
 	t.Cleanup(func() { _ = db.Close() })
 	schema := &wsql.DefaultPostgreSQLSchema{GeneratePayloadType: func(string) string { return "BYTEA" }}
 	withGroup := func(t *testing.T, group string) (message.Publisher, message.Subscriber) {
-		return newPubSub(t, db.DB, group, schema, wsql.DefaultPostgreSQLOffsetsAdapter{}, 0, true)
+		return newPubSub(t, db.DB, group, schema, wsql.DefaultPostgreSQLOffsetsAdapter{}, true)
 	}
 	tests.TestPubSub(t, features, func(t *testing.T) (message.Publisher, message.Subscriber) {
 		return withGroup(t, "test")
 	}, withGroup)
 }
 
-// newPubSub builds a watermill-sql Pub/Sub. ackDeadline 0 keeps watermill-sql's
-// default. initOnSubscribe makes every Subscribe create the tables; on SQLite the
+// newPubSub builds a watermill-sql Pub/Sub. initOnSubscribe makes every Subscribe create the tables; on SQLite the
 // publisher creates them instead (as eventfn does once at start), because the
 // schema transaction would queue for the write lock behind a subscriber that
 // holds it while its consumer has not yet acked.
-func newPubSub(t *testing.T, db *stdsql.DB, group string, schema wsql.SchemaAdapter, offsets wsql.OffsetsAdapter, ackDeadline time.Duration, initOnSubscribe bool) (message.Publisher, message.Subscriber) {
+func newPubSub(t *testing.T, db *stdsql.DB, group string, schema wsql.SchemaAdapter, offsets wsql.OffsetsAdapter, initOnSubscribe bool) (message.Publisher, message.Subscriber) {
 	logger := watermill.NopLogger{}
-	var deadline *time.Duration
-	if ackDeadline > 0 {
-		deadline = &ackDeadline
-	}
 	pub, err := wsql.NewPublisher(db, wsql.PublisherConfig{SchemaAdapter: schema, AutoInitializeSchema: true}, logger)
 	if err != nil {
 		t.Fatal(err)
 	}
 	sub, err := wsql.NewSubscriber(db, wsql.SubscriberConfig{
 		ConsumerGroup:    group,
-		AckDeadline:      deadline,
 		PollInterval:     10 * time.Millisecond,
 		ResendInterval:   10 * time.Millisecond,
 		RetryInterval:    10 * time.Millisecond,

@@ -29,14 +29,14 @@ CREATE TABLE order_items (
 );
 
 CREATE TABLE payments (
-    order_id     TEXT PRIMARY KEY REFERENCES orders (id),
+    order_id     TEXT PRIMARY KEY,
     payment_id   TEXT NOT NULL,
     amount_cents BIGINT NOT NULL,
     charged_at   TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 
 CREATE TABLE emails (
-    order_id   TEXT PRIMARY KEY REFERENCES orders (id),
+    order_id   TEXT PRIMARY KEY,
     recipient  TEXT NOT NULL,
     subject    TEXT NOT NULL,
     body       TEXT NOT NULL,

@@ -29,14 +29,14 @@ CREATE TABLE order_items (
 );
 
 CREATE TABLE payments (
-    order_id     TEXT PRIMARY KEY REFERENCES orders (id),
+    order_id     TEXT PRIMARY KEY,
     payment_id   TEXT NOT NULL,
     amount_cents INTEGER NOT NULL,
     charged_at   TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP
 );
 
 CREATE TABLE emails (
-    order_id   TEXT PRIMARY KEY REFERENCES orders (id),
+    order_id   TEXT PRIMARY KEY,
     recipient  TEXT NOT NULL,
     subject    TEXT NOT NULL,
     body       TEXT NOT NULL,

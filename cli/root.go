@@ -1,0 +1,146 @@
+// Package cli is the eventfn command line: run the runtime, publish test events
+// and follow what they cause, list the handlers.
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/eventfn/eventfn/configs"
+	"github.com/eventfn/eventfn/wiring"
+)
+
+// ExitError carries a process exit code with its message.
+type ExitError struct {
+	Code int
+	Err  error
+}
+
+func (e ExitError) Error() string { return e.Err.Error() }
+func (e ExitError) Unwrap() error { return e.Err }
+
+// usageError is bad input from the user: exit code 2.
+func usageError(format string, args ...any) error {
+	return ExitError{Code: 2, Err: fmt.Errorf(format, args...)}
+}
+
+type globalFlags struct {
+	profile string
+	file    string
+	dataDir string
+	http    string
+}
+
+// Main runs the command line with args and returns the process exit code.
+func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, environ []string) int {
+	cmd := NewRoot(stdin, stdout, stderr, environ)
+	cmd.SetArgs(args)
+	err := cmd.ExecuteContext(ctx)
+	if err == nil {
+		return 0
+	}
+	fmt.Fprintln(stderr, "eventfn:", err)
+	var exit ExitError
+	if errors.As(err, &exit) {
+		return exit.Code
+	}
+	return 1
+}
+
+// NewRoot builds the eventfn command tree.
+func NewRoot(stdin io.Reader, stdout, stderr io.Writer, environ []string) *cobra.Command {
+	g := &globalFlags{}
+	root := &cobra.Command{
+		Use:   "eventfn",
+		Short: "Typed event handlers on Kafka with a transactional outbox and inbox",
+		Long: `eventfn runs the handlers in handlers/ on Kafka. Each call runs in one SQL
+transaction that also writes the events it emits (the outbox) and records the
+event it handled (the inbox); a relay forwards the outbox to Kafka.
+
+Without a subcommand it runs the runtime. With the default "local" profile it
+needs no infrastructure: it starts an in-process Kafka-protocol broker and uses
+SQLite, both under the data directory.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Args:          cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return run(cmd.Context(), g, stderr, environ)
+		},
+	}
+	root.SetIn(stdin)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	pf := root.PersistentFlags()
+	pf.StringVar(&g.profile, "profile", "", "configuration profile: "+fmt.Sprint(configs.Profiles())+" (env EVENTFN_PROFILE; default local)")
+	pf.StringVar(&g.file, "config", "", "YAML file laid over the profile (env EVENTFN_CONFIG)")
+	pf.StringVar(&g.dataDir, "data-dir", "", "directory for the embedded broker and SQLite (env EVENTFN_DATA_DIR)")
+	pf.StringVar(&g.http, "http-addr", "", "HTTP listen address (env EVENTFN_HTTP_ADDR)")
+	root.AddCommand(
+		&cobra.Command{
+			Use:   "run",
+			Short: "Run the runtime (the default command)",
+			Args:  cobra.NoArgs,
+			RunE: func(cmd *cobra.Command, _ []string) error {
+				return run(cmd.Context(), g, stderr, environ)
+			},
+		},
+		newPublishCmd(g, stdin, stdout, stderr, environ),
+		newHandlersCmd(g, stdout, stderr, environ),
+	)
+	return root
+}
+
+// load reads the configuration, with flags laid over everything else.
+func (g *globalFlags) load(environ []string) (configs.Config, error) {
+	overrides := map[string]any{}
+	if g.dataDir != "" {
+		overrides["data_dir"] = g.dataDir
+	}
+	if g.http != "" {
+		overrides["http.addr"] = g.http
+	}
+	cfg, err := configs.Load(configs.Options{Profile: g.profile, File: g.file, Environ: environ, Overrides: overrides})
+	if err != nil {
+		return cfg, ExitError{Code: 2, Err: err}
+	}
+	return cfg, nil
+}
+
+// NewLogger builds the process logger the configuration asks for.
+func NewLogger(cfg configs.Config, w io.Writer) *slog.Logger {
+	level, _ := cfg.Log.SlogLevel()
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.Log.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func run(ctx context.Context, g *globalFlags, stderr io.Writer, environ []string) error {
+	cfg, err := g.load(environ)
+	if err != nil {
+		return err
+	}
+	logger := NewLogger(cfg, stderr)
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	app, cleanup, err := wiring.BuildApp(ctx, wiring.BaseConfig(cfg), logger)
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	go func() {
+		// A second Ctrl-C while shutting down gives up at once.
+		<-ctx.Done()
+		stop()
+	}()
+	return app.Run(ctx)
+}

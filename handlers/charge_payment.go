@@ -1,0 +1,48 @@
+package handlers
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/eventfn/eventfn/runtime"
+)
+
+// ChargePayment charges a placed order and confirms the payment.
+func ChargePayment(gateway PaymentGateway) runtime.Handler {
+	return runtime.NewHandler("charge-payment",
+		func(ctx context.Context, tx runtime.Tx, ev OrderPlaced) error {
+			receipt, err := gateway.Charge(ctx, ChargeRequest{
+				IdempotencyKey: "order-" + ev.OrderID,
+				OrderID:        ev.OrderID,
+				AmountCents:    ev.TotalCents,
+			})
+			if err != nil {
+				return fmt.Errorf("charge order %s: %w", ev.OrderID, err)
+			}
+			res, err := tx.ExecContext(ctx,
+				`INSERT INTO payments (order_id, payment_id, amount_cents) VALUES ($1, $2, $3) ON CONFLICT (order_id) DO NOTHING`,
+				ev.OrderID, receipt.PaymentID, ev.TotalCents)
+			if err != nil {
+				return fmt.Errorf("record payment of order %s: %w", ev.OrderID, err)
+			}
+			// The inbox stops redeliveries of one event; a second order.placed for
+			// the same order (a new event id) finds the payment here. The gateway's
+			// idempotency key made the charge itself a no-op.
+			if n, err := res.RowsAffected(); err != nil || n == 0 {
+				return err
+			}
+			if _, err := tx.ExecContext(ctx,
+				`UPDATE orders SET status = 'paid', updated_at = CURRENT_TIMESTAMP WHERE id = $1 AND status = 'placed'`,
+				ev.OrderID); err != nil {
+				return fmt.Errorf("mark order %s paid: %w", ev.OrderID, err)
+			}
+			return tx.Emit(ctx, PaymentConfirmed{
+				OrderID:       ev.OrderID,
+				PaymentID:     receipt.PaymentID,
+				AmountCents:   ev.TotalCents,
+				CustomerEmail: ev.CustomerEmail,
+			})
+		},
+		runtime.Emits(PaymentConfirmed{}),
+	)
+}

@@ -1,0 +1,226 @@
+// Package ingress is the HTTP edge of the reference flow: it takes orders,
+// shows them, and reports health. An order and its order.placed event are
+// written in one transaction through the outbox.
+package ingress
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/mail"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/eventfn/eventfn/handlers"
+	"github.com/eventfn/eventfn/runtime"
+)
+
+// ReadyFunc reports why the service cannot serve yet, or nil.
+type ReadyFunc func(ctx context.Context) error
+
+// Server serves the order API and the health endpoints.
+type Server struct {
+	tx      runtime.Transactor
+	read    *sql.DB
+	ready   ReadyFunc
+	maxBody int64
+	logger  *slog.Logger
+}
+
+// NewServer builds the HTTP handler. read serves GET queries; tx writes orders.
+func NewServer(tx runtime.Transactor, read *sql.DB, ready ReadyFunc, maxBody int64, logger *slog.Logger) *Server {
+	return &Server{tx: tx, read: read, ready: ready, maxBody: maxBody, logger: logger}
+}
+
+// Handler returns the routes.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /orders", s.createOrder)
+	mux.HandleFunc("GET /orders/{id}", s.getOrder)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /readyz", s.readyz)
+	return mux
+}
+
+// OrderRequest is the body of POST /orders.
+type OrderRequest struct {
+	CustomerEmail string               `json:"customer_email"`
+	Items         []handlers.OrderItem `json:"items"`
+}
+
+// Order is how the API shows an order.
+type Order struct {
+	ID            string               `json:"id"`
+	CustomerEmail string               `json:"customer_email"`
+	Items         []handlers.OrderItem `json:"items"`
+	TotalCents    int64                `json:"total_cents"`
+	Status        string               `json:"status"`
+	CreatedAt     time.Time            `json:"created_at"`
+	UpdatedAt     time.Time            `json:"updated_at"`
+}
+
+// fieldError is a 400 answer that names the offending field.
+type fieldError struct {
+	Field   string `json:"field"`
+	Message string `json:"error"`
+}
+
+func (e fieldError) Error() string { return e.Field + ": " + e.Message }
+
+func validateOrder(req OrderRequest) error {
+	if strings.TrimSpace(req.CustomerEmail) == "" {
+		return fieldError{"customer_email", "is required"}
+	}
+	if a, err := mail.ParseAddress(req.CustomerEmail); err != nil || a.Address != req.CustomerEmail {
+		return fieldError{"customer_email", fmt.Sprintf("%q is not an email address", req.CustomerEmail)}
+	}
+	if len(req.Items) == 0 {
+		return fieldError{"items", "must hold at least one item"}
+	}
+	if len(req.Items) > 100 {
+		return fieldError{"items", "must hold at most 100 items"}
+	}
+	for i, it := range req.Items {
+		f := fmt.Sprintf("items[%d]", i)
+		switch {
+		case strings.TrimSpace(it.SKU) == "":
+			return fieldError{f + ".sku", "is required"}
+		case len(it.SKU) > 64:
+			return fieldError{f + ".sku", "must be at most 64 characters"}
+		case it.Quantity < 1 || it.Quantity > 10000:
+			return fieldError{f + ".quantity", "must be between 1 and 10000"}
+		case it.PriceCents < 0 || it.PriceCents > 100_000_000:
+			return fieldError{f + ".price_cents", "must be between 0 and 100000000"}
+		}
+	}
+	return nil
+}
+
+func (s *Server) createOrder(w http.ResponseWriter, r *http.Request) {
+	r.Body = http.MaxBytesReader(w, r.Body, s.maxBody)
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	var req OrderRequest
+	if err := dec.Decode(&req); err != nil {
+		var tooBig *http.MaxBytesError
+		var typeErr *json.UnmarshalTypeError
+		switch {
+		case errors.As(err, &tooBig):
+			writeJSON(w, http.StatusRequestEntityTooLarge, map[string]string{"error": fmt.Sprintf("body exceeds %d bytes", tooBig.Limit)})
+		case errors.As(err, &typeErr):
+			writeJSON(w, http.StatusBadRequest, fieldError{typeErr.Field, fmt.Sprintf("must be a JSON %s", typeErr.Type)})
+		case strings.HasPrefix(err.Error(), "json: unknown field "):
+			field := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
+			writeJSON(w, http.StatusBadRequest, fieldError{field, "is not a field of an order"})
+		default:
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "body is not a JSON order: " + err.Error()})
+		}
+		return
+	}
+	if err := validateOrder(req); err != nil {
+		writeJSON(w, http.StatusBadRequest, err)
+		return
+	}
+	order := Order{ID: uuid.NewString(), CustomerEmail: req.CustomerEmail, Items: req.Items, Status: "placed"}
+	for _, it := range req.Items {
+		order.TotalCents += it.Quantity * it.PriceCents
+	}
+	ctx := r.Context()
+	if id := r.Header.Get("X-Correlation-ID"); id != "" {
+		ctx = runtime.WithMetadata(ctx, runtime.Metadata{CorrelationID: id})
+	}
+	err := s.tx.Transact(ctx, func(ctx context.Context, tx runtime.Tx) error {
+		if _, err := tx.ExecContext(ctx,
+			`INSERT INTO orders (id, customer_email, total_cents, status) VALUES ($1, $2, $3, $4)`,
+			order.ID, order.CustomerEmail, order.TotalCents, order.Status); err != nil {
+			return fmt.Errorf("insert order: %w", err)
+		}
+		for i, it := range order.Items {
+			if _, err := tx.ExecContext(ctx,
+				`INSERT INTO order_items (order_id, line, sku, quantity, price_cents) VALUES ($1, $2, $3, $4, $5)`,
+				order.ID, i, it.SKU, it.Quantity, it.PriceCents); err != nil {
+				return fmt.Errorf("insert order item %d: %w", i, err)
+			}
+		}
+		return tx.Emit(ctx, handlers.OrderPlaced{
+			OrderID:       order.ID,
+			CustomerEmail: order.CustomerEmail,
+			Items:         order.Items,
+			TotalCents:    order.TotalCents,
+		})
+	})
+	if err != nil {
+		s.logger.ErrorContext(ctx, "create order", "err", err)
+		writeJSON(w, http.StatusInternalServerError, map[string]string{"error": "the order could not be stored; try again"})
+		return
+	}
+	stored, err := s.loadOrder(r.Context(), order.ID)
+	if err != nil {
+		stored = order
+	}
+	w.Header().Set("Location", "/orders/"+order.ID)
+	writeJSON(w, http.StatusCreated, stored)
+}
+
+func (s *Server) getOrder(w http.ResponseWriter, r *http.Request) {
+	o, err := s.loadOrder(r.Context(), r.PathValue("id"))
+	if errors.Is(err, sql.ErrNoRows) {
+		writeJSON(w, http.StatusNotFound, map[string]string{"error": "no order with id " + r.PathValue("id")})
+		return
+	}
+	if err != nil {
+		s.logger.ErrorContext(r.Context(), "load order", "err", err)
+		writeJSON(w, http.StatusInternalServerError, map[string]string{"error": "the order could not be read; try again"})
+		return
+	}
+	writeJSON(w, http.StatusOK, o)
+}
+
+func (s *Server) loadOrder(ctx context.Context, id string) (Order, error) {
+	var o Order
+	err := s.read.QueryRowContext(ctx,
+		`SELECT id, customer_email, total_cents, status, created_at, updated_at FROM orders WHERE id = $1`, id).
+		Scan(&o.ID, &o.CustomerEmail, &o.TotalCents, &o.Status, &o.CreatedAt, &o.UpdatedAt)
+	if err != nil {
+		return o, err
+	}
+	rows, err := s.read.QueryContext(ctx,
+		`SELECT sku, quantity, price_cents FROM order_items WHERE order_id = $1 ORDER BY line`, id)
+	if err != nil {
+		return o, fmt.Errorf("load items of order %s: %w", id, err)
+	}
+	defer rows.Close()
+	o.Items = []handlers.OrderItem{}
+	for rows.Next() {
+		var it handlers.OrderItem
+		if err := rows.Scan(&it.SKU, &it.Quantity, &it.PriceCents); err != nil {
+			return o, fmt.Errorf("scan item of order %s: %w", id, err)
+		}
+		o.Items = append(o.Items, it)
+	}
+	return o, rows.Err()
+}
+
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
+	defer cancel()
+	if err := s.ready(ctx); err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "reason": err.Error()})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}

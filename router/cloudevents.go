@@ -1,0 +1,91 @@
+package router
+
+import (
+	"fmt"
+
+	"github.com/IBM/sarama"
+	"github.com/ThreeDotsLabs/watermill/message"
+)
+
+// Kafka record headers of the CloudEvents Kafka protocol binding, binary content
+// mode (https://github.com/cloudevents/spec/blob/main/cloudevents/bindings/kafka-protocol-binding.md).
+// eventfn keeps them as Watermill metadata under the same names, so a message's
+// metadata and its Kafka headers are one and the same.
+const (
+	HeaderID            = "ce_id"
+	HeaderType          = "ce_type"
+	HeaderSource        = "ce_source"
+	HeaderSpecVersion   = "ce_specversion"
+	HeaderTime          = "ce_time"
+	HeaderContentType   = "content-type"
+	HeaderCorrelationID = "ce_correlationid"
+
+	// metaKey carries the Kafka record key inside Watermill metadata; it is the
+	// record's key on the wire, never a header.
+	metaKey = "eventfn_key"
+	// metaAttempts counts calls of a handler for one delivery; a dead-lettered
+	// event carries it as a header.
+	metaAttempts = "eventfn_attempts"
+	// metaOrigin* record where a dead-lettered event was read from.
+	metaOriginTopic     = "eventfn_origin_topic"
+	metaOriginPartition = "eventfn_origin_partition"
+	metaOriginOffset    = "eventfn_origin_offset"
+)
+
+// CloudEventsMarshaler maps Watermill messages to Kafka records in the CloudEvents
+// binary mode: the payload is the record value, the message UUID is ce_id, every
+// metadata entry is a header, and the eventfn_key entry is the record key.
+type CloudEventsMarshaler struct{}
+
+// Marshal builds a producer record for topic.
+func (CloudEventsMarshaler) Marshal(topic string, msg *message.Message) (*sarama.ProducerMessage, error) {
+	headers := make([]sarama.RecordHeader, 0, len(msg.Metadata)+1)
+	headers = append(headers, sarama.RecordHeader{Key: []byte(HeaderID), Value: []byte(msg.UUID)})
+	for k, v := range msg.Metadata {
+		if k == metaKey || k == HeaderID {
+			continue
+		}
+		headers = append(headers, sarama.RecordHeader{Key: []byte(k), Value: []byte(v)})
+	}
+	pm := &sarama.ProducerMessage{
+		Topic:   topic,
+		Value:   sarama.ByteEncoder(msg.Payload),
+		Headers: headers,
+	}
+	if key := msg.Metadata.Get(metaKey); key != "" {
+		pm.Key = sarama.StringEncoder(key)
+	}
+	return pm, nil
+}
+
+// Unmarshal turns any Kafka record into a message; it never fails, because
+// Watermill's Kafka subscriber stops consuming on an unmarshal error, and a record
+// eventfn cannot handle must reach the dead-letter topic instead. A record without
+// ce_id (written by a producer that does not speak CloudEvents) is identified by
+// its position.
+func (CloudEventsMarshaler) Unmarshal(rec *sarama.ConsumerMessage) (*message.Message, error) {
+	id := ""
+	md := make(message.Metadata, len(rec.Headers)+1)
+	for _, h := range rec.Headers {
+		if h == nil {
+			continue
+		}
+		if string(h.Key) == HeaderID {
+			id = string(h.Value)
+			continue
+		}
+		md[string(h.Key)] = string(h.Value)
+	}
+	if id == "" {
+		id = fmt.Sprintf("kafka:%s/%d/%d", rec.Topic, rec.Partition, rec.Offset)
+	}
+	if len(rec.Key) > 0 {
+		md[metaKey] = string(rec.Key)
+	}
+	md[metaOriginTopic] = rec.Topic
+	md[metaOriginPartition] = fmt.Sprint(rec.Partition)
+	md[metaOriginOffset] = fmt.Sprint(rec.Offset)
+	msg := message.NewMessage(id, rec.Value)
+	msg.Metadata = md
+	return msg, nil
+}

@@ -1,0 +1,122 @@
+package router
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/IBM/sarama"
+
+	"github.com/eventfn/eventfn/configs"
+)
+
+// SaramaConfig is the Sarama configuration every eventfn client uses. It speaks
+// the configured protocol version: watermill-kafka's default (1.0) is refused by
+// Kafka 4, which removed request versions older than 2.1 (KIP-896).
+func SaramaConfig(k configs.Kafka) (*sarama.Config, error) {
+	v, err := sarama.ParseKafkaVersion(k.Version)
+	if err != nil {
+		return nil, fmt.Errorf("kafka.version %q: %w", k.Version, err)
+	}
+	c := sarama.NewConfig()
+	c.Version = v
+	c.ClientID = k.ClientID
+	c.Metadata.Retry.Backoff = 100 * time.Millisecond
+	// Producer: wait for all in-sync replicas and let the broker drop the
+	// duplicates of retried sends.
+	c.Producer.RequiredAcks = sarama.WaitForAll
+	c.Producer.Return.Successes = true
+	c.Producer.Return.Errors = true
+	c.Producer.Idempotent = true
+	c.Net.MaxOpenRequests = 1
+	c.Producer.Retry.Max = 10
+	c.Producer.Retry.Backoff = 100 * time.Millisecond
+	// Consumer: a new group starts at the oldest record, so an event relayed
+	// before its handler first joined is still handled.
+	c.Consumer.Return.Errors = true
+	c.Consumer.Offsets.Initial = sarama.OffsetOldest
+	c.Consumer.Offsets.AutoCommit.Interval = 200 * time.Millisecond
+	c.Consumer.Group.Rebalance.GroupStrategies = []sarama.BalanceStrategy{sarama.NewBalanceStrategySticky()}
+	c.Consumer.Fetch.Default = 1 << 20
+	c.Consumer.MaxWaitTime = 100 * time.Millisecond
+	return c, nil
+}
+
+// EnsureTopics creates the topics that do not exist yet.
+func EnsureTopics(ctx context.Context, k configs.Kafka, topics []string) error {
+	sc, err := SaramaConfig(k)
+	if err != nil {
+		return err
+	}
+	admin, err := connectAdmin(ctx, k.Brokers, sc)
+	if err != nil {
+		return err
+	}
+	defer admin.Close()
+	existing, err := admin.ListTopics()
+	if err != nil {
+		return fmt.Errorf("list topics on %v: %w", k.Brokers, err)
+	}
+	for _, t := range topics {
+		if _, ok := existing[t]; ok {
+			continue
+		}
+		err := admin.CreateTopic(t, &sarama.TopicDetail{
+			NumPartitions:     int32(k.Partitions),
+			ReplicationFactor: int16(k.ReplicationFactor),
+		}, false)
+		if err != nil && !errors.Is(err, sarama.ErrTopicAlreadyExists) {
+			return fmt.Errorf("create topic %s (%d partitions, replication %d): %w", t, k.Partitions, k.ReplicationFactor, err)
+		}
+	}
+	return nil
+}
+
+// connectAdmin retries until the cluster answers or ctx ends: a broker that is
+// still starting is normal at boot.
+func connectAdmin(ctx context.Context, brokers []string, sc *sarama.Config) (sarama.ClusterAdmin, error) {
+	var last error
+	for {
+		admin, err := sarama.NewClusterAdmin(brokers, sc)
+		if err == nil {
+			return admin, nil
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("reach Kafka at %v: %w", brokers, errors.Join(ctx.Err(), last))
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// PingKafka checks that the cluster answers a metadata request.
+func PingKafka(ctx context.Context, k configs.Kafka) error {
+	sc, err := SaramaConfig(k)
+	if err != nil {
+		return err
+	}
+	sc.Net.DialTimeout = 2 * time.Second
+	sc.Metadata.Retry.Max = 0
+	done := make(chan error, 1)
+	go func() {
+		client, err := sarama.NewClient(k.Brokers, sc)
+		if err != nil {
+			done <- err
+			return
+		}
+		defer client.Close()
+		_, err = client.Controller()
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			return fmt.Errorf("kafka %v: %w", k.Brokers, err)
+		}
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("kafka %v: %w", k.Brokers, ctx.Err())
+	}
+}

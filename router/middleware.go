@@ -1,0 +1,88 @@
+package router
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
+
+	"github.com/eventfn/eventfn/runtime"
+)
+
+// Dead-letter headers that eventfn adds besides Watermill's poison-queue ones
+// (reason_poisoned, topic_poisoned, handler_poisoned, subscriber_poisoned).
+const (
+	HeaderDeadLetterReason  = middleware.ReasonForPoisonedKey
+	HeaderDeadLetterHandler = middleware.PoisonedHandlerKey
+	HeaderAttempts          = metaAttempts
+	HeaderOriginTopic       = metaOriginTopic
+	HeaderOriginPartition   = metaOriginPartition
+	HeaderOriginOffset      = metaOriginOffset
+)
+
+// correlationID gives every event a correlation id: one that arrived without
+// one (from a producer other than eventfn) starts its own chain with its id.
+func correlationID(h message.HandlerFunc) message.HandlerFunc {
+	return func(msg *message.Message) ([]*message.Message, error) {
+		if msg.Metadata.Get(HeaderCorrelationID) == "" {
+			msg.Metadata.Set(HeaderCorrelationID, msg.UUID)
+		}
+		return h(msg)
+	}
+}
+
+// limitConcurrency caps the calls running at once through h.
+func limitConcurrency(n int) message.HandlerMiddleware {
+	slots := make(chan struct{}, n)
+	return func(h message.HandlerFunc) message.HandlerFunc {
+		return func(msg *message.Message) ([]*message.Message, error) {
+			select {
+			case slots <- struct{}{}:
+			case <-msg.Context().Done():
+				return nil, msg.Context().Err()
+			}
+			defer func() { <-slots }()
+			return h(msg)
+		}
+	}
+}
+
+// middlewares is a handler's chain, outermost first: correlation id, dead-letter
+// on final failure, retry with exponential backoff (never for permanent errors),
+// a timeout per attempt, panic recovery, and the concurrency cap.
+//
+// closing is set while the process shuts down: an attempt cut short by shutdown
+// is not a failure of the event, so it is neither retried nor dead-lettered; it
+// stays unacknowledged and Kafka delivers it again after the restart.
+func middlewares(p runtime.Policy, dlq message.Publisher, dlqTopic string, closing *atomic.Bool, logger watermill.LoggerAdapter) ([]message.HandlerMiddleware, error) {
+	poison, err := middleware.PoisonQueueWithFilter(dlq, dlqTopic, func(err error) bool {
+		return !closing.Load()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("dead-letter middleware: %w", err)
+	}
+	retry := middleware.Retry{
+		MaxRetries:          p.MaxRetries,
+		InitialInterval:     p.InitialBackoff,
+		MaxInterval:         p.MaxBackoff,
+		Multiplier:          2,
+		RandomizationFactor: 0.2,
+		ResetContextOnRetry: true,
+		ShouldRetry: func(params middleware.RetryParams) bool {
+			return !runtime.IsPermanent(params.Err) && !closing.Load() && !errors.Is(params.Err, context.Canceled)
+		},
+		Logger: logger,
+	}
+	return []message.HandlerMiddleware{
+		correlationID,
+		poison,
+		retry.Middleware,
+		middleware.Timeout(p.Timeout),
+		middleware.Recoverer,
+		limitConcurrency(p.Concurrency),
+	}, nil
+}

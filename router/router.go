@@ -1,0 +1,350 @@
+// Package router assembles eventfn's engine room on Watermill: one Kafka
+// subscriber per handler in its own consumer group, the middleware chain around
+// each handler, and the relay that forwards the transactional outbox to Kafka.
+// Handler authors never import it; wiring builds it from configuration.
+package router
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
+	"github.com/ThreeDotsLabs/watermill/components/forwarder"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
+
+	"github.com/eventfn/eventfn/configs"
+	"github.com/eventfn/eventfn/runtime"
+	"github.com/eventfn/eventfn/store"
+)
+
+// HandlerInfo describes a subscribed handler for people and tools.
+type HandlerInfo struct {
+	Name    string         `json:"name"`
+	Trigger string         `json:"trigger"`
+	Topic   string         `json:"topic"`
+	Group   string         `json:"consumer_group"`
+	Emits   []string       `json:"emits"`
+	Policy  runtime.Policy `json:"policy"`
+}
+
+// Describe resolves each handler's topic, group and effective policy. It fails on
+// an invalid handler, a duplicate name, or configuration for a handler that does
+// not exist.
+func Describe(cfg configs.Config, handlers []runtime.Handler) ([]HandlerInfo, error) {
+	seen := map[string]bool{}
+	var infos []HandlerInfo
+	for _, h := range handlers {
+		if err := h.Validate(); err != nil {
+			return nil, err
+		}
+		if seen[h.Name()] {
+			return nil, fmt.Errorf("two handlers are named %q: names are consumer groups and must be unique", h.Name())
+		}
+		seen[h.Name()] = true
+		p, err := effectivePolicy(h, cfg.Handlers[h.Name()])
+		if err != nil {
+			return nil, err
+		}
+		infos = append(infos, HandlerInfo{
+			Name:    h.Name(),
+			Trigger: h.Trigger(),
+			Topic:   cfg.Kafka.Topic(h.Trigger()),
+			Group:   cfg.Kafka.Group(h.Name()),
+			Emits:   h.Emits(),
+			Policy:  p,
+		})
+	}
+	var unknown []string
+	for name := range cfg.Handlers {
+		if !seen[name] {
+			unknown = append(unknown, name)
+		}
+	}
+	if len(unknown) > 0 {
+		sort.Strings(unknown)
+		names := make([]string, 0, len(infos))
+		for _, i := range infos {
+			names = append(names, i.Name)
+		}
+		return nil, fmt.Errorf("handlers.%s: no such handler; handlers are: %s", strings.Join(unknown, ", handlers."), strings.Join(names, ", "))
+	}
+	return infos, nil
+}
+
+func effectivePolicy(h runtime.Handler, o configs.HandlerPolicy) (runtime.Policy, error) {
+	p := h.Policy()
+	if o.MaxRetries != nil {
+		p.MaxRetries = *o.MaxRetries
+		if p.MaxRetries == 0 {
+			p.MaxRetries = -1 // an explicit 0 in configuration means no retries
+		}
+	}
+	if o.InitialBackoff > 0 {
+		p.InitialBackoff = o.InitialBackoff
+	}
+	if o.MaxBackoff > 0 {
+		p.MaxBackoff = o.MaxBackoff
+	}
+	if o.Timeout > 0 {
+		p.Timeout = o.Timeout
+	}
+	if o.Concurrency > 0 {
+		p.Concurrency = o.Concurrency
+	}
+	p = p.WithDefaults()
+	if err := p.Validate(); err != nil {
+		return p, fmt.Errorf("handlers.%s: %w", h.Name(), err)
+	}
+	return p, nil
+}
+
+// Runtime runs the handlers and the relay of one process.
+type Runtime struct {
+	cfg      configs.Config
+	db       *store.DB
+	outbox   *Outbox
+	infos    []HandlerInfo
+	logger   *slog.Logger
+	wlogger  watermill.LoggerAdapter
+	kafkaPub message.Publisher
+	handlers *message.Router
+	relay    *message.Router
+	started  []*message.Handler
+	closing  atomic.Bool
+	running  atomic.Bool
+}
+
+// New builds the runtime; Run starts it.
+func New(cfg configs.Config, db *store.DB, outbox *Outbox, handlers []runtime.Handler, logger *slog.Logger) (*Runtime, error) {
+	infos, err := Describe(cfg, handlers)
+	if err != nil {
+		return nil, err
+	}
+	// Watermill narrates every subscription at info level; that is debug detail here.
+	wlogger := watermill.NewSlogLoggerWithLevelMapping(logger.With("component", "watermill"), map[slog.Level]slog.Level{
+		slog.LevelInfo: slog.LevelDebug,
+	})
+	sc, err := SaramaConfig(cfg.Kafka)
+	if err != nil {
+		return nil, err
+	}
+	pub, err := kafka.NewPublisher(kafka.PublisherConfig{
+		Brokers:               cfg.Kafka.Brokers,
+		Marshaler:             CloudEventsMarshaler{},
+		OverwriteSaramaConfig: sc,
+	}, wlogger)
+	if err != nil {
+		return nil, fmt.Errorf("kafka publisher for %v: %w", cfg.Kafka.Brokers, err)
+	}
+	r := &Runtime{cfg: cfg, db: db, outbox: outbox, infos: infos, logger: logger, wlogger: wlogger, kafkaPub: pub}
+	if err := r.buildHandlers(handlers); err != nil {
+		_ = pub.Close()
+		return nil, err
+	}
+	if err := r.buildRelay(); err != nil {
+		_ = pub.Close()
+		return nil, err
+	}
+	return r, nil
+}
+
+func (r *Runtime) buildHandlers(handlers []runtime.Handler) error {
+	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: r.cfg.Shutdown.Timeout}, r.wlogger)
+	if err != nil {
+		return fmt.Errorf("handler router: %w", err)
+	}
+	for i, h := range handlers {
+		info := r.infos[i]
+		sc, err := SaramaConfig(r.cfg.Kafka)
+		if err != nil {
+			return err
+		}
+		sub, err := kafka.NewSubscriber(kafka.SubscriberConfig{
+			Brokers:               r.cfg.Kafka.Brokers,
+			Unmarshaler:           CloudEventsMarshaler{},
+			OverwriteSaramaConfig: sc,
+			ConsumerGroup:         info.Group,
+			NackResendSleep:       100 * time.Millisecond,
+			ReconnectRetrySleep:   time.Second,
+		}, r.wlogger)
+		if err != nil {
+			return fmt.Errorf("kafka subscriber for handler %s: %w", h.Name(), err)
+		}
+		inv := &invoker{handler: h, outbox: r.outbox, logger: r.logger}
+		rh := router.AddConsumerHandler(h.Name(), info.Topic, sub, inv.handle)
+		mws, err := middlewares(info.Policy, r.kafkaPub, r.cfg.Kafka.Topic(r.cfg.Kafka.DeadLetterTopic), &r.closing, r.wlogger)
+		if err != nil {
+			return err
+		}
+		rh.AddMiddleware(mws...)
+		r.started = append(r.started, rh)
+	}
+	r.handlers = router
+	return nil
+}
+
+// buildRelay wires Watermill's forwarder: it reads the outbox through
+// watermill-sql and publishes each event to its Kafka topic.
+func (r *Runtime) buildRelay() error {
+	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: r.cfg.Shutdown.Timeout}, r.wlogger)
+	if err != nil {
+		return fmt.Errorf("relay router: %w", err)
+	}
+	sub, err := r.outbox.subscriber(r.cfg.Relay.PollInterval)
+	if err != nil {
+		return err
+	}
+	retry := middleware.Retry{
+		MaxRetries:          1 << 20, // until Kafka is back: the outbox must not lose events
+		InitialInterval:     100 * time.Millisecond,
+		MaxInterval:         5 * time.Second,
+		Multiplier:          2,
+		ResetContextOnRetry: true,
+		Logger:              r.wlogger,
+	}
+	_, err = forwarder.NewForwarder(sub, r.kafkaPub, r.wlogger, forwarder.Config{
+		ForwarderTopic: OutboxTopic,
+		Router:         router,
+		CloseTimeout:   r.cfg.Shutdown.Timeout,
+		Middlewares:    []message.HandlerMiddleware{retry.Middleware},
+	})
+	if err != nil {
+		return fmt.Errorf("outbox relay: %w", err)
+	}
+	r.relay = router
+	return nil
+}
+
+// Handlers describes the subscribed handlers.
+func (r *Runtime) Handlers() []HandlerInfo { return r.infos }
+
+// Topics lists every topic the runtime reads or writes.
+func Topics(cfg configs.Config, infos []HandlerInfo) []string {
+	set := map[string]bool{cfg.Kafka.Topic(cfg.Kafka.DeadLetterTopic): true}
+	for _, i := range infos {
+		set[i.Topic] = true
+		for _, e := range i.Emits {
+			set[cfg.Kafka.Topic(e)] = true
+		}
+	}
+	out := make([]string, 0, len(set))
+	for t := range set {
+		out = append(out, t)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Run creates missing topics and outbox tables, starts the relay and the
+// handlers, and blocks until ctx ends; then it shuts down gracefully: handlers
+// stop taking events and finish the calls in flight, the relay forwards what
+// they committed, and offsets are committed, all within shutdown.timeout.
+func (r *Runtime) Run(ctx context.Context, extraTopics ...string) error {
+	setupCtx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if err := EnsureTopics(setupCtx, r.cfg.Kafka, append(Topics(r.cfg, r.infos), extraTopics...)); err != nil {
+		return err
+	}
+	if err := r.outbox.Initialize(setupCtx); err != nil {
+		return err
+	}
+
+	// The routers get contexts of their own: ctx ending starts the shutdown
+	// sequence below rather than cutting every subscription at once.
+	relayCtx, stopRelay := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopRelay()
+	handlersCtx, stopHandlers := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopHandlers()
+	relayDone := make(chan error, 1)
+	handlersDone := make(chan error, 1)
+	go func() { relayDone <- r.relay.Run(relayCtx) }()
+	go func() { handlersDone <- r.handlers.Run(handlersCtx) }()
+	r.running.Store(true)
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case err := <-relayDone:
+		runErr = fmt.Errorf("outbox relay stopped: %w", err)
+		relayDone <- err
+	case err := <-handlersDone:
+		runErr = fmt.Errorf("handler router stopped: %w", err)
+		handlersDone <- err
+	}
+	r.running.Store(false)
+	return errors.Join(runErr, r.shutdown(handlersDone, relayDone))
+}
+
+func (r *Runtime) shutdown(handlersDone, relayDone <-chan error) error {
+	deadline := time.Now().Add(r.cfg.Shutdown.Timeout)
+	r.logger.Info("shutting down: finishing handler calls in flight")
+	r.closing.Store(true)
+	var errs []error
+	if err := r.handlers.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("close handlers: %w", err))
+	}
+	<-handlersDone
+	r.logger.Info("shutting down: flushing the outbox to Kafka")
+	if err := r.drainOutbox(deadline); err != nil {
+		errs = append(errs, err)
+	}
+	if err := r.relay.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("close relay: %w", err))
+	}
+	<-relayDone
+	if err := r.kafkaPub.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("close kafka publisher: %w", err))
+	}
+	r.logger.Info("shut down")
+	return errors.Join(errs...)
+}
+
+// drainOutbox waits until the relay has forwarded every committed outbox row.
+// Rows left at the deadline stay in the outbox and go out after a restart.
+func (r *Runtime) drainOutbox(deadline time.Time) error {
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	tick := time.NewTicker(r.cfg.Relay.PollInterval)
+	defer tick.Stop()
+	for {
+		n, err := r.outbox.Pending(ctx)
+		if err == nil && n == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("outbox not flushed by the shutdown deadline (%d events wait for the next start): %w", n, errors.Join(err, ctx.Err()))
+		case <-tick.C:
+		}
+	}
+}
+
+// Ready reports why the runtime cannot serve yet: the database or Kafka is
+// unreachable, or a handler has not subscribed.
+func (r *Runtime) Ready(ctx context.Context) error {
+	if !r.running.Load() {
+		return errors.New("runtime is not running")
+	}
+	for i, h := range r.started {
+		select {
+		case <-h.Started():
+		default:
+			return fmt.Errorf("handler %s has not subscribed yet", r.infos[i].Name)
+		}
+	}
+	if !r.relay.IsRunning() {
+		return errors.New("outbox relay is not running")
+	}
+	if err := r.db.Ping(ctx); err != nil {
+		return fmt.Errorf("database %s: %w", r.db.Where, err)
+	}
+	return PingKafka(ctx, r.cfg.Kafka)
+}

@@ -1,0 +1,106 @@
+package wiring
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/eventfn/eventfn/configs"
+	"github.com/eventfn/eventfn/fakes"
+	"github.com/eventfn/eventfn/ingress"
+	"github.com/eventfn/eventfn/router"
+	"github.com/eventfn/eventfn/store"
+)
+
+// App is one eventfn process: the runtime and the HTTP API over the engines.
+type App struct {
+	Config   configs.Config
+	Broker   *Broker
+	DB       *store.DB
+	Runtime  *router.Runtime
+	Payments *fakes.PaymentGateway
+	Mailer   *fakes.LogMailer
+
+	http   *ingress.Server
+	logger *slog.Logger
+
+	mu       sync.Mutex
+	listener net.Listener
+}
+
+// NewApp is a Wire provider function that assembles the App.
+func NewApp(cfg configs.Config, b *Broker, db *store.DB, rt *router.Runtime, srv *ingress.Server,
+	payments *fakes.PaymentGateway, mailer *fakes.LogMailer, logger *slog.Logger) *App {
+	return &App{Config: cfg, Broker: b, DB: db, Runtime: rt, Payments: payments, Mailer: mailer, http: srv, logger: logger}
+}
+
+// Listen binds the HTTP address; Run calls it if nobody did. Calling it first
+// lets a caller learn the address of port 0 before the app runs.
+func (a *App) Listen() (string, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.listener == nil {
+		l, err := net.Listen("tcp", a.Config.HTTP.Addr)
+		if err != nil {
+			return "", fmt.Errorf("http.addr %s: %w", a.Config.HTTP.Addr, err)
+		}
+		a.listener = l
+	}
+	return a.listener.Addr().String(), nil
+}
+
+// Run serves until ctx ends, then shuts down gracefully: the HTTP server stops
+// taking requests, then the runtime finishes in-flight calls and flushes the outbox.
+func (a *App) Run(ctx context.Context) error {
+	addr, err := a.Listen()
+	if err != nil {
+		return err
+	}
+	a.logger.Info("eventfn started",
+		"http", "http://"+addr,
+		"kafka", a.Broker.Addrs,
+		"kafka_embedded", a.Broker.Embedded != nil,
+		"database", fmt.Sprintf("%s %s", a.DB.Driver, a.DB.Where))
+	for _, h := range a.Runtime.Handlers() {
+		a.logger.Info("handler", "name", h.Name, "topic", h.Topic, "group", h.Group, "emits", h.Emits)
+	}
+
+	srv := &http.Server{Handler: a.http.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	httpDone := make(chan error, 1)
+	go func() {
+		if err := srv.Serve(a.listener); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			httpDone <- fmt.Errorf("http server: %w", err)
+			return
+		}
+		httpDone <- nil
+	}()
+
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		// An HTTP server that dies takes the process down with it.
+		select {
+		case err := <-httpDone:
+			if err != nil {
+				a.logger.Error("http server stopped", "err", err)
+			}
+			httpDone <- err
+			cancel()
+		case <-runCtx.Done():
+		}
+	}()
+	rtErr := a.Runtime.Run(runCtx)
+
+	shutdownCtx, stop := context.WithTimeout(context.WithoutCancel(ctx), a.Config.Shutdown.Timeout)
+	defer stop()
+	httpErr := srv.Shutdown(shutdownCtx)
+	if errors.Is(httpErr, http.ErrServerClosed) {
+		httpErr = nil
+	}
+	return errors.Join(rtErr, httpErr)
+}

@@ -1,0 +1,120 @@
+// Package wiring puts eventfn together: Wire providers for every part and the
+// injectors in wire.go, generated into wire_gen.go. It is the only package that
+// knows the handlers, the runtime and the engines at once.
+package wiring
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/google/wire"
+
+	"github.com/eventfn/eventfn/configs"
+	"github.com/eventfn/eventfn/embedded"
+	"github.com/eventfn/eventfn/fakes"
+	"github.com/eventfn/eventfn/handlers"
+	"github.com/eventfn/eventfn/ingress"
+	"github.com/eventfn/eventfn/router"
+	"github.com/eventfn/eventfn/store"
+)
+
+// BaseConfig is the configuration as loaded, before the engines start; an
+// embedded broker on port 0 only knows its address once it runs.
+type BaseConfig configs.Config
+
+// Broker is the Kafka cluster this process uses.
+type Broker struct {
+	// Addrs are the bootstrap addresses clients use.
+	Addrs []string
+	// Embedded is the in-process broker, when this process runs one.
+	Embedded *embedded.Broker
+}
+
+// ProvideBroker is a Wire provider function that starts the embedded broker
+// when the configuration asks for it, and otherwise names the configured one.
+func ProvideBroker(base BaseConfig, logger *slog.Logger) (*Broker, func(), error) {
+	cfg := configs.Config(base)
+	if !cfg.Kafka.Embedded {
+		return &Broker{Addrs: cfg.Kafka.Brokers}, func() {}, nil
+	}
+	b, err := embedded.Start(cfg.Kafka.Brokers[0], filepath.Join(cfg.DataDir, "kafka"), cfg.Kafka.Partitions)
+	if err != nil {
+		return nil, nil, err
+	}
+	logger.Debug("embedded Kafka broker started", "addr", b.Addr())
+	return &Broker{Addrs: []string{b.Addr()}, Embedded: b}, b.Close, nil
+}
+
+// ProvideConfig is a Wire provider function that returns the configuration with
+// the broker addresses in use.
+func ProvideConfig(base BaseConfig, b *Broker) configs.Config {
+	cfg := configs.Config(base)
+	cfg.Kafka.Brokers = b.Addrs
+	return cfg
+}
+
+// ProvideStaticConfig is a Wire provider function for injectors that start no engine.
+func ProvideStaticConfig(base BaseConfig) configs.Config { return configs.Config(base) }
+
+// ProvideDatabase is a Wire provider function that opens and migrates the database.
+func ProvideDatabase(ctx context.Context, cfg configs.Config) (*store.DB, func(), error) {
+	driver, err := cfg.Database.Driver()
+	if err != nil {
+		return nil, nil, fmt.Errorf("database.url: %w", err)
+	}
+	db, err := store.Open(ctx, store.Config{
+		Driver:       store.Driver(driver),
+		SQLitePath:   cfg.Database.SQLitePath(cfg.DataDir),
+		URL:          cfg.Database.URL,
+		MaxOpenConns: cfg.Database.MaxOpenConns,
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return db, func() { _ = db.Close() }, nil
+}
+
+// ProvideWatermillLogger is a Wire provider function that adapts slog for Watermill.
+func ProvideWatermillLogger(logger *slog.Logger) watermill.LoggerAdapter {
+	return watermill.NewSlogLoggerWithLevelMapping(logger.With("component", "watermill"), map[slog.Level]slog.Level{
+		slog.LevelInfo: slog.LevelDebug,
+	})
+}
+
+// ProvidePaymentGateway is a Wire provider function for the fake payment gateway.
+func ProvidePaymentGateway(cfg configs.Config, logger *slog.Logger) *fakes.PaymentGateway {
+	return fakes.NewPaymentGateway(cfg.Payments.FailAttempts, cfg.Payments.Delay, logger.With("component", "payments"))
+}
+
+// ProvideMailer is a Wire provider function for the logging mailer.
+func ProvideMailer(logger *slog.Logger) *fakes.LogMailer {
+	return fakes.NewLogMailer(logger.With("component", "mailer"))
+}
+
+// ProvideIngress is a Wire provider function for the HTTP API.
+func ProvideIngress(cfg configs.Config, outbox *router.Outbox, db *store.DB, rt *router.Runtime, logger *slog.Logger) *ingress.Server {
+	return ingress.NewServer(outbox, readPool(db), rt.Ready, cfg.HTTP.MaxBodyBytes, logger.With("component", "http"))
+}
+
+func readPool(db *store.DB) *sql.DB { return db.Read }
+
+// ServicesSet provides the outside services of the reference flow: the fakes.
+var ServicesSet = wire.NewSet(
+	ProvidePaymentGateway,
+	ProvideMailer,
+	wire.Bind(new(handlers.PaymentGateway), new(*fakes.PaymentGateway)),
+	wire.Bind(new(handlers.Mailer), new(*fakes.LogMailer)),
+)
+
+// HandlersSet provides every handler, through the generated registry.
+var HandlersSet = wire.NewSet(ServicesSet, handlers.Registry)
+
+// EnginesSet provides Kafka and the database, embedded or real as configured.
+var EnginesSet = wire.NewSet(ProvideBroker, ProvideConfig, ProvideDatabase)
+
+// RuntimeSet provides the outbox, the Watermill runtime and the HTTP API.
+var RuntimeSet = wire.NewSet(ProvideWatermillLogger, router.NewOutbox, router.New, ProvideIngress)
