@@ -1,0 +1,236 @@
+#!/usr/bin/env bash
+# Real engines for eventfn's tests, without Docker: PostgreSQL from Debian's
+# packages and Apache Kafka (KRaft) from Maven Central.
+#
+#   ci/services.sh up [--cluster]   start PostgreSQL and a one-node Kafka
+#                                   (--cluster: three Kafka nodes, RF 3, min ISR 2)
+#   ci/services.sh down             stop what this script started
+#   ci/services.sh status           show what runs
+#   ci/services.sh env              print the test variables: eval "$(ci/services.sh env)"
+#
+# It is idempotent, keeps state and logs under $EVENTFN_SERVICES_DIR (default
+# ci/.services), caches the Kafka jars under $EVENTFN_CACHE_DIR (default
+# ~/.cache/eventfn), and only ever stops processes it started itself.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+STATE=${EVENTFN_SERVICES_DIR:-$ROOT/ci/.services}
+CACHE=${EVENTFN_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/eventfn}
+LOGS=$STATE/logs
+PG_PORT=${EVENTFN_PG_PORT:-5432}
+PG_DB=eventfn_test
+KAFKA_VERSION=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$ROOT/ci/kafka/pom.xml")
+LIBS=$CACHE/kafka-$KAFKA_VERSION/libs
+KAFKA_STATE=$STATE/kafka
+KAFKA_TIMEOUT=${EVENTFN_KAFKA_TIMEOUT:-180}
+
+say() { printf 'services: %s\n' "$*" >&2; }
+die() { say "error: $*"; say "logs are in $LOGS"; exit 1; }
+
+# --- packages -------------------------------------------------------------
+
+pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
+
+install_packages() {
+  local missing=()
+  command -v kcat >/dev/null || missing+=(kcat)
+  [ -n "$(pg_bin)" ] || missing+=(postgresql)
+  command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
+  command -v mvn >/dev/null || missing+=(maven)
+  [ ${#missing[@]} -eq 0 ] && return 0
+  [ "$(id -u)" = 0 ] || die "missing ${missing[*]}; install them (apt-get install ${missing[*]}) or run as root"
+  say "installing ${missing[*]}"
+  # Keep apt from starting Debian's own PostgreSQL cluster on our port.
+  local policy=/usr/sbin/policy-rc.d added=""
+  if [ ! -e $policy ]; then printf '#!/bin/sh\nexit 101\n' >$policy && chmod +x $policy && added=1; fi
+  export DEBIAN_FRONTEND=noninteractive
+  { apt-get update -q && apt-get install -y -q --no-install-recommends "${missing[@]}"; } >"$LOGS/apt.log" 2>&1 ||
+    { [ -n "$added" ] && rm -f $policy; tail -n 30 "$LOGS/apt.log" >&2; die "apt-get install ${missing[*]} failed"; }
+  [ -n "$added" ] && rm -f $policy
+  return 0
+}
+
+# --- PostgreSQL -------------------------------------------------------------
+
+PGDATA=$STATE/postgres/data
+PGRUN=$STATE/postgres/run
+
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+
+pg_running() { [ -f "$PGDATA/postmaster.pid" ] && as_pg "$(pg_bin)/pg_ctl" -D "$PGDATA" status >/dev/null 2>&1; }
+
+pg_up() {
+  local bin; bin=$(pg_bin)
+  if pg_running; then say "PostgreSQL already running on 127.0.0.1:$PG_PORT"; return 0; fi
+  if "$bin/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"; then
+    die "127.0.0.1:$PG_PORT already serves a PostgreSQL this script did not start; stop it or set EVENTFN_PG_PORT"
+  fi
+  mkdir -p "$PGRUN" "$(dirname "$PGDATA")"
+  touch "$LOGS/postgres.log"
+  if [ "$(id -u)" = 0 ]; then chown -R postgres "$STATE/postgres" "$LOGS/postgres.log"; fi
+  if [ ! -f "$PGDATA/PG_VERSION" ]; then
+    say "creating a PostgreSQL cluster in $PGDATA"
+    as_pg "$bin/initdb" -D "$PGDATA" -U postgres --auth=trust -E UTF8 >>"$LOGS/postgres.log" 2>&1 || die "initdb failed"
+  fi
+  # Test settings: durability off (the data is throwaway), room for parallel tests.
+  as_pg "$bin/pg_ctl" -D "$PGDATA" -l "$LOGS/postgres.log" -w -t 60 \
+    -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $PGRUN -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" \
+    start >/dev/null || die "PostgreSQL did not start (see $LOGS/postgres.log)"
+  if ! "$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -Atc "SELECT 1 FROM pg_database WHERE datname = '$PG_DB'" | grep -q 1; then
+    "$bin/createdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres "$PG_DB" || die "createdb $PG_DB failed"
+  fi
+  say "PostgreSQL on 127.0.0.1:$PG_PORT, database $PG_DB"
+}
+
+pg_down() {
+  pg_running || return 0
+  as_pg "$(pg_bin)/pg_ctl" -D "$PGDATA" -m fast -w stop >/dev/null && say "PostgreSQL stopped"
+}
+
+# --- Kafka ------------------------------------------------------------------
+
+kafka_fetch() {
+  [ -f "$LIBS/.complete" ] && return 0
+  say "fetching Apache Kafka $KAFKA_VERSION from Maven Central into $LIBS"
+  rm -rf "$LIBS.tmp"
+  mvn -B -q -f "$ROOT/ci/kafka/pom.xml" \
+    org.apache.maven.plugins:maven-dependency-plugin:3.6.1:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$LIBS.tmp" >"$LOGS/maven.log" 2>&1 ||
+    { tail -n 30 "$LOGS/maven.log" >&2; die "could not fetch the Kafka jars"; }
+  rm -rf "$LIBS" && mv "$LIBS.tmp" "$LIBS" && touch "$LIBS/.complete"
+}
+
+kafka_java() { java -cp "$LIBS/*" "$@"; }
+
+# node_props N NODES: server.properties of node N in a cluster of NODES.
+node_props() {
+  local n=$1 nodes=$2 voters="" i rf=1 isr=1
+  for i in $(seq 1 "$nodes"); do voters+="${voters:+,}$i@127.0.0.1:$((19092 + i))"; done
+  if [ "$nodes" -gt 1 ]; then rf=3; isr=2; fi
+  cat <<PROPS
+process.roles=broker,controller
+node.id=$n
+controller.quorum.voters=$voters
+listeners=PLAINTEXT://127.0.0.1:$((9091 + n)),CONTROLLER://127.0.0.1:$((19092 + n))
+advertised.listeners=PLAINTEXT://127.0.0.1:$((9091 + n))
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$KAFKA_STATE/node$n/data
+num.partitions=4
+default.replication.factor=$rf
+min.insync.replicas=$isr
+offsets.topic.replication.factor=$rf
+offsets.topic.num.partitions=10
+transaction.state.log.replication.factor=$rf
+transaction.state.log.min.isr=$isr
+share.coordinator.state.topic.replication.factor=$rf
+share.coordinator.state.topic.min.isr=$isr
+group.initial.rebalance.delay.ms=0
+log.cleaner.dedupe.buffer.size=16777216
+auto.create.topics.enable=true
+PROPS
+}
+
+kafka_nodes_running() {
+  local n=0 f
+  for f in "$KAFKA_STATE"/node*/pid; do
+    [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null && n=$((n + 1))
+  done
+  echo $n
+}
+
+kafka_brokers() {
+  local nodes; nodes=$(cat "$KAFKA_STATE/nodes" 2>/dev/null || echo 1)
+  local i out=""
+  for i in $(seq 1 "$nodes"); do out+="${out:+,}127.0.0.1:$((9091 + i))"; done
+  echo "$out"
+}
+
+kafka_up() {
+  local nodes=$1 i
+  local running; running=$(kafka_nodes_running)
+  if [ "$running" -gt 0 ]; then
+    [ "$(cat "$KAFKA_STATE/nodes")" = "$nodes" ] || die "a Kafka of $(cat "$KAFKA_STATE/nodes") node(s) runs; 'ci/services.sh down' first"
+    [ "$running" = "$nodes" ] && { say "Kafka already running on $(kafka_brokers)"; return 0; }
+    die "only $running of $nodes Kafka nodes run; 'ci/services.sh down' first"
+  fi
+  kafka_fetch
+  if [ "$(cat "$KAFKA_STATE/nodes" 2>/dev/null)" != "$nodes" ]; then rm -rf "$KAFKA_STATE"; fi
+  mkdir -p "$KAFKA_STATE"
+  echo "$nodes" >"$KAFKA_STATE/nodes"
+  [ -f "$KAFKA_STATE/cluster.id" ] || kafka_java kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1 >"$KAFKA_STATE/cluster.id"
+  local heap=512m; [ "$nodes" -gt 1 ] && heap=384m
+  for i in $(seq 1 "$nodes"); do
+    local dir=$KAFKA_STATE/node$i
+    mkdir -p "$dir"
+    node_props "$i" "$nodes" >"$dir/server.properties"
+    if [ ! -f "$dir/data/meta.properties" ]; then
+      kafka_java kafka.tools.StorageTool format -t "$(cat "$KAFKA_STATE/cluster.id")" -c "$dir/server.properties" \
+        >>"$LOGS/kafka-$i.log" 2>&1 || die "formatting Kafka storage of node $i failed (see $LOGS/kafka-$i.log)"
+    fi
+    nohup java -Xms128m -Xmx$heap -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
+      -Dlog4j2.configurationFile="$ROOT/ci/kafka/log4j2.properties" \
+      -cp "$LIBS/*" kafka.Kafka "$dir/server.properties" >>"$LOGS/kafka-$i.log" 2>&1 </dev/null &
+    echo $! >"$dir/pid"
+  done
+  # Ready when a standard client sees every broker in the cluster metadata.
+  local deadline=$((SECONDS + KAFKA_TIMEOUT)) seen=0
+  while [ $SECONDS -lt $deadline ]; do
+    [ "$(kafka_nodes_running)" = "$nodes" ] || { tail -n 40 "$LOGS"/kafka-*.log >&2; die "a Kafka node exited while starting"; }
+    seen=$(kcat -b "$(kafka_brokers)" -L -m 3 2>/dev/null | sed -n 's/^ *\([0-9]*\) brokers:.*/\1/p' | head -n 1 || true)
+    [ "${seen:-0}" = "$nodes" ] && { say "Kafka $KAFKA_VERSION on $(kafka_brokers) ($nodes node(s))"; return 0; }
+    sleep 0.5
+  done
+  tail -n 40 "$LOGS"/kafka-*.log >&2
+  die "Kafka did not become ready within ${KAFKA_TIMEOUT}s"
+}
+
+kafka_down() {
+  local f pid stopped=0
+  for f in "$KAFKA_STATE"/node*/pid; do
+    [ -f "$f" ] || continue
+    pid=$(cat "$f")
+    if kill -0 "$pid" 2>/dev/null; then kill -TERM "$pid"; stopped=1; fi
+  done
+  for f in "$KAFKA_STATE"/node*/pid; do
+    [ -f "$f" ] || continue
+    pid=$(cat "$f")
+    for _ in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+    rm -f "$f"
+  done
+  [ $stopped = 1 ] && say "Kafka stopped"
+  return 0
+}
+
+# --- commands ---------------------------------------------------------------
+
+cmd=${1:-}
+mkdir -p "$LOGS"
+case "$cmd" in
+  up)
+    nodes=1
+    [ "${2:-}" = "--cluster" ] && nodes=3
+    install_packages
+    pg_up
+    kafka_up "$nodes"
+    ;;
+  down)
+    kafka_down
+    pg_down
+    ;;
+  status)
+    if pg_running; then echo "postgres: running on 127.0.0.1:$PG_PORT ($PGDATA)"; else echo "postgres: stopped"; fi
+    echo "kafka: $(kafka_nodes_running) node(s) running$( [ "$(kafka_nodes_running)" -gt 0 ] && echo " on $(kafka_brokers)")"
+    echo "logs: $LOGS"
+    ;;
+  env)
+    if [ "$(kafka_nodes_running)" -gt 0 ]; then echo "export EVENTFN_TEST_KAFKA_BROKERS=$(kafka_brokers)"; fi
+    if pg_running; then echo "export EVENTFN_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:$PG_PORT/$PG_DB?sslmode=disable"; fi
+    ;;
+  *)
+    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    exit 2
+    ;;
+esac

@@ -1,0 +1,123 @@
+package configs_test
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/eventfn/eventfn/configs"
+)
+
+func TestProfilesLoad(t *testing.T) {
+	for _, p := range configs.Profiles() {
+		t.Run(p, func(t *testing.T) {
+			cfg, err := configs.Load(configs.Options{Profile: p})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.Profile != p {
+				t.Errorf("Profile = %q", cfg.Profile)
+			}
+		})
+	}
+	local, _ := configs.Load(configs.Options{})
+	if local.Profile != "local" || !local.Kafka.Embedded || local.Database.URL != "" || local.HTTP.Addr != "127.0.0.1:8080" {
+		t.Errorf("default profile is not the zero-infrastructure one: %+v", local)
+	}
+	compose, _ := configs.Load(configs.Options{Profile: "compose"})
+	if compose.Kafka.Embedded || compose.Kafka.ReplicationFactor != 3 || !strings.HasPrefix(compose.Database.URL, "postgres://") {
+		t.Errorf("compose profile: %+v", compose)
+	}
+}
+
+func TestEnvironmentOverrides(t *testing.T) {
+	cfg, err := configs.Load(configs.Options{Environ: []string{
+		"EVENTFN_PROFILE=compose",
+		"EVENTFN_KAFKA_BROKERS=k1:9092,k2:9092",
+		"EVENTFN_DATABASE_URL=postgres://u:p@db:5432/x",
+		"EVENTFN_RELAY_POLL_INTERVAL=25ms",
+		"EVENTFN_KAFKA_PARTITIONS=12",
+		"EVENTFN_KAFKA_EMBEDDED=false",
+		"UNRELATED=1",
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Profile != "compose" || len(cfg.Kafka.Brokers) != 2 || cfg.Kafka.Brokers[1] != "k2:9092" ||
+		cfg.Database.URL != "postgres://u:p@db:5432/x" || cfg.Relay.PollInterval != 25*time.Millisecond || cfg.Kafka.Partitions != 12 {
+		t.Errorf("overrides not applied: %+v", cfg)
+	}
+}
+
+func TestFileAndFlagOverrides(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "prod.yaml")
+	if err := os.WriteFile(path, []byte("kafka:\n  embedded: false\n  brokers: [a:1]\nhandlers:\n  charge-payment:\n    max_retries: 9\n    timeout: 3s\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := configs.Load(configs.Options{File: path, Overrides: map[string]any{"http.addr": "0.0.0.0:9000"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := cfg.Handlers["charge-payment"]
+	if cfg.Kafka.Brokers[0] != "a:1" || p.MaxRetries == nil || *p.MaxRetries != 9 || p.Timeout != 3*time.Second || cfg.HTTP.Addr != "0.0.0.0:9000" {
+		t.Errorf("file or flag not applied: %+v %+v", cfg, p)
+	}
+}
+
+func TestInvalidValuesNameTheKey(t *testing.T) {
+	cases := []struct {
+		env  string
+		want string
+	}{
+		{"EVENTFN_HTTP_ADDR=nonsense", "http.addr (EVENTFN_HTTP_ADDR)"},
+		{"EVENTFN_KAFKA_VERSION=1.0.0", "kafka.version"},
+		{"EVENTFN_KAFKA_PARTITIONS=0", "kafka.partitions"},
+		{"EVENTFN_DATABASE_URL=mysql://x", "accepted: postgres://"},
+		{"EVENTFN_LOG_LEVEL=loud", "accepted: debug, info, warn, error"},
+		{"EVENTFN_LOG_FORMAT=xml", "accepted: text, json"},
+		{"EVENTFN_RELAY_POLL_INTERVAL=0s", "relay.poll_interval"},
+		{"EVENTFN_SHUTDOWN_TIMEOUT=soon", "shutdown.timeout"},
+		{"EVENTFN_PROFILE=nope", "accepted: compose, local, test"},
+		{"EVENTFN_PAYMENTS_FAIL_ATTEMPTS=-1", "payments.fail_attempts"},
+	}
+	for _, c := range cases {
+		t.Run(c.env, func(t *testing.T) {
+			_, err := configs.Load(configs.Options{Environ: []string{c.env}})
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("err = %v, want it to mention %q", err, c.want)
+			}
+		})
+	}
+}
+
+func TestUnknownKeyIsRefused(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "typo.yaml")
+	if err := os.WriteFile(path, []byte("kafka:\n  brokerz: [a:1]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := configs.Load(configs.Options{File: path})
+	if err == nil || !strings.Contains(err.Error(), "brokerz") {
+		t.Fatalf("err = %v, want it to name the unknown key", err)
+	}
+}
+
+func TestDatabaseURL(t *testing.T) {
+	cases := []struct{ url, driver, path string }{
+		{"", "sqlite", filepath.Join("data", "eventfn.db")},
+		{"sqlite:///var/lib/e.db", "sqlite", "/var/lib/e.db"},
+		{"sqlite://rel/e.db", "sqlite", "rel/e.db"},
+		{"postgres://u@h/db", "postgres", ""},
+	}
+	for _, c := range cases {
+		d := configs.Database{URL: c.url}
+		got, err := d.Driver()
+		if err != nil || got != c.driver {
+			t.Errorf("%q: driver %q, %v", c.url, got, err)
+		}
+		if c.driver == "sqlite" && d.SQLitePath("data") != c.path {
+			t.Errorf("%q: path %q, want %q", c.url, d.SQLitePath("data"), c.path)
+		}
+	}
+}
