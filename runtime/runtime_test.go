@@ -15,7 +15,7 @@ type thing struct {
 	Count int    `json:"count"`
 }
 
-func (thing) EventType() string { return "thing.happened" }
+func (thing) EventType() string  { return "thing.happened" }
 func (t thing) EventKey() string { return t.Name }
 func (t thing) Validate() error {
 	if t.Name == "" {

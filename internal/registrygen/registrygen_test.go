@@ -58,9 +58,9 @@ import (
 func Audit(log *slog.Logger) runtime.Handler { return runtime.Handler{} }
 func NotAHandler() int { return 0 }
 `,
-		"ports.go":          "package handlers\ntype PaymentGateway interface{}\n",
-		"refund_test.go":    "package handlers\nfunc TestIgnored() runtime.Handler { return nil }\n",
-		"registry_gen.go":   "package handlers\n// stale content is ignored\n",
+		"ports.go":        "package handlers\ntype PaymentGateway interface{}\n",
+		"refund_test.go":  "package handlers\nfunc TestIgnored() runtime.Handler { return nil }\n",
+		"registry_gen.go": "package handlers\n// stale content is ignored\n",
 	}
 	for name, src := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(src), 0o644); err != nil {
