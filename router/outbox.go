@@ -45,8 +45,8 @@ func NewOutbox(db *store.DB, cfg configs.Config, logger watermill.LoggerAdapter)
 		o.schema = sqliteadapter.Schema{BatchSize: cfg.Relay.BatchSize}
 		o.offsets = sqliteadapter.Offsets{}
 	default:
-		o.schema = &wsql.DefaultPostgreSQLSchema{SubscribeBatchSize: cfg.Relay.BatchSize}
-		o.offsets = wsql.DefaultPostgreSQLOffsetsAdapter{}
+		o.schema = PostgresSchema{&wsql.DefaultPostgreSQLSchema{SubscribeBatchSize: cfg.Relay.BatchSize}}
+		o.offsets = PostgresOffsets{}
 	}
 	return o
 }

@@ -12,7 +12,6 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/pubsub/tests"
 
-	"github.com/eventfn/eventfn/internal/testenv"
 	"github.com/eventfn/eventfn/router/sqliteadapter"
 	"github.com/eventfn/eventfn/store"
 )
@@ -77,36 +76,15 @@ func sqlitePubSub(t *testing.T) tests.ConsumerGroupPubSubConstructor {
 	}
 	t.Cleanup(func() { _ = db.Close() })
 	return func(t *testing.T, group string) (message.Publisher, message.Subscriber) {
-		return newPubSub(t, db.DB, group, sqliteadapter.Schema{}, sqliteadapter.Offsets{}, false)
+		return newPubSub(t, db.DB, group, sqliteadapter.Schema{}, sqliteadapter.Offsets{})
 	}
 }
 
-// TestPostgresPubSubConformance runs the same suite on watermill-sql's PostgreSQL
-// adapters as eventfn configures them, against the server in EVENTFN_TEST_DATABASE_URL.
-func TestPostgresPubSubConformance(t *testing.T) {
-	t.Parallel()
-	url := testenv.PostgresSchema(t, testenv.RequirePostgres(t))
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	db, err := store.Open(ctx, store.Config{Driver: store.Postgres, URL: url, MaxOpenConns: 32})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = db.Close() })
-	schema := &wsql.DefaultPostgreSQLSchema{GeneratePayloadType: func(string) string { return "BYTEA" }}
-	withGroup := func(t *testing.T, group string) (message.Publisher, message.Subscriber) {
-		return newPubSub(t, db.DB, group, schema, wsql.DefaultPostgreSQLOffsetsAdapter{}, true)
-	}
-	tests.TestPubSub(t, features, func(t *testing.T) (message.Publisher, message.Subscriber) {
-		return withGroup(t, "test")
-	}, withGroup)
-}
-
-// newPubSub builds a watermill-sql Pub/Sub. initOnSubscribe makes every Subscribe create the tables; on SQLite the
-// publisher creates them instead (as eventfn does once at start), because the
-// schema transaction would queue for the write lock behind a subscriber that
-// holds it while its consumer has not yet acked.
-func newPubSub(t *testing.T, db *stdsql.DB, group string, schema wsql.SchemaAdapter, offsets wsql.OffsetsAdapter, initOnSubscribe bool) (message.Publisher, message.Subscriber) {
+// newPubSub builds a watermill-sql Pub/Sub on db. The publisher creates the
+// tables (as eventfn does once at start), not each Subscribe: the schema
+// transaction would queue for SQLite's write lock behind a subscriber that holds
+// it while its consumer has not yet acked.
+func newPubSub(t *testing.T, db *stdsql.DB, group string, schema wsql.SchemaAdapter, offsets wsql.OffsetsAdapter) (message.Publisher, message.Subscriber) {
 	logger := watermill.NopLogger{}
 	pub, err := wsql.NewPublisher(db, wsql.PublisherConfig{SchemaAdapter: schema, AutoInitializeSchema: true}, logger)
 	if err != nil {
@@ -119,7 +97,6 @@ func newPubSub(t *testing.T, db *stdsql.DB, group string, schema wsql.SchemaAdap
 		RetryInterval:    10 * time.Millisecond,
 		SchemaAdapter:    schema,
 		OffsetsAdapter:   offsets,
-		InitializeSchema: initOnSubscribe,
 	}, logger)
 	if err != nil {
 		t.Fatal(err)
