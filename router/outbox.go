@@ -34,7 +34,9 @@ type Outbox struct {
 	kafka   configs.Kafka
 	schema  wsql.SchemaAdapter
 	offsets wsql.OffsetsAdapter
-	logger  watermill.LoggerAdapter
+	// ackDeadline bounds how long the relay's read transaction waits for Kafka.
+	ackDeadline time.Duration
+	logger      watermill.LoggerAdapter
 }
 
 // NewOutbox builds the outbox of db.
@@ -44,9 +46,11 @@ func NewOutbox(db *store.DB, cfg configs.Config, logger watermill.LoggerAdapter)
 	case store.SQLite:
 		o.schema = sqliteadapter.Schema{BatchSize: cfg.Relay.BatchSize}
 		o.offsets = sqliteadapter.Offsets{}
+		o.ackDeadline = sqliteadapter.AckDeadline
 	default:
 		o.schema = PostgresSchema{&wsql.DefaultPostgreSQLSchema{SubscribeBatchSize: cfg.Relay.BatchSize}}
 		o.offsets = PostgresOffsets{}
+		o.ackDeadline = 30 * time.Second
 	}
 	return o
 }
@@ -67,6 +71,7 @@ func (o *Outbox) Initialize(ctx context.Context) error {
 func (o *Outbox) subscriber(poll time.Duration) (*wsql.Subscriber, error) {
 	sub, err := wsql.NewSubscriber(o.db.DB, wsql.SubscriberConfig{
 		ConsumerGroup:  RelayGroup,
+		AckDeadline:    &o.ackDeadline,
 		PollInterval:   poll,
 		ResendInterval: poll,
 		RetryInterval:  100 * time.Millisecond,

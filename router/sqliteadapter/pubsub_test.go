@@ -86,17 +86,19 @@ func sqlitePubSub(t *testing.T) tests.ConsumerGroupPubSubConstructor {
 // it while its consumer has not yet acked.
 func newPubSub(t *testing.T, db *stdsql.DB, group string, schema wsql.SchemaAdapter, offsets wsql.OffsetsAdapter) (message.Publisher, message.Subscriber) {
 	logger := watermill.NopLogger{}
+	ackDeadline := sqliteadapter.AckDeadline
 	pub, err := wsql.NewPublisher(db, wsql.PublisherConfig{SchemaAdapter: schema, AutoInitializeSchema: true}, logger)
 	if err != nil {
 		t.Fatal(err)
 	}
 	sub, err := wsql.NewSubscriber(db, wsql.SubscriberConfig{
-		ConsumerGroup:    group,
-		PollInterval:     10 * time.Millisecond,
-		ResendInterval:   10 * time.Millisecond,
-		RetryInterval:    10 * time.Millisecond,
-		SchemaAdapter:    schema,
-		OffsetsAdapter:   offsets,
+		ConsumerGroup:  group,
+		AckDeadline:    &ackDeadline,
+		PollInterval:   10 * time.Millisecond,
+		ResendInterval: 10 * time.Millisecond,
+		RetryInterval:  10 * time.Millisecond,
+		SchemaAdapter:  schema,
+		OffsetsAdapter: offsets,
 	}, logger)
 	if err != nil {
 		t.Fatal(err)

@@ -16,10 +16,19 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+	"time"
 
 	wsql "github.com/ThreeDotsLabs/watermill-sql/v3/pkg/sql"
 	"github.com/ThreeDotsLabs/watermill/message"
 )
+
+// AckDeadline is the subscriber ack deadline to use with these adapters. A
+// watermill-sql subscriber keeps its transaction, and so SQLite's one write lock,
+// until its consumer acks; watermill-sql's default of 30 s would let one slow or
+// stalled consumer (a relay whose Kafka is down) hold up every other writer, an
+// HTTP request storing an order included. After the deadline the message is
+// released and delivered again later.
+const AckDeadline = 2 * time.Second
 
 // Schema is a watermill-sql SchemaAdapter for SQLite.
 type Schema struct {
