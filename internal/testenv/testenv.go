@@ -2,7 +2,9 @@
 // set they use the embedded engines (kfake and SQLite); EVENTFN_TEST_KAFKA_BROKERS
 // and EVENTFN_TEST_DATABASE_URL name real Apache Kafka and PostgreSQL. Under
 // CI=true a test that needs a real engine fails instead of skipping, so a CI run
-// cannot pass by silently testing less.
+// cannot pass by silently testing less; the one exception is a pass that
+// declares itself embedded-only with EVENTFN_TEST_ENGINES=embedded (.ci/run's
+// second pass, after the real-engine pass ran those tests).
 package testenv
 
 import (
@@ -23,6 +25,8 @@ import (
 const (
 	KafkaBrokersVar = "EVENTFN_TEST_KAFKA_BROKERS"
 	DatabaseURLVar  = "EVENTFN_TEST_DATABASE_URL"
+	// EnginesVar=embedded declares a deliberately embedded-only pass.
+	EnginesVar = "EVENTFN_TEST_ENGINES"
 )
 
 // KafkaBrokers returns the real brokers named for tests, or nil.
@@ -59,7 +63,7 @@ func RequirePostgres(t testing.TB) string {
 
 func missing(t testing.TB, variable, what string) {
 	t.Helper()
-	if os.Getenv("CI") == "true" && os.Getenv("EVENTFN_TEST_EMBEDDED_ONLY") != "true" {
+	if os.Getenv("CI") == "true" && os.Getenv(EnginesVar) != "embedded" {
 		t.Fatalf("%s is not set: this test needs %s, and CI=true forbids skipping it", variable, what)
 	}
 	t.Skipf("%s is not set: this test needs %s", variable, what)
