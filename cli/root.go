@@ -94,6 +94,7 @@ SQLite, both under the data directory.`,
 		},
 		newPublishCmd(g, stdin, stdout, stderr, environ),
 		newHandlersCmd(g, stdout, stderr, environ),
+		newReadyCmd(g, stdout, environ),
 	)
 	return root
 }
