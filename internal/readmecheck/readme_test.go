@@ -1,0 +1,95 @@
+// Package readmecheck follows the README's "Writing a handler" steps on a copy
+// of the repository: the handler shown there, added as one new file, must be
+// found by `go generate ./...` and run without editing any other file.
+package readmecheck
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestREADMEHandlerWorksAsWritten(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds a copy of the repository")
+	}
+	root, err := filepath.Abs(filepath.Join("..", ".."))
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme, err := os.ReadFile(filepath.Join(root, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The first Go block after "## Writing a handler", un-indented.
+	section := string(readme)[strings.Index(string(readme), "## Writing a handler"):]
+	m := regexp.MustCompile("(?s)```go\n(.*?)```").FindStringSubmatch(section)
+	if m == nil {
+		t.Fatal("no Go block in the README's Writing a handler section")
+	}
+	var src strings.Builder
+	for _, line := range strings.Split(m[1], "\n") {
+		src.WriteString(strings.TrimPrefix(line, "   ") + "\n")
+	}
+
+	dir := t.TempDir()
+	copyRepo(t, root, dir)
+	if err := os.WriteFile(filepath.Join(dir, "handlers", "refund.go"), []byte(src.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	run(t, dir, "go", "generate", "./...")
+	out := run(t, dir, "go", "run", ".", "handlers")
+	if !strings.Contains(out, "refund-payment") || !strings.Contains(out, "refund.requested") {
+		t.Fatalf("the README's handler is not registered:\n%s", out)
+	}
+	// The generated code compiles and the new handler passes the runtime's checks.
+	run(t, dir, "go", "vet", "./handlers/", "./wiring/")
+}
+
+// copyRepo copies the files git tracks (or, outside a checkout, the tree).
+func copyRepo(t *testing.T, from, to string) {
+	t.Helper()
+	out, err := exec.Command("git", "-C", from, "ls-files", "--cached", "--others", "--exclude-standard").Output()
+	if err != nil {
+		t.Fatalf("git ls-files: %v", err)
+	}
+	for _, rel := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if rel == "" || strings.HasPrefix(rel, "handlers/refund.go") {
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join(from, rel))
+		if os.IsNotExist(err) {
+			continue // deleted in the work tree
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		dst := filepath.Join(to, rel)
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(dst, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func run(t *testing.T, dir string, name string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Dir = dir
+	var buf bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &buf, &buf
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("%s %v: %v\n%s", name, args, err, buf.String())
+	}
+	return buf.String()
+}
