@@ -30,7 +30,7 @@ func (i *invoker) handle(msg *message.Message) error {
 	meta := metadataOf(msg, attempt)
 	ctx := runtime.WithMetadata(msg.Context(), meta)
 
-	duplicate := false
+	duplicate, emitted := false, false
 	err := inTx(ctx, i.outbox.db, func(ctx context.Context, tx *sql.Tx) error {
 		claimed, err := claimInbox(ctx, tx, i.handler.Name(), meta)
 		if err != nil {
@@ -44,12 +44,17 @@ func (i *invoker) handle(msg *message.Message) error {
 		if err != nil {
 			return err
 		}
-		return i.handler.Invoke(ctx, h, msg.Payload)
+		err = i.handler.Invoke(ctx, h, msg.Payload)
+		emitted = h.emitted > 0
+		return err
 	})
 	if err != nil {
 		i.logger.WarnContext(ctx, "handler failed", "handler", i.handler.Name(), "event_id", meta.ID,
 			"event_type", meta.Type, "attempt", attempt, "permanent", runtime.IsPermanent(err), "err", err)
 		return err
+	}
+	if emitted {
+		i.outbox.wake.nudge()
 	}
 	if duplicate {
 		i.logger.InfoContext(ctx, "event already processed; acknowledged without running the handler",

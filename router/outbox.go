@@ -36,12 +36,14 @@ type Outbox struct {
 	offsets wsql.OffsetsAdapter
 	// ackDeadline bounds how long the relay's read transaction waits for Kafka.
 	ackDeadline time.Duration
-	logger      watermill.LoggerAdapter
+	// wake lets a commit that emitted events start the relay's next poll at once.
+	wake   *relayWake
+	logger watermill.LoggerAdapter
 }
 
 // NewOutbox builds the outbox of db.
 func NewOutbox(db *store.DB, cfg configs.Config, logger watermill.LoggerAdapter) *Outbox {
-	o := &Outbox{db: db, kafka: cfg.Kafka, logger: logger}
+	o := &Outbox{db: db, kafka: cfg.Kafka, logger: logger, wake: newRelayWake(cfg.Relay.PollInterval)}
 	switch db.Driver {
 	case store.SQLite:
 		o.schema = sqliteadapter.Schema{BatchSize: cfg.Relay.BatchSize}
@@ -75,6 +77,7 @@ func (o *Outbox) subscriber(poll time.Duration) (*wsql.Subscriber, error) {
 		PollInterval:   poll,
 		ResendInterval: poll,
 		RetryInterval:  100 * time.Millisecond,
+		BackoffManager: o.wake,
 		SchemaAdapter:  o.schema,
 		OffsetsAdapter: o.offsets,
 	}, o.logger)
@@ -121,13 +124,20 @@ func (o *Outbox) Transact(ctx context.Context, fn func(ctx context.Context, tx r
 	if !ok || meta.CorrelationID == "" {
 		meta.CorrelationID = uuid.NewString()
 	}
-	return inTx(ctx, o.db, func(ctx context.Context, tx *sql.Tx) error {
+	emitted := false
+	err := inTx(ctx, o.db, func(ctx context.Context, tx *sql.Tx) error {
 		h, err := o.handle(tx, meta, "eventfn/ingress", nil)
 		if err != nil {
 			return err
 		}
-		return fn(ctx, h)
+		err = fn(ctx, h)
+		emitted = h.emitted > 0
+		return err
 	})
+	if err == nil && emitted {
+		o.wake.nudge()
+	}
+	return err
 }
 
 // handle wraps tx as the runtime.Tx a handler sees. allowed, when not nil, limits
@@ -148,6 +158,7 @@ type txHandle struct {
 	source  string
 	allowed func(string) bool
 	kafka   configs.Kafka
+	emitted int
 }
 
 var _ runtime.Tx = (*txHandle)(nil)
@@ -185,6 +196,7 @@ func (t *txHandle) Emit(ctx context.Context, events ...runtime.Event) error {
 		if err := t.pub.Publish(t.kafka.Topic(typ), msg); err != nil {
 			return fmt.Errorf("write %s to the outbox: %w", typ, err)
 		}
+		t.emitted++
 	}
 	return nil
 }
