@@ -61,6 +61,21 @@ func newEngines(t *testing.T) engines {
 	return e
 }
 
+// kafkaNodes counts the brokers of the cluster.
+func (e engines) kafkaNodes(t *testing.T, cfg configs.Config) int {
+	t.Helper()
+	sc, err := router.SaramaConfig(cfg.Kafka)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := sarama.NewClient(e.brokers, sc)
+	if err != nil {
+		t.Fatalf("connect to %v: %v", e.brokers, err)
+	}
+	defer c.Close()
+	return len(c.Brokers())
+}
+
 // config is the test profile pointed at e, with topics and groups of its own.
 func (e engines) config(t *testing.T, edit func(*configs.Config)) configs.Config {
 	t.Helper()
@@ -73,7 +88,8 @@ func (e engines) config(t *testing.T, edit func(*configs.Config)) configs.Config
 	cfg.Kafka.Brokers = e.brokers
 	cfg.Kafka.TopicPrefix = testenv.UniqueName("t") + "."
 	if e.realKafka {
-		cfg.Kafka.ReplicationFactor = 1
+		// One node or the three of `ci/services.sh up --cluster` (min ISR 2).
+		cfg.Kafka.ReplicationFactor = min(3, e.kafkaNodes(t, cfg))
 	}
 	cfg.Database.URL = e.databaseURL
 	// Fast retries keep failure tests short; the policy logic is the same.

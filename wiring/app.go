@@ -80,27 +80,32 @@ func (a *App) Run(ctx context.Context) error {
 		httpDone <- nil
 	}()
 
-	runCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	go func() {
-		// An HTTP server that dies takes the process down with it.
-		select {
-		case err := <-httpDone:
-			if err != nil {
-				a.logger.Error("http server stopped", "err", err)
-			}
-			httpDone <- err
-			cancel()
-		case <-runCtx.Done():
-		}
-	}()
-	rtErr := a.Runtime.Run(runCtx)
+	// The runtime gets a context of its own: on ctx's end the HTTP server stops
+	// taking requests first, so no new order reaches the outbox while the
+	// runtime drains it.
+	runCtx, stopRuntime := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopRuntime()
+	rtDone := make(chan error, 1)
+	go func() { rtDone <- a.Runtime.Run(runCtx) }()
 
+	var rtErr, httpErr error
+	select {
+	case <-ctx.Done():
+	case err := <-httpDone:
+		// An HTTP server that dies takes the process down with it.
+		httpErr = err
+	case err := <-rtDone:
+		rtErr = err
+		rtDone <- err
+	}
 	shutdownCtx, stop := context.WithTimeout(context.WithoutCancel(ctx), a.Config.Shutdown.Timeout)
 	defer stop()
-	httpErr := srv.Shutdown(shutdownCtx)
-	if errors.Is(httpErr, http.ErrServerClosed) {
-		httpErr = nil
+	if err := srv.Shutdown(shutdownCtx); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		httpErr = errors.Join(httpErr, err)
+	}
+	stopRuntime()
+	if err := <-rtDone; err != nil && rtErr == nil {
+		rtErr = err
 	}
 	return errors.Join(rtErr, httpErr)
 }
