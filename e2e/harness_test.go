@@ -64,16 +64,7 @@ func newEngines(t *testing.T) engines {
 // kafkaNodes counts the brokers of the cluster.
 func (e engines) kafkaNodes(t *testing.T, cfg configs.Config) int {
 	t.Helper()
-	sc, err := router.SaramaConfig(cfg.Kafka)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := sarama.NewClient(e.brokers, sc)
-	if err != nil {
-		t.Fatalf("connect to %v: %v", e.brokers, err)
-	}
-	defer c.Close()
-	return len(c.Brokers())
+	return len(kafkaClient(t, cfg).Brokers())
 }
 
 // config is the test profile pointed at e, with topics and groups of its own.
@@ -89,7 +80,7 @@ func (e engines) config(t *testing.T, edit func(*configs.Config)) configs.Config
 	cfg.Kafka.TopicPrefix = testenv.UniqueName("t") + "."
 	if e.realKafka {
 		// One node or the three of `ci/services.sh up --cluster` (min ISR 2).
-		cfg.Kafka.ReplicationFactor = min(3, e.kafkaNodes(t, cfg))
+		cfg.Kafka.ReplicationFactor = min(3, e.kafkaNodes(t, cfg)) // cfg.Kafka.Brokers is set above
 	}
 	cfg.Database.URL = e.databaseURL
 	// Fast retries keep failure tests short; the policy logic is the same.
