@@ -1,0 +1,87 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestBadInputIsRefusedBeforeKafka: every one of these fails with exit code 2
+// and a message that says what is wrong, without reaching for a broker (the
+// brokers named here do not exist).
+func TestBadInputIsRefusedBeforeKafka(t *testing.T) {
+	env := []string{"EVENTFN_KAFKA_BROKERS=127.0.0.1:1"}
+	cases := []struct {
+		name string
+		args []string
+		env  []string
+		want string
+	}{
+		{"unknown event type", []string{"publish", "order.cancelled", "{}"}, env, `unknown event type "order.cancelled"; known types: email.sent, order.placed, payment.confirmed`},
+		{"invalid JSON", []string{"publish", "order.placed", `{"order_id":`}, env, "payload is not valid JSON"},
+		{"wrong shape", []string{"publish", "order.placed", `{"order_id": 7}`}, env, "payload is not a valid order.placed"},
+		{"fails validation", []string{"publish", "payment.confirmed", `{"order_id":"o"}`}, env, "payment_id is required"},
+		{"missing file", []string{"publish", "order.placed", "@/does/not/exist.json"}, env, "read payload file"},
+		{"missing payload", []string{"publish", "order.placed"}, env, "accepts 2 arg(s)"},
+		{"bad configuration", []string{"handlers"}, []string{"EVENTFN_KAFKA_PARTITIONS=zero"}, "kafka.partitions"},
+		{"unknown profile", []string{"handlers", "--profile", "prod"}, nil, `profile "prod" does not exist`},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			var out, errOut bytes.Buffer
+			code := Main(context.Background(), c.args, strings.NewReader(""), &out, &errOut, c.env)
+			if code == 0 || !strings.Contains(errOut.String(), c.want) {
+				t.Fatalf("exit %d, stderr %q; want non-zero and %q", code, errOut.String(), c.want)
+			}
+			if c.name != "missing payload" && code != 2 {
+				t.Errorf("exit %d, want 2 for bad input", code)
+			}
+		})
+	}
+}
+
+func TestReadPayload(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ev.json")
+	if err := os.WriteFile(path, []byte(`{"a":1}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for arg, want := range map[string]string{`{"a":1}`: `{"a":1}`, "@" + path: `{"a":1}`, "-": `{"b":2}`} {
+		got, err := readPayload(arg, strings.NewReader(`{"b":2}`))
+		if err != nil || string(got) != want {
+			t.Errorf("readPayload(%q) = %q, %v", arg, got, err)
+		}
+	}
+}
+
+func TestHandlersCommand(t *testing.T) {
+	var out, errOut bytes.Buffer
+	if code := Main(context.Background(), []string{"handlers", "--json"}, nil, &out, &errOut, nil); code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	var infos []struct {
+		Name    string   `json:"name"`
+		Trigger string   `json:"trigger"`
+		Group   string   `json:"consumer_group"`
+		Emits   []string `json:"emits"`
+	}
+	if err := json.Unmarshal(out.Bytes(), &infos); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"charge-payment": "order.placed", "send-confirmation": "payment.confirmed", "mark-order-emailed": "email.sent"}
+	if len(infos) != len(want) {
+		t.Fatalf("got %d handlers: %+v", len(infos), infos)
+	}
+	for _, i := range infos {
+		if want[i.Name] != i.Trigger || i.Group != i.Name {
+			t.Errorf("handler %+v", i)
+		}
+	}
+	out.Reset()
+	if code := Main(context.Background(), []string{"handlers"}, nil, &out, &errOut, nil); code != 0 || !strings.Contains(out.String(), "charge-payment      order.placed") {
+		t.Errorf("table output:\n%s", out.String())
+	}
+}
