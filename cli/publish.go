@@ -131,7 +131,7 @@ func publish(ctx context.Context, cfg configs.Config, f *publishFlags, eventType
 		router.HeaderCorrelationID: id,
 	}
 	if key != "" {
-		msg.Metadata.Set("eventfn_key", key)
+		msg.Metadata.Set(router.MetadataKey, key)
 	}
 	record, err := router.CloudEventsMarshaler{}.Marshal(cfg.Kafka.Topic(eventType), msg)
 	if err != nil {

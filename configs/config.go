@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
-	"os"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -415,7 +414,3 @@ func ParseKafkaVersion(v string) ([3]int, error) {
 	}
 	return out, nil
 }
-
-// Environ is os.Environ; a named function keeps callers honest about where the
-// environment comes from.
-func Environ() []string { return os.Environ() }

@@ -264,15 +264,40 @@ func (a *app) waitEmailed(t *testing.T, ids []string, timeout time.Duration) {
 	})
 }
 
-// count runs a COUNT(*) query on a fresh connection to the test database.
+// count runs a COUNT(*) query on the test database, through a connection of
+// the test's own that outlives app restarts.
 func count(t *testing.T, cfg configs.Config, query string, args ...any) int {
 	t.Helper()
-	db := openDB(t, cfg)
+	db := testDB(t, cfg)
 	var n int
 	if err := db.Read.QueryRowContext(context.Background(), query, args...).Scan(&n); err != nil {
 		t.Fatalf("%s: %v", query, err)
 	}
 	return n
+}
+
+var (
+	testDBsMu sync.Mutex
+	testDBs   = map[string]*store.DB{} // by database URL; each test has its own
+)
+
+// testDB opens the test database once per test (migrations run once) and
+// closes it when the test ends.
+func testDB(t *testing.T, cfg configs.Config) *store.DB {
+	t.Helper()
+	testDBsMu.Lock()
+	defer testDBsMu.Unlock()
+	if db, ok := testDBs[cfg.Database.URL]; ok {
+		return db
+	}
+	db := openDB(t, cfg)
+	testDBs[cfg.Database.URL] = db
+	t.Cleanup(func() {
+		testDBsMu.Lock()
+		delete(testDBs, cfg.Database.URL)
+		testDBsMu.Unlock()
+	})
+	return db
 }
 
 func openDB(t *testing.T, cfg configs.Config) *store.DB {

@@ -20,9 +20,10 @@ const (
 	HeaderContentType   = "content-type"
 	HeaderCorrelationID = "ce_correlationid"
 
-	// metaKey carries the Kafka record key inside Watermill metadata; it is the
-	// record's key on the wire, never a header.
-	metaKey = "eventfn_key"
+	// MetadataKey carries the Kafka record key inside Watermill metadata; it is
+	// the record's key on the wire, never a header.
+	MetadataKey = "eventfn_key"
+	metaKey     = MetadataKey
 	// metaAttempts counts calls of a handler for one delivery; a dead-lettered
 	// event carries it as a header.
 	metaAttempts = "eventfn_attempts"
