@@ -52,10 +52,18 @@ install_packages() {
 
 # --- PostgreSQL -------------------------------------------------------------
 
-PGDATA=$STATE/postgres/data
-PGRUN=$STATE/postgres/run
-
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+
+# PostgreSQL runs as the postgres user when we are root; if that user cannot
+# reach $STATE (a checkout under /root, say), its files live in /var/tmp and
+# the log is linked into $LOGS.
+PGBASE=$STATE/postgres
+if [ "$(id -u)" = 0 ] && id postgres >/dev/null 2>&1 && ! runuser -u postgres -- test -x "$STATE" 2>/dev/null; then
+  PGBASE=/var/tmp/eventfn-postgres
+fi
+PGDATA=$PGBASE/data
+PGRUN=$PGBASE/run
+PGLOG=$PGBASE/postgres.log
 
 pg_running() { [ -f "$PGDATA/postmaster.pid" ] && as_pg "$(pg_bin)/pg_ctl" -D "$PGDATA" status >/dev/null 2>&1; }
 
@@ -65,15 +73,16 @@ pg_up() {
   if "$bin/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"; then
     die "127.0.0.1:$PG_PORT already serves a PostgreSQL this script did not start; stop it or set EVENTFN_PG_PORT"
   fi
-  mkdir -p "$PGRUN" "$(dirname "$PGDATA")"
-  touch "$LOGS/postgres.log"
-  if [ "$(id -u)" = 0 ]; then chown -R postgres "$STATE/postgres" "$LOGS/postgres.log"; fi
+  mkdir -p "$PGRUN"
+  touch "$PGLOG"
+  [ "$PGLOG" = "$LOGS/postgres.log" ] || ln -sf "$PGLOG" "$LOGS/postgres.log"
+  if [ "$(id -u)" = 0 ]; then chown -R postgres "$PGBASE"; fi
   if [ ! -f "$PGDATA/PG_VERSION" ]; then
     say "creating a PostgreSQL cluster in $PGDATA"
-    as_pg "$bin/initdb" -D "$PGDATA" -U postgres --auth=trust -E UTF8 >>"$LOGS/postgres.log" 2>&1 || die "initdb failed"
+    as_pg "$bin/initdb" -D "$PGDATA" -U postgres --auth=trust -E UTF8 >>"$PGLOG" 2>&1 || die "initdb failed"
   fi
   # Test settings: durability off (the data is throwaway), room for parallel tests.
-  as_pg "$bin/pg_ctl" -D "$PGDATA" -l "$LOGS/postgres.log" -w -t 60 \
+  as_pg "$bin/pg_ctl" -D "$PGDATA" -l "$PGLOG" -w -t 60 \
     -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $PGRUN -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" \
     start >/dev/null || die "PostgreSQL did not start (see $LOGS/postgres.log)"
   if ! "$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -Atc "SELECT 1 FROM pg_database WHERE datname = '$PG_DB'" | grep -q 1; then
