@@ -61,6 +61,19 @@ func TestManyOrdersReachEmailed(t *testing.T) {
 	if got := len(a.Mailer.Sent()); got != orders {
 		t.Errorf("emails sent = %d, want %d", got, orders)
 	}
+	// /metrics reflects the traffic.
+	metrics := a.get(t, "/metrics")
+	for _, want := range []string{
+		fmt.Sprintf(`eventfn_handler_attempts_total{handler="charge-payment",result="ok"} %d`, orders),
+		fmt.Sprintf(`eventfn_handler_attempts_total{handler="mark-order-emailed",result="ok"} %d`, orders),
+		"eventfn_outbox_pending 0",
+		`eventfn_watermill_handler_execution_time_seconds_count{handler_name="send-confirmation",success="true"}`,
+		"go_goroutines",
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
 	// Every emitted event carries the CloudEvents binary-mode headers and the order id as key.
 	client := kafkaClient(t, cfg)
 	recs := readAll(t, client, cfg.Kafka.Topic("payment.confirmed"), orders, 30*time.Second, nil)
@@ -129,6 +142,9 @@ func TestSameEventTwiceHasOneEffect(t *testing.T) {
 	if got := header(confirmed[0], router.HeaderCorrelationID); got != eventID {
 		t.Errorf("correlation id %q, want the first event's id %q", got, eventID)
 	}
+	if m := a.get(t, "/metrics"); !strings.Contains(m, `eventfn_inbox_duplicates_total{handler="charge-payment"} 1`) {
+		t.Error("/metrics does not count the duplicate delivery")
+	}
 }
 
 // TestFailingTwiceThenSucceedingIsRetried: the gateway fails the first two
@@ -181,6 +197,15 @@ func TestEventThatKeepsFailingIsDeadLettered(t *testing.T) {
 	}
 	if s := a.orderStatus(t, id); s != "placed" {
 		t.Errorf("order status = %q, want placed", s)
+	}
+	metrics := a.get(t, "/metrics")
+	for _, want := range []string{
+		`eventfn_dead_lettered_total{handler="charge-payment"} 1`,
+		`eventfn_handler_attempts_total{handler="charge-payment",result="error"} 3`,
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
 	}
 }
 

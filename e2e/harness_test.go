@@ -231,6 +231,21 @@ func (a *app) tryPlaceOrder(email string, items ...map[string]any) (string, int,
 	return out.ID, resp.StatusCode, string(body)
 }
 
+// get returns the body of a GET request to the app.
+func (a *app) get(t *testing.T, path string) string {
+	t.Helper()
+	resp, err := http.Get(a.base + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %d %s", path, resp.StatusCode, body)
+	}
+	return string(body)
+}
+
 func (a *app) orderStatus(t *testing.T, id string) string {
 	t.Helper()
 	resp, err := http.Get(a.base + "/orders/" + id)

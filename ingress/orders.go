@@ -29,13 +29,15 @@ type Server struct {
 	tx      runtime.Transactor
 	read    *sql.DB
 	ready   ReadyFunc
+	metrics http.Handler
 	maxBody int64
 	logger  *slog.Logger
 }
 
-// NewServer builds the HTTP handler. read serves GET queries; tx writes orders.
-func NewServer(tx runtime.Transactor, read *sql.DB, ready ReadyFunc, maxBody int64, logger *slog.Logger) *Server {
-	return &Server{tx: tx, read: read, ready: ready, maxBody: maxBody, logger: logger}
+// NewServer builds the HTTP handler. read serves GET queries; tx writes orders;
+// metrics serves GET /metrics.
+func NewServer(tx runtime.Transactor, read *sql.DB, ready ReadyFunc, metrics http.Handler, maxBody int64, logger *slog.Logger) *Server {
+	return &Server{tx: tx, read: read, ready: ready, metrics: metrics, maxBody: maxBody, logger: logger}
 }
 
 // Handler returns the routes.
@@ -47,6 +49,7 @@ func (s *Server) Handler() http.Handler {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	mux.HandleFunc("GET /readyz", s.readyz)
+	mux.Handle("GET /metrics", s.metrics)
 	return mux
 }
 

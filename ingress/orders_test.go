@@ -37,7 +37,7 @@ func newServer(t *testing.T, maxBody int64) (*httptest.Server, *store.DB, *route
 		t.Fatal(err)
 	}
 	ready := func(context.Context) error { return nil }
-	srv := httptest.NewServer(ingress.NewServer(outbox, db.Read, ready, maxBody, slog.New(slog.DiscardHandler)).Handler())
+	srv := httptest.NewServer(ingress.NewServer(outbox, db.Read, ready, http.NotFoundHandler(), maxBody, slog.New(slog.DiscardHandler)).Handler())
 	t.Cleanup(srv.Close)
 	return srv, db, outbox
 }

@@ -20,6 +20,7 @@ type invoker struct {
 	handler runtime.Handler
 	outbox  *Outbox
 	logger  *slog.Logger
+	metrics *metrics
 }
 
 // handle is the Watermill handler function.
@@ -48,6 +49,15 @@ func (i *invoker) handle(msg *message.Message) error {
 		emitted = h.emitted > 0
 		return err
 	})
+	name := i.handler.Name()
+	switch {
+	case err == nil:
+		i.metrics.attempts.WithLabelValues(name, "ok").Inc()
+	case runtime.IsPermanent(err):
+		i.metrics.attempts.WithLabelValues(name, "permanent").Inc()
+	default:
+		i.metrics.attempts.WithLabelValues(name, "error").Inc()
+	}
 	if err != nil {
 		i.logger.WarnContext(ctx, "handler failed", "handler", i.handler.Name(), "event_id", meta.ID,
 			"event_type", meta.Type, "attempt", attempt, "permanent", runtime.IsPermanent(err), "err", err)
@@ -57,6 +67,7 @@ func (i *invoker) handle(msg *message.Message) error {
 		i.outbox.wake.nudge()
 	}
 	if duplicate {
+		i.metrics.duplicates.WithLabelValues(name).Inc()
 		i.logger.InfoContext(ctx, "event already processed; acknowledged without running the handler",
 			"handler", i.handler.Name(), "event_id", meta.ID)
 		return nil

@@ -9,6 +9,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/eventfn/eventfn/runtime"
 )
@@ -58,9 +59,13 @@ func limitConcurrency(n int) message.HandlerMiddleware {
 // closing is set while the process shuts down: an attempt cut short by shutdown
 // is not a failure of the event, so it is neither retried nor dead-lettered; it
 // stays unacknowledged and Kafka delivers it again after the restart.
-func middlewares(p runtime.Policy, dlq message.Publisher, dlqTopic string, closing *atomic.Bool, logger watermill.LoggerAdapter) ([]message.HandlerMiddleware, error) {
+func middlewares(p runtime.Policy, dlq message.Publisher, dlqTopic string, closing *atomic.Bool, deadLettered prometheus.Counter, logger watermill.LoggerAdapter) ([]message.HandlerMiddleware, error) {
 	poison, err := middleware.PoisonQueueWithFilter(dlq, dlqTopic, func(err error) bool {
-		return !closing.Load()
+		if closing.Load() {
+			return false
+		}
+		deadLettered.Inc()
+		return true
 	})
 	if err != nil {
 		return nil, fmt.Errorf("dead-letter middleware: %w", err)

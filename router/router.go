@@ -19,6 +19,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/components/forwarder"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/eventfn/eventfn/configs"
 	"github.com/eventfn/eventfn/runtime"
@@ -118,13 +119,18 @@ type Runtime struct {
 	handlers *message.Router
 	relay    *message.Router
 	started  []*message.Handler
+	metrics  *metrics
 	closing  atomic.Bool
 	running  atomic.Bool
 }
 
-// New builds the runtime; Run starts it.
-func New(cfg configs.Config, db *store.DB, outbox *Outbox, handlers []runtime.Handler, logger *slog.Logger) (*Runtime, error) {
+// New builds the runtime; Run starts it. Its metrics are registered in reg.
+func New(cfg configs.Config, db *store.DB, outbox *Outbox, handlers []runtime.Handler, reg prometheus.Registerer, logger *slog.Logger) (*Runtime, error) {
 	infos, err := Describe(cfg, handlers)
+	if err != nil {
+		return nil, err
+	}
+	m, err := newMetrics(reg, outbox)
 	if err != nil {
 		return nil, err
 	}
@@ -144,7 +150,7 @@ func New(cfg configs.Config, db *store.DB, outbox *Outbox, handlers []runtime.Ha
 	if err != nil {
 		return nil, fmt.Errorf("kafka publisher for %v: %w", cfg.Kafka.Brokers, err)
 	}
-	r := &Runtime{cfg: cfg, db: db, outbox: outbox, infos: infos, logger: logger, wlogger: wlogger, kafkaPub: pub}
+	r := &Runtime{cfg: cfg, db: db, outbox: outbox, infos: infos, logger: logger, wlogger: wlogger, kafkaPub: pub, metrics: m}
 	if err := r.buildHandlers(handlers); err != nil {
 		_ = pub.Close()
 		return nil, err
@@ -178,15 +184,16 @@ func (r *Runtime) buildHandlers(handlers []runtime.Handler) error {
 		if err != nil {
 			return fmt.Errorf("kafka subscriber for handler %s: %w", h.Name(), err)
 		}
-		inv := &invoker{handler: h, outbox: r.outbox, logger: r.logger}
+		inv := &invoker{handler: h, outbox: r.outbox, logger: r.logger, metrics: r.metrics}
 		rh := router.AddConsumerHandler(h.Name(), info.Topic, sub, inv.handle)
-		mws, err := middlewares(info.Policy, r.kafkaPub, r.cfg.Kafka.Topic(r.cfg.Kafka.DeadLetterTopic), &r.closing, r.wlogger)
+		mws, err := middlewares(info.Policy, r.kafkaPub, r.cfg.Kafka.Topic(r.cfg.Kafka.DeadLetterTopic), &r.closing, r.metrics.deadLettered.WithLabelValues(h.Name()), r.wlogger)
 		if err != nil {
 			return err
 		}
 		rh.AddMiddleware(mws...)
 		r.started = append(r.started, rh)
 	}
+	r.metrics.instrument(router)
 	r.handlers = router
 	return nil
 }

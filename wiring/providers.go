@@ -12,6 +12,9 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/google/wire"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/eventfn/eventfn/configs"
 	"github.com/eventfn/eventfn/embedded"
@@ -95,9 +98,18 @@ func ProvideMailer(logger *slog.Logger) *fakes.LogMailer {
 	return fakes.NewLogMailer(logger.With("component", "mailer"))
 }
 
-// ProvideIngress is a Wire provider function for the HTTP API.
-func ProvideIngress(cfg configs.Config, outbox *router.Outbox, db *store.DB, rt *router.Runtime, logger *slog.Logger) *ingress.Server {
-	return ingress.NewServer(outbox, readPool(db), rt.Ready, cfg.HTTP.MaxBodyBytes, logger.With("component", "http"))
+// ProvideMetricsRegistry is a Wire provider function for the process's own
+// Prometheus registry (not the global one), with Go runtime and process metrics.
+func ProvideMetricsRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}
+
+// ProvideIngress is a Wire provider function for the HTTP API, /metrics included.
+func ProvideIngress(cfg configs.Config, outbox *router.Outbox, db *store.DB, rt *router.Runtime, reg *prometheus.Registry, logger *slog.Logger) *ingress.Server {
+	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
+	return ingress.NewServer(outbox, readPool(db), rt.Ready, metrics, cfg.HTTP.MaxBodyBytes, logger.With("component", "http"))
 }
 
 func readPool(db *store.DB) *sql.DB { return db.Read }
@@ -116,5 +128,12 @@ var HandlersSet = wire.NewSet(ServicesSet, handlers.Registry)
 // EnginesSet provides Kafka and the database, embedded or real as configured.
 var EnginesSet = wire.NewSet(ProvideBroker, ProvideConfig, ProvideDatabase)
 
-// RuntimeSet provides the outbox, the Watermill runtime and the HTTP API.
-var RuntimeSet = wire.NewSet(ProvideWatermillLogger, router.NewOutbox, router.New, ProvideIngress)
+// RuntimeSet provides the outbox, the Watermill runtime, metrics and the HTTP API.
+var RuntimeSet = wire.NewSet(
+	ProvideWatermillLogger,
+	ProvideMetricsRegistry,
+	wire.Bind(new(prometheus.Registerer), new(*prometheus.Registry)),
+	router.NewOutbox,
+	router.New,
+	ProvideIngress,
+)

@@ -33,13 +33,14 @@ func BuildApp(ctx context.Context, base BaseConfig, logger *slog.Logger) (*App, 
 	paymentGateway := ProvidePaymentGateway(config, logger)
 	logMailer := ProvideMailer(logger)
 	v := handlers.Registry(paymentGateway, logMailer)
-	runtime, err := router.New(config, db, outbox, v, logger)
+	registry := ProvideMetricsRegistry()
+	runtime, err := router.New(config, db, outbox, v, registry, logger)
 	if err != nil {
 		cleanup2()
 		cleanup()
 		return nil, nil, err
 	}
-	server := ProvideIngress(config, outbox, db, runtime, logger)
+	server := ProvideIngress(config, outbox, db, runtime, registry, logger)
 	app := NewApp(config, broker, db, runtime, server, paymentGateway, logMailer, logger)
 	return app, func() {
 		cleanup2()

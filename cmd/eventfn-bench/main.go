@@ -24,6 +24,7 @@ import (
 	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/eventfn/eventfn/configs"
 	"github.com/eventfn/eventfn/embedded"
@@ -314,7 +315,7 @@ func (e relayedEvent) EventKey() string { return e.ID }
 
 // startRuntime runs a runtime with the one handler until the returned stop is called.
 func startRuntime(ctx context.Context, cfg configs.Config, db *store.DB, outbox *router.Outbox, h runtime.Handler, logger *slog.Logger) (func(), error) {
-	rt, err := router.New(cfg, db, outbox, []runtime.Handler{h}, logger)
+	rt, err := router.New(cfg, db, outbox, []runtime.Handler{h}, prometheus.NewRegistry(), logger)
 	if err != nil {
 		return nil, err
 	}
