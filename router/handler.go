@@ -30,10 +30,11 @@ func (i *invoker) handle(msg *message.Message) error {
 	msg.Metadata.Set(metaAttempts, strconv.Itoa(attempt))
 	meta := metadataOf(msg, attempt)
 	ctx := runtime.WithMetadata(msg.Context(), meta)
+	name := i.handler.Name()
 
 	duplicate, emitted := false, false
 	err := inTx(ctx, i.outbox.db, func(ctx context.Context, tx *sql.Tx) error {
-		claimed, err := claimInbox(ctx, tx, i.handler.Name(), meta)
+		claimed, err := claimInbox(ctx, tx, name, meta)
 		if err != nil {
 			return err
 		}
@@ -41,7 +42,7 @@ func (i *invoker) handle(msg *message.Message) error {
 			duplicate = true
 			return nil
 		}
-		h, err := i.outbox.handle(tx, meta, "eventfn/"+i.handler.Name(), i.handler.MayEmit)
+		h, err := i.outbox.handle(tx, meta, "eventfn/"+name, i.handler.MayEmit)
 		if err != nil {
 			return err
 		}
@@ -49,7 +50,6 @@ func (i *invoker) handle(msg *message.Message) error {
 		emitted = h.emitted > 0
 		return err
 	})
-	name := i.handler.Name()
 	switch {
 	case err == nil:
 		i.metrics.attempts.WithLabelValues(name, "ok").Inc()
@@ -59,7 +59,7 @@ func (i *invoker) handle(msg *message.Message) error {
 		i.metrics.attempts.WithLabelValues(name, "error").Inc()
 	}
 	if err != nil {
-		i.logger.WarnContext(ctx, "handler failed", "handler", i.handler.Name(), "event_id", meta.ID,
+		i.logger.WarnContext(ctx, "handler failed", "handler", name, "event_id", meta.ID,
 			"event_type", meta.Type, "attempt", attempt, "permanent", runtime.IsPermanent(err), "err", err)
 		return err
 	}
@@ -69,10 +69,10 @@ func (i *invoker) handle(msg *message.Message) error {
 	if duplicate {
 		i.metrics.duplicates.WithLabelValues(name).Inc()
 		i.logger.InfoContext(ctx, "event already processed; acknowledged without running the handler",
-			"handler", i.handler.Name(), "event_id", meta.ID)
+			"handler", name, "event_id", meta.ID)
 		return nil
 	}
-	i.logger.DebugContext(ctx, "event handled", "handler", i.handler.Name(), "event_id", meta.ID, "attempt", attempt)
+	i.logger.DebugContext(ctx, "event handled", "handler", name, "event_id", meta.ID, "attempt", attempt)
 	return nil
 }
 
