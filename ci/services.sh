@@ -23,6 +23,9 @@ KAFKA_VERSION=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$ROOT
 LIBS=$CACHE/kafka-$KAFKA_VERSION/libs
 KAFKA_STATE=$STATE/kafka
 KAFKA_TIMEOUT=${EVENTFN_KAFKA_TIMEOUT:-180}
+# Exists before anything below looks at it, so every command of this script
+# (up, then env, status, down) sees the same layout.
+mkdir -p "$LOGS"
 
 say() { printf 'services: %s\n' "$*" >&2; }
 die() { say "error: $*"; say "logs are in $LOGS"; exit 1; }
@@ -216,7 +219,6 @@ kafka_down() {
 # --- commands ---------------------------------------------------------------
 
 cmd=${1:-}
-mkdir -p "$LOGS"
 case "$cmd" in
   up)
     nodes=1
