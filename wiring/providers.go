@@ -100,10 +100,14 @@ func ProvideMailer(logger *slog.Logger) *fakes.LogMailer {
 
 // ProvideMetricsRegistry is a Wire provider function for the process's own
 // Prometheus registry (not the global one), with Go runtime and process metrics.
-func ProvideMetricsRegistry() *prometheus.Registry {
+func ProvideMetricsRegistry() (*prometheus.Registry, error) {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	return reg
+	for _, c := range []prometheus.Collector{collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("register runtime metrics: %w", err)
+		}
+	}
+	return reg, nil
 }
 
 // ProvideIngress is a Wire provider function for the HTTP API, /metrics included.

@@ -33,7 +33,12 @@ func BuildApp(ctx context.Context, base BaseConfig, logger *slog.Logger) (*App, 
 	paymentGateway := ProvidePaymentGateway(config, logger)
 	logMailer := ProvideMailer(logger)
 	v := handlers.Registry(paymentGateway, logMailer)
-	registry := ProvideMetricsRegistry()
+	registry, err := ProvideMetricsRegistry()
+	if err != nil {
+		cleanup2()
+		cleanup()
+		return nil, nil, err
+	}
 	runtime, err := router.New(config, db, outbox, v, registry, logger)
 	if err != nil {
 		cleanup2()
