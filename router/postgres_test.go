@@ -6,11 +6,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill"
 	wsql "github.com/ThreeDotsLabs/watermill-sql/v3/pkg/sql"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/pubsub/tests"
 
+	"github.com/eventfn/eventfn/internal/sqlpubsubtest"
 	"github.com/eventfn/eventfn/internal/testenv"
 	"github.com/eventfn/eventfn/router"
 	"github.com/eventfn/eventfn/store"
@@ -35,27 +35,11 @@ func TestPostgresPubSubConformance(t *testing.T) {
 	schema := router.PostgresSchema{DefaultPostgreSQLSchema: &wsql.DefaultPostgreSQLSchema{
 		GeneratePayloadType: func(string) string { return "BYTEA" }, // the suite's payloads are not JSON
 	}}
-	offsets := router.PostgresOffsets{}
-	withGroup := func(t *testing.T, group string) (message.Publisher, message.Subscriber) {
-		logger := watermill.NopLogger{}
-		pub, err := wsql.NewPublisher(db.DB, wsql.PublisherConfig{SchemaAdapter: schema, AutoInitializeSchema: true}, logger)
-		if err != nil {
-			t.Fatal(err)
-		}
-		sub, err := wsql.NewSubscriber(db.DB, wsql.SubscriberConfig{
-			ConsumerGroup:    group,
-			PollInterval:     10 * time.Millisecond,
-			ResendInterval:   10 * time.Millisecond,
-			RetryInterval:    10 * time.Millisecond,
-			SchemaAdapter:    schema,
-			OffsetsAdapter:   offsets,
-			InitializeSchema: true,
-		}, logger)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return pub, sub
-	}
+	withGroup := sqlpubsubtest.Constructor(db.DB, sqlpubsubtest.Options{
+		Schema:                schema,
+		Offsets:               router.PostgresOffsets{},
+		InitializeOnSubscribe: true,
+	})
 	// These are the features watermill-sql claims for its pgx-driven PostgreSQL
 	// adapter: exactly-once delivery is not among them. eventfn's inbox makes a
 	// redelivered outbox row harmless.

@@ -2,16 +2,14 @@ package sqliteadapter_test
 
 import (
 	"context"
-	stdsql "database/sql"
 	"path/filepath"
 	"testing"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill"
-	wsql "github.com/ThreeDotsLabs/watermill-sql/v3/pkg/sql"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/pubsub/tests"
 
+	"github.com/eventfn/eventfn/internal/sqlpubsubtest"
 	"github.com/eventfn/eventfn/router/sqliteadapter"
 	"github.com/eventfn/eventfn/store"
 )
@@ -75,35 +73,14 @@ func sqlitePubSub(t *testing.T) tests.ConsumerGroupPubSubConstructor {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = db.Close() })
-	return func(t *testing.T, group string) (message.Publisher, message.Subscriber) {
-		return newPubSub(t, db.DB, group, sqliteadapter.Schema{}, sqliteadapter.Offsets{})
-	}
-}
-
-// newPubSub builds a watermill-sql Pub/Sub on db. The publisher creates the
-// tables (as eventfn does once at start), not each Subscribe: the schema
-// transaction would queue for SQLite's write lock behind a subscriber that holds
-// it while its consumer has not yet acked.
-func newPubSub(t *testing.T, db *stdsql.DB, group string, schema wsql.SchemaAdapter, offsets wsql.OffsetsAdapter) (message.Publisher, message.Subscriber) {
-	logger := watermill.NopLogger{}
-	ackDeadline := sqliteadapter.AckDeadline
-	pub, err := wsql.NewPublisher(db, wsql.PublisherConfig{SchemaAdapter: schema, AutoInitializeSchema: true}, logger)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sub, err := wsql.NewSubscriber(db, wsql.SubscriberConfig{
-		ConsumerGroup:  group,
-		AckDeadline:    &ackDeadline,
-		PollInterval:   10 * time.Millisecond,
-		ResendInterval: 10 * time.Millisecond,
-		RetryInterval:  10 * time.Millisecond,
-		SchemaAdapter:  schema,
-		OffsetsAdapter: offsets,
-	}, logger)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pub, sub
+	// The publisher creates the tables (as eventfn does once at start), not each
+	// Subscribe: the schema transaction would queue for SQLite's write lock
+	// behind a subscriber that holds it while its consumer has not yet acked.
+	return sqlpubsubtest.Constructor(db.DB, sqlpubsubtest.Options{
+		Schema:      sqliteadapter.Schema{},
+		Offsets:     sqliteadapter.Offsets{},
+		AckDeadline: sqliteadapter.AckDeadline,
+	})
 }
 
 // TestSchemaNamesAreQuoted guards against topics with characters SQL would misread.
