@@ -84,6 +84,10 @@ type Kafka struct {
 	ReplicationFactor int `koanf:"replication_factor"`
 	// DeadLetterTopic receives events a handler could not process.
 	DeadLetterTopic string `koanf:"dead_letter_topic"`
+	// MaxMessageBytes is the largest record eventfn produces (key, value and
+	// headers). An event larger than this is refused when it is emitted; keep it
+	// at or below the topics' max.message.bytes (broker default 1048588).
+	MaxMessageBytes int `koanf:"max_message_bytes"`
 }
 
 // Database configures the SQL database.
@@ -150,10 +154,11 @@ func defaults() map[string]any {
 		"kafka.partitions":         4,
 		"kafka.replication_factor": 1,
 		"kafka.dead_letter_topic":  "eventfn.dead-letter",
+		"kafka.max_message_bytes":  1000000,
 		"database.url":             "",
 		"database.max_open_conns":  16,
 		"relay.poll_interval":      "10ms",
-		"relay.batch_size":         100,
+		"relay.batch_size":         500,
 		"shutdown.timeout":         "30s",
 		"log.level":                "info",
 		"log.format":               "text",
@@ -303,6 +308,9 @@ func (c Config) Validate() error {
 	}
 	if c.Kafka.DeadLetterTopic == "" {
 		bad("kafka.dead_letter_topic", "empty: name a topic")
+	}
+	if c.Kafka.MaxMessageBytes < 4096 {
+		bad("kafka.max_message_bytes", "%d: must be at least 4096", c.Kafka.MaxMessageBytes)
 	}
 	if _, err := c.Database.Driver(); err != nil {
 		bad("database.url", "%v", err)

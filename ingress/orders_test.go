@@ -33,9 +33,6 @@ func newServer(t *testing.T, maxBody int64) (*httptest.Server, *store.DB, *route
 		t.Fatal(err)
 	}
 	outbox := router.NewOutbox(db, cfg, watermill.NopLogger{})
-	if err := outbox.Initialize(ctx); err != nil {
-		t.Fatal(err)
-	}
 	ready := func(context.Context) error { return nil }
 	srv := httptest.NewServer(ingress.NewServer(outbox, db.Read, ready, http.NotFoundHandler(), maxBody, slog.New(slog.DiscardHandler)).Handler())
 	t.Cleanup(srv.Close)

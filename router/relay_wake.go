@@ -1,51 +1,20 @@
 package router
 
 import (
-	"time"
+	"sync/atomic"
 
-	"github.com/ThreeDotsLabs/watermill"
-	wsql "github.com/ThreeDotsLabs/watermill-sql/v3/pkg/sql"
+	"github.com/eventfn/eventfn/router/relay"
 )
 
-// relayWake is the relay's watermill-sql BackoffManager. An idle relay waits for
-// whichever comes first: a nudge from a transaction of this process that
-// committed events, or the poll interval (which catches commits made by other
-// processes). watermill-sql calls HandleError before each idle sleep, so a
-// manager that waits there and returns 0 polls at once after a nudge: local
-// commits reach Kafka without waiting out a poll interval.
+// relayWake lets a transaction that committed events wake the relay at once.
+// The outbox is built before the relay, so the relay is attached later; a
+// nudge before that is dropped (the relay reads everything pending at start).
 type relayWake struct {
-	nudges   chan struct{}
-	poll     time.Duration
-	fallback wsql.BackoffManager
+	relay atomic.Pointer[relay.Relay]
 }
 
-func newRelayWake(poll time.Duration) *relayWake {
-	return &relayWake{
-		nudges:   make(chan struct{}, 1),
-		poll:     poll,
-		fallback: wsql.NewDefaultBackoffManager(poll, 100*time.Millisecond),
-	}
-}
-
-// nudge wakes an idle relay; it never blocks, and nudges made while the relay
-// is busy collapse into one more poll.
 func (w *relayWake) nudge() {
-	select {
-	case w.nudges <- struct{}{}:
-	default:
+	if r := w.relay.Load(); r != nil {
+		r.Nudge()
 	}
-}
-
-// HandleError implements wsql.BackoffManager.
-func (w *relayWake) HandleError(logger watermill.LoggerAdapter, noMsg bool, err error) time.Duration {
-	if err != nil || !noMsg {
-		return w.fallback.HandleError(logger, noMsg, err)
-	}
-	t := time.NewTimer(w.poll)
-	defer t.Stop()
-	select {
-	case <-w.nudges:
-	case <-t.C:
-	}
-	return 0
 }

@@ -16,12 +16,11 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
-	"github.com/ThreeDotsLabs/watermill/components/forwarder"
 	"github.com/ThreeDotsLabs/watermill/message"
-	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/eventfn/eventfn/configs"
+	"github.com/eventfn/eventfn/router/relay"
 	"github.com/eventfn/eventfn/runtime"
 	"github.com/eventfn/eventfn/store"
 )
@@ -115,9 +114,10 @@ type Runtime struct {
 	infos    []HandlerInfo
 	logger   *slog.Logger
 	wlogger  watermill.LoggerAdapter
+	producer *relay.Producer
 	kafkaPub message.Publisher
 	handlers *message.Router
-	relay    *message.Router
+	relay    *relay.Relay
 	started  []*message.Handler
 	metrics  *metrics
 	closing  atomic.Bool
@@ -138,27 +138,28 @@ func New(cfg configs.Config, db *store.DB, outbox *Outbox, handlers []runtime.Ha
 	wlogger := watermill.NewSlogLoggerWithLevelMapping(logger.With("component", "watermill"), map[slog.Level]slog.Level{
 		slog.LevelInfo: slog.LevelDebug,
 	})
-	sc, err := SaramaConfig(cfg.Kafka)
+	producer, err := relay.NewProducer(relay.ProducerConfig{
+		Brokers:        cfg.Kafka.Brokers,
+		ClientID:       cfg.Kafka.ClientID,
+		MaxRecordBytes: cfg.Kafka.MaxMessageBytes,
+	})
 	if err != nil {
 		return nil, err
 	}
-	pub, err := kafka.NewPublisher(kafka.PublisherConfig{
-		Brokers:               cfg.Kafka.Brokers,
-		Marshaler:             CloudEventsMarshaler{},
-		OverwriteSaramaConfig: sc,
-	}, wlogger)
-	if err != nil {
-		return nil, fmt.Errorf("kafka publisher for %v: %w", cfg.Kafka.Brokers, err)
-	}
-	r := &Runtime{cfg: cfg, db: db, outbox: outbox, infos: infos, logger: logger, wlogger: wlogger, kafkaPub: pub, metrics: m}
+	r := &Runtime{cfg: cfg, db: db, outbox: outbox, infos: infos, logger: logger, wlogger: wlogger,
+		producer: producer, kafkaPub: kafkaPublisher{producer: producer}, metrics: m}
 	if err := r.buildHandlers(handlers); err != nil {
-		_ = pub.Close()
+		producer.Close()
 		return nil, err
 	}
-	if err := r.buildRelay(); err != nil {
-		_ = pub.Close()
+	rm, err := relay.NewMetrics(reg)
+	if err != nil {
+		producer.Close()
 		return nil, err
 	}
+	r.relay = relay.New(relay.Config{BatchSize: cfg.Relay.BatchSize, PollInterval: cfg.Relay.PollInterval},
+		outbox.table, producer, relay.NewLease(db), rm, logger.With("component", "relay"))
+	outbox.wake.relay.Store(r.relay)
 	return r, nil
 }
 
@@ -198,38 +199,6 @@ func (r *Runtime) buildHandlers(handlers []runtime.Handler) error {
 	return nil
 }
 
-// buildRelay wires Watermill's forwarder: it reads the outbox through
-// watermill-sql and publishes each event to its Kafka topic.
-func (r *Runtime) buildRelay() error {
-	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: r.cfg.Shutdown.Timeout}, r.wlogger)
-	if err != nil {
-		return fmt.Errorf("relay router: %w", err)
-	}
-	sub, err := r.outbox.subscriber(r.cfg.Relay.PollInterval)
-	if err != nil {
-		return err
-	}
-	retry := middleware.Retry{
-		MaxRetries:          1 << 20, // until Kafka is back: the outbox must not lose events
-		InitialInterval:     100 * time.Millisecond,
-		MaxInterval:         5 * time.Second,
-		Multiplier:          2,
-		ResetContextOnRetry: true,
-		Logger:              r.wlogger,
-	}
-	_, err = forwarder.NewForwarder(sub, r.kafkaPub, r.wlogger, forwarder.Config{
-		ForwarderTopic: OutboxTopic,
-		Router:         router,
-		CloseTimeout:   r.cfg.Shutdown.Timeout,
-		Middlewares:    []message.HandlerMiddleware{retry.Middleware},
-	})
-	if err != nil {
-		return fmt.Errorf("outbox relay: %w", err)
-	}
-	r.relay = router
-	return nil
-}
-
 // Handlers describes the subscribed handlers.
 func (r *Runtime) Handlers() []HandlerInfo { return r.infos }
 
@@ -260,9 +229,6 @@ func (r *Runtime) Run(ctx context.Context, extraTopics ...string) error {
 	if err := EnsureTopics(setupCtx, r.cfg.Kafka, append(Topics(r.cfg, r.infos), extraTopics...)); err != nil {
 		return err
 	}
-	if err := r.outbox.Initialize(setupCtx); err != nil {
-		return err
-	}
 
 	// The routers get contexts of their own: ctx ending starts the shutdown
 	// sequence below rather than cutting every subscription at once.
@@ -287,10 +253,10 @@ func (r *Runtime) Run(ctx context.Context, extraTopics ...string) error {
 		handlersDone <- err
 	}
 	r.running.Store(false)
-	return errors.Join(runErr, r.shutdown(handlersDone, relayDone))
+	return errors.Join(runErr, r.shutdown(handlersDone, relayDone, stopRelay))
 }
 
-func (r *Runtime) shutdown(handlersDone, relayDone <-chan error) error {
+func (r *Runtime) shutdown(handlersDone, relayDone <-chan error, stopRelay func()) error {
 	deadline := time.Now().Add(r.cfg.Shutdown.Timeout)
 	r.logger.Info("shutting down: finishing handler calls in flight")
 	r.closing.Store(true)
@@ -303,13 +269,9 @@ func (r *Runtime) shutdown(handlersDone, relayDone <-chan error) error {
 	if err := r.drainOutbox(deadline); err != nil {
 		errs = append(errs, err)
 	}
-	if err := r.relay.Close(); err != nil {
-		errs = append(errs, fmt.Errorf("close relay: %w", err))
-	}
+	stopRelay()
 	<-relayDone
-	if err := r.kafkaPub.Close(); err != nil {
-		errs = append(errs, fmt.Errorf("close kafka publisher: %w", err))
-	}
+	r.producer.Close()
 	r.logger.Info("shut down")
 	return errors.Join(errs...)
 }
@@ -347,11 +309,15 @@ func (r *Runtime) Ready(ctx context.Context) error {
 			return fmt.Errorf("handler %s has not subscribed yet", r.infos[i].Name)
 		}
 	}
-	if !r.relay.IsRunning() {
-		return errors.New("outbox relay is not running")
+	if err := r.relay.Healthy(); err != nil {
+		return err
 	}
 	if err := r.db.Ping(ctx); err != nil {
 		return fmt.Errorf("database %s: %w", r.db.Where, err)
 	}
-	return PingKafka(ctx, r.cfg.Kafka)
+	// The relay's client and its open connections answer; readiness opens none.
+	if err := r.producer.Client().Ping(ctx); err != nil {
+		return fmt.Errorf("kafka %v: %w", r.cfg.Kafka.Brokers, err)
+	}
+	return nil
 }

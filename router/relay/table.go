@@ -1,0 +1,223 @@
+package relay
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/eventfn/eventfn/store"
+)
+
+// Row states of eventfn_outbox.
+const (
+	statePending   = 0
+	stateForwarded = 1
+	stateParked    = 2
+)
+
+// Record is one event on its way to Kafka: a row of the outbox.
+type Record struct {
+	// Topic is the Kafka topic the record goes to.
+	Topic string
+	// Key is the record key; nil for none. Records of one key keep their order.
+	Key []byte
+	// Headers are the record headers (the CloudEvents attributes).
+	Headers map[string]string
+	// Payload is the record value.
+	Payload []byte
+}
+
+// recordOverhead bounds what Kafka adds to a record beyond its key, value and
+// header bytes: the record batch header (61 bytes) plus per-record and
+// per-header varints, with room to spare.
+const recordOverhead = 256
+
+// Size is how many bytes the record takes in a Kafka record batch, at most.
+func (r Record) Size() int {
+	n := recordOverhead + len(r.Key) + len(r.Payload)
+	for k, v := range r.Headers {
+		n += len(k) + len(v) + 10
+	}
+	return n
+}
+
+// Row is a pending outbox row.
+type Row struct {
+	ID int64
+	Record
+}
+
+// Table is the outbox table, eventfn_outbox, in a database opened by store.
+type Table struct {
+	db *store.DB
+}
+
+// NewTable returns the outbox table of db.
+func NewTable(db *store.DB) *Table { return &Table{db: db} }
+
+// Insert writes rec into the outbox inside the caller's transaction.
+func (t *Table) Insert(ctx context.Context, tx *sql.Tx, rec Record) error {
+	headers, err := json.Marshal(rec.Headers)
+	if err != nil {
+		return fmt.Errorf("encode headers: %w", err)
+	}
+	_, err = tx.ExecContext(ctx,
+		`INSERT INTO eventfn_outbox (topic, key, headers, payload) VALUES ($1, $2, $3, $4)`,
+		rec.Topic, rec.Key, string(headers), rec.Payload)
+	if err != nil {
+		return fmt.Errorf("insert into the outbox: %w", err)
+	}
+	return nil
+}
+
+// Pending returns up to limit pending rows, oldest id first.
+func (t *Table) Pending(ctx context.Context, limit int) ([]Row, error) {
+	rows, err := t.db.Read.QueryContext(ctx,
+		`SELECT id, topic, key, headers, payload FROM eventfn_outbox WHERE state = 0 ORDER BY id LIMIT $1`, limit)
+	if err != nil {
+		return nil, fmt.Errorf("read pending outbox rows: %w", err)
+	}
+	defer rows.Close()
+	var out []Row
+	for rows.Next() {
+		var r Row
+		var headers string
+		if err := rows.Scan(&r.ID, &r.Topic, &r.Key, &headers, &r.Payload); err != nil {
+			return nil, fmt.Errorf("scan outbox row: %w", err)
+		}
+		if err := json.Unmarshal([]byte(headers), &r.Headers); err != nil {
+			// Rows are written by Insert; one that does not decode is parked
+			// rather than stopping the relay (see Relay.forward).
+			r.Headers = map[string]string{headerDecodeError: err.Error()}
+		}
+		out = append(out, r)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read pending outbox rows: %w", err)
+	}
+	return out, nil
+}
+
+// headerDecodeError marks a row whose headers column did not decode.
+const headerDecodeError = "\x00eventfn_header_decode_error"
+
+// MarkForwarded records that the rows with ids were produced to Kafka.
+func (t *Table) MarkForwarded(ctx context.Context, ids []int64) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	q, args := t.inList(`UPDATE eventfn_outbox SET state = 1, done_at = `+t.now()+` WHERE state = 0 AND id`, ids)
+	if _, err := t.db.ExecContext(ctx, q, args...); err != nil {
+		return fmt.Errorf("mark %d outbox rows forwarded: %w", len(ids), err)
+	}
+	return nil
+}
+
+// Park moves a row that can never be produced out of the relay's way, with the
+// reason; it stays in the table for an operator.
+func (t *Table) Park(ctx context.Context, id int64, reason string) error {
+	_, err := t.db.ExecContext(ctx,
+		`UPDATE eventfn_outbox SET state = 2, done_at = `+t.now()+`, parked_reason = $1 WHERE id = $2`, reason, id)
+	if err != nil {
+		return fmt.Errorf("park outbox row %d: %w", id, err)
+	}
+	return nil
+}
+
+// Stats describes the outbox for metrics and operators.
+type Stats struct {
+	// Pending counts rows not yet forwarded.
+	Pending int64
+	// Parked counts rows that can never be produced.
+	Parked int64
+	// OldestPending is when the oldest pending row was written; zero if none.
+	OldestPending time.Time
+}
+
+// Stats counts pending and parked rows.
+func (t *Table) Stats(ctx context.Context) (Stats, error) {
+	var s Stats
+	var oldest sql.NullString
+	err := t.db.Read.QueryRowContext(ctx, `SELECT
+		(SELECT COUNT(*) FROM eventfn_outbox WHERE state = 0),
+		(SELECT COUNT(*) FROM eventfn_outbox WHERE state = 2),
+		(SELECT `+t.text("MIN(created_at)")+` FROM eventfn_outbox WHERE state = 0)`).Scan(&s.Pending, &s.Parked, &oldest)
+	if err != nil {
+		return s, fmt.Errorf("count outbox rows: %w", err)
+	}
+	if oldest.Valid {
+		if ts, err := time.Parse(time.RFC3339Nano, strings.Replace(oldest.String, " ", "T", 1)); err == nil {
+			s.OldestPending = ts
+		}
+	}
+	return s, nil
+}
+
+// ParkedRow is a row the relay moved aside.
+type ParkedRow struct {
+	ID     int64  `json:"id"`
+	Topic  string `json:"topic"`
+	Key    string `json:"key"`
+	Bytes  int    `json:"bytes"`
+	Reason string `json:"reason"`
+}
+
+// Parked lists up to limit parked rows, newest first.
+func (t *Table) Parked(ctx context.Context, limit int) ([]ParkedRow, error) {
+	rows, err := t.db.Read.QueryContext(ctx, `SELECT id, topic, COALESCE(key, ''), LENGTH(payload), COALESCE(parked_reason, '')
+		FROM eventfn_outbox WHERE state = 2 ORDER BY id DESC LIMIT $1`, limit)
+	if err != nil {
+		return nil, fmt.Errorf("list parked outbox rows: %w", err)
+	}
+	defer rows.Close()
+	var out []ParkedRow
+	for rows.Next() {
+		var p ParkedRow
+		var key []byte
+		if err := rows.Scan(&p.ID, &p.Topic, &key, &p.Bytes, &p.Reason); err != nil {
+			return nil, fmt.Errorf("scan parked outbox row: %w", err)
+		}
+		p.Key = string(key)
+		out = append(out, p)
+	}
+	return out, rows.Err()
+}
+
+func (t *Table) now() string {
+	if t.db.Driver == store.SQLite {
+		return `strftime('%Y-%m-%dT%H:%M:%fZ', 'now')`
+	}
+	return `now()`
+}
+
+// text renders a timestamp expression as RFC 3339 text on either engine.
+func (t *Table) text(expr string) string {
+	if t.db.Driver == store.SQLite {
+		return expr
+	}
+	return `to_char(` + expr + ` AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')`
+}
+
+// inList completes prefix ("... AND id") with a membership test for ids:
+// = ANY($1) on PostgreSQL (one parameter however many ids), IN (...) on SQLite.
+func (t *Table) inList(prefix string, ids []int64) (string, []any) {
+	if t.db.Driver == store.Postgres {
+		return prefix + ` = ANY($1)`, []any{ids}
+	}
+	var b strings.Builder
+	args := make([]any, len(ids))
+	b.WriteString(prefix)
+	b.WriteString(` IN (`)
+	for i, id := range ids {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, "$%d", i+1)
+		args[i] = id
+	}
+	b.WriteByte(')')
+	return b.String(), args
+}
