@@ -5,6 +5,7 @@ import (
 
 	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/twmb/franz-go/pkg/kgo"
 )
 
 // Kafka record headers of the CloudEvents Kafka protocol binding, binary content
@@ -89,4 +90,23 @@ func (CloudEventsMarshaler) Unmarshal(rec *sarama.ConsumerMessage) (*message.Mes
 	msg := message.NewMessage(id, rec.Value)
 	msg.Metadata = md
 	return msg, nil
+}
+
+// unmarshalRecord maps a franz-go record as CloudEventsMarshaler.Unmarshal maps
+// a Sarama one; both paths share that one mapping.
+func unmarshalRecord(r *kgo.Record) *message.Message {
+	cm := &sarama.ConsumerMessage{
+		Topic:     r.Topic,
+		Partition: r.Partition,
+		Offset:    r.Offset,
+		Key:       r.Key,
+		Value:     r.Value,
+		Timestamp: r.Timestamp,
+		Headers:   make([]*sarama.RecordHeader, len(r.Headers)),
+	}
+	for i, h := range r.Headers {
+		cm.Headers[i] = &sarama.RecordHeader{Key: []byte(h.Key), Value: h.Value}
+	}
+	msg, _ := CloudEventsMarshaler{}.Unmarshal(cm) // never fails, see Unmarshal
+	return msg
 }

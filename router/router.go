@@ -15,11 +15,11 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
-	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/eventfn/eventfn/configs"
+	"github.com/eventfn/eventfn/router/dispatch"
 	"github.com/eventfn/eventfn/router/relay"
 	"github.com/eventfn/eventfn/runtime"
 	"github.com/eventfn/eventfn/store"
@@ -170,18 +170,16 @@ func (r *Runtime) buildHandlers(handlers []runtime.Handler) error {
 	}
 	for i, h := range handlers {
 		info := r.infos[i]
-		sc, err := SaramaConfig(r.cfg.Kafka)
-		if err != nil {
-			return err
-		}
-		sub, err := kafka.NewSubscriber(kafka.SubscriberConfig{
-			Brokers:               r.cfg.Kafka.Brokers,
-			Unmarshaler:           CloudEventsMarshaler{},
-			OverwriteSaramaConfig: sc,
-			ConsumerGroup:         info.Group,
-			NackResendSleep:       100 * time.Millisecond,
-			ReconnectRetrySleep:   time.Second,
-		}, r.wlogger)
+		sub, err := dispatch.NewSubscriber(dispatch.Config{
+			Brokers:         r.cfg.Kafka.Brokers,
+			ClientID:        r.cfg.Kafka.ClientID,
+			Group:           info.Group,
+			Unmarshal:       unmarshalRecord,
+			MaxInFlight:     info.Policy.Concurrency,
+			NackResendSleep: 100 * time.Millisecond,
+			DrainTimeout:    r.cfg.Shutdown.Timeout,
+			Logger:          r.logger.With("component", "consumer", "handler", h.Name()),
+		})
 		if err != nil {
 			return fmt.Errorf("kafka subscriber for handler %s: %w", h.Name(), err)
 		}

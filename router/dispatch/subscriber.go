@@ -1,0 +1,554 @@
+// Package dispatch is a Watermill subscriber for Kafka that runs the events of
+// one partition in parallel by key: events of different keys are handed out at
+// once, up to MaxInFlight, while the events of one key go out strictly one
+// after another (the next only when the one before was acknowledged). Offsets
+// are committed only up to the lowest event not yet finished, so a crash
+// redelivers every unfinished event and nothing after it is skipped.
+//
+// A nacked event is handed out again after NackResendSleep and holds back only
+// its own key. Close stops fetching, lets the calls in flight finish (up to
+// DrainTimeout) without cancelling their contexts, commits, and only then
+// closes the message channel and leaves the group.
+//
+// Watermill's own Kafka subscriber hands out one event per partition at a time
+// (Watermill issue #374), so a handler's concurrency could not exceed the
+// partition count; this subscriber is why it can.
+package dispatch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+)
+
+// Config configures a Subscriber.
+type Config struct {
+	// Brokers are the bootstrap addresses.
+	Brokers []string
+	// ClientID names the client to the brokers.
+	ClientID string
+	// Group is the consumer group; a new group starts at the oldest record.
+	Group string
+	// Unmarshal maps a record to a message. It cannot fail: a record the
+	// handler cannot use is the handler's to dead-letter.
+	Unmarshal func(*kgo.Record) *message.Message
+	// MaxInFlight caps the events handed out and not yet acknowledged.
+	MaxInFlight int
+	// MaxBuffered caps the events fetched and not yet finished, in flight or
+	// waiting behind their key; fetching pauses at the cap.
+	MaxBuffered int
+	// NackResendSleep is how long a nacked event waits before it goes out again.
+	NackResendSleep time.Duration
+	// CommitInterval is how often finished offsets are committed.
+	CommitInterval time.Duration
+	// DrainTimeout bounds how long Close and a rebalance wait for calls in flight.
+	DrainTimeout time.Duration
+	// Logger receives state changes (never one line per event).
+	Logger *slog.Logger
+	// Opts are extra franz-go options (security settings, for example).
+	Opts []kgo.Opt
+}
+
+func (c *Config) setDefaults() {
+	if c.MaxInFlight <= 0 {
+		c.MaxInFlight = 16
+	}
+	if c.MaxBuffered < c.MaxInFlight {
+		c.MaxBuffered = max(4*c.MaxInFlight, 1024)
+	}
+	if c.NackResendSleep <= 0 {
+		c.NackResendSleep = 100 * time.Millisecond
+	}
+	if c.CommitInterval <= 0 {
+		c.CommitInterval = 200 * time.Millisecond
+	}
+	if c.DrainTimeout <= 0 {
+		c.DrainTimeout = 30 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Validate reports a configuration that cannot work.
+func (c Config) Validate() error {
+	switch {
+	case len(c.Brokers) == 0:
+		return errors.New("dispatch: no brokers")
+	case c.Group == "":
+		return errors.New("dispatch: no consumer group")
+	case c.Unmarshal == nil:
+		return errors.New("dispatch: no Unmarshal")
+	}
+	return nil
+}
+
+type topicPartition struct {
+	topic     string
+	partition int32
+}
+
+// partition is the dispatch state of one assigned partition.
+type partition struct {
+	// offsets are fetched offsets not yet known finished, ascending; done
+	// marks those finished out of order.
+	offsets []int64
+	done    map[int64]bool
+	// next is the offset to commit: everything before it is finished.
+	next, committed int64
+	// lanes holds, per key, the records waiting; the head is in flight.
+	lanes map[string][]*kgo.Record
+	// revoked is closed when the partition is taken away: records not yet
+	// handed out are dropped, and nacked ones are not sent again.
+	revoked chan struct{}
+	active  sync.WaitGroup
+}
+
+// Subscriber implements message.Subscriber for one topic.
+type Subscriber struct {
+	cfg Config
+
+	mu       sync.Mutex
+	client   *kgo.Client
+	parts    map[topicPartition]*partition
+	buffered int
+	space    chan struct{} // signalled when buffered drops below the cap
+	out      chan *message.Message
+
+	slots      chan struct{}
+	closing    chan struct{}
+	closeOnce  sync.Once
+	pollDone   chan struct{}
+	commitDone chan struct{}
+	msgCtx     context.Context
+	cancelMsgs context.CancelFunc
+	delivering sync.WaitGroup
+	errors     *errorReport
+}
+
+// NewSubscriber validates cfg; the connection is made by Subscribe.
+func NewSubscriber(cfg Config) (*Subscriber, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	msgCtx, cancel := context.WithCancel(context.Background())
+	return &Subscriber{
+		cfg:        cfg,
+		parts:      map[topicPartition]*partition{},
+		space:      make(chan struct{}, 1),
+		slots:      make(chan struct{}, cfg.MaxInFlight),
+		closing:    make(chan struct{}),
+		pollDone:   make(chan struct{}),
+		commitDone: make(chan struct{}),
+		msgCtx:     msgCtx,
+		cancelMsgs: cancel,
+		errors:     &errorReport{logger: cfg.Logger, every: 30 * time.Second},
+	}, nil
+}
+
+// Subscribe joins the group on topic and returns the channel of its events.
+// A Subscriber serves one Subscribe call.
+func (s *Subscriber) Subscribe(_ context.Context, topic string) (<-chan *message.Message, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.client != nil {
+		return nil, errors.New("dispatch: a Subscriber serves one topic; make another for " + topic)
+	}
+	select {
+	case <-s.closing:
+		return nil, errors.New("dispatch: subscriber closed")
+	default:
+	}
+	opts := append([]kgo.Opt{
+		kgo.SeedBrokers(s.cfg.Brokers...),
+		kgo.ClientID(s.cfg.ClientID),
+		kgo.ConsumerGroup(s.cfg.Group),
+		kgo.ConsumeTopics(topic),
+		kgo.DisableAutoCommit(),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		kgo.FetchMaxWait(100 * time.Millisecond),
+		kgo.OnPartitionsRevoked(s.revoked),
+		kgo.OnPartitionsLost(s.lost),
+	}, s.cfg.Opts...)
+	client, err := kgo.NewClient(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("kafka consumer for group %s on %s: %w", s.cfg.Group, topic, err)
+	}
+	s.client = client
+	s.out = make(chan *message.Message)
+	go s.poll()
+	go s.commitLoop()
+	return s.out, nil
+}
+
+func (s *Subscriber) poll() {
+	defer close(s.pollDone)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-s.closing:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	for {
+		free := s.waitSpace()
+		if free == 0 {
+			return
+		}
+		fetches := s.client.PollRecords(ctx, free)
+		if fetches.IsClientClosed() || ctx.Err() != nil {
+			return
+		}
+		fetches.EachError(func(topic string, p int32, err error) {
+			if !errors.Is(err, context.Canceled) {
+				s.errors.report(fmt.Errorf("fetch %s[%d]: %w", topic, p, err))
+			}
+		})
+		if fetches.NumRecords() > 0 {
+			s.errors.recovered()
+		}
+		fetches.EachRecord(s.enqueue)
+	}
+}
+
+// waitSpace blocks until fewer than MaxBuffered events are buffered and
+// returns how many more may be fetched; 0 means the subscriber is closing.
+func (s *Subscriber) waitSpace() int {
+	for {
+		s.mu.Lock()
+		free := s.cfg.MaxBuffered - s.buffered
+		s.mu.Unlock()
+		if free > 0 {
+			return free
+		}
+		select {
+		case <-s.space:
+		case <-s.closing:
+			return 0
+		}
+	}
+}
+
+func (s *Subscriber) enqueue(r *kgo.Record) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	tp := topicPartition{r.Topic, r.Partition}
+	p := s.parts[tp]
+	if p == nil {
+		p = &partition{done: map[int64]bool{}, lanes: map[string][]*kgo.Record{}, next: r.Offset, committed: r.Offset, revoked: make(chan struct{})}
+		s.parts[tp] = p
+	}
+	p.offsets = append(p.offsets, r.Offset)
+	s.buffered++
+	key := string(r.Key)
+	p.lanes[key] = append(p.lanes[key], r)
+	if len(p.lanes[key]) == 1 {
+		s.start(p, r)
+	}
+}
+
+// start hands r out in a goroutine of its own; the caller holds s.mu.
+func (s *Subscriber) start(p *partition, r *kgo.Record) {
+	p.active.Add(1)
+	s.delivering.Add(1)
+	go func() {
+		defer s.delivering.Done()
+		defer p.active.Done()
+		finished := s.deliver(p, r)
+		s.finish(p, r, finished)
+	}()
+}
+
+// deliver sends r until it is acknowledged (true) or abandoned because the
+// subscriber closes or the partition was revoked (false): an abandoned event
+// is not committed, so the group delivers it again.
+func (s *Subscriber) deliver(p *partition, r *kgo.Record) bool {
+	select {
+	case s.slots <- struct{}{}:
+	case <-s.closing:
+		return false
+	case <-p.revoked:
+		return false
+	}
+	defer func() { <-s.slots }()
+	for {
+		msg := s.cfg.Unmarshal(r)
+		msg.SetContext(s.msgCtx)
+		select {
+		case s.out <- msg:
+		case <-s.closing:
+			return false
+		case <-p.revoked:
+			return false
+		}
+		select {
+		case <-msg.Acked():
+			return true
+		case <-msg.Nacked():
+		}
+		t := time.NewTimer(s.cfg.NackResendSleep)
+		select {
+		case <-t.C:
+		case <-s.closing:
+			t.Stop()
+			return false
+		case <-p.revoked:
+			t.Stop()
+			return false
+		}
+	}
+}
+
+// finish records the outcome of r and starts the next event of its key.
+func (s *Subscriber) finish(p *partition, r *kgo.Record, finished bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.buffered--
+	select {
+	case s.space <- struct{}{}:
+	default:
+	}
+	key := string(r.Key)
+	lane := p.lanes[key]
+	if !finished {
+		// Drop the whole lane: what waits behind an abandoned event must not
+		// overtake it. The group delivers all of it again.
+		s.buffered -= len(lane) - 1
+		delete(p.lanes, key)
+		return
+	}
+	p.done[r.Offset] = true
+	for len(p.offsets) > 0 && p.done[p.offsets[0]] {
+		delete(p.done, p.offsets[0])
+		p.next = p.offsets[0] + 1
+		p.offsets = p.offsets[1:]
+	}
+	lane = lane[1:]
+	if len(lane) == 0 {
+		delete(p.lanes, key)
+		return
+	}
+	p.lanes[key] = lane
+	select {
+	case <-p.revoked:
+		s.buffered -= len(lane)
+		delete(p.lanes, key)
+	case <-s.closing:
+		s.buffered -= len(lane)
+		delete(p.lanes, key)
+	default:
+		s.start(p, lane[0])
+	}
+}
+
+func (s *Subscriber) commitLoop() {
+	defer close(s.commitDone)
+	t := time.NewTicker(s.cfg.CommitInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			s.commit(context.Background(), nil)
+		case <-s.closing:
+			return
+		}
+	}
+}
+
+// commit commits the finished offsets of the partitions in only (all when nil).
+func (s *Subscriber) commit(ctx context.Context, only map[topicPartition]bool) {
+	s.mu.Lock()
+	offsets := map[string]map[int32]kgo.EpochOffset{}
+	for tp, p := range s.parts {
+		if (only != nil && !only[tp]) || p.next <= p.committed {
+			continue
+		}
+		if offsets[tp.topic] == nil {
+			offsets[tp.topic] = map[int32]kgo.EpochOffset{}
+		}
+		offsets[tp.topic][tp.partition] = kgo.EpochOffset{Epoch: -1, Offset: p.next}
+	}
+	s.mu.Unlock()
+	if len(offsets) == 0 {
+		return
+	}
+	var reqErr, partErr error
+	s.client.CommitOffsetsSync(ctx, offsets, func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, resp *kmsg.OffsetCommitResponse, err error) {
+		reqErr = err
+		if err != nil || resp == nil {
+			return
+		}
+		for _, t := range resp.Topics {
+			for _, p := range t.Partitions {
+				if e := kerr.ErrorForCode(p.ErrorCode); e != nil {
+					partErr = errors.Join(partErr, fmt.Errorf("%s[%d]: %w", t.Topic, p.Partition, e))
+					delete(offsets[t.Topic], p.Partition)
+				}
+			}
+		}
+	})
+	// Offsets that did not commit are committed again on the next tick; a
+	// crash meanwhile only redelivers finished events, which the inbox absorbs.
+	if reqErr != nil {
+		if !errors.Is(reqErr, context.Canceled) {
+			s.errors.report(fmt.Errorf("commit offsets of group %s: %w", s.cfg.Group, reqErr))
+		}
+		return
+	}
+	if partErr != nil {
+		s.errors.report(fmt.Errorf("commit offsets of group %s: %w", s.cfg.Group, partErr))
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for topic, ps := range offsets {
+		for part, eo := range ps {
+			if p := s.parts[topicPartition{topic, part}]; p != nil && eo.Offset > p.committed {
+				p.committed = eo.Offset
+			}
+		}
+	}
+}
+
+// revoked is called by the group before partitions move to another member:
+// their calls in flight finish (up to DrainTimeout), their offsets are
+// committed, and their waiting events are dropped for the new owner.
+func (s *Subscriber) revoked(ctx context.Context, _ *kgo.Client, revoked map[string][]int32) {
+	s.release(ctx, revoked, true)
+}
+
+// lost is called when the group was lost outright: nothing can be committed.
+func (s *Subscriber) lost(ctx context.Context, _ *kgo.Client, lost map[string][]int32) {
+	s.release(ctx, lost, false)
+}
+
+func (s *Subscriber) release(ctx context.Context, tps map[string][]int32, commit bool) {
+	s.mu.Lock()
+	var gone []*partition
+	only := map[topicPartition]bool{}
+	for topic, ps := range tps {
+		for _, part := range ps {
+			tp := topicPartition{topic, part}
+			if p := s.parts[tp]; p != nil {
+				close(p.revoked)
+				gone = append(gone, p)
+				only[tp] = true
+			}
+		}
+	}
+	s.mu.Unlock()
+	waitAll(gone, s.cfg.DrainTimeout)
+	if commit {
+		s.commit(ctx, only)
+	}
+	s.mu.Lock()
+	for tp := range only {
+		delete(s.parts, tp)
+	}
+	s.mu.Unlock()
+}
+
+func waitAll(ps []*partition, timeout time.Duration) bool {
+	done := make(chan struct{})
+	go func() {
+		for _, p := range ps {
+			p.active.Wait()
+		}
+		close(done)
+	}()
+	select {
+	case <-done:
+		return true
+	case <-time.After(timeout):
+		return false
+	}
+}
+
+// Close stops fetching, waits for the calls in flight (up to DrainTimeout;
+// then their contexts are cancelled), commits what finished, closes the
+// message channel and leaves the group.
+func (s *Subscriber) Close() error {
+	s.closeOnce.Do(func() {
+		close(s.closing)
+		s.mu.Lock()
+		client := s.client
+		s.mu.Unlock()
+		if client == nil {
+			s.cancelMsgs()
+			return
+		}
+		<-s.pollDone
+		<-s.commitDone
+		if !waitGroup(&s.delivering, s.cfg.DrainTimeout) {
+			s.cfg.Logger.Warn("calls still running at the drain deadline; cancelling them", "group", s.cfg.Group)
+			s.cancelMsgs()
+			waitGroup(&s.delivering, 5*time.Second)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		s.commit(ctx, nil)
+		cancel()
+		close(s.out)
+		client.Close()
+		s.cancelMsgs()
+	})
+	return nil
+}
+
+func waitGroup(wg *sync.WaitGroup, timeout time.Duration) bool {
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return true
+	case <-time.After(timeout):
+		return false
+	}
+}
+
+// errorReport logs an outage once when it starts, then at most every `every`,
+// and once when it ends, instead of a line per failed fetch.
+type errorReport struct {
+	logger *slog.Logger
+	every  time.Duration
+	mu     sync.Mutex
+	since  time.Time
+	last   time.Time
+	count  int
+}
+
+func (e *errorReport) report(err error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	now := time.Now()
+	e.count++
+	switch {
+	case e.since.IsZero():
+		e.since, e.last = now, now
+		e.logger.Warn("kafka fetch failing; retrying", "err", err)
+	case now.Sub(e.last) >= e.every:
+		e.last = now
+		e.logger.Warn("kafka fetch still failing", "since", e.since.UTC(), "failures", e.count, "err", err)
+	}
+}
+
+func (e *errorReport) recovered() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if !e.since.IsZero() {
+		e.logger.Info("kafka fetch recovered", "after", time.Since(e.since).Round(time.Millisecond), "failures", e.count)
+		e.since, e.count = time.Time{}, 0
+	}
+}
