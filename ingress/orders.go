@@ -78,9 +78,15 @@ type fieldError struct {
 
 func (e fieldError) Error() string { return e.Field + ": " + e.Message }
 
+// maxEmailBytes is the longest address SMTP can carry (RFC 5321, 4.5.3.1.3).
+const maxEmailBytes = 254
+
 func validateOrder(req OrderRequest) error {
 	if strings.TrimSpace(req.CustomerEmail) == "" {
 		return fieldError{"customer_email", "is required"}
+	}
+	if len(req.CustomerEmail) > maxEmailBytes {
+		return fieldError{"customer_email", fmt.Sprintf("must be at most %d bytes (RFC 5321), got %d", maxEmailBytes, len(req.CustomerEmail))}
 	}
 	if a, err := mail.ParseAddress(req.CustomerEmail); err != nil || a.Address != req.CustomerEmail {
 		return fieldError{"customer_email", fmt.Sprintf("%q is not an email address", req.CustomerEmail)}
@@ -138,6 +144,10 @@ func (s *Server) createOrder(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx := r.Context()
 	if id := r.Header.Get("X-Correlation-ID"); id != "" {
+		if err := runtime.ValidateCorrelationID(id); err != nil {
+			writeJSON(w, http.StatusBadRequest, fieldError{"X-Correlation-ID", err.Error()})
+			return
+		}
 		ctx = runtime.WithMetadata(ctx, runtime.Metadata{CorrelationID: id})
 	}
 	err := s.tx.Transact(ctx, func(ctx context.Context, tx runtime.Tx) error {
@@ -160,6 +170,12 @@ func (s *Server) createOrder(w http.ResponseWriter, r *http.Request) {
 			TotalCents:    order.TotalCents,
 		})
 	})
+	if runtime.IsPermanent(err) {
+		// The order cannot be stored as it is (its event would be larger than
+		// Kafka takes, say): the client must change it, retrying will not help.
+		writeJSON(w, http.StatusUnprocessableEntity, map[string]string{"error": err.Error()})
+		return
+	}
 	if err != nil {
 		s.logger.ErrorContext(ctx, "create order", "err", err)
 		writeJSON(w, http.StatusInternalServerError, map[string]string{"error": "the order could not be stored; try again"})

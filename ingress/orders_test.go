@@ -22,6 +22,12 @@ import (
 // newServer serves the API over a real SQLite database and outbox.
 func newServer(t *testing.T, maxBody int64) (*httptest.Server, *store.DB, *router.Outbox) {
 	t.Helper()
+	return newServerWith(t, maxBody, func(*configs.Config) {})
+}
+
+// newServerWith is newServer with the configuration changed by edit first.
+func newServerWith(t *testing.T, maxBody int64, edit func(*configs.Config)) (*httptest.Server, *store.DB, *router.Outbox) {
+	t.Helper()
 	ctx := context.Background()
 	db, err := store.Open(ctx, store.Config{Driver: store.SQLite, SQLitePath: filepath.Join(t.TempDir(), "api.db")})
 	if err != nil {
@@ -32,6 +38,7 @@ func newServer(t *testing.T, maxBody int64) (*httptest.Server, *store.DB, *route
 	if err != nil {
 		t.Fatal(err)
 	}
+	edit(&cfg)
 	outbox := router.NewOutbox(db, cfg, watermill.NopLogger{})
 	ready := func(context.Context) error { return nil }
 	srv := httptest.NewServer(ingress.NewServer(outbox, db.Read, ready, http.NotFoundHandler(), maxBody, slog.New(slog.DiscardHandler)).Handler())

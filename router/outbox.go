@@ -65,23 +65,10 @@ func (o *Outbox) Transact(ctx context.Context, fn func(ctx context.Context, tx r
 	return err
 }
 
-// MaxCorrelationIDBytes bounds a correlation id: it travels in a header of
-// every event of its chain.
-const MaxCorrelationIDBytes = 256
-
-// ValidateCorrelationID refuses a correlation id that is too long to travel
-// in every event of a chain.
-func ValidateCorrelationID(id string) error {
-	if len(id) > MaxCorrelationIDBytes {
-		return fmt.Errorf("correlation id of %d bytes: at most %d are allowed", len(id), MaxCorrelationIDBytes)
-	}
-	return nil
-}
-
 // handle wraps tx as the runtime.Tx a handler sees. allowed, when not nil, limits
 // the event types Emit accepts.
 func (o *Outbox) handle(tx *sql.Tx, cause runtime.Metadata, source string, allowed func(string) bool) (*txHandle, error) {
-	if err := ValidateCorrelationID(cause.CorrelationID); err != nil {
+	if err := runtime.ValidateCorrelationID(cause.CorrelationID); err != nil {
 		return nil, runtime.Permanent(err)
 	}
 	return &txHandle{Tx: tx, table: o.table, cause: cause, source: source, allowed: allowed, kafka: o.kafka}, nil

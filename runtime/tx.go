@@ -3,6 +3,7 @@ package runtime
 import (
 	"context"
 	"database/sql"
+	"fmt"
 )
 
 // Tx is the handle a handler gets: the SQL transaction it runs in and the outbox.
@@ -23,4 +24,17 @@ type Tx interface {
 // handler: an HTTP endpoint that writes an order and emits order.placed uses it.
 type Transactor interface {
 	Transact(ctx context.Context, fn func(ctx context.Context, tx Tx) error) error
+}
+
+// MaxCorrelationIDBytes bounds a correlation id: it travels in a header of
+// every event of its chain.
+const MaxCorrelationIDBytes = 256
+
+// ValidateCorrelationID refuses a correlation id too long to travel in every
+// event of a chain.
+func ValidateCorrelationID(id string) error {
+	if len(id) > MaxCorrelationIDBytes {
+		return fmt.Errorf("correlation id of %d bytes: at most %d are allowed", len(id), MaxCorrelationIDBytes)
+	}
+	return nil
 }

@@ -1,0 +1,320 @@
+package relay_test
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/eventfn/eventfn/embedded"
+	"github.com/eventfn/eventfn/internal/testenv"
+	"github.com/eventfn/eventfn/router/relay"
+	"github.com/eventfn/eventfn/store"
+)
+
+type engines struct {
+	db      *store.DB
+	brokers []string
+	// url is the PostgreSQL URL of db's schema; empty on SQLite.
+	url string
+}
+
+// open gives a fresh database (PostgreSQL schema or SQLite file) and Kafka
+// (real or embedded), as the environment names them.
+func open(t *testing.T) engines {
+	t.Helper()
+	ctx := context.Background()
+	var e engines
+	cfg := store.Config{Driver: store.SQLite, SQLitePath: filepath.Join(t.TempDir(), "relay.db")}
+	if u := testenv.DatabaseURL(); u != "" {
+		e.url = testenv.PostgresSchema(t, u)
+		cfg = store.Config{Driver: store.Postgres, URL: e.url, MaxOpenConns: 8}
+	}
+	db, err := store.Open(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = db.Close() })
+	e.db = db
+	if b := testenv.KafkaBrokers(); len(b) > 0 {
+		e.brokers = b
+	} else {
+		b, err := embedded.Start("127.0.0.1:0", "", 4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(b.Close)
+		e.brokers = []string{b.Addr()}
+	}
+	return e
+}
+
+func (e engines) topic(t *testing.T, partitions int32) string {
+	t.Helper()
+	topic := testenv.UniqueName("relay-")
+	cl, err := kgo.NewClient(kgo.SeedBrokers(e.brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := kadm.NewClient(cl).CreateTopic(ctx, partitions, 1, nil, topic); err != nil {
+		t.Fatal(err)
+	}
+	return topic
+}
+
+// insert writes recs to the outbox, in transactions of perTx rows.
+func insert(t *testing.T, e engines, recs []relay.Record, perTx int) {
+	t.Helper()
+	table := relay.NewTable(e.db)
+	ctx := context.Background()
+	for len(recs) > 0 {
+		n := min(perTx, len(recs))
+		tx, err := e.db.BeginTx(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range recs[:n] {
+			if err := table.Insert(ctx, tx, r); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := tx.Commit(); err != nil {
+			t.Fatal(err)
+		}
+		recs = recs[n:]
+	}
+}
+
+// start runs a relay until the test ends.
+func start(t *testing.T, e engines, maxBytes int, lease relay.Lease) *relay.Relay {
+	t.Helper()
+	p, err := relay.NewProducer(relay.ProducerConfig{Brokers: e.brokers, MaxRecordBytes: maxBytes, DeliveryTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := relay.NewMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := relay.New(relay.Config{BatchSize: 100, PollInterval: 10 * time.Millisecond}, relay.NewTable(e.db), p, lease, m, slog.New(slog.DiscardHandler))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = r.Run(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		p.Close()
+	})
+	return r
+}
+
+// consume reads topic from the start until want records arrived.
+func consume(t *testing.T, e engines, topic string, want int) []*kgo.Record {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(e.brokers...), kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var got []*kgo.Record
+	for len(got) < want {
+		fs := cl.PollFetches(ctx)
+		if ctx.Err() != nil {
+			t.Fatalf("read %d of %d records from %s before the deadline", len(got), want, topic)
+		}
+		fs.EachRecord(func(r *kgo.Record) { got = append(got, r) })
+	}
+	return got
+}
+
+func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func stats(t *testing.T, e engines) relay.Stats {
+	t.Helper()
+	s, err := relay.NewTable(e.db).Stats(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// TestRelayForwardsEveryRowKeepingEachKeysOrder: a backlog of many rows in
+// several batches reaches Kafka whole, with headers and keys, each key's rows
+// in the order they were written, and every row is marked forwarded.
+func TestRelayForwardsEveryRowKeepingEachKeysOrder(t *testing.T) {
+	e := open(t)
+	topic := e.topic(t, 4)
+	const keys, perKey = 10, 50
+	var recs []relay.Record
+	for seq := range perKey {
+		for k := range keys {
+			recs = append(recs, relay.Record{
+				Topic:   topic,
+				Key:     []byte("key-" + strconv.Itoa(k)),
+				Headers: map[string]string{"ce_id": fmt.Sprintf("%d-%d", k, seq), "ce_type": "t"},
+				Payload: []byte(strconv.Itoa(seq)),
+			})
+		}
+	}
+	insert(t, e, recs, 7)
+	start(t, e, 1_000_000, relay.NewLease(e.db))
+	got := consume(t, e, topic, keys*perKey)
+	last := map[string]int{}
+	for _, r := range got {
+		seq, _ := strconv.Atoi(string(r.Value))
+		k := string(r.Key)
+		if prev, ok := last[k]; ok && seq != prev+1 {
+			t.Fatalf("key %s: %d after %d", k, seq, prev)
+		}
+		last[k] = seq
+		if len(r.Headers) != 2 {
+			t.Fatalf("headers %v", r.Headers)
+		}
+	}
+	if len(last) != keys {
+		t.Fatalf("%d keys arrived, want %d", len(last), keys)
+	}
+	waitFor(t, "every row marked forwarded", 10*time.Second, func() bool { return stats(t, e).Pending == 0 })
+}
+
+// TestARowThatCanNeverBeProducedIsParkedAndTheRowsBehindItGoOn: a row over the
+// producer's limit once made the relay retry it forever while every later
+// event waited.
+func TestARowThatCanNeverBeProducedIsParkedAndTheRowsBehindItGoOn(t *testing.T) {
+	e := open(t)
+	topic := e.topic(t, 1)
+	insert(t, e, []relay.Record{
+		{Topic: topic, Key: []byte("k"), Headers: map[string]string{"n": "1"}, Payload: []byte("before")},
+		{Topic: topic, Key: []byte("k"), Headers: map[string]string{"n": "2"}, Payload: []byte(strings.Repeat("x", 20_000))},
+		{Topic: topic, Key: []byte("k"), Headers: map[string]string{"n": "3"}, Payload: []byte("after")},
+	}, 1)
+	start(t, e, 10_000, relay.NewLease(e.db))
+	got := consume(t, e, topic, 2)
+	if string(got[0].Value) != "before" || string(got[1].Value) != "after" {
+		t.Fatalf("got %q, %q", got[0].Value, got[1].Value)
+	}
+	waitFor(t, "the large row parked", 10*time.Second, func() bool { s := stats(t, e); return s.Pending == 0 && s.Parked == 1 })
+	parked, err := relay.NewTable(e.db).Parked(context.Background(), 10)
+	if err != nil || len(parked) != 1 || !strings.Contains(parked[0].Reason, "too large") {
+		t.Fatalf("parked rows %+v (%v)", parked, err)
+	}
+}
+
+// TestAnOpenTransactionElsewhereDoesNotHoldTheRelay: on PostgreSQL an idle
+// transaction anywhere on the server (and a slow one that wrote an outbox row
+// itself) once held every event back until it ended.
+func TestAnOpenTransactionElsewhereDoesNotHoldTheRelay(t *testing.T) {
+	testenv.RequirePostgres(t)
+	e := open(t)
+	topic := e.topic(t, 1)
+	ctx := context.Background()
+	start(t, e, 1_000_000, relay.NewLease(e.db))
+
+	// An idle transaction that holds an xid, in another session.
+	other, err := sql.Open("pgx", testenv.DatabaseURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	idle, err := other.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = idle.Rollback() }()
+	if _, err := idle.ExecContext(ctx, `SELECT pg_current_xact_id()`); err != nil {
+		t.Fatal(err)
+	}
+	// A slow transaction that wrote an outbox row first and has not committed.
+	slow, err := e.db.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = slow.Rollback() }()
+	if err := relay.NewTable(e.db).Insert(ctx, slow, relay.Record{Topic: topic, Payload: []byte("slow")}); err != nil {
+		t.Fatal(err)
+	}
+	// A later row, committed: it must not wait for either.
+	insert(t, e, []relay.Record{{Topic: topic, Payload: []byte("quick")}}, 1)
+	if got := consume(t, e, topic, 1); string(got[0].Value) != "quick" {
+		t.Fatalf("first record %q, want quick", got[0].Value)
+	}
+	if err := slow.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if got := consume(t, e, topic, 2); string(got[1].Value) != "slow" {
+		t.Fatalf("second record %q, want slow", got[1].Value)
+	}
+}
+
+// TestOneReplicaRelaysAtATimeAndAStandbyTakesOver: two relays on one database
+// schema never forward together; when the leader goes, the other takes over.
+func TestOneReplicaRelaysAtATimeAndAStandbyTakesOver(t *testing.T) {
+	testenv.RequirePostgres(t)
+	e := open(t)
+	ctx := context.Background()
+	first, second := relay.NewLease(e.db), relay.NewLease(e.db)
+	if err := first.Acquire(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	acquired := false
+	done := make(chan error, 1)
+	go func() {
+		err := second.Acquire(ctx)
+		mu.Lock()
+		acquired = err == nil
+		mu.Unlock()
+		done <- err
+	}()
+	// The standby waits inside pg_advisory_lock: check it is there.
+	waitFor(t, "the standby to wait for the lock", 10*time.Second, func() bool {
+		var n int
+		_ = e.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 7262652 AND NOT granted`).Scan(&n)
+		return n >= 1
+	})
+	mu.Lock()
+	if acquired {
+		t.Fatal("two relays hold the lease at once")
+	}
+	mu.Unlock()
+	if !first.Held(ctx) {
+		t.Fatal("the leader lost its lease")
+	}
+	first.Release()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the standby did not take over within 10s")
+	}
+	second.Release()
+}
