@@ -32,6 +32,8 @@ func SaramaConfig(k configs.Kafka) (*sarama.Config, error) {
 	c.Net.MaxOpenRequests = 1
 	c.Producer.Retry.Max = 10
 	c.Producer.Retry.Backoff = 100 * time.Millisecond
+	// Partition by key as the Java client (and eventfn's franz-go producers) do.
+	c.Producer.Partitioner = javaCompatiblePartitioner
 	// Consumer: a new group starts at the oldest record, so an event relayed
 	// before its handler first joined is still handled.
 	c.Consumer.Return.Errors = true
