@@ -46,9 +46,11 @@ func (i *invoker) handle(msg *message.Message) error {
 		if err != nil {
 			return err
 		}
-		err = i.handler.Invoke(ctx, h, msg.Payload)
-		emitted = h.emitted > 0
-		return err
+		return callBounded(ctx, i.logger, name, func() error {
+			err := i.handler.Invoke(ctx, h, msg.Payload)
+			emitted = h.emitted > 0
+			return err
+		})
 	})
 	switch {
 	case err == nil:
@@ -110,4 +112,35 @@ func metadataOf(msg *message.Message, attempt int) runtime.Metadata {
 		m.Time = t
 	}
 	return m
+}
+
+// callBounded runs fn, a handler call, and returns its error; or, once ctx is
+// done (the handler's timeout passed), returns at once without waiting for fn.
+// A handler that ignores its context then keeps running in the background until
+// it returns, but its transaction is already rolled back (database/sql does
+// that when the context of BeginTx ends), so nothing it writes commits; its key
+// and, on SQLite, the one writer connection are free for the retry. A panic in
+// fn becomes an error, as Watermill's Recoverer would make it.
+func callBounded(ctx context.Context, logger *slog.Logger, name string, fn func() error) error {
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() {
+		defer func() {
+			if p := recover(); p != nil {
+				done <- fmt.Errorf("handler %s panicked: %v", name, p)
+			}
+		}()
+		done <- fn()
+	}()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		go func() {
+			err := <-done
+			logger.Warn("handler returned after its timeout; its transaction had been rolled back",
+				"handler", name, "after", time.Since(start).Round(time.Millisecond), "err", err)
+		}()
+		return fmt.Errorf("handler %s did not return before its context ended (timeout or shutdown deadline); its transaction was rolled back: %w", name, context.Cause(ctx))
+	}
 }

@@ -310,7 +310,10 @@ func (r *Runtime) Ready(ctx context.Context) error {
 	if err := r.relay.Healthy(); err != nil {
 		return err
 	}
-	if err := r.db.Ping(ctx); err != nil {
+	// The read pool answers for the database: on SQLite the one writer
+	// connection may be held by a handler's transaction for as long as the
+	// handler runs, and that is load, not unreadiness.
+	if err := r.db.Read.PingContext(ctx); err != nil {
 		return fmt.Errorf("database %s: %w", r.db.Where, err)
 	}
 	// The relay's client and its open connections answer; readiness opens none.

@@ -1,0 +1,158 @@
+package router_test
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/eventfn/eventfn/configs"
+	"github.com/eventfn/eventfn/embedded"
+	"github.com/eventfn/eventfn/internal/testenv"
+	"github.com/eventfn/eventfn/router"
+	"github.com/eventfn/eventfn/runtime"
+	"github.com/eventfn/eventfn/store"
+)
+
+// testRuntime is a router.Runtime with handlers of a test's own, on real
+// engines when the environment names them and embedded ones otherwise.
+type testRuntime struct {
+	cfg    configs.Config
+	db     *store.DB
+	outbox *router.Outbox
+	logs   *lockedBuffer
+	stop   func()
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  []byte
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.b = append(l.b, p...)
+	return len(p), nil
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return string(l.b)
+}
+
+func startRuntime(t *testing.T, edit func(*configs.Config), handlers ...runtime.Handler) *testRuntime {
+	t.Helper()
+	cfg, err := configs.Load(configs.Options{Profile: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.DataDir = t.TempDir()
+	cfg.Kafka.Embedded = false
+	cfg.Kafka.TopicPrefix = testenv.UniqueName("rt") + "."
+	if b := testenv.KafkaBrokers(); len(b) > 0 {
+		cfg.Kafka.Brokers = b
+	} else {
+		b, err := embedded.Start("127.0.0.1:0", "", 4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(b.Close)
+		cfg.Kafka.Brokers = []string{b.Addr()}
+	}
+	sc := store.Config{Driver: store.SQLite, SQLitePath: filepath.Join(cfg.DataDir, "rt.db")}
+	if u := testenv.DatabaseURL(); u != "" {
+		cfg.Database.URL = testenv.PostgresSchema(t, u)
+		sc = store.Config{Driver: store.Postgres, URL: cfg.Database.URL, MaxOpenConns: 8}
+	}
+	if edit != nil {
+		edit(&cfg)
+	}
+	ctx := context.Background()
+	db, err := store.Open(ctx, sc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &lockedBuffer{}
+	var w io.Writer = logs
+	logger := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	outbox := router.NewOutbox(db, cfg, watermill.NopLogger{})
+	rt, err := router.New(cfg, db, outbox, handlers, prometheus.NewRegistry(), logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- rt.Run(runCtx) }()
+	tr := &testRuntime{cfg: cfg, db: db, outbox: outbox, logs: logs}
+	var once sync.Once
+	tr.stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("runtime stopped with %v\n%s", err, logs.String())
+				}
+			case <-time.After(60 * time.Second):
+				t.Errorf("runtime did not stop within 60s\n%s", logs.String())
+			}
+			_ = db.Close()
+		})
+	}
+	t.Cleanup(tr.stop)
+	waitUntil(t, "the runtime ready", 60*time.Second, func() bool { return rt.Ready(ctx) == nil })
+	return tr
+}
+
+// emit commits events through the outbox, as the HTTP ingress does.
+func (tr *testRuntime) emit(t *testing.T, events ...runtime.Event) {
+	t.Helper()
+	if err := tr.outbox.Transact(context.Background(), func(ctx context.Context, tx runtime.Tx) error {
+		return tx.Emit(ctx, events...)
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// records reads topic (without the test's prefix) from the start until want
+// records arrived.
+func (tr *testRuntime) records(t *testing.T, eventType string, want int) []*kgo.Record {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(tr.cfg.Kafka.Brokers...), kgo.ConsumeTopics(tr.cfg.Kafka.Topic(eventType)),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var got []*kgo.Record
+	for len(got) < want {
+		fs := cl.PollFetches(ctx)
+		if ctx.Err() != nil {
+			t.Fatalf("read %d of %d records of %s\n%s", len(got), want, eventType, tr.logs.String())
+		}
+		fs.EachRecord(func(r *kgo.Record) { got = append(got, r) })
+	}
+	return got
+}
+
+func waitUntil(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
