@@ -25,6 +25,7 @@ import (
 // engines when the environment names them and embedded ones otherwise.
 type testRuntime struct {
 	cfg    configs.Config
+	store  store.Config
 	db     *store.DB
 	outbox *router.Outbox
 	logs   *lockedBuffer
@@ -92,7 +93,7 @@ func startRuntime(t *testing.T, edit func(*configs.Config), handlers ...runtime.
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- rt.Run(runCtx) }()
-	tr := &testRuntime{cfg: cfg, db: db, outbox: outbox, logs: logs}
+	tr := &testRuntime{cfg: cfg, store: sc, db: db, outbox: outbox, logs: logs}
 	var once sync.Once
 	tr.stop = func() {
 		once.Do(func() {
@@ -155,4 +156,15 @@ func waitUntil(t *testing.T, what string, timeout time.Duration, cond func() boo
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// reopen opens the runtime's database again, for checks after it stopped.
+func reopen(t *testing.T, tr *testRuntime) *store.DB {
+	t.Helper()
+	db, err := store.Open(context.Background(), tr.store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = db.Close() })
+	return db
 }
