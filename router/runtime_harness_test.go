@@ -28,6 +28,7 @@ type testRuntime struct {
 	store  store.Config
 	db     *store.DB
 	outbox *router.Outbox
+	rt     *router.Runtime
 	logs   *lockedBuffer
 	stop   func()
 }
@@ -93,7 +94,7 @@ func startRuntime(t *testing.T, edit func(*configs.Config), handlers ...runtime.
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- rt.Run(runCtx) }()
-	tr := &testRuntime{cfg: cfg, store: sc, db: db, outbox: outbox, logs: logs}
+	tr := &testRuntime{cfg: cfg, store: sc, db: db, outbox: outbox, rt: rt, logs: logs}
 	var once sync.Once
 	tr.stop = func() {
 		once.Do(func() {

@@ -68,3 +68,37 @@ func TestShutdownLetsCallsInFlightFinish(t *testing.T) {
 		t.Fatalf("the call's work committed %d times (%v), want once", n, err)
 	}
 }
+
+// TestASlowHandlerDoesNotMakeTheProcessUnready: on SQLite a handler waiting on
+// a slow call holds the one writer connection; readiness once pinged through
+// it and answered 503 for as long as the call lasted.
+func TestASlowHandlerDoesNotMakeTheProcessUnready(t *testing.T) {
+	entered := make(chan struct{})
+	release := make(chan struct{})
+	h := runtime.NewHandler("slow-worker", func(ctx context.Context, tx runtime.Tx, ev slowWork) error {
+		// Hold the writer: a write first, as a handler recording a call would.
+		if _, err := tx.ExecContext(ctx, `INSERT INTO eventfn_inbox (handler, event_id, event_type) VALUES ('probe', $1, 'started')`, ev.ID); err != nil {
+			return err
+		}
+		close(entered)
+		select {
+		case <-release:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}, runtime.WithPolicy(runtime.Policy{MaxRetries: -1}))
+	tr := startRuntime(t, nil, h)
+	tr.emit(t, slowWork{ID: "w1"})
+	select {
+	case <-entered:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the handler was not called\n%s", tr.logs.String())
+	}
+	defer close(release)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := tr.rt.Ready(ctx); err != nil {
+		t.Fatalf("not ready while a handler waits on a slow call: %v", err)
+	}
+}
