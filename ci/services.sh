@@ -7,6 +7,8 @@
 #   ci/services.sh down             stop what this script started
 #   ci/services.sh status           show what runs
 #   ci/services.sh env              print the test variables: eval "$(ci/services.sh env)"
+#   ci/services.sh kafka-node N kill|stop|pause|resume|start   a fault on node N
+#   ci/services.sh pg restart|crash|stop|start|pause|resume    a fault on PostgreSQL
 #
 # It is idempotent, keeps state and logs under $EVENTFN_SERVICES_DIR (default
 # ci/.services), caches the Kafka jars under $EVENTFN_CACHE_DIR (default
@@ -159,6 +161,56 @@ kafka_brokers() {
   echo "$out"
 }
 
+# kafka_node_start N: start node N of the formatted cluster in the background.
+kafka_node_start() {
+  local i=$1 nodes heap=512m dir=$KAFKA_STATE/node$1
+  nodes=$(cat "$KAFKA_STATE/nodes")
+  [ "$nodes" -gt 1 ] && heap=384m
+  nohup java -Xms128m -Xmx$heap -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
+    -Dlog4j2.configurationFile="$ROOT/ci/kafka/log4j2.properties" \
+    -cp "$LIBS/*" kafka.Kafka "$dir/server.properties" >>"$LOGS/kafka-$i.log" 2>&1 </dev/null &
+  echo $! >"$dir/pid"
+}
+
+# kafka_node_fault N ACTION: kill (SIGKILL), stop (SIGTERM, waits), pause
+# (SIGSTOP), resume (SIGCONT) or start node N; for fault tests.
+kafka_node_fault() {
+  local n=$1 action=$2 pidf=$KAFKA_STATE/node$1/pid pid
+  [ -d "$KAFKA_STATE/node$n" ] || die "no Kafka node $n"
+  pid=$(cat "$pidf" 2>/dev/null || true)
+  case "$action" in
+    kill) [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null; rm -f "$pidf" ;;
+    stop)
+      [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null
+      for _ in $(seq 1 300); do [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null
+      rm -f "$pidf" ;;
+    pause) [ -n "$pid" ] && kill -STOP "$pid" ;;
+    resume) [ -n "$pid" ] && kill -CONT "$pid" ;;
+    start)
+      if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then say "Kafka node $n already runs"; return 0; fi
+      kafka_node_start "$n" ;;
+    *) die "kafka-node: unknown action $action (kill, stop, pause, resume, start)" ;;
+  esac
+}
+
+# pg_fault ACTION: restart (fast), crash (immediate stop), start, pause
+# (SIGSTOP the postmaster and its backends) or resume; for fault tests.
+pg_fault() {
+  local bin; bin=$(pg_bin)
+  case "$1" in
+    restart) as_pg "$bin/pg_ctl" -D "$PGDATA" -m fast -w -t 60 restart -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $PGRUN -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" >/dev/null ;;
+    crash) as_pg "$bin/pg_ctl" -D "$PGDATA" -m immediate -w stop >/dev/null ;;
+    stop) as_pg "$bin/pg_ctl" -D "$PGDATA" -m fast -w stop >/dev/null ;;
+    start) pg_up ;;
+    pause|resume)
+      local sig=STOP pid; [ "$1" = resume ] && sig=CONT
+      pid=$(head -n 1 "$PGDATA/postmaster.pid")
+      kill -$sig "$pid" $(pgrep -P "$pid" || true) ;;
+    *) die "pg: unknown action $1 (restart, crash, stop, start, pause, resume)" ;;
+  esac
+}
+
 kafka_up() {
   local nodes=$1 i
   local running; running=$(kafka_nodes_running)
@@ -181,10 +233,7 @@ kafka_up() {
       kafka_java kafka.tools.StorageTool format -t "$(cat "$KAFKA_STATE/cluster.id")" -c "$dir/server.properties" \
         >>"$LOGS/kafka-$i.log" 2>&1 || die "formatting Kafka storage of node $i failed (see $LOGS/kafka-$i.log)"
     fi
-    nohup java -Xms128m -Xmx$heap -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
-      -Dlog4j2.configurationFile="$ROOT/ci/kafka/log4j2.properties" \
-      -cp "$LIBS/*" kafka.Kafka "$dir/server.properties" >>"$LOGS/kafka-$i.log" 2>&1 </dev/null &
-    echo $! >"$dir/pid"
+    kafka_node_start "$i"
   done
   # Ready when a standard client sees every broker in the cluster metadata.
   local deadline=$((SECONDS + KAFKA_TIMEOUT)) seen=0
@@ -236,12 +285,18 @@ case "$cmd" in
     echo "kafka: $(kafka_nodes_running) node(s) running$( [ "$(kafka_nodes_running)" -gt 0 ] && echo " on $(kafka_brokers)")"
     echo "logs: $LOGS"
     ;;
+  kafka-node)
+    kafka_node_fault "${2:?kafka-node N ACTION}" "${3:?kafka-node N ACTION}"
+    ;;
+  pg)
+    pg_fault "${2:?pg ACTION}"
+    ;;
   env)
     if [ "$(kafka_nodes_running)" -gt 0 ]; then echo "export EVENTFN_TEST_KAFKA_BROKERS=$(kafka_brokers)"; fi
     if pg_running; then echo "export EVENTFN_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:$PG_PORT/$PG_DB?sslmode=disable"; fi
     ;;
   *)
-    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac
