@@ -52,9 +52,12 @@ func (i *invoker) handle(msg *message.Message) error {
 			return err
 		})
 	})
+	err = classifyFailure(i.outbox.db.Read, err)
 	switch {
 	case err == nil:
 		i.metrics.attempts.WithLabelValues(name, "ok").Inc()
+	case isInfra(err):
+		i.metrics.attempts.WithLabelValues(name, "infrastructure").Inc()
 	case runtime.IsPermanent(err):
 		i.metrics.attempts.WithLabelValues(name, "permanent").Inc()
 	default:

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync/atomic"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -59,7 +60,7 @@ func limitConcurrency(n int) message.HandlerMiddleware {
 // closing is set while the process shuts down: an attempt cut short by shutdown
 // is not a failure of the event, so it is neither retried nor dead-lettered; it
 // stays unacknowledged and Kafka delivers it again after the restart.
-func middlewares(p runtime.Policy, dlq message.Publisher, dlqTopic string, closing *atomic.Bool, deadLettered prometheus.Counter, logger watermill.LoggerAdapter) ([]message.HandlerMiddleware, error) {
+func middlewares(p runtime.Policy, dlq message.Publisher, dlqTopic string, closing *atomic.Bool, deadLettered prometheus.Counter, infra *infraWatch, slogger *slog.Logger, logger watermill.LoggerAdapter) ([]message.HandlerMiddleware, error) {
 	poison, err := middleware.PoisonQueueWithFilter(dlq, dlqTopic, func(err error) bool {
 		if closing.Load() {
 			return false
@@ -78,13 +79,16 @@ func middlewares(p runtime.Policy, dlq message.Publisher, dlqTopic string, closi
 		RandomizationFactor: 0.2,
 		ResetContextOnRetry: true,
 		ShouldRetry: func(params middleware.RetryParams) bool {
-			return !runtime.IsPermanent(params.Err) && !closing.Load() && !errors.Is(params.Err, context.Canceled)
+			// Infrastructure failures go up to waitOutInfrastructure, which
+			// retries them without using the handler's retries.
+			return !runtime.IsPermanent(params.Err) && !isInfra(params.Err) && !closing.Load() && !errors.Is(params.Err, context.Canceled)
 		},
 		Logger: logger,
 	}
 	return []message.HandlerMiddleware{
 		correlationID,
 		poison,
+		waitOutInfrastructure(infra, closing.Load, slogger),
 		retry.Middleware,
 		middleware.Timeout(p.Timeout),
 		middleware.Recoverer,

@@ -138,7 +138,9 @@ func (t *txHandle) Emit(ctx context.Context, events ...runtime.Event) error {
 func inTx(ctx context.Context, db *store.DB, fn func(ctx context.Context, tx *sql.Tx) error) (err error) {
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
-		return fmt.Errorf("begin transaction: %w", err)
+		// No transaction means no database (or no free connection before the
+		// deadline): never the fault of what was to be written.
+		return infraError{fmt.Errorf("begin transaction: %w", err)}
 	}
 	defer func() {
 		if err != nil {
@@ -149,7 +151,11 @@ func inTx(ctx context.Context, db *store.DB, fn func(ctx context.Context, tx *sq
 		return err
 	}
 	if err = tx.Commit(); err != nil {
-		return fmt.Errorf("commit: %w", err)
+		err = fmt.Errorf("commit: %w", err)
+		if databaseUnavailable(err) {
+			err = infraError{err}
+		}
+		return err
 	}
 	return nil
 }

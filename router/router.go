@@ -122,6 +122,8 @@ type Runtime struct {
 	metrics  *metrics
 	closing  atomic.Bool
 	running  atomic.Bool
+	// infra counts events waiting for the database to come back.
+	infra infraWatch
 }
 
 // New builds the runtime; Run starts it. Its metrics are registered in reg.
@@ -185,7 +187,8 @@ func (r *Runtime) buildHandlers(handlers []runtime.Handler) error {
 		}
 		inv := &invoker{handler: h, outbox: r.outbox, logger: r.logger, metrics: r.metrics}
 		rh := router.AddConsumerHandler(h.Name(), info.Topic, sub, inv.handle)
-		mws, err := middlewares(info.Policy, r.kafkaPub, r.cfg.Kafka.Topic(r.cfg.Kafka.DeadLetterTopic), &r.closing, r.metrics.deadLettered.WithLabelValues(h.Name()), r.wlogger)
+		mws, err := middlewares(info.Policy, r.kafkaPub, r.cfg.Kafka.Topic(r.cfg.Kafka.DeadLetterTopic), &r.closing,
+			r.metrics.deadLettered.WithLabelValues(h.Name()), &r.infra, r.logger.With("handler", h.Name()), r.wlogger)
 		if err != nil {
 			return err
 		}
@@ -308,6 +311,9 @@ func (r *Runtime) Ready(ctx context.Context) error {
 		}
 	}
 	if err := r.relay.Healthy(); err != nil {
+		return err
+	}
+	if err := r.infra.Err(); err != nil {
 		return err
 	}
 	// The read pool answers for the database: on SQLite the one writer

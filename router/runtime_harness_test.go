@@ -2,15 +2,18 @@ package router_test
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"log/slog"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/eventfn/eventfn/configs"
@@ -70,13 +73,16 @@ func startRuntime(t *testing.T, edit func(*configs.Config), handlers ...runtime.
 		t.Cleanup(b.Close)
 		cfg.Kafka.Brokers = []string{b.Addr()}
 	}
-	sc := store.Config{Driver: store.SQLite, SQLitePath: filepath.Join(cfg.DataDir, "rt.db")}
+	cfg.Database.URL = "sqlite://" + filepath.Join(cfg.DataDir, "rt.db")
 	if u := testenv.DatabaseURL(); u != "" {
 		cfg.Database.URL = testenv.PostgresSchema(t, u)
-		sc = store.Config{Driver: store.Postgres, URL: cfg.Database.URL, MaxOpenConns: 8}
 	}
 	if edit != nil {
 		edit(&cfg)
+	}
+	sc := store.Config{Driver: store.SQLite, SQLitePath: strings.TrimPrefix(cfg.Database.URL, "sqlite://")}
+	if strings.HasPrefix(cfg.Database.URL, "postgres") {
+		sc = store.Config{Driver: store.Postgres, URL: cfg.Database.URL, MaxOpenConns: 8}
 	}
 	ctx := context.Background()
 	db, err := store.Open(ctx, sc)
@@ -168,4 +174,52 @@ func reopen(t *testing.T, tr *testRuntime) *store.DB {
 	}
 	t.Cleanup(func() { _ = db.Close() })
 	return db
+}
+
+// produceEvent writes ev straight to its Kafka topic as a CloudEvent, as a
+// producer other than eventfn would.
+func produceEvent(t *testing.T, tr *testRuntime, ev runtime.Event) {
+	t.Helper()
+	payload, err := json.Marshal(ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &kgo.Record{Topic: tr.cfg.Kafka.Topic(ev.EventType()), Value: payload, Headers: []kgo.RecordHeader{
+		{Key: "ce_id", Value: []byte(testenv.UniqueName("ev-"))},
+		{Key: "ce_type", Value: []byte(ev.EventType())},
+		{Key: "ce_source", Value: []byte("test")},
+		{Key: "ce_specversion", Value: []byte("1.0")},
+	}}
+	if k, ok := ev.(runtime.Keyed); ok {
+		rec.Key = []byte(k.EventKey())
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(tr.cfg.Kafka.Brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := cl.ProduceSync(ctx, rec).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// countRecords counts the records on an event type's topic.
+func countRecords(t *testing.T, tr *testRuntime, eventType string) int {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(tr.cfg.Kafka.Brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ends, err := kadm.NewClient(cl).ListEndOffsets(ctx, tr.cfg.Kafka.Topic(eventType))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	ends.Each(func(o kadm.ListedOffset) { n += int(o.Offset) })
+	return n
 }

@@ -1,0 +1,167 @@
+package router
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/eventfn/eventfn/runtime"
+)
+
+// infraError marks a failure of what the runtime owns (the database, its
+// connections, the writer lock) rather than of the event or the handler: the
+// event is not at fault, so it must not use up its retries or be
+// dead-lettered.
+type infraError struct{ err error }
+
+func (e infraError) Error() string { return e.err.Error() }
+func (e infraError) Unwrap() error { return e.err }
+
+// isInfra reports whether err is an infrastructure failure.
+func isInfra(err error) bool {
+	var ie infraError
+	return errors.As(err, &ie)
+}
+
+// pgInfraCodes are PostgreSQL error codes (and classes, by their first two
+// characters) that say the server, not the statement, is the problem.
+var pgInfraCodes = []string{"08", "57P01", "57P02", "57P03", "53300", "53", "40001", "40P01", "55P03"}
+
+// databaseUnavailable reports whether err says the database cannot serve now:
+// no connection, a connection lost, the server shutting down or overloaded,
+// SQLite's write lock held past its busy timeout.
+func databaseUnavailable(err error) bool {
+	if errors.Is(err, driver.ErrBadConn) || errors.Is(err, sql.ErrConnDone) {
+		return true
+	}
+	var ce *pgconn.ConnectError
+	if errors.As(err, &ce) {
+		return true
+	}
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		for _, c := range pgInfraCodes {
+			if strings.HasPrefix(pe.Code, c) {
+				return true
+			}
+		}
+		return false
+	}
+	if pgconn.SafeToRetry(err) || pgconn.Timeout(err) {
+		return true
+	}
+	msg := err.Error()
+	return strings.Contains(msg, "SQLITE_BUSY") || strings.Contains(msg, "database is locked") ||
+		strings.Contains(msg, "conn closed") || strings.Contains(msg, "failed to connect")
+}
+
+// infraWatch tracks the events that wait for the infrastructure, for /readyz.
+type infraWatch struct {
+	mu      sync.Mutex
+	waiting int
+	since   time.Time
+	last    error
+}
+
+func (w *infraWatch) enter(err error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.waiting == 0 {
+		w.since = time.Now()
+	}
+	w.waiting++
+	w.last = err
+}
+
+func (w *infraWatch) leave() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.waiting--
+}
+
+// Err is nil, or says how many events wait for the infrastructure since when.
+func (w *infraWatch) Err() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.waiting == 0 {
+		return nil
+	}
+	return fmt.Errorf("%d events wait for the database since %s: %w", w.waiting, w.since.UTC().Format(time.RFC3339), w.last)
+}
+
+// waitOutInfrastructure retries a call that failed because the infrastructure
+// was away, with a backoff doubling from 100 ms to 5 s, for as long as it
+// takes, without counting against the handler's retries; the event's key is
+// held meanwhile, so one key's order is kept. It sits outside the retry
+// middleware (which passes infrastructure failures straight up) and inside
+// the dead-letter middleware, which therefore never sees them, except at
+// shutdown, when the event is left for redelivery.
+func waitOutInfrastructure(watch *infraWatch, closing func() bool, logger *slog.Logger) message.HandlerMiddleware {
+	return func(h message.HandlerFunc) message.HandlerFunc {
+		return func(msg *message.Message) ([]*message.Message, error) {
+			// Inner middlewares (the timeout) replace the message's context;
+			// each new try starts from the original one, as Watermill's retry
+			// does with ResetContextOnRetry.
+			ctx := msg.Context()
+			backoff := 100 * time.Millisecond
+			entered := false
+			defer func() {
+				if entered {
+					watch.leave()
+				}
+			}()
+			for {
+				msg.SetContext(ctx)
+				out, err := h(msg)
+				if err == nil || !isInfra(err) || closing() {
+					return out, err
+				}
+				if !entered {
+					entered = true
+					watch.enter(err)
+					logger.Warn("infrastructure unavailable; the event waits and is retried without using its retries",
+						"event_id", msg.UUID, "err", err)
+				}
+				t := time.NewTimer(backoff)
+				select {
+				case <-t.C:
+				case <-ctx.Done():
+					t.Stop()
+					return nil, errors.Join(err, context.Cause(ctx))
+				}
+				backoff = min(2*backoff, 5*time.Second)
+			}
+		}
+	}
+}
+
+// classifyFailure marks err as an infrastructure failure when the database,
+// not the event, is why the call failed: the error says so, or the database
+// does not answer a ping right after. Permanent errors stay what they are.
+func classifyFailure(db pinger, err error) error {
+	if err == nil || runtime.IsPermanent(err) || isInfra(err) {
+		return err
+	}
+	if databaseUnavailable(err) {
+		return infraError{err}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if perr := db.PingContext(ctx); perr != nil {
+		return infraError{fmt.Errorf("%w (and the database does not answer: %v)", err, perr)}
+	}
+	return err
+}
+
+type pinger interface {
+	PingContext(ctx context.Context) error
+}

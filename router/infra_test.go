@@ -1,0 +1,157 @@
+package router_test
+
+import (
+	"context"
+	"database/sql"
+	"io"
+	"net"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/eventfn/eventfn/configs"
+	"github.com/eventfn/eventfn/runtime"
+)
+
+// cutProxy forwards TCP to a server until cut, which drops every connection
+// and refuses new ones until restored: a database outage as clients see it.
+type cutProxy struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	down   bool
+	conns  []net.Conn
+}
+
+func newCutProxy(t *testing.T, target string) *cutProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &cutProxy{ln: ln, target: target}
+	t.Cleanup(func() { _ = ln.Close(); p.cut() })
+	go p.serve()
+	return p
+}
+
+func (p *cutProxy) serve() {
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		p.mu.Lock()
+		if p.down {
+			p.mu.Unlock()
+			_ = c.Close()
+			continue
+		}
+		up, err := net.Dial("tcp", p.target)
+		if err != nil {
+			p.mu.Unlock()
+			_ = c.Close()
+			continue
+		}
+		p.conns = append(p.conns, c, up)
+		p.mu.Unlock()
+		go func() { _, _ = io.Copy(up, c); _ = up.Close() }()
+		go func() { _, _ = io.Copy(c, up); _ = c.Close() }()
+	}
+}
+
+func (p *cutProxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.down = true
+	for _, c := range p.conns {
+		_ = c.Close()
+	}
+	p.conns = nil
+}
+
+func (p *cutProxy) restore() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.down = false
+}
+
+type chargeLike struct {
+	ID string `json:"id"`
+}
+
+func (chargeLike) EventType() string  { return "charge.like" }
+func (c chargeLike) EventKey() string { return c.ID }
+
+// TestADatabaseOutageDeadLettersNoGoodEvent: failures because the database
+// was away once used up an event's retries and dead-lettered good events.
+// Now the event waits for the database, holding only its key, /readyz says
+// why meanwhile, and it is handled once the database is back. On PostgreSQL
+// the outage is every connection cut and refused; on SQLite, the write lock
+// held by another connection.
+func TestADatabaseOutageDeadLettersNoGoodEvent(t *testing.T) {
+	var proxy *cutProxy
+	var handled sync.Map
+	h := runtime.NewHandler("charge-like", func(ctx context.Context, tx runtime.Tx, ev chargeLike) error {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO eventfn_inbox (handler, event_id, event_type) VALUES ('probe', $1, 'x')`, ev.ID); err != nil {
+			return err
+		}
+		handled.Store(ev.ID, true)
+		return nil
+	}, runtime.WithPolicy(runtime.Policy{MaxRetries: 1, InitialBackoff: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, Timeout: 300 * time.Millisecond}))
+	tr := startRuntime(t, func(c *configs.Config) {
+		if !strings.HasPrefix(c.Database.URL, "postgres") {
+			return
+		}
+		u, err := url.Parse(c.Database.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		proxy = newCutProxy(t, u.Host)
+		u.Host = proxy.ln.Addr().String()
+		c.Database.URL = u.String()
+	}, h)
+
+	tr.emit(t, chargeLike{ID: "before"})
+	waitUntil(t, "the first event handled", 30*time.Second, func() bool { _, ok := handled.Load("before"); return ok })
+
+	// The outage.
+	var release func()
+	if proxy != nil {
+		proxy.cut()
+		release = proxy.restore
+		// The event is emitted straight to Kafka: the outbox is away too.
+		produceEvent(t, tr, chargeLike{ID: "during"})
+	} else {
+		tr.emit(t, chargeLike{ID: "during"})
+		lock, err := sql.Open("sqlite", "file:"+strings.TrimPrefix(tr.cfg.Database.URL, "sqlite://")+"?_txlock=immediate")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer lock.Close()
+		tx, err := lock.Begin()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec(`INSERT INTO eventfn_inbox (handler, event_id, event_type) VALUES ('lock', 'held', 'x')`); err != nil {
+			t.Fatal(err)
+		}
+		release = func() { _ = tx.Rollback() }
+	}
+	// Far longer than the event's whole retry budget (2 tries of 300 ms).
+	waitUntil(t, "readiness to report the wait", 30*time.Second, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		return tr.rt.Ready(ctx) != nil
+	})
+	time.Sleep(2 * time.Second) // the outage's length, not synchronisation
+	release()
+
+	waitUntil(t, "the event handled after the outage", 60*time.Second, func() bool { _, ok := handled.Load("during"); return ok })
+	waitUntil(t, "ready again", 30*time.Second, func() bool { return tr.rt.Ready(context.Background()) == nil })
+	if n := countRecords(t, tr, tr.cfg.Kafka.DeadLetterTopic); n != 0 {
+		t.Fatalf("%d events dead-lettered by the outage\n%s", n, tr.logs.String())
+	}
+}
