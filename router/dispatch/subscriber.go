@@ -176,6 +176,12 @@ func (s *Subscriber) Subscribe(_ context.Context, topic string) (<-chan *message
 		kgo.DisableAutoCommit(),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.FetchMaxWait(100 * time.Millisecond),
+		// A member that died (kill -9, a lost host) is noticed after the
+		// session timeout, and its partitions wait that long for a new owner;
+		// franz-go's default is 45 s. A heartbeat every second keeps a live
+		// member well inside 10 s.
+		kgo.SessionTimeout(10 * time.Second),
+		kgo.HeartbeatInterval(time.Second),
 		kgo.OnPartitionsRevoked(s.revoked),
 		kgo.OnPartitionsLost(s.lost),
 	}, s.cfg.Opts...)
