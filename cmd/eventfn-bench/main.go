@@ -5,6 +5,10 @@
 //
 //	go run ./cmd/eventfn-bench                # embedded engines (kfake, SQLite)
 //	eval "$(ci/services.sh env)"; go run ./cmd/eventfn-bench -real   # Apache Kafka, PostgreSQL
+//
+// `eventfn-bench load` drives eventfn, run as a separate process, over HTTP
+// at given rates and concurrency and prints its latency and throughput beside
+// the engines' ceilings (load.go; `eventfn-bench load -h`).
 package main
 
 import (
@@ -42,6 +46,9 @@ func (benchEvent) EventType() string  { return "bench.event" }
 func (e benchEvent) EventKey() string { return e.ID }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "load" {
+		os.Exit(loadMain(os.Args[2:]))
+	}
 	n := flag.Int("n", 2000, "events per throughput measurement")
 	lat := flag.Int("latency", 200, "events for the latency measurement")
 	real := flag.Bool("real", false, "use EVENTFN_TEST_KAFKA_BROKERS and EVENTFN_TEST_DATABASE_URL")
