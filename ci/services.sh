@@ -179,14 +179,16 @@ kafka_node_fault() {
   [ -d "$KAFKA_STATE/node$n" ] || die "no Kafka node $n"
   pid=$(cat "$pidf" 2>/dev/null || true)
   case "$action" in
-    kill) [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null; rm -f "$pidf" ;;
+    kill) if [ -n "$pid" ]; then kill -KILL "$pid" 2>/dev/null || true; fi; rm -f "$pidf" ;;
     stop)
-      [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null
-      for _ in $(seq 1 300); do [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null
+      if [ -n "$pid" ]; then
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+      fi
       rm -f "$pidf" ;;
-    pause) [ -n "$pid" ] && kill -STOP "$pid" ;;
-    resume) [ -n "$pid" ] && kill -CONT "$pid" ;;
+    pause) if [ -n "$pid" ]; then kill -STOP "$pid"; fi ;;
+    resume) if [ -n "$pid" ]; then kill -CONT "$pid"; fi ;;
     start)
       if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then say "Kafka node $n already runs"; return 0; fi
       kafka_node_start "$n" ;;

@@ -1,0 +1,149 @@
+package faults
+
+import (
+	"fmt"
+	"testing"
+	"time"
+)
+
+// rate is the offered load of every scenario, orders per second.
+const rate = 25
+
+// drainDeadline bounds how long a scenario waits, after recovery, for every
+// accepted order to be emailed.
+const drainDeadline = 3 * time.Minute
+
+func TestBaseline(t *testing.T) {
+	c := engines(t)
+	d := newDeployment(t, c)
+	d.start(t, "a")
+	tr := d.drive(t, rate)
+	waitAccepted(t, tr, 250)
+	tr.end()
+	d.settle(t, "no fault", tr, time.Now(), drainDeadline).check(t)
+}
+
+func TestOneBrokerKilledAndRestarted(t *testing.T) {
+	c := engines(t)
+	d := newDeployment(t, c)
+	d.start(t, "a")
+	tr := d.drive(t, rate)
+	waitAccepted(t, tr, 100)
+	leader := c.leaderOf(t, d.prefix+"order.placed")
+	c.services(t, "kafka-node", fmt.Sprint(leader), "kill")
+	t.Cleanup(func() { c.services(t, "kafka-node", fmt.Sprint(leader), "start") })
+	waitAccepted(t, tr, tr.count()+30*rate) // 30 s with the leader gone
+	c.services(t, "kafka-node", fmt.Sprint(leader), "start")
+	recovered := time.Now()
+	c.waitBrokers(t, 3, 2*time.Minute)
+	waitAccepted(t, tr, tr.count()+5*rate)
+	tr.end()
+	d.settle(t, fmt.Sprintf("broker %d (partition leader) killed, restarted after 30 s", leader), tr, recovered, drainDeadline).check(t)
+}
+
+func TestAllBrokersStoppedForAMinute(t *testing.T) {
+	c := engines(t)
+	d := newDeployment(t, c)
+	d.start(t, "a")
+	tr := d.drive(t, rate)
+	waitAccepted(t, tr, 100)
+	for n := 1; n <= 3; n++ {
+		c.services(t, "kafka-node", fmt.Sprint(n), "stop")
+	}
+	t.Cleanup(func() {
+		for n := 1; n <= 3; n++ {
+			c.services(t, "kafka-node", fmt.Sprint(n), "start")
+		}
+	})
+	// Orders keep being accepted while Kafka is away: they wait in the outbox.
+	before := tr.count()
+	waitAccepted(t, tr, before+60*rate*9/10)
+	for n := 1; n <= 3; n++ {
+		c.services(t, "kafka-node", fmt.Sprint(n), "start")
+	}
+	recovered := time.Now()
+	c.waitBrokers(t, 3, 3*time.Minute)
+	waitAccepted(t, tr, tr.count()+5*rate)
+	tr.end()
+	d.settle(t, "all three brokers stopped for 60 s", tr, recovered, drainDeadline).check(t)
+}
+
+func TestEventfnKilledAndRestarted(t *testing.T) {
+	c := engines(t)
+	d := newDeployment(t, c)
+	a := d.start(t, "a")
+	tr := d.drive(t, rate)
+	waitAccepted(t, tr, 150)
+	a.kill()
+	d.start(t, "a-restarted")
+	recovered := time.Now()
+	waitAccepted(t, tr, tr.count()+100)
+	tr.end()
+	d.settle(t, "eventfn killed (SIGKILL) and restarted", tr, recovered, drainDeadline).check(t)
+}
+
+func TestPostgresRestarted(t *testing.T) {
+	c := engines(t)
+	d := newDeployment(t, c)
+	d.start(t, "a")
+	tr := d.drive(t, rate)
+	waitAccepted(t, tr, 150)
+	c.services(t, "pg", "restart")
+	recovered := time.Now()
+	waitAccepted(t, tr, tr.count()+150)
+	tr.end()
+	d.settle(t, "PostgreSQL restarted", tr, recovered, drainDeadline).check(t)
+}
+
+func TestPostgresFrozen(t *testing.T) {
+	c := engines(t)
+	d := newDeployment(t, c)
+	d.start(t, "a")
+	tr := d.drive(t, rate)
+	waitAccepted(t, tr, 150)
+	c.services(t, "pg", "pause")
+	t.Cleanup(func() { c.services(t, "pg", "resume") })
+	time.Sleep(30 * time.Second) // the fault's length, not synchronisation
+	c.services(t, "pg", "resume")
+	recovered := time.Now()
+	waitAccepted(t, tr, tr.count()+150)
+	tr.end()
+	d.settle(t, "PostgreSQL frozen (SIGSTOP) for 30 s", tr, recovered, drainDeadline).check(t)
+}
+
+func TestTwoReplicasOneKilled(t *testing.T) {
+	c := engines(t)
+	d := newDeployment(t, c)
+	a := d.start(t, "a")
+	d.start(t, "b")
+	tr := d.drive(t, rate)
+	waitAccepted(t, tr, 150)
+	a.kill()
+	recovered := time.Now()
+	waitAccepted(t, tr, tr.count()+150)
+	tr.end()
+	d.settle(t, "two replicas, one killed (SIGKILL)", tr, recovered, drainDeadline).check(t)
+}
+
+func TestRollingRestartOfTwoReplicas(t *testing.T) {
+	c := engines(t)
+	d := newDeployment(t, c)
+	a := d.start(t, "a")
+	b := d.start(t, "b")
+	tr := d.drive(t, rate)
+	waitAccepted(t, tr, 100)
+	d.term(t, a)
+	d.start(t, "a2")
+	waitAccepted(t, tr, tr.count()+50)
+	d.term(t, b)
+	d.start(t, "b2")
+	recovered := time.Now()
+	waitAccepted(t, tr, tr.count()+100)
+	tr.end()
+	r := d.settle(t, "rolling restart of two replicas (SIGTERM)", tr, recovered, drainDeadline)
+	// Traffic goes to live processes only, so no request may be refused.
+	for status, n := range r.refused {
+		t.Errorf("%d requests answered %d during the rolling restart", n, status)
+	}
+	r.check(t)
+}
