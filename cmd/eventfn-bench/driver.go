@@ -72,8 +72,9 @@ func newDriver(url string, maxOutstanding int, timeout time.Duration) *driver {
 	return &driver{url: url, client: &http.Client{Transport: tr}, timeout: timeout, maxOut: maxOutstanding}
 }
 
-// post sends one order and records the answer in p.
-func (d *driver) post(ctx context.Context, p *phase) {
+// post sends one order and records the answer in p; it reports whether the
+// order was accepted.
+func (d *driver) post(ctx context.Context, p *phase) bool {
 	n := d.seq.Add(1)
 	body := fmt.Sprintf(`{"customer_email":"load-%d@example.com","items":[{"sku":"SKU-%d","quantity":2,"price_cents":1250},{"sku":"SKU-BOOK","quantity":1,"price_cents":499}]}`, n, n%1000)
 	ctx, cancel := context.WithTimeout(ctx, d.timeout)
@@ -81,7 +82,7 @@ func (d *driver) post(ctx context.Context, p *phase) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.url+"/orders", strings.NewReader(body))
 	if err != nil {
 		p.fail("error")
-		return
+		return false
 	}
 	req.Header.Set("Content-Type", "application/json")
 	p.sent.Add(1)
@@ -95,27 +96,28 @@ func (d *driver) post(ctx context.Context, p *phase) {
 		} else {
 			p.fail("error")
 		}
-		return
+		return false
 	}
 	var buf bytes.Buffer
 	_, err = io.Copy(&buf, resp.Body)
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusCreated {
 		p.fail(strconv.Itoa(resp.StatusCode))
-		return
+		return false
 	}
 	var order struct {
 		ID string `json:"id"`
 	}
 	if err != nil || json.Unmarshal(buf.Bytes(), &order) != nil || order.ID == "" {
 		p.fail("201 without an order id")
-		return
+		return false
 	}
 	p.accepted.Add(1)
 	p.mu.Lock()
 	p.sentAt[order.ID] = t0
 	p.ids = append(p.ids, order.ID)
 	p.mu.Unlock()
+	return true
 }
 
 func (p *phase) fail(why string) {
@@ -200,7 +202,9 @@ func (dr *driver) closedLoop(ctx context.Context, p *phase) {
 		go func() {
 			defer wg.Done()
 			for i := 0; i < maxPerSender && ctx.Err() == nil && time.Now().Before(p.End); i++ {
-				dr.post(ctx, p)
+				if !dr.post(ctx, p) {
+					time.Sleep(10 * time.Millisecond) // a refusing app is not hammered
+				}
 			}
 		}()
 	}

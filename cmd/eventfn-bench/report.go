@@ -149,7 +149,7 @@ func (r *loadResult) print(out io.Writer) {
 	if r.lostCount == 0 {
 		p("  every accepted order reached email.sent\n")
 	} else {
-		p("  LOST: %d accepted orders never reached email.sent (drain %s): %s\n", r.lostCount, r.opts.drain, strings.Join(first(r.lost, 5), ", "))
+		p("  LOST: %d accepted orders had no email.sent within -drain %s after the last phase (lost, or that far behind): %s\n", r.lostCount, r.opts.drain, strings.Join(first(r.lost, 5), ", "))
 	}
 }
 
