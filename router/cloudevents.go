@@ -5,6 +5,7 @@ import (
 
 	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
@@ -33,6 +34,17 @@ const (
 	metaOriginPartition = "eventfn_origin_partition"
 	metaOriginOffset    = "eventfn_origin_offset"
 )
+
+// deliveryBookkeeping are the headers a dead letter gets about its failed
+// delivery; they describe that delivery, not the event, and are dropped when
+// the record is read again.
+var deliveryBookkeeping = map[string]bool{
+	metaAttempts:                     true,
+	HeaderDeadLetterReason:           true,
+	HeaderDeadLetterHandler:          true,
+	middleware.PoisonedTopicKey:      true,
+	middleware.PoisonedSubscriberKey: true,
+}
 
 // CloudEventsMarshaler maps Watermill messages to Kafka records in the CloudEvents
 // binary mode: the payload is the record value, the message UUID is ce_id, every
@@ -74,6 +86,11 @@ func (CloudEventsMarshaler) Unmarshal(rec *sarama.ConsumerMessage) (*message.Mes
 		}
 		if string(h.Key) == HeaderID {
 			id = string(h.Value)
+			continue
+		}
+		if deliveryBookkeeping[string(h.Key)] {
+			// A replayed dead letter carries its old attempt count and
+			// reason; this delivery is a new one and starts at attempt 1.
 			continue
 		}
 		md[string(h.Key)] = string(h.Value)

@@ -71,25 +71,16 @@ func middlewares(p runtime.Policy, dlq message.Publisher, dlqTopic string, closi
 	if err != nil {
 		return nil, fmt.Errorf("dead-letter middleware: %w", err)
 	}
-	retry := middleware.Retry{
-		MaxRetries:          p.MaxRetries,
-		InitialInterval:     p.InitialBackoff,
-		MaxInterval:         p.MaxBackoff,
-		Multiplier:          2,
-		RandomizationFactor: 0.2,
-		ResetContextOnRetry: true,
-		ShouldRetry: func(params middleware.RetryParams) bool {
-			// Infrastructure failures go up to waitOutInfrastructure, which
-			// retries them without using the handler's retries.
-			return !runtime.IsPermanent(params.Err) && !isInfra(params.Err) && !closing.Load() && !errors.Is(params.Err, context.Canceled)
-		},
-		Logger: logger,
-	}
+	// Infrastructure failures go up to waitOutInfrastructure, which retries
+	// them without using the handler's retries.
+	retry := retrying(p, func(err error) bool {
+		return !runtime.IsPermanent(err) && !isInfra(err) && !closing.Load() && !errors.Is(err, context.Canceled)
+	}, slogger)
 	return []message.HandlerMiddleware{
 		correlationID,
 		poison,
 		waitOutInfrastructure(infra, closing.Load, slogger),
-		retry.Middleware,
+		retry,
 		middleware.Timeout(p.Timeout),
 		middleware.Recoverer,
 		limitConcurrency(p.Concurrency),

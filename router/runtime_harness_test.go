@@ -178,7 +178,7 @@ func reopen(t *testing.T, tr *testRuntime) *store.DB {
 
 // produceEvent writes ev straight to its Kafka topic as a CloudEvent, as a
 // producer other than eventfn would.
-func produceEvent(t *testing.T, tr *testRuntime, ev runtime.Event) {
+func produceEvent(t *testing.T, tr *testRuntime, ev runtime.Event, extra ...kgo.RecordHeader) {
 	t.Helper()
 	payload, err := json.Marshal(ev)
 	if err != nil {
@@ -190,6 +190,7 @@ func produceEvent(t *testing.T, tr *testRuntime, ev runtime.Event) {
 		{Key: "ce_source", Value: []byte("test")},
 		{Key: "ce_specversion", Value: []byte("1.0")},
 	}}
+	rec.Headers = append(rec.Headers, extra...)
 	if k, ok := ev.(runtime.Keyed); ok {
 		rec.Key = []byte(k.EventKey())
 	}
