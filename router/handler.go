@@ -65,7 +65,7 @@ func (i *invoker) handle(msg *message.Message) error {
 	}
 	if err != nil {
 		i.logger.WarnContext(ctx, "handler failed", "handler", name, "event_id", meta.ID,
-			"event_type", meta.Type, "attempt", attempt, "permanent", runtime.IsPermanent(err), "err", err)
+			"event_type", meta.Type, "attempt", attempt, "permanent", runtime.IsPermanent(err), "err", boundText(err.Error(), maxHeaderBytes))
 		return err
 	}
 	if emitted {

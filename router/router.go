@@ -188,7 +188,7 @@ func (r *Runtime) buildHandlers(handlers []runtime.Handler) error {
 		inv := &invoker{handler: h, outbox: r.outbox, logger: r.logger, metrics: r.metrics}
 		rh := router.AddConsumerHandler(h.Name(), info.Topic, sub, inv.handle)
 		mws, err := middlewares(info.Policy, r.kafkaPub, r.cfg.Kafka.Topic(r.cfg.Kafka.DeadLetterTopic), &r.closing,
-			r.metrics.deadLettered.WithLabelValues(h.Name()), &r.infra, r.logger.With("handler", h.Name()), r.wlogger)
+			r.metrics.deadLettered.WithLabelValues(h.Name()), r.cfg.Kafka.MaxMessageBytes, &r.infra, r.logger.With("handler", h.Name()), r.wlogger)
 		if err != nil {
 			return err
 		}

@@ -32,6 +32,7 @@ type testRuntime struct {
 	db     *store.DB
 	outbox *router.Outbox
 	rt     *router.Runtime
+	reg    *prometheus.Registry
 	logs   *lockedBuffer
 	stop   func()
 }
@@ -93,14 +94,15 @@ func startRuntime(t *testing.T, edit func(*configs.Config), handlers ...runtime.
 	var w io.Writer = logs
 	logger := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	outbox := router.NewOutbox(db, cfg, watermill.NopLogger{})
-	rt, err := router.New(cfg, db, outbox, handlers, prometheus.NewRegistry(), logger)
+	reg := prometheus.NewRegistry()
+	rt, err := router.New(cfg, db, outbox, handlers, reg, logger)
 	if err != nil {
 		t.Fatal(err)
 	}
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- rt.Run(runCtx) }()
-	tr := &testRuntime{cfg: cfg, store: sc, db: db, outbox: outbox, rt: rt, logs: logs}
+	tr := &testRuntime{cfg: cfg, store: sc, db: db, outbox: outbox, rt: rt, reg: reg, logs: logs}
 	var once sync.Once
 	tr.stop = func() {
 		once.Do(func() {
@@ -223,4 +225,38 @@ func countRecords(t *testing.T, tr *testRuntime, eventType string) int {
 	n := 0
 	ends.Each(func(o kadm.ListedOffset) { n += int(o.Offset) })
 	return n
+}
+
+// metric returns the value of the counter or gauge name whose labels include
+// labels (name=value pairs); 0 when there is none.
+func (tr *testRuntime) metric(t *testing.T, name string, labels ...string) float64 {
+	t.Helper()
+	mfs, err := tr.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	next:
+		for _, m := range mf.GetMetric() {
+			for i := 0; i+1 < len(labels); i += 2 {
+				found := false
+				for _, lp := range m.GetLabel() {
+					if lp.GetName() == labels[i] && lp.GetValue() == labels[i+1] {
+						found = true
+					}
+				}
+				if !found {
+					continue next
+				}
+			}
+			if c := m.GetCounter(); c != nil {
+				return c.GetValue()
+			}
+			return m.GetGauge().GetValue()
+		}
+	}
+	return 0
 }
