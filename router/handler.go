@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 
@@ -32,6 +34,13 @@ func (i *invoker) handle(msg *message.Message) error {
 	ctx := runtime.WithMetadata(msg.Context(), meta)
 	name := i.handler.Name()
 
+	if err := validAttributes(meta); err != nil {
+		// Bytes no database key can hold: the event is malformed, and no
+		// retry will change that.
+		i.metrics.attempts.WithLabelValues(name, "permanent").Inc()
+		i.logger.WarnContext(ctx, "malformed event", "handler", name, "err", err)
+		return runtime.Permanent(err)
+	}
 	duplicate, emitted := false, false
 	err := inTx(ctx, i.outbox.db, func(ctx context.Context, tx *sql.Tx) error {
 		claimed, err := claimInbox(ctx, tx, name, meta)
@@ -81,13 +90,19 @@ func (i *invoker) handle(msg *message.Message) error {
 	return nil
 }
 
-// claimInbox records (handler, event) and reports whether this call is the
-// first to do so. On PostgreSQL a concurrent claim of the same event waits for
-// the first transaction and then sees its row (or takes over if it rolled back).
+// claimInbox records (handler, source, event) and reports whether this call is
+// the first to do so; CloudEvents makes source and id together unique. A row
+// from before the inbox kept sources (source '') still claims its id. It is
+// one statement, one round trip. On PostgreSQL a concurrent claim of the same
+// event waits for the first transaction and then sees its row (or takes over
+// if it rolled back).
 func claimInbox(ctx context.Context, tx *sql.Tx, handler string, meta runtime.Metadata) (bool, error) {
 	res, err := tx.ExecContext(ctx,
-		`INSERT INTO eventfn_inbox (handler, event_id, event_type) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`,
-		handler, meta.ID, meta.Type)
+		`INSERT INTO eventfn_inbox (handler, source, event_id, event_type)
+		 SELECT $1, $2, $3, $4
+		 WHERE NOT EXISTS (SELECT 1 FROM eventfn_inbox WHERE handler = $1 AND source = '' AND event_id = $3)
+		 ON CONFLICT DO NOTHING`,
+		handler, meta.Source, meta.ID, meta.Type)
 	if err != nil {
 		return false, fmt.Errorf("record event %s in the inbox: %w", meta.ID, err)
 	}
@@ -146,4 +161,24 @@ func callBounded(ctx context.Context, logger *slog.Logger, name string, fn func(
 		}()
 		return fmt.Errorf("handler %s did not return before its context ended (timeout or shutdown deadline); its transaction was rolled back: %w", name, context.Cause(ctx))
 	}
+}
+
+// maxAttributeBytes bounds ce_id, ce_source and ce_type: they are inbox keys.
+const maxAttributeBytes = 1024
+
+// validAttributes refuses identifying attributes that are not valid UTF-8,
+// hold a NUL byte or are too long; PostgreSQL rejects such text as a key, and
+// SQLite must behave the same.
+func validAttributes(m runtime.Metadata) error {
+	for _, a := range []struct{ name, value string }{{HeaderID, m.ID}, {HeaderSource, m.Source}, {HeaderType, m.Type}} {
+		switch {
+		case !utf8.ValidString(a.value):
+			return fmt.Errorf("malformed event: %s is not valid UTF-8 (%q)", a.name, boundText(a.value, 128))
+		case strings.ContainsRune(a.value, 0):
+			return fmt.Errorf("malformed event: %s holds a NUL byte (%q)", a.name, boundText(a.value, 128))
+		case len(a.value) > maxAttributeBytes:
+			return fmt.Errorf("malformed event: %s is %d bytes, at most %d are allowed", a.name, len(a.value), maxAttributeBytes)
+		}
+	}
+	return nil
 }
