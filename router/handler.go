@@ -92,7 +92,7 @@ func (i *invoker) handle(msg *message.Message) error {
 
 // claimInbox records (handler, source, event) and reports whether this call is
 // the first to do so; CloudEvents makes source and id together unique. A row
-// from before the inbox kept sources (source '') still claims its id. It is
+// from before the inbox kept sources (an empty source) still claims its id. It is
 // one statement, one round trip. On PostgreSQL a concurrent claim of the same
 // event waits for the first transaction and then sees its row (or takes over
 // if it rolled back).
