@@ -223,6 +223,9 @@ func Load(opts Options) (Config, error) {
 			return Config{}, fmt.Errorf("config file %s: %w", path, err)
 		}
 	}
+	if err := checkEnvNames(env); err != nil {
+		return Config{}, err
+	}
 	for key := range defaults() {
 		name := EnvName(key)
 		if v, ok := env[name]; ok {
@@ -257,6 +260,70 @@ func Load(opts Options) (Config, error) {
 		return Config{}, err
 	}
 	return cfg, nil
+}
+
+// notConfiguration are EVENTFN_* variables that are not configuration: the
+// test suites and ci/ scripts read them, and they may be set in the same shell
+// as eventfn. Every other unknown EVENTFN_* variable is refused.
+var notConfiguration = map[string]bool{
+	"EVENTFN_SERVICES_DIR":  true, // ci/services.sh
+	"EVENTFN_CACHE_DIR":     true, // ci/services.sh
+	"EVENTFN_PG_PORT":       true, // ci/services.sh
+	"EVENTFN_KAFKA_TIMEOUT": true, // ci/services.sh: how long to wait for Kafka to start
+	"EVENTFN_FAULTS_REPORT": true, // e2e/faults
+}
+
+// testPrefix marks the test suites' variables (EVENTFN_TEST_KAFKA_BROKERS, ...).
+const testPrefix = EnvPrefix + "TEST_"
+
+// checkEnvNames refuses an EVENTFN_* variable that configures nothing, as a
+// YAML file's unknown key is refused: a typo such as EVENTFN_DATABASE_URI
+// would otherwise leave eventfn running, silently, on its defaults.
+func checkEnvNames(env map[string]string) error {
+	known := []string{EnvPrefix + "PROFILE", EnvPrefix + "CONFIG"}
+	for key := range defaults() {
+		known = append(known, EnvName(key))
+	}
+	var errs []error
+	for name := range env {
+		if slices.Contains(known, name) || notConfiguration[name] || strings.HasPrefix(name, testPrefix) {
+			continue
+		}
+		errs = append(errs, fmt.Errorf("%s is not a configuration variable; did you mean %s? (see README, Configuration)", name, nearest(name, known)))
+	}
+	slices.SortFunc(errs, func(a, b error) int { return strings.Compare(a.Error(), b.Error()) })
+	return errors.Join(errs...)
+}
+
+// nearest is the candidate closest to s in edit distance.
+func nearest(s string, candidates []string) string {
+	best, bestD := "", -1
+	for _, c := range candidates {
+		if d := editDistance(s, c); bestD < 0 || d < bestD || (d == bestD && c < best) {
+			best, bestD = c, d
+		}
+	}
+	return best
+}
+
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }
 
 // EnvName is the environment variable that overrides key.
@@ -376,6 +443,12 @@ func (d Database) Driver() (string, error) {
 	case "postgres", "postgresql":
 		return "postgres", nil
 	case "sqlite", "file":
+		// An in-memory database is a different, empty database on every
+		// connection: the read pool would never see what the writer wrote.
+		path := d.SQLitePath("")
+		if path == "" || strings.Contains(path, ":memory:") || u.Query().Get("mode") == "memory" {
+			return "", fmt.Errorf("%q keeps no file: eventfn needs an SQLite database file (sqlite://path/to/eventfn.db), or an empty URL for data_dir/eventfn.db", d.URL)
+		}
 		return "sqlite", nil
 	}
 	return "", fmt.Errorf("scheme %q: accepted: postgres://, postgresql://, sqlite://", u.Scheme)

@@ -121,3 +121,35 @@ func TestDatabaseURL(t *testing.T) {
 		}
 	}
 }
+
+// TestConfigurationThatWouldStartSilentlyWrongIsRefused: an in-memory SQLite
+// database once passed validation (the read pool saw another, empty database:
+// ready, 201, and the data gone), and a mistyped EVENTFN_* variable was
+// ignored while the same typo in a file was refused.
+func TestConfigurationThatWouldStartSilentlyWrongIsRefused(t *testing.T) {
+	cases := []struct {
+		env  []string
+		want string
+	}{
+		{[]string{"EVENTFN_DATABASE_URL=sqlite::memory:"}, "database.url"},
+		{[]string{"EVENTFN_DATABASE_URL=sqlite://"}, "keeps no file"},
+		{[]string{"EVENTFN_DATABASE_URL=file::memory:?cache=shared"}, "keeps no file"},
+		{[]string{"EVENTFN_DATABASE_URL=sqlite:///tmp/x.db?mode=memory"}, "keeps no file"},
+		{[]string{"EVENTFN_DATABASE_URI=postgres://u@h/db"}, "EVENTFN_DATABASE_URI is not a configuration variable; did you mean EVENTFN_DATABASE_URL?"},
+		{[]string{"EVENTFN_KAFKA_BROKER=a:9092"}, "did you mean EVENTFN_KAFKA_BROKERS?"},
+		{[]string{"EVENTFN_RELAY_BATCHSIZE=10"}, "did you mean EVENTFN_RELAY_BATCH_SIZE?"},
+	}
+	for _, c := range cases {
+		t.Run(c.env[0], func(t *testing.T) {
+			_, err := configs.Load(configs.Options{Environ: c.env})
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("err = %v, want it to say %q", err, c.want)
+			}
+		})
+	}
+	// What the test suites and ci/ scripts set in the same shell is not refused.
+	ok := []string{"EVENTFN_TEST_KAFKA_BROKERS=a:1", "EVENTFN_SERVICES_DIR=/x", "EVENTFN_KAFKA_TIMEOUT=60", "EVENTFN_DATABASE_URL=sqlite:///tmp/x.db", "PATH=/bin"}
+	if _, err := configs.Load(configs.Options{Environ: ok}); err != nil {
+		t.Fatalf("refused %v: %v", ok, err)
+	}
+}

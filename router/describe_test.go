@@ -14,6 +14,10 @@ type ping struct{}
 
 func (ping) EventType() string { return "ping" }
 
+type pong struct{}
+
+func (pong) EventType() string { return "pong" }
+
 func handler(name string, p runtime.Policy) runtime.Handler {
 	return runtime.NewHandler(name, func(context.Context, runtime.Tx, ping) error { return nil }, runtime.WithPolicy(p))
 }
@@ -47,6 +51,10 @@ func TestDescribeRefusesBadSetups(t *testing.T) {
 			configs.Config{Handlers: map[string]configs.HandlerPolicy{"nope": {}}}, "handlers.nope: no such handler"},
 		{"invalid name", []runtime.Handler{handler("Bad Name", runtime.Policy{})}, configs.Config{}, "handler name"},
 		{"invalid policy", []runtime.Handler{handler("a", runtime.Policy{InitialBackoff: time.Hour, MaxBackoff: time.Second})}, configs.Config{}, "exceeds max backoff"},
+		{"dead letters to a trigger topic", []runtime.Handler{handler("a", runtime.Policy{})},
+			configs.Config{Kafka: configs.Kafka{TopicPrefix: "p.", DeadLetterTopic: "ping"}}, `kafka.dead_letter_topic "ping" is the topic handler a consumes`},
+		{"dead letters to an emitted topic", []runtime.Handler{runtime.NewHandler("a", func(context.Context, runtime.Tx, ping) error { return nil }, runtime.Emits(pong{}))},
+			configs.Config{Kafka: configs.Kafka{DeadLetterTopic: "pong"}}, `is the topic of pong, which handler a emits`},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -122,10 +122,9 @@ func TestADatabaseOutageDeadLettersNoGoodEvent(t *testing.T) {
 	if proxy != nil {
 		proxy.cut()
 		release = proxy.restore
-		// The event is emitted straight to Kafka: the outbox is away too.
+		// Events of the outage come straight from Kafka: the outbox is away too.
 		produceEvent(t, tr, chargeLike{ID: "during"})
 	} else {
-		tr.emit(t, chargeLike{ID: "during"})
 		lock, err := sql.Open("sqlite", "file:"+strings.TrimPrefix(tr.cfg.Database.URL, "sqlite://")+"?_txlock=immediate")
 		if err != nil {
 			t.Fatal(err)
@@ -139,6 +138,7 @@ func TestADatabaseOutageDeadLettersNoGoodEvent(t *testing.T) {
 			t.Fatal(err)
 		}
 		release = func() { _ = tx.Rollback() }
+		produceEvent(t, tr, chargeLike{ID: "during"})
 	}
 	// Far longer than the event's whole retry budget (2 tries of 300 ms).
 	waitUntil(t, "readiness to report the wait", 30*time.Second, func() bool {

@@ -62,6 +62,20 @@ func Describe(cfg configs.Config, handlers []runtime.Handler) ([]HandlerInfo, er
 			Policy:  p,
 		})
 	}
+	// A dead-letter topic that a handler reads (or writes) would feed dead
+	// letters back into handlers: one malformed record once looped into
+	// 429,362 records in 11 minutes.
+	dlq := cfg.Kafka.Topic(cfg.Kafka.DeadLetterTopic)
+	for _, info := range infos {
+		if info.Topic == dlq {
+			return nil, fmt.Errorf("kafka.dead_letter_topic %q is the topic handler %s consumes: dead letters would be handled, fail and be dead-lettered again without end; name another topic", cfg.Kafka.DeadLetterTopic, info.Name)
+		}
+		for _, e := range info.Emits {
+			if cfg.Kafka.Topic(e) == dlq {
+				return nil, fmt.Errorf("kafka.dead_letter_topic %q is the topic of %s, which handler %s emits; name another topic", cfg.Kafka.DeadLetterTopic, e, info.Name)
+			}
+		}
+	}
 	var unknown []string
 	for name := range cfg.Handlers {
 		if !seen[name] {
