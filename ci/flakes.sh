@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs the README's test command N times in a row against the real engines,
+# with a second `go test` (the embedded pass, in a loop) beside it for CPU
+# contention. Stops at the first failure and keeps its output.
+#
+#   ci/flakes.sh [N]      (default 20; needs ci/services.sh up)
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+N=${1:-20}
+OUT=${EVENTFN_FLAKES_DIR:-$(mktemp -d)}
+eval "$(ci/services.sh env)"
+: "${EVENTFN_TEST_KAFKA_BROKERS:?ci/services.sh up first}"
+
+hog() {
+  while :; do
+    env -u EVENTFN_TEST_KAFKA_BROKERS -u EVENTFN_TEST_DATABASE_URL EVENTFN_TEST_ENGINES=embedded \
+      go test -race -count=1 ./... >"$OUT/hog.log" 2>&1 || true
+  done
+}
+hog &
+HOG=$!
+trap 'kill $HOG 2>/dev/null; pkill -P $HOG 2>/dev/null || true' EXIT
+
+for i in $(seq 1 "$N"); do
+  start=$SECONDS
+  if go test -race -count=1 ./... >"$OUT/run-$i.log" 2>&1; then
+    echo "run $i/$N: ok in $((SECONDS - start))s"
+  else
+    echo "run $i/$N: FAILED in $((SECONDS - start))s; output in $OUT/run-$i.log"
+    grep -E '^(--- FAIL|FAIL|panic)' "$OUT/run-$i.log" | head -20
+    exit 1
+  fi
+done
+echo "$N of $N runs passed beside a CPU-heavy go test; logs in $OUT"
