@@ -265,12 +265,15 @@ func Load(opts Options) (Config, error) {
 // notConfiguration are EVENTFN_* variables that are not configuration: the
 // test suites and ci/ scripts read them, and they may be set in the same shell
 // as eventfn. Every other unknown EVENTFN_* variable is refused.
+// TestNoVariableOfTheRepositoryIsRefused finds a script's new variable that is
+// missing here.
 var notConfiguration = map[string]bool{
 	"EVENTFN_SERVICES_DIR":  true, // ci/services.sh
 	"EVENTFN_CACHE_DIR":     true, // ci/services.sh
 	"EVENTFN_PG_PORT":       true, // ci/services.sh
 	"EVENTFN_KAFKA_TIMEOUT": true, // ci/services.sh: how long to wait for Kafka to start
 	"EVENTFN_FAULTS_REPORT": true, // e2e/faults
+	"EVENTFN_FLAKES_DIR":    true, // ci/flakes.sh
 }
 
 // testPrefix marks the test suites' variables (EVENTFN_TEST_KAFKA_BROKERS, ...).
