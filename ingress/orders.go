@@ -151,9 +151,10 @@ func (s *Server) createOrder(w http.ResponseWriter, r *http.Request) {
 		ctx = runtime.WithMetadata(ctx, runtime.Metadata{CorrelationID: id})
 	}
 	err := s.tx.Transact(ctx, func(ctx context.Context, tx runtime.Tx) error {
-		if _, err := tx.ExecContext(ctx,
-			`INSERT INTO orders (id, customer_email, total_cents, status) VALUES ($1, $2, $3, $4)`,
-			order.ID, order.CustomerEmail, order.TotalCents, order.Status); err != nil {
+		// RETURNING gives the stored timestamps, so the answer needs no second read.
+		if err := tx.QueryRowContext(ctx,
+			`INSERT INTO orders (id, customer_email, total_cents, status) VALUES ($1, $2, $3, $4) RETURNING created_at, updated_at`,
+			order.ID, order.CustomerEmail, order.TotalCents, order.Status).Scan(&order.CreatedAt, &order.UpdatedAt); err != nil {
 			return fmt.Errorf("insert order: %w", err)
 		}
 		for i, it := range order.Items {
@@ -181,12 +182,8 @@ func (s *Server) createOrder(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusInternalServerError, map[string]string{"error": "the order could not be stored; try again"})
 		return
 	}
-	stored, err := s.loadOrder(r.Context(), order.ID)
-	if err != nil {
-		stored = order
-	}
 	w.Header().Set("Location", "/orders/"+order.ID)
-	writeJSON(w, http.StatusCreated, stored)
+	writeJSON(w, http.StatusCreated, order)
 }
 
 func (s *Server) getOrder(w http.ResponseWriter, r *http.Request) {
