@@ -125,7 +125,10 @@ func TestADatabaseOutageDeadLettersNoGoodEvent(t *testing.T) {
 		// Events of the outage come straight from Kafka: the outbox is away too.
 		produceEvent(t, tr, chargeLike{ID: "during"})
 	} else {
-		lock, err := sql.Open("sqlite", "file:"+strings.TrimPrefix(tr.cfg.Database.URL, "sqlite://")+"?_txlock=immediate")
+		// The runtime's writer may hold the lock for a moment (the first
+		// event's commit, the relay's bookkeeping): wait for it rather than
+		// fail at once with SQLITE_BUSY.
+		lock, err := sql.Open("sqlite", "file:"+strings.TrimPrefix(tr.cfg.Database.URL, "sqlite://")+"?_txlock=immediate&_pragma=busy_timeout(10000)")
 		if err != nil {
 			t.Fatal(err)
 		}
