@@ -33,10 +33,7 @@ func NewOutbox(db *store.DB, cfg configs.Config, logger watermill.LoggerAdapter)
 }
 
 // Pending counts outbox rows the relay has not forwarded yet.
-func (o *Outbox) Pending(ctx context.Context) (int64, error) {
-	s, err := o.table.Stats(ctx)
-	return s.Pending, err
-}
+func (o *Outbox) Pending(ctx context.Context) (int64, error) { return o.table.PendingCount(ctx) }
 
 // Stats describes the outbox: pending and parked rows, the oldest pending one.
 func (o *Outbox) Stats(ctx context.Context) (relay.Stats, error) { return o.table.Stats(ctx) }

@@ -39,6 +39,7 @@ flags:
 
 // loadOptions are the flags of the load command.
 type loadOptions struct {
+	warmup         time.Duration
 	real           bool
 	app            string
 	rates          []float64
@@ -82,6 +83,7 @@ func parseLoadFlags(args []string, out io.Writer) (loadOptions, error) {
 	fs.BoolVar(&o.real, "real", false, "run eventfn on EVENTFN_TEST_KAFKA_BROKERS and EVENTFN_TEST_DATABASE_URL (a fresh schema and topic prefix) instead of its embedded engines")
 	fs.StringVar(&o.app, "app", "", "eventfn binary to measure (default: go build the module in the working directory)")
 	fs.DurationVar(&o.duration, "duration", 20*time.Second, "sending window of each phase")
+	fs.DurationVar(&o.warmup, "warmup", 10*time.Second, "an unreported open-loop phase at 50 orders/s before the measured ones (0: none)")
 	fs.IntVar(&o.closed, "closed", 32, "closed-loop senders (0: no closed-loop phase)")
 	fs.BoolVar(&o.target80, "target80", true, "add an open-loop phase at 80% of the target rate 0.5 × (order+outbox tx/s ÷ 4)")
 	fs.IntVar(&o.maxOutstanding, "max-outstanding", 2000, "open loop: most requests awaiting an answer; an order due beyond it is skipped and counted")
@@ -282,6 +284,18 @@ func runLoad(ctx context.Context, o loadOptions) (res *loadResult, err error) {
 
 	drv := newDriver(app.url, o.maxOutstanding, o.reqTimeout)
 	rep := startReporter(w)
+	if o.warmup > 0 {
+		// Not reported: the broker's JIT, the connection pools and the
+		// consumer groups settle, so the phases measure steady state. Its
+		// orders are still in the per-key order check.
+		warm := newPhase("warm-up (not reported)", 50, 0)
+		warm.Start = time.Now()
+		warm.End = warm.Start.Add(o.warmup)
+		rep.set(warm, "sending")
+		drv.openLoop(ctx, warm)
+		rep.set(warm, "draining")
+		warm.finish(ctx, w, o.drain)
+	}
 	for _, p := range plan {
 		if err := ctx.Err(); err != nil {
 			break

@@ -13,6 +13,7 @@ package main
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"flag"
 	"fmt"
@@ -49,17 +50,27 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == "load" {
 		os.Exit(loadMain(os.Args[2:]))
 	}
-	n := flag.Int("n", 2000, "events per throughput measurement")
-	lat := flag.Int("latency", 200, "events for the latency measurement")
-	real := flag.Bool("real", false, "use EVENTFN_TEST_KAFKA_BROKERS and EVENTFN_TEST_DATABASE_URL")
+	var o benchOptions
+	flag.IntVar(&o.n, "n", 2000, "events of the handler and outbox measurements")
+	flag.IntVar(&o.relayN, "relay-n", 100_000, "events in the pre-filled outbox of the relay measurement")
+	flag.IntVar(&o.noopN, "noop-n", 20_000, "events of the do-nothing handler measurement")
+	flag.IntVar(&o.latN, "latency", 200, "events for the latency measurement")
+	flag.BoolVar(&o.real, "real", false, "use EVENTFN_TEST_KAFKA_BROKERS and EVENTFN_TEST_DATABASE_URL (in a schema of its own)")
 	flag.Parse()
-	if err := run(context.Background(), *n, *lat, *real); err != nil {
+	if err := run(context.Background(), o); err != nil {
 		fmt.Fprintln(os.Stderr, "eventfn-bench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, n, latN int, real bool) error {
+// benchOptions are the phases' sizes.
+type benchOptions struct {
+	n, relayN, noopN, latN int
+	real                   bool
+}
+
+func run(ctx context.Context, o benchOptions) error {
+	n, latN, real := o.n, o.latN, o.real
 	cfg, err := configs.Load(configs.Options{Profile: "test"})
 	if err != nil {
 		return err
@@ -79,7 +90,20 @@ func run(ctx context.Context, n, latN int, real bool) error {
 			return errors.New("-real needs EVENTFN_TEST_KAFKA_BROKERS and EVENTFN_TEST_DATABASE_URL (ci/services.sh up; eval \"$(ci/services.sh env)\")")
 		}
 		cfg.Kafka.Brokers = strings.Split(brokers, ",")
-		cfg.Database.URL = url
+		schema := "bench_" + strings.ReplaceAll(uuid.NewString()[:8], "-", "")
+		admin, err := sql.Open("pgx", url)
+		if err != nil {
+			return err
+		}
+		defer admin.Close()
+		if _, err := admin.ExecContext(ctx, `CREATE SCHEMA `+schema); err != nil {
+			return fmt.Errorf("create schema %s: %w", schema, err)
+		}
+		defer admin.ExecContext(context.Background(), `DROP SCHEMA `+schema+` CASCADE`)
+		if cfg.Database.URL, err = withSearchPath(url, schema); err != nil {
+			return err
+		}
+		url = cfg.Database.URL
 		engines = "Apache Kafka " + strings.Join(cfg.Kafka.Brokers, ",") + ", PostgreSQL"
 	} else {
 		b, err := embedded.Start("127.0.0.1:0", "", cfg.Kafka.Partitions)
@@ -122,34 +146,43 @@ func run(ctx context.Context, n, latN int, real bool) error {
 	}
 	sqlRate := rate(n, time.Since(start))
 
-	// Baseline: raw Kafka, one synchronous produce at a time (as the relay does),
-	// then a consumer group reading them all.
+	// Ceiling: order+outbox transactions from several clients, as the load
+	// benchmark measures it.
+	txDriver, txDSN := "pgx", cfg.Database.URL
+	if !real {
+		txDriver, txDSN = "sqlite", sqliteCeilingDSN(filepath.Join(dir, "ceiling.db"))
+	}
+	txRate, err := txCeiling(ctx, txDriver, txDSN, 5*time.Second, 1<<40)
+	if err != nil {
+		return err
+	}
+
+	// The relay alone from a pre-filled outbox, beside its ceilings.
+	relayFig, err := relayPhase(ctx, cfg, db, o.relayN)
+	if err != nil {
+		return err
+	}
+	// A handler that does nothing, beside a raw consumer-group read.
+	noopRate, consumeRate, err := noopPhase(ctx, cfg, db, o.noopN)
+	if err != nil {
+		return err
+	}
+
 	sc, err := router.SaramaConfig(cfg.Kafka)
 	if err != nil {
 		return err
 	}
-	rawTopic := cfg.Kafka.Topic("bench.raw")
 	trigger := cfg.Kafka.Topic(benchEvent{}.EventType())
-	if err := router.EnsureTopics(ctx, cfg.Kafka, []string{rawTopic, trigger, cfg.Kafka.Topic(relayedEvent{}.EventType())}); err != nil {
+	if err := router.EnsureTopics(ctx, cfg.Kafka, []string{trigger, cfg.Kafka.Topic(relayedEvent{}.EventType())}); err != nil {
 		return err
 	}
+	// Events are put on the trigger topic with a plain synchronous producer;
+	// that is set-up, not measured.
 	producer, err := sarama.NewSyncProducer(cfg.Kafka.Brokers, sc)
 	if err != nil {
 		return err
 	}
 	defer producer.Close()
-	start = time.Now()
-	for i := 0; i < n; i++ {
-		id := uuid.NewString()
-		if _, _, err := producer.SendMessage(&sarama.ProducerMessage{Topic: rawTopic, Key: sarama.StringEncoder(id), Value: sarama.StringEncoder(`{"id":"` + id + `","pad":"` + payload(id).Pad + `"}`)}); err != nil {
-			return err
-		}
-	}
-	produceRate := rate(n, time.Since(start))
-	consumeRate, err := consumeAll(ctx, cfg, sc, rawTopic, n)
-	if err != nil {
-		return err
-	}
 
 	// eventfn, handler path alone: n events wait on the trigger topic before the
 	// runtime starts; a handler writes one row per event (consumer group,
@@ -199,8 +232,7 @@ func run(ctx context.Context, n, latN int, real bool) error {
 	}
 	emitRate := rate(n, time.Since(start))
 
-	// eventfn, relay alone: the runtime starts and forwards those n rows.
-	start = time.Now()
+	// The runtime forwards those rows (set-up for the latency phase, not timed).
 	stopRuntime, err = startRuntime(ctx, cfg, db, outbox, sink, logger)
 	if err != nil {
 		return err
@@ -215,7 +247,6 @@ func run(ctx context.Context, n, latN int, real bool) error {
 	}); err != nil {
 		return err
 	}
-	relayRate := rate(n, time.Since(start))
 
 	// eventfn latency on a quiet system, one event at a time: from the commit of
 	// the emitting transaction to the record on Kafka (seen by a plain consumer),
@@ -284,17 +315,32 @@ func run(ctx context.Context, n, latN int, real bool) error {
 		toHandled = append(toHandled, time.Since(committed))
 	}
 
-	fmt.Printf("%-46s %12s %14s %8s\n", "measurement", "rate", "baseline", "ratio")
+	fmt.Printf("%-52s %12s\n", "ceiling (same run, same engines)", "rate")
+	fmt.Printf("%-52s %10.0f/s\n", "SQL: 1-row transactions, one client", sqlRate)
+	fmt.Printf("%-52s %10.0f/s\n", fmt.Sprintf("SQL: order+outbox transactions, %d clients (tx)", ceilingClients), txRate)
+	fmt.Printf("%-52s %10.0f/s\n", "SQL: batch read-and-mark of outbox rows (mark)", relayFig.readMark)
+	fmt.Printf("%-52s %10.0f/s\n", "Kafka: batched pipelined produce, acks=all (prod)", relayFig.produce)
+	fmt.Printf("%-52s %10.0f/s\n", "Kafka: consumer-group read (cons)", consumeRate)
+	fmt.Println()
+	fmt.Printf("%-52s %12s %14s %7s\n", "eventfn", "rate", "ceiling", "ratio")
 	row := func(name string, v float64, baseName string, base float64) {
-		fmt.Printf("%-46s %10.0f/s %10.0f/s %-3s %7.2f\n", name, v, base, baseName, v/base)
+		fmt.Printf("%-52s %10.0f/s %10.0f/s %-4s %5.2f\n", name, v, base, baseName, v/base)
 	}
-	fmt.Printf("%-46s %10.0f/s\n", "baseline SQL: 1-row transaction commits (sql)", sqlRate)
-	fmt.Printf("%-46s %10.0f/s\n", "baseline Kafka: sync produce (prod)", produceRate)
-	fmt.Printf("%-46s %10.0f/s\n", "baseline Kafka: consumer group read (cons)", consumeRate)
-	row("eventfn handler: consume+inbox+write+ack", handlerRate, "sql", sqlRate)
-	row("eventfn handler vs raw consumer group", handlerRate, "cons", consumeRate)
-	row("eventfn outbox: transactions that emit", emitRate, "sql", sqlRate)
-	row("eventfn relay: outbox -> Kafka", relayRate, "prod", produceRate)
+	row(fmt.Sprintf("relay: pre-filled outbox of %d -> Kafka", relayFig.n), relayFig.relay, minName(relayFig), relayFig.ceiling())
+	row("handler that does nothing (inbox + commit)", noopRate, "cons", consumeRate)
+	row("handler that writes one row", handlerRate, "tx", txRate)
+	row("outbox: transactions that emit one event", emitRate, "tx", txRate)
+	fmt.Println()
+	target := func(name string, ok bool, detail string) {
+		verdict := "PASS"
+		if !ok {
+			verdict = "FAIL"
+		}
+		fmt.Printf("target %-60s %s  (%s)\n", name, verdict, detail)
+	}
+	target("3: relay >= 20,000 events/s", relayFig.relay >= 20_000, fmt.Sprintf("%.0f/s", relayFig.relay))
+	target("3: relay >= 0.5 x min(produce, read-and-mark)", relayFig.relay >= 0.5*relayFig.ceiling(), fmt.Sprintf("%.2f", relayFig.relay/relayFig.ceiling()))
+	target("4: do-nothing handler >= 0.5 x consumer-group read", noopRate >= 0.5*consumeRate, fmt.Sprintf("%.2f", noopRate/consumeRate))
 	fmt.Printf("\nlatency on a quiet system, %d events one at a time (relay.poll_interval %s):\n", latN, cfg.Relay.PollInterval)
 	for _, l := range []struct {
 		name string
@@ -396,52 +442,6 @@ func ceRecord(topic, id string, ev benchEvent) *sarama.ProducerMessage {
 	}
 }
 
-type countingHandler struct {
-	want int
-	got  atomic.Int64
-	done chan struct{}
-}
-
-func (h *countingHandler) Setup(sarama.ConsumerGroupSession) error   { return nil }
-func (h *countingHandler) Cleanup(sarama.ConsumerGroupSession) error { return nil }
-func (h *countingHandler) ConsumeClaim(s sarama.ConsumerGroupSession, c sarama.ConsumerGroupClaim) error {
-	for m := range c.Messages() {
-		s.MarkMessage(m, "")
-		if h.got.Add(1) == int64(h.want) {
-			close(h.done)
-		}
-	}
-	return nil
-}
-
-// consumeAll reads n records of topic through a fresh consumer group and
-// returns the rate from the first record to the last.
-func consumeAll(ctx context.Context, cfg configs.Config, sc *sarama.Config, topic string, n int) (float64, error) {
-	group, err := sarama.NewConsumerGroup(cfg.Kafka.Brokers, cfg.Kafka.Group("bench-raw-"+uuid.NewString()[:8]), sc)
-	if err != nil {
-		return 0, err
-	}
-	defer group.Close()
-	h := &countingHandler{want: n, done: make(chan struct{})}
-	cctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	// Timed from joining, as the handler phase is: a batch fetch delivers
-	// thousands of records within a millisecond, so first-to-last would
-	// measure memory, not Kafka.
-	start := time.Now()
-	go func() {
-		for cctx.Err() == nil {
-			_ = group.Consume(cctx, []string{topic}, h)
-		}
-	}()
-	select {
-	case <-h.done:
-	case <-time.After(5 * time.Minute):
-		return 0, errors.New("raw consume timed out")
-	}
-	return rate(n, time.Since(start)), nil
-}
-
 func waitFor(timeout time.Duration, cond func() error) error {
 	deadline := time.Now().Add(timeout)
 	for {
@@ -460,4 +460,12 @@ func rate(n int, d time.Duration) float64 { return float64(n) / d.Seconds() }
 
 func pct(d []time.Duration, p float64) time.Duration {
 	return d[int(p*float64(len(d)-1))].Round(time.Microsecond)
+}
+
+// minName names the slower relay ceiling.
+func minName(f relayFigures) string {
+	if f.produce < f.readMark {
+		return "prod"
+	}
+	return "mark"
 }

@@ -127,6 +127,16 @@ func (t *Table) Park(ctx context.Context, id int64, reason string) error {
 	return nil
 }
 
+// PendingCount counts the rows not yet forwarded; it reads only the partial
+// index of pending rows, so it stays cheap however many rows were forwarded.
+func (t *Table) PendingCount(ctx context.Context) (int64, error) {
+	var n int64
+	if err := t.db.Read.QueryRowContext(ctx, `SELECT COUNT(*) FROM eventfn_outbox WHERE state = 0`).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count pending outbox rows: %w", err)
+	}
+	return n, nil
+}
+
 // Stats describes the outbox for metrics and operators.
 type Stats struct {
 	// Pending counts rows not yet forwarded.

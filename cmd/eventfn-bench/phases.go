@@ -1,0 +1,204 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/eventfn/eventfn/configs"
+	"github.com/eventfn/eventfn/router"
+	"github.com/eventfn/eventfn/router/relay"
+	"github.com/eventfn/eventfn/runtime"
+	"github.com/eventfn/eventfn/store"
+)
+
+// relayFigures are the relay phase's result and its same-run ceilings.
+type relayFigures struct {
+	n                       int
+	relay, produce, readMark float64
+}
+
+// ceiling is the slower of the two things the relay must do.
+func (f relayFigures) ceiling() float64 { return min(f.produce, f.readMark) }
+
+// relayPhase measures the relay alone draining a pre-filled outbox of n
+// events, and beside it, on the same rows and records, the two ceilings it
+// cannot beat: a raw batched, pipelined produce of n such records (franz-go,
+// acks=all, idempotent) and a raw SQL batch read-and-mark of the n rows (read
+// a batch in id order, mark it in one statement, as fast as the database
+// goes).
+func relayPhase(ctx context.Context, cfg configs.Config, db *store.DB, n int) (relayFigures, error) {
+	f := relayFigures{n: n}
+	outbox := router.NewOutbox(db, cfg, watermill.NopLogger{})
+	pad := strings.Repeat("x", 160)
+	const perTx = 500
+	for done := 0; done < n; {
+		k := min(perTx, n-done)
+		if err := outbox.Transact(ctx, func(ctx context.Context, tx runtime.Tx) error {
+			evs := make([]runtime.Event, k)
+			for i := range evs {
+				evs[i] = relayedEvent{ID: uuid.NewString(), Pad: pad}
+			}
+			return tx.Emit(ctx, evs...)
+		}); err != nil {
+			return f, fmt.Errorf("fill the outbox: %w", err)
+		}
+		done += k
+	}
+	topic := cfg.Kafka.Topic(relayedEvent{}.EventType())
+	if err := router.EnsureTopics(ctx, cfg.Kafka, []string{topic}); err != nil {
+		return f, err
+	}
+
+	// Ceiling: raw SQL batch read-and-mark of these rows, then put them back.
+	var err error
+	if f.readMark, err = readAndMark(ctx, db, cfg.Relay.BatchSize); err != nil {
+		return f, err
+	}
+	// Ceiling: a raw batched produce of as many records of the same shape.
+	if f.produce, err = produceCeiling(ctx, cfg.Kafka.Brokers, cfg.Kafka.Topic("bench.produce-ceiling"), cfg.Kafka.Partitions, cfg.Kafka.ReplicationFactor, n, 5*time.Minute); err != nil {
+		return f, err
+	}
+
+	// eventfn's relay, as the runtime builds it, on the pre-filled outbox.
+	p, err := relay.NewProducer(relay.ProducerConfig{Brokers: cfg.Kafka.Brokers, ClientID: "eventfn-bench-relay", MaxRecordBytes: cfg.Kafka.MaxMessageBytes})
+	if err != nil {
+		return f, err
+	}
+	defer p.Close()
+	m, err := relay.NewMetrics(prometheus.NewRegistry())
+	if err != nil {
+		return f, err
+	}
+	r := relay.New(relay.Config{BatchSize: cfg.Relay.BatchSize, PollInterval: cfg.Relay.PollInterval},
+		relay.NewTable(db), p, relay.NewLease(db), m, slog.New(slog.DiscardHandler))
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() { done <- r.Run(runCtx) }()
+	// Polled every 10 ms, not as fast as waitFor polls: a COUNT every few
+	// microseconds would compete with the relay for the database.
+	deadline := time.Now().Add(5 * time.Minute)
+	for {
+		pending, perr := outbox.Pending(ctx)
+		if perr == nil && pending == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			err = fmt.Errorf("relay phase: %d of %d still pending after 5 minutes (%v)", pending, n, perr)
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	f.relay = rate(n, time.Since(start))
+	stop()
+	<-done
+	return f, err
+}
+
+// readAndMark reads the pending outbox rows batch by batch in id order and
+// marks each batch forwarded in one statement: the SQL part of a relay with
+// nothing else in the way. It then marks them pending again.
+func readAndMark(ctx context.Context, db *store.DB, batch int) (float64, error) {
+	start := time.Now()
+	n := 0
+	for {
+		rows, err := db.Read.QueryContext(ctx, `SELECT id, topic, key, headers, payload FROM eventfn_outbox WHERE state = 0 ORDER BY id LIMIT $1`, batch)
+		if err != nil {
+			return 0, err
+		}
+		var ids []int64
+		for rows.Next() {
+			var id int64
+			var topic, headers string
+			var key, payload []byte
+			if err := rows.Scan(&id, &topic, &key, &headers, &payload); err != nil {
+				_ = rows.Close()
+				return 0, err
+			}
+			ids = append(ids, id)
+		}
+		if err := rows.Close(); err != nil {
+			return 0, err
+		}
+		if len(ids) == 0 {
+			break
+		}
+		if err := markIDs(ctx, db, ids); err != nil {
+			return 0, err
+		}
+		n += len(ids)
+	}
+	took := time.Since(start)
+	if _, err := db.ExecContext(ctx, `UPDATE eventfn_outbox SET state = 0, done_at = NULL WHERE state = 1`); err != nil {
+		return 0, fmt.Errorf("put the rows back: %w", err)
+	}
+	if db.Driver == store.Postgres {
+		// The read-and-mark left a dead tuple per row; the relay must not pay for it.
+		if _, err := db.ExecContext(ctx, `VACUUM ANALYZE eventfn_outbox`); err != nil {
+			return 0, err
+		}
+	}
+	return rate(n, took), nil
+}
+
+func markIDs(ctx context.Context, db *store.DB, ids []int64) error {
+	if db.Driver == store.Postgres {
+		_, err := db.ExecContext(ctx, `UPDATE eventfn_outbox SET state = 1, done_at = now() WHERE id = ANY($1)`, ids)
+		return err
+	}
+	args := make([]any, len(ids))
+	marks := make([]string, len(ids))
+	for i, id := range ids {
+		args[i] = id
+		marks[i] = fmt.Sprintf("$%d", i+1)
+	}
+	_, err := db.ExecContext(ctx, `UPDATE eventfn_outbox SET state = 1, done_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id IN (`+strings.Join(marks, ",")+`)`, args...)
+	return err
+}
+
+// noopEvent decodes the ceiling records (order.placed-shaped).
+type noopEvent struct {
+	OrderID string `json:"order_id"`
+}
+
+func (noopEvent) EventType() string { return "bench.noop" }
+
+// noopPhase measures a handler that does nothing (eventfn still decodes the
+// event, claims it in the inbox and commits) reading n records, next to a raw
+// consumer-group read of the same topic in the same run.
+func noopPhase(ctx context.Context, cfg configs.Config, db *store.DB, n int) (handler, consume float64, err error) {
+	topic := cfg.Kafka.Topic(noopEvent{}.EventType())
+	if _, err := produceCeiling(ctx, cfg.Kafka.Brokers, topic, cfg.Kafka.Partitions, cfg.Kafka.ReplicationFactor, n, 5*time.Minute); err != nil {
+		return 0, 0, err
+	}
+	if consume, err = consumeCeiling(ctx, cfg.Kafka.Brokers, cfg.Kafka.Topic("bench-raw-consumer"), topic, n, 5*time.Minute); err != nil {
+		return 0, 0, err
+	}
+	var handled atomic.Int64
+	h := runtime.NewHandler("bench-noop", func(context.Context, runtime.Tx, noopEvent) error {
+		handled.Add(1)
+		return nil
+	})
+	outbox := router.NewOutbox(db, cfg, watermill.NopLogger{})
+	start := time.Now()
+	stop, err := startRuntime(ctx, cfg, db, outbox, h, slog.New(slog.DiscardHandler))
+	if err != nil {
+		return 0, consume, err
+	}
+	defer stop()
+	err = waitFor(10*time.Minute, func() error {
+		if got := handled.Load(); got < int64(n) {
+			return fmt.Errorf("%d of %d handled", got, n)
+		}
+		return nil
+	})
+	return rate(n, time.Since(start)), consume, err
+}
