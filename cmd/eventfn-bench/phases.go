@@ -21,7 +21,7 @@ import (
 
 // relayFigures are the relay phase's result and its same-run ceilings.
 type relayFigures struct {
-	n                       int
+	n                        int
 	relay, produce, readMark float64
 }
 
