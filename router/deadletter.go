@@ -1,7 +1,9 @@
 package router
 
 import (
+	"cmp"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -18,6 +20,11 @@ const maxHeaderBytes = 4096
 // to fit under kafka.max_message_bytes; its value is the original size.
 const HeaderPayloadTruncated = "eventfn_payload_truncated"
 
+// HeaderHeadersDropped is set on a dead letter that lost headers of the
+// original record (neither CloudEvents attributes nor eventfn's) to fit under
+// kafka.max_message_bytes; its value is how many were dropped.
+const HeaderHeadersDropped = "eventfn_headers_dropped"
+
 // boundText cuts s to at most n bytes, keeping its start and its end (where
 // an error's cause usually is), and says how much was cut.
 func boundText(s string, n int) string {
@@ -31,8 +38,8 @@ func boundText(s string, n int) string {
 
 // deadLetterPublisher makes every dead letter fit and counts only those that
 // were written. Headers are cut to maxHeaderBytes; if the record is still over
-// maxBytes, the payload is cut as a last resort and HeaderPayloadTruncated
-// says so. A dead letter that still cannot be written is an error: the event
+// maxBytes, the producer's own headers go (HeaderHeadersDropped), then the
+// payload is cut as a last resort and HeaderPayloadTruncated says so. A dead letter that still cannot be written is an error: the event
 // is not acknowledged and is tried again, never dropped.
 type deadLetterPublisher struct {
 	pub      message.Publisher
@@ -45,6 +52,7 @@ func (d deadLetterPublisher) Publish(topic string, msgs ...*message.Message) err
 		for k, v := range msg.Metadata {
 			msg.Metadata[k] = boundText(v, maxHeaderBytes)
 		}
+		dropForeignHeaders(topic, msg, d.maxBytes)
 		if recordOf(topic, msg).Size() > d.maxBytes {
 			original := len(msg.Payload)
 			msg.Metadata.Set(HeaderPayloadTruncated, strconv.Itoa(original))
@@ -60,3 +68,39 @@ func (d deadLetterPublisher) Publish(topic string, msgs ...*message.Message) err
 }
 
 func (d deadLetterPublisher) Close() error { return d.pub.Close() }
+
+// dropForeignHeaders removes the original producer's own headers, largest
+// first, until the dead letter fits in maxBytes or none is left. The broker
+// accepts records larger than kafka.max_message_bytes (its own limit is
+// higher), so a record of hundreds of headers can arrive whose dead letter
+// would not fit even without a payload. The CloudEvents attributes, eventfn's
+// headers (key, attempts, origin) and the dead-letter reason stay: they say
+// what the event was and why it failed.
+func dropForeignHeaders(topic string, msg *message.Message, maxBytes int) {
+	over := recordOf(topic, msg).Size() - maxBytes
+	if over <= 0 {
+		return
+	}
+	var foreign []string
+	for k := range msg.Metadata {
+		if !strings.HasPrefix(k, "ce_") && !strings.HasPrefix(k, "eventfn_") &&
+			!strings.HasSuffix(k, "_poisoned") && k != HeaderContentType {
+			foreign = append(foreign, k)
+		}
+	}
+	slices.SortFunc(foreign, func(a, b string) int {
+		return cmp.Or(cmp.Compare(len(msg.Metadata[b]), len(msg.Metadata[a])), cmp.Compare(a, b))
+	})
+	dropped := 0
+	for _, k := range foreign {
+		if over <= 0 {
+			break
+		}
+		over -= len(k) + len(msg.Metadata[k]) + 10 // as relay.Record.Size counts a header
+		delete(msg.Metadata, k)
+		dropped++
+	}
+	if dropped > 0 {
+		msg.Metadata.Set(HeaderHeadersDropped, strconv.Itoa(dropped))
+	}
+}
