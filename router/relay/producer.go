@@ -66,7 +66,14 @@ func (p *Producer) Client() *kgo.Client { return p.client }
 
 // Produce sends recs together and waits for every ack. The result has one error
 // (or nil) per record, in order.
-func (p *Producer) Produce(ctx context.Context, recs []Record) []error {
+func (p *Producer) Produce(ctx context.Context, recs []Record) []error { return p.Send(ctx, recs)() }
+
+// Send hands recs to the client in order, all in flight together, and
+// returns a function that waits for every ack and returns one error (or nil)
+// per record. Records of one partition land in the order they were handed
+// over, across Send calls too, so a caller may Send the next batch before
+// waiting for this one.
+func (p *Producer) Send(ctx context.Context, recs []Record) (wait func() []error) {
 	errs := make([]error, len(recs))
 	var wg sync.WaitGroup
 	for i, r := range recs {
@@ -84,8 +91,10 @@ func (p *Producer) Produce(ctx context.Context, recs []Record) []error {
 			wg.Done()
 		})
 	}
-	wg.Wait()
-	return errs
+	return func() []error {
+		wg.Wait()
+		return errs
+	}
 }
 
 // Close flushes nothing (every Produce waited for its acks) and disconnects.

@@ -59,14 +59,15 @@ func (c *Config) setDefaults() {
 
 // Source is where the relay reads and marks rows: the outbox table.
 type Source interface {
-	Pending(ctx context.Context, limit int) ([]Row, error)
+	Pending(ctx context.Context, after int64, limit int) ([]Row, error)
 	MarkForwarded(ctx context.Context, ids []int64) error
 	Park(ctx context.Context, id int64, reason string) error
 }
 
-// Sink produces a batch and reports one error per record.
+// Sink produces batches: Send hands a batch over in order and returns a
+// function that waits for its acks, one error per record.
 type Sink interface {
-	Produce(ctx context.Context, recs []Record) []error
+	Send(ctx context.Context, recs []Record) (wait func() []error)
 }
 
 // Lease decides which relay of several replicas forwards. Acquire blocks until
@@ -121,62 +122,98 @@ func (r *Relay) Healthy() error {
 	return fmt.Errorf("outbox relay failing since %s: %w", time.Unix(0, since).UTC().Format(time.RFC3339), last)
 }
 
+// batch is a batch of rows handed to the producer and not yet marked.
+type batch struct {
+	rows  []Row
+	wait  func() []error
+	start time.Time
+}
+
 // Run forwards until ctx ends. It returns nil then: stopping is not a failure,
 // and rows not yet forwarded stay pending for the next start.
+//
+// Two batches are in flight at most: while one waits for its acks, the next is
+// read (rows above the last id handed over) and handed to the producer, so the
+// database and the broker work at the same time. The producer keeps each
+// partition's records in the order they were handed over, so this keeps one
+// key's order. Once nothing is in flight, reads start again from the lowest
+// pending id, which picks up rows whose transaction committed late.
 func (r *Relay) Run(ctx context.Context) error {
 	defer r.lease.Release()
 	backoff := r.cfg.MinBackoff
 	nextReport := time.Time{}
+	var inFlight *batch
+	fail := func(err error) {
+		r.failed(err, &nextReport)
+		sleep(ctx, backoff)
+		backoff = min(2*backoff, r.cfg.MaxBackoff)
+	}
 	for ctx.Err() == nil {
 		if err := r.lease.Acquire(ctx); err != nil {
-			if ctx.Err() != nil {
-				return nil
+			if ctx.Err() == nil {
+				fail(err)
 			}
-			r.failed(err, &nextReport)
-			sleep(ctx, backoff)
-			backoff = min(2*backoff, r.cfg.MaxBackoff)
 			continue
 		}
-		n, err := r.forward(ctx)
+		var after int64
+		if inFlight != nil {
+			after = inFlight.rows[len(inFlight.rows)-1].ID
+		}
+		next, err := r.send(ctx, after)
+		var doneErr error
+		if inFlight != nil {
+			doneErr = r.complete(ctx, inFlight)
+		}
+		inFlight = next
 		if ctx.Err() != nil {
+			// Whatever is still in flight stays pending and goes again after
+			// the restart (the inbox absorbs a record that did get through).
 			return nil
 		}
-		if err != nil {
-			r.failed(err, &nextReport)
-			sleep(ctx, backoff)
-			backoff = min(2*backoff, r.cfg.MaxBackoff)
+		if err = errors.Join(err, doneErr); err != nil {
+			// Finish what is in flight: its records may be on Kafka already,
+			// and marking them spares sending them twice.
+			if inFlight != nil {
+				err = errors.Join(err, r.complete(ctx, inFlight))
+				inFlight = nil
+			}
+			if ctx.Err() == nil {
+				fail(err)
+			}
 			continue
 		}
 		r.recovered()
 		backoff = r.cfg.MinBackoff
-		if n > 0 {
-			// More may have been committed while this batch was in flight:
-			// look again at once, and sleep only when a read finds nothing.
-			continue
+		if inFlight == nil {
+			r.idle(ctx)
 		}
-		r.idle(ctx)
 	}
 	return nil
 }
 
-// forward moves one batch and returns how many rows it took off the pending list.
-func (r *Relay) forward(ctx context.Context) (int, error) {
-	rows, err := r.source.Pending(ctx, r.cfg.BatchSize)
-	if err != nil {
-		return 0, err
-	}
-	if len(rows) == 0 {
-		return 0, nil
+// send reads up to BatchSize pending rows above after and hands them to the
+// producer; nil when there are none.
+func (r *Relay) send(ctx context.Context, after int64) (*batch, error) {
+	rows, err := r.source.Pending(ctx, after, r.cfg.BatchSize)
+	if err != nil || len(rows) == 0 {
+		return nil, err
 	}
 	if !r.lease.Held(ctx) {
-		return 0, errors.New("lost the relay lease to another replica")
+		return nil, errors.New("lost the relay lease to another replica")
 	}
 	recs := make([]Record, len(rows))
 	for i, row := range rows {
 		recs[i] = row.Record
 	}
-	start := time.Now()
-	errs := r.sink.Produce(ctx, recs)
+	return &batch{rows: rows, wait: r.sink.Send(ctx, recs), start: time.Now()}, nil
+}
+
+// complete waits for b's acks, parks the rows that can never be produced and
+// marks the produced ones forwarded in one statement. A transient failure of
+// any row is returned; its row stays pending and is sent again.
+func (r *Relay) complete(ctx context.Context, b *batch) error {
+	errs := b.wait()
+	rows := b.rows
 	forwarded := make([]int64, 0, len(rows))
 	var transient error
 	for i, err := range errs {
@@ -202,14 +239,11 @@ func (r *Relay) forward(ctx context.Context) (int, error) {
 	// Produced rows are marked even when others failed: they are on Kafka, and
 	// marking them keeps the next attempt from sending them twice.
 	if err := r.source.MarkForwarded(ctx, forwarded); err != nil {
-		return 0, errors.Join(err, transient)
+		return errors.Join(err, transient)
 	}
 	r.metrics.forwarded.Add(float64(len(forwarded)))
-	r.metrics.batchSeconds.Observe(time.Since(start).Seconds())
-	if transient != nil {
-		return 0, transient
-	}
-	return len(rows), nil
+	r.metrics.batchSeconds.Observe(time.Since(b.start).Seconds())
+	return transient
 }
 
 // failed records a failure; an outage is logged when it starts and then

@@ -73,10 +73,11 @@ func (t *Table) Insert(ctx context.Context, tx *sql.Tx, rec Record) error {
 	return nil
 }
 
-// Pending returns up to limit pending rows, oldest id first.
-func (t *Table) Pending(ctx context.Context, limit int) ([]Row, error) {
+// Pending returns up to limit pending rows with ids above after, oldest id
+// first.
+func (t *Table) Pending(ctx context.Context, after int64, limit int) ([]Row, error) {
 	rows, err := t.db.Read.QueryContext(ctx,
-		`SELECT id, topic, key, headers, payload FROM eventfn_outbox WHERE state = 0 ORDER BY id LIMIT $1`, limit)
+		`SELECT id, topic, key, headers, payload FROM eventfn_outbox WHERE state = 0 AND id > $1 ORDER BY id LIMIT $2`, after, limit)
 	if err != nil {
 		return nil, fmt.Errorf("read pending outbox rows: %w", err)
 	}
