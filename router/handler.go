@@ -3,6 +3,7 @@ package router
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -34,7 +35,7 @@ func (i *invoker) handle(msg *message.Message) error {
 	ctx := runtime.WithMetadata(msg.Context(), meta)
 	name := i.handler.Name()
 
-	if err := validAttributes(meta); err != nil {
+	if err := errors.Join(validSpecVersion(msg.Metadata.Get(HeaderSpecVersion)), validAttributes(meta)); err != nil {
 		// Bytes no database key can hold: the event is malformed, and no
 		// retry will change that.
 		i.metrics.attempts.WithLabelValues(name, "permanent").Inc()
@@ -181,4 +182,14 @@ func validAttributes(m runtime.Metadata) error {
 		}
 	}
 	return nil
+}
+
+// validSpecVersion accepts CloudEvents 1.0, and records without the attribute
+// (from producers that do not speak CloudEvents); any other version is a
+// format eventfn cannot promise to read right.
+func validSpecVersion(v string) error {
+	if v == "" || v == "1.0" {
+		return nil
+	}
+	return fmt.Errorf("malformed event: ce_specversion %q is not supported; eventfn reads CloudEvents 1.0", boundText(v, 64))
 }

@@ -91,7 +91,8 @@ func TestTheInboxKeysEventsBySourceAndID(t *testing.T) {
 // TestMalformedAttributesAreDeadLetteredAtOnce: non-UTF-8 or NUL bytes in
 // ce_id, ce_type or ce_source were a transient error on PostgreSQL, retried
 // for 14 s while the key waited. They are malformed: dead-lettered at once, on
-// either database, and the next event flows.
+// either database, and the next event flows. So is a CloudEvents version other
+// than 1.0 (a record without the attribute is read as before).
 func TestMalformedAttributesAreDeadLetteredAtOnce(t *testing.T) {
 	tr, seen := noteRuntime(t)
 	bad := []map[string]string{
@@ -99,6 +100,7 @@ func TestMalformedAttributesAreDeadLetteredAtOnce(t *testing.T) {
 		{"ce_id": "nul\x00id", "ce_source": "s", "ce_type": "note.written"},
 		{"ce_id": "ok-1", "ce_source": "s\xc3\x28", "ce_type": "note.written"},
 		{"ce_id": "ok-2", "ce_source": "s", "ce_type": "note.\x00written"},
+		{"ce_id": "ok-4", "ce_source": "s", "ce_type": "note.written", "ce_specversion": "0.3"},
 	}
 	for _, h := range bad {
 		produceRaw(t, tr, "bad", h)

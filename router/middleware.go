@@ -60,8 +60,8 @@ func limitConcurrency(n int) message.HandlerMiddleware {
 // closing is set while the process shuts down: an attempt cut short by shutdown
 // is not a failure of the event, so it is neither retried nor dead-lettered; it
 // stays unacknowledged and Kafka delivers it again after the restart.
-func middlewares(p runtime.Policy, dlq message.Publisher, dlqTopic string, closing *atomic.Bool, deadLettered prometheus.Counter, maxRecordBytes int, infra *infraWatch, slogger *slog.Logger, logger watermill.LoggerAdapter) ([]message.HandlerMiddleware, error) {
-	dlq = deadLetterPublisher{pub: dlq, maxBytes: maxRecordBytes, written: deadLettered}
+func middlewares(p runtime.Policy, dlq message.Publisher, dlqTopic string, closing *atomic.Bool, deadLettered prometheus.Counter, maxRecordBytes int, dlqHealth *deadLetterHealth, infra *infraWatch, slogger *slog.Logger, logger watermill.LoggerAdapter) ([]message.HandlerMiddleware, error) {
+	dlq = deadLetterPublisher{pub: dlq, maxBytes: maxRecordBytes, written: deadLettered, health: dlqHealth}
 	poison, err := middleware.PoisonQueueWithFilter(dlq, dlqTopic, func(error) bool { return !closing.Load() })
 	if err != nil {
 		return nil, fmt.Errorf("dead-letter middleware: %w", err)

@@ -138,6 +138,8 @@ type Runtime struct {
 	running  atomic.Bool
 	// infra counts events waiting for the database to come back.
 	infra infraWatch
+	// dlqHealth says whether dead letters can be written.
+	dlqHealth deadLetterHealth
 }
 
 // New builds the runtime; Run starts it. Its metrics are registered in reg.
@@ -202,7 +204,7 @@ func (r *Runtime) buildHandlers(handlers []runtime.Handler) error {
 		inv := &invoker{handler: h, outbox: r.outbox, logger: r.logger, metrics: r.metrics}
 		rh := router.AddConsumerHandler(h.Name(), info.Topic, sub, inv.handle)
 		mws, err := middlewares(info.Policy, r.kafkaPub, r.cfg.Kafka.Topic(r.cfg.Kafka.DeadLetterTopic), &r.closing,
-			r.metrics.deadLettered.WithLabelValues(h.Name()), r.cfg.Kafka.MaxMessageBytes, &r.infra, r.logger.With("handler", h.Name()), r.wlogger)
+			r.metrics.deadLettered.WithLabelValues(h.Name()), r.cfg.Kafka.MaxMessageBytes, &r.dlqHealth, &r.infra, r.logger.With("handler", h.Name()), r.wlogger)
 		if err != nil {
 			return err
 		}
@@ -328,6 +330,9 @@ func (r *Runtime) Ready(ctx context.Context) error {
 		return err
 	}
 	if err := r.infra.Err(); err != nil {
+		return err
+	}
+	if err := r.dlqHealth.Err(); err != nil {
 		return err
 	}
 	// The read pool answers for the database: on SQLite the one writer
