@@ -34,6 +34,8 @@ func TestInputThatCouldNeverReachKafkaIsRefused(t *testing.T) {
 		{"an email longer than SMTP carries", longEmail, "", http.StatusBadRequest, "customer_email"},
 		{"a correlation id of a megabyte", manyItems, strings.Repeat("c", 1_050_000), http.StatusBadRequest, "X-Correlation-ID"},
 		{"a correlation id just over the limit", `{"customer_email": "a@example.com", "items": [` + item(0) + `]}`, strings.Repeat("c", 257), http.StatusBadRequest, "at most 256"},
+		{"a correlation id that is not UTF-8", `{"customer_email": "a@example.com", "items": [` + item(0) + `]}`, "c\xff\xfe", http.StatusBadRequest, "not valid UTF-8"},
+		{"a correlation id with a tab", `{"customer_email": "a@example.com", "items": [` + item(0) + `]}`, "a\tb", http.StatusBadRequest, "control character"},
 		{"an event larger than kafka.max_message_bytes", manyItems, "", http.StatusUnprocessableEntity, "kafka.max_message_bytes"},
 	}
 	for _, tt := range tests {

@@ -2,6 +2,8 @@ package router
 
 import (
 	"fmt"
+	"slices"
+	"strings"
 
 	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -33,13 +35,26 @@ const (
 	metaOriginTopic     = "eventfn_origin_topic"
 	metaOriginPartition = "eventfn_origin_partition"
 	metaOriginOffset    = "eventfn_origin_offset"
+	// metaMalformed says why a record's headers cannot be read as one event;
+	// the handler dead-letters such a record without calling the user's code.
+	metaMalformed = "eventfn_malformed"
 )
+
+// attributeHeaders are the headers eventfn takes meaning from. A record that
+// carries one of them twice with different values is ambiguous: which ce_id is
+// the event's identity? Other headers are the producer's business and may
+// repeat freely.
+var attributeHeaders = map[string]bool{
+	HeaderID: true, HeaderType: true, HeaderSource: true, HeaderSpecVersion: true,
+	HeaderTime: true, HeaderContentType: true, HeaderCorrelationID: true,
+}
 
 // deliveryBookkeeping are the headers a dead letter gets about its failed
 // delivery; they describe that delivery, not the event, and are dropped when
 // the record is read again.
 var deliveryBookkeeping = map[string]bool{
 	metaAttempts:                     true,
+	metaMalformed:                    true,
 	HeaderDeadLetterReason:           true,
 	HeaderDeadLetterHandler:          true,
 	middleware.PoisonedTopicKey:      true,
@@ -80,20 +95,36 @@ func (CloudEventsMarshaler) Marshal(topic string, msg *message.Message) (*sarama
 func (CloudEventsMarshaler) Unmarshal(rec *sarama.ConsumerMessage) (*message.Message, error) {
 	id := ""
 	md := make(message.Metadata, len(rec.Headers)+1)
+	var attrs map[string]string // attribute headers seen so far, to find a repeat
+	var ambiguous []string
 	for _, h := range rec.Headers {
 		if h == nil {
 			continue
 		}
-		if string(h.Key) == HeaderID {
-			id = string(h.Value)
+		k, v := string(h.Key), string(h.Value)
+		if attributeHeaders[k] {
+			if prev, seen := attrs[k]; seen && prev != v && !slices.Contains(ambiguous, k) {
+				ambiguous = append(ambiguous, k)
+			}
+			if attrs == nil {
+				attrs = make(map[string]string, len(attributeHeaders))
+			}
+			attrs[k] = v
+		}
+		if k == HeaderID {
+			id = v
 			continue
 		}
-		if deliveryBookkeeping[string(h.Key)] {
+		if deliveryBookkeeping[k] || k == metaKey {
 			// A replayed dead letter carries its old attempt count and
 			// reason; this delivery is a new one and starts at attempt 1.
+			// The key is the record's key, never a header.
 			continue
 		}
-		md[string(h.Key)] = string(h.Value)
+		md[k] = v
+	}
+	if len(ambiguous) > 0 {
+		md[metaMalformed] = fmt.Sprintf("malformed event: header %s appears more than once with different values", strings.Join(ambiguous, ", "))
 	}
 	if id == "" {
 		id = fmt.Sprintf("kafka:%s/%d/%d", rec.Topic, rec.Partition, rec.Offset)

@@ -35,7 +35,7 @@ func (i *invoker) handle(msg *message.Message) error {
 	ctx := runtime.WithMetadata(msg.Context(), meta)
 	name := i.handler.Name()
 
-	if err := errors.Join(validSpecVersion(msg.Metadata.Get(HeaderSpecVersion)), validAttributes(meta)); err != nil {
+	if err := errors.Join(malformedHeaders(msg.Metadata), validSpecVersion(msg.Metadata.Get(HeaderSpecVersion)), validAttributes(meta)); err != nil {
 		// Bytes no database key can hold: the event is malformed, and no
 		// retry will change that.
 		i.metrics.attempts.WithLabelValues(name, "permanent").Inc()
@@ -180,6 +180,15 @@ func validAttributes(m runtime.Metadata) error {
 		case len(a.value) > maxAttributeBytes:
 			return fmt.Errorf("malformed event: %s is %d bytes, at most %d are allowed", a.name, len(a.value), maxAttributeBytes)
 		}
+	}
+	return nil
+}
+
+// malformedHeaders reports what unmarshalling found wrong with the record's
+// headers, such as a ce_id given twice with different values.
+func malformedHeaders(md message.Metadata) error {
+	if why := md.Get(metaMalformed); why != "" {
+		return errors.New(why)
 	}
 	return nil
 }

@@ -148,3 +148,26 @@ func TestMetadataInContext(t *testing.T) {
 		t.Fatalf("got %+v", got)
 	}
 }
+
+func TestValidateCorrelationID(t *testing.T) {
+	tests := []struct {
+		name, id string
+		ok       bool
+	}{
+		{"empty", "", true},
+		{"a uuid", "4f1c2a9e-0d3b-4c55-9a57-0b7c1f0e2d11", true},
+		{"non-ASCII text", "commande-é-42", true},
+		{"at the limit", strings.Repeat("c", runtime.MaxCorrelationIDBytes), true},
+		{"past the limit", strings.Repeat("c", runtime.MaxCorrelationIDBytes+1), false},
+		{"not UTF-8", "c\xff", false},
+		{"a NUL byte", "c\x00d", false},
+		{"a newline", "c\nd", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if err := runtime.ValidateCorrelationID(tt.id); (err == nil) != tt.ok {
+				t.Fatalf("ValidateCorrelationID(%q) = %v, want ok=%v", tt.id, err, tt.ok)
+			}
+		})
+	}
+}

@@ -4,6 +4,9 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"strings"
+	"unicode"
+	"unicode/utf8"
 )
 
 // Tx is the handle a handler gets: the SQL transaction it runs in and the outbox.
@@ -31,10 +34,18 @@ type Transactor interface {
 const MaxCorrelationIDBytes = 256
 
 // ValidateCorrelationID refuses a correlation id too long to travel in every
-// event of a chain.
+// event of a chain, or one that is not printable UTF-8 text: it is stored as
+// text and shown by the CLI, and a byte the database would replace or refuse
+// would silently cut a chain in two.
 func ValidateCorrelationID(id string) error {
 	if len(id) > MaxCorrelationIDBytes {
 		return fmt.Errorf("correlation id of %d bytes: at most %d are allowed", len(id), MaxCorrelationIDBytes)
+	}
+	if !utf8.ValidString(id) {
+		return fmt.Errorf("correlation id %q is not valid UTF-8", id)
+	}
+	if i := strings.IndexFunc(id, unicode.IsControl); i >= 0 {
+		return fmt.Errorf("correlation id %q holds a control character at byte %d", id, i)
 	}
 	return nil
 }
