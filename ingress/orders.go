@@ -18,6 +18,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/eventfn/eventfn/handlers"
+	"github.com/eventfn/eventfn/internal/outage"
 	"github.com/eventfn/eventfn/runtime"
 )
 
@@ -32,12 +33,22 @@ type Server struct {
 	metrics http.Handler
 	maxBody int64
 	logger  *slog.Logger
+	// storing reports orders that cannot be stored: a database outage makes
+	// every request fail, and it is logged once, summarised, and its end
+	// logged, not once per request.
+	storing *outage.Reporter
 }
+
+// outageReportInterval is how often a lasting failure to store orders is
+// summarised in the log.
+const outageReportInterval = 30 * time.Second
 
 // NewServer builds the HTTP handler. read serves GET queries; tx writes orders;
 // metrics serves GET /metrics.
 func NewServer(tx runtime.Transactor, read *sql.DB, ready ReadyFunc, metrics http.Handler, maxBody int64, logger *slog.Logger) *Server {
-	return &Server{tx: tx, read: read, ready: ready, metrics: metrics, maxBody: maxBody, logger: logger}
+	return &Server{tx: tx, read: read, ready: ready, metrics: metrics, maxBody: maxBody, logger: logger,
+		storing: outage.New("orders cannot be stored; POST /orders answers 500",
+			"orders stored again", outageReportInterval, logger)}
 }
 
 // Handler returns the routes.
@@ -177,11 +188,21 @@ func (s *Server) createOrder(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusUnprocessableEntity, map[string]string{"error": err.Error()})
 		return
 	}
+	if err != nil && r.Context().Err() != nil {
+		// The client gave up (its timeout, say) before an answer; nobody
+		// reads one. Not a server error: during a database stall every
+		// waiting client does this, and one ERROR each would bury the
+		// outage's own report. (A transaction whose commit raced the
+		// cancel may have committed; its order then goes on as usual.)
+		s.logger.DebugContext(ctx, "order request abandoned by the client before its answer", "err", err)
+		return
+	}
 	if err != nil {
-		s.logger.ErrorContext(ctx, "create order", "err", err)
+		s.storing.Failed(err)
 		writeJSON(w, http.StatusInternalServerError, map[string]string{"error": "the order could not be stored; try again"})
 		return
 	}
+	s.storing.Succeeded()
 	w.Header().Set("Location", "/orders/"+order.ID)
 	writeJSON(w, http.StatusCreated, order)
 }

@@ -16,11 +16,15 @@ const drainDeadline = 3 * time.Minute
 func TestBaseline(t *testing.T) {
 	c := engines(t)
 	d := newDeployment(t, c)
-	d.start(t, "a")
+	a := d.start(t, "a")
 	tr := d.drive(t, rate)
 	waitAccepted(t, tr, 250)
 	tr.end()
-	d.settle(t, "no fault", tr, time.Now(), drainDeadline).check(t)
+	r := d.settle(t, "no fault", tr, time.Now(), drainDeadline)
+	d.term(t, a) // a clean shutdown logs no ERROR: its lines count too
+	r.errorLines, r.errorSample = d.errorLines()
+	r.check(t)
+	r.errorsAtMost(t, 0)
 }
 
 func TestOneBrokerKilledAndRestarted(t *testing.T) {
@@ -38,7 +42,9 @@ func TestOneBrokerKilledAndRestarted(t *testing.T) {
 	c.waitBrokers(t, 3, 2*time.Minute)
 	waitAccepted(t, tr, tr.count()+5*rate)
 	tr.end()
-	d.settle(t, fmt.Sprintf("broker %d (partition leader) killed, restarted after 30 s", leader), tr, recovered, drainDeadline).check(t)
+	r := d.settle(t, fmt.Sprintf("broker %d (partition leader) killed, restarted after 30 s", leader), tr, recovered, drainDeadline)
+	r.check(t)
+	r.errorsAtMost(t, 5)
 }
 
 func TestAllBrokersStoppedForAMinute(t *testing.T) {
@@ -65,7 +71,9 @@ func TestAllBrokersStoppedForAMinute(t *testing.T) {
 	c.waitBrokers(t, 3, 3*time.Minute)
 	waitAccepted(t, tr, tr.count()+5*rate)
 	tr.end()
-	d.settle(t, "all three brokers stopped for 60 s", tr, recovered, drainDeadline).check(t)
+	r := d.settle(t, "all three brokers stopped for 60 s", tr, recovered, drainDeadline)
+	r.check(t)
+	r.errorsAtMost(t, 5)
 }
 
 func TestEventfnKilledAndRestarted(t *testing.T) {
@@ -79,7 +87,9 @@ func TestEventfnKilledAndRestarted(t *testing.T) {
 	recovered := time.Now()
 	waitAccepted(t, tr, tr.count()+100)
 	tr.end()
-	d.settle(t, "eventfn killed (SIGKILL) and restarted", tr, recovered, drainDeadline).check(t)
+	r := d.settle(t, "eventfn killed (SIGKILL) and restarted", tr, recovered, drainDeadline)
+	r.check(t)
+	r.errorsAtMost(t, 0)
 }
 
 func TestPostgresRestarted(t *testing.T) {
@@ -92,7 +102,9 @@ func TestPostgresRestarted(t *testing.T) {
 	recovered := time.Now()
 	waitAccepted(t, tr, tr.count()+150)
 	tr.end()
-	d.settle(t, "PostgreSQL restarted", tr, recovered, drainDeadline).check(t)
+	r := d.settle(t, "PostgreSQL restarted", tr, recovered, drainDeadline)
+	r.check(t)
+	r.errorsAtMost(t, 5)
 }
 
 func TestPostgresFrozen(t *testing.T) {
@@ -108,7 +120,9 @@ func TestPostgresFrozen(t *testing.T) {
 	recovered := time.Now()
 	waitAccepted(t, tr, tr.count()+150)
 	tr.end()
-	d.settle(t, "PostgreSQL frozen (SIGSTOP) for 30 s", tr, recovered, drainDeadline).check(t)
+	r := d.settle(t, "PostgreSQL frozen (SIGSTOP) for 30 s", tr, recovered, drainDeadline)
+	r.check(t)
+	r.errorsAtMost(t, 5)
 }
 
 func TestTwoReplicasOneKilled(t *testing.T) {
@@ -122,7 +136,9 @@ func TestTwoReplicasOneKilled(t *testing.T) {
 	recovered := time.Now()
 	waitAccepted(t, tr, tr.count()+150)
 	tr.end()
-	d.settle(t, "two replicas, one killed (SIGKILL)", tr, recovered, drainDeadline).check(t)
+	r := d.settle(t, "two replicas, one killed (SIGKILL)", tr, recovered, drainDeadline)
+	r.check(t)
+	r.errorsAtMost(t, 0)
 }
 
 func TestRollingRestartOfTwoReplicas(t *testing.T) {
@@ -146,4 +162,5 @@ func TestRollingRestartOfTwoReplicas(t *testing.T) {
 		t.Errorf("%d requests answered %d during the rolling restart", n, status)
 	}
 	r.check(t)
+	r.errorsAtMost(t, 0)
 }

@@ -399,11 +399,14 @@ type result struct {
 	doubleEmails  int
 	deadLettered  int
 	drain         time.Duration
+	errorLines    int      // level=ERROR lines in every process's log
+	errorSample   []string // the first few distinct ERROR messages
 }
 
 var (
 	chargedLine = regexp.MustCompile(`msg="payment charged".*order_id=(\S+)`)
 	emailedLine = regexp.MustCompile(`msg="email sent".*subject="Your order (\S+) is confirmed"`)
+	logMsg      = regexp.MustCompile(`msg=("[^"]*"|\S+)`)
 )
 
 // settle waits until every accepted order is emailed (or the deadline
@@ -464,6 +467,7 @@ func (d *deployment) settle(t *testing.T, name string, tr *traffic, recovered ti
 		time.Sleep(200 * time.Millisecond) // polling interval; the counts decide
 	}
 	charges, emails := map[string]int{}, map[string]int{}
+	r.errorLines, r.errorSample = d.errorLines()
 	for _, p := range d.allProcs() {
 		sc := bufio.NewScanner(strings.NewReader(p.log()))
 		sc.Buffer(make([]byte, 1<<20), 1<<20)
@@ -488,6 +492,42 @@ func (d *deployment) settle(t *testing.T, name string, tr *traffic, recovered ti
 	}
 	r.deadLettered = d.deadLetters(t)
 	return r
+}
+
+// errorLines counts the level=ERROR lines of every process the deployment
+// started, with the first few distinct messages.
+func (d *deployment) errorLines() (int, []string) {
+	n, seen := 0, map[string]bool{}
+	var sample []string
+	for _, p := range d.allProcs() {
+		sc := bufio.NewScanner(strings.NewReader(p.log()))
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			if !strings.Contains(sc.Text(), " level=ERROR ") {
+				continue
+			}
+			n++
+			msg := sc.Text()
+			if m := logMsg.FindStringSubmatch(msg); m != nil {
+				msg = m[1]
+			}
+			if !seen[msg] && len(sample) < 8 {
+				seen[msg] = true
+				sample = append(sample, p.name+": "+sc.Text())
+			}
+		}
+	}
+	return n, sample
+}
+
+// errorsAtMost fails the scenario when its processes logged more than max
+// ERROR lines: an outage is reported once and summarised at a bounded rate,
+// and a clean shutdown logs none.
+func (r result) errorsAtMost(t *testing.T, max int) {
+	t.Helper()
+	if r.errorLines > max {
+		t.Errorf("%d ERROR lines, want at most %d; the first distinct ones:\n%s", r.errorLines, max, strings.Join(r.errorSample, "\n"))
+	}
 }
 
 func (d *deployment) allProcs() []*proc {
@@ -523,12 +563,15 @@ func (d *deployment) deadLetters(t *testing.T) int {
 // check reports the scenario's row and fails on any loss or double effect.
 func (r result) check(t *testing.T) {
 	t.Helper()
-	t.Logf("| %s | %d | %v | %d | %d | %d (%d stuck) | %d / %d | %d | %s |", r.scenario, r.accepted, r.refused, r.emailed,
-		r.stuck, r.unknown, r.unknownStuck, r.doubleCharges, r.doubleEmails, r.deadLettered, r.drainText())
+	t.Logf("| %s | %d | %v | %d | %d | %d (%d stuck) | %d / %d | %d | %s | %d |", r.scenario, r.accepted, r.refused, r.emailed,
+		r.stuck, r.unknown, r.unknownStuck, r.doubleCharges, r.doubleEmails, r.deadLettered, r.drainText(), r.errorLines)
+	if len(r.errorSample) > 0 {
+		t.Logf("ERROR lines, the first distinct ones:\n%s", strings.Join(r.errorSample, "\n"))
+	}
 	if f := os.Getenv("EVENTFN_FAULTS_REPORT"); f != "" {
 		if out, err := os.OpenFile(f, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644); err == nil {
-			fmt.Fprintf(out, "| %s | %d | %s | %d | %d | %d (%d stuck) | %d / %d | %d | %s |\n", r.scenario, r.accepted, refusedText(r.refused),
-				r.emailed, r.stuck, r.unknown, r.unknownStuck, r.doubleCharges, r.doubleEmails, r.deadLettered, r.drainText())
+			fmt.Fprintf(out, "| %s | %d | %s | %d | %d | %d (%d stuck) | %d / %d | %d | %s | %d |\n", r.scenario, r.accepted, refusedText(r.refused),
+				r.emailed, r.stuck, r.unknown, r.unknownStuck, r.doubleCharges, r.doubleEmails, r.deadLettered, r.drainText(), r.errorLines)
 			_ = out.Close()
 		}
 	}

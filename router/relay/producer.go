@@ -30,9 +30,18 @@ type ProducerConfig struct {
 // records (one key's, under the Java client's murmur2 partitioning) land in the
 // order given.
 type Producer struct {
-	client *kgo.Client
-	max    int
+	client  *kgo.Client
+	max     int
+	timeout time.Duration // DeliveryTimeout
 }
+
+// stallGrace is how long past its delivery timeout a batch may still be
+// unanswered before the producer gives it up (see Send).
+const stallGrace = 5 * time.Second
+
+// ErrStalled fails the records of a batch the client still held well past the
+// delivery timeout.
+var ErrStalled = errors.New("kafka produce stalled: no broker answered within the delivery timeout")
 
 // NewProducer connects lazily: it fails only on invalid configuration.
 func NewProducer(cfg ProducerConfig) (*Producer, error) {
@@ -58,7 +67,7 @@ func NewProducer(cfg ProducerConfig) (*Producer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kafka producer for %v: %w", cfg.Brokers, err)
 	}
-	return &Producer{client: client, max: cfg.MaxRecordBytes}, nil
+	return &Producer{client: client, max: cfg.MaxRecordBytes, timeout: cfg.DeliveryTimeout}, nil
 }
 
 // Client is the underlying franz-go client, for pings and admin requests.
@@ -73,12 +82,22 @@ func (p *Producer) Produce(ctx context.Context, recs []Record) []error { return 
 // per record. Records of one partition land in the order they were handed
 // over, across Send calls too, so a caller may Send the next batch before
 // waiting for this one.
+//
+// The wait ends by itself. franz-go fails a record at its delivery timeout only
+// while it can talk to some broker; with every broker gone it keeps the records
+// until one is back. So a batch still unanswered stallGrace after its timeout
+// is given up: every record the client buffers is aborted (the caller retries
+// them in order, with nothing stale left to land behind them), and its
+// records fail with ErrStalled.
+// The wait also ends with ctx, failing what is unanswered with ctx's error.
 func (p *Producer) Send(ctx context.Context, recs []Record) (wait func() []error) {
+	var mu sync.Mutex // guards errs and answered: promises run on the client's goroutines
 	errs := make([]error, len(recs))
+	answered := make([]bool, len(recs))
 	var wg sync.WaitGroup
 	for i, r := range recs {
 		if size := r.Size(); size > p.max {
-			errs[i] = fmt.Errorf("%w: %d bytes, the limit (kafka.max_message_bytes) is %d", ErrTooLarge, size, p.max)
+			errs[i], answered[i] = fmt.Errorf("%w: %d bytes, the limit (kafka.max_message_bytes) is %d", ErrTooLarge, size, p.max), true
 			continue
 		}
 		kr := &kgo.Record{Topic: r.Topic, Key: r.Key, Value: r.Payload, Headers: make([]kgo.RecordHeader, 0, len(r.Headers))}
@@ -87,13 +106,50 @@ func (p *Producer) Send(ctx context.Context, recs []Record) (wait func() []error
 		}
 		wg.Add(1)
 		p.client.Produce(ctx, kr, func(_ *kgo.Record, err error) {
-			errs[i] = err
+			mu.Lock()
+			errs[i], answered[i] = err, true
+			mu.Unlock()
 			wg.Done()
 		})
 	}
 	return func() []error {
-		wg.Wait()
-		return errs
+		done := make(chan struct{})
+		go func() {
+			wg.Wait()
+			close(done)
+		}()
+		stall := time.NewTimer(p.timeout + stallGrace)
+		defer stall.Stop()
+		var giveUp error
+		select {
+		case <-done:
+			return errs
+		case <-ctx.Done():
+			giveUp = context.Cause(ctx)
+		case <-stall.C:
+			giveUp = ErrStalled
+			// The safe AbortBufferedRecords waits for a produce attempt that
+			// never comes while no broker answers. Without transactions the
+			// unsafe one is safe: the client bumps its producer epoch for a
+			// record it had sent, so no sequence number is reused; a record
+			// that did land comes again with the retry, and the inbox absorbs
+			// it.
+			p.client.UnsafeAbortBufferedRecords()
+			select {
+			case <-done:
+			case <-time.After(stallGrace):
+			}
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		out := make([]error, len(errs))
+		for i := range errs {
+			out[i] = errs[i]
+			if !answered[i] {
+				out[i] = giveUp
+			}
+		}
+		return out
 	}
 }
 

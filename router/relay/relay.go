@@ -19,10 +19,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/eventfn/eventfn/internal/outage"
 )
 
 // Config configures a Relay.
@@ -88,16 +89,15 @@ type Relay struct {
 	logger  *slog.Logger
 	metrics *Metrics
 	nudges  chan struct{}
-	// down is when the current outage began (unix nanoseconds), 0 when healthy.
-	down atomic.Int64
-	// lastErr is the latest error of the current outage.
-	lastErr atomic.Pointer[error]
+	outage  *outage.Reporter
 }
 
 // New builds a relay; Run starts it.
 func New(cfg Config, source Source, sink Sink, lease Lease, m *Metrics, logger *slog.Logger) *Relay {
 	cfg.setDefaults()
-	return &Relay{cfg: cfg, source: source, sink: sink, lease: lease, metrics: m, logger: logger, nudges: make(chan struct{}, 1)}
+	return &Relay{cfg: cfg, source: source, sink: sink, lease: lease, metrics: m, logger: logger, nudges: make(chan struct{}, 1),
+		outage: outage.New("outbox relay cannot forward; retrying with backoff, events stay in the outbox",
+			"outbox relay forwarding again", cfg.OutageReportInterval, logger)}
 }
 
 // Nudge wakes an idle relay: rows were committed. It never blocks; nudges made
@@ -111,15 +111,7 @@ func (r *Relay) Nudge() {
 
 // Healthy reports nil, or why the relay cannot forward now and since when.
 func (r *Relay) Healthy() error {
-	since := r.down.Load()
-	if since == 0 {
-		return nil
-	}
-	var last error
-	if p := r.lastErr.Load(); p != nil {
-		last = *p
-	}
-	return fmt.Errorf("outbox relay failing since %s: %w", time.Unix(0, since).UTC().Format(time.RFC3339), last)
+	return r.outage.Err()
 }
 
 // batch is a batch of rows handed to the producer and not yet marked.
@@ -141,10 +133,9 @@ type batch struct {
 func (r *Relay) Run(ctx context.Context) error {
 	defer r.lease.Release()
 	backoff := r.cfg.MinBackoff
-	nextReport := time.Time{}
 	var inFlight *batch
 	fail := func(err error) {
-		r.failed(err, &nextReport)
+		r.failed(err)
 		sleep(ctx, backoff)
 		backoff = min(2*backoff, r.cfg.MaxBackoff)
 	}
@@ -156,13 +147,14 @@ func (r *Relay) Run(ctx context.Context) error {
 			continue
 		}
 		var after int64
-		if inFlight != nil {
-			after = inFlight.rows[len(inFlight.rows)-1].ID
+		prev := inFlight
+		if prev != nil {
+			after = prev.rows[len(prev.rows)-1].ID
 		}
 		next, err := r.send(ctx, after)
 		var doneErr error
-		if inFlight != nil {
-			doneErr = r.complete(ctx, inFlight)
+		if prev != nil {
+			doneErr = r.complete(ctx, prev)
 		}
 		inFlight = next
 		if ctx.Err() != nil {
@@ -182,8 +174,14 @@ func (r *Relay) Run(ctx context.Context) error {
 			}
 			continue
 		}
-		r.recovered()
-		backoff = r.cfg.MinBackoff
+		if prev != nil || next == nil {
+			// A batch was acked and marked, or nothing is left to forward:
+			// the relay works. A batch merely handed to the producer proves
+			// nothing; counting it as a recovery made a broker outage log
+			// its start again after every retry.
+			r.recovered()
+			backoff = r.cfg.MinBackoff
+		}
 		if inFlight == nil {
 			r.idle(ctx)
 		}
@@ -248,26 +246,16 @@ func (r *Relay) complete(ctx context.Context, b *batch) error {
 
 // failed records a failure; an outage is logged when it starts and then
 // summarised at most every OutageReportInterval, not once per attempt.
-func (r *Relay) failed(err error, nextReport *time.Time) {
+func (r *Relay) failed(err error) {
 	r.metrics.errors.Inc()
-	r.lastErr.Store(&err)
-	now := time.Now()
-	if r.down.CompareAndSwap(0, now.UnixNano()) {
+	if r.outage.Failed(err) {
 		r.metrics.healthy.Set(0)
-		r.logger.Error("outbox relay cannot forward; retrying with backoff, events stay in the outbox", "err", err)
-		*nextReport = now.Add(r.cfg.OutageReportInterval)
-		return
-	}
-	if now.After(*nextReport) {
-		r.logger.Warn("outbox relay still cannot forward", "since", time.Unix(0, r.down.Load()).UTC(), "err", err)
-		*nextReport = now.Add(r.cfg.OutageReportInterval)
 	}
 }
 
 func (r *Relay) recovered() {
-	if since := r.down.Swap(0); since != 0 {
+	if r.outage.Succeeded() {
 		r.metrics.healthy.Set(1)
-		r.logger.Info("outbox relay forwarding again", "after", time.Since(time.Unix(0, since)).Round(time.Millisecond))
 	}
 }
 

@@ -1,0 +1,63 @@
+package outage_test
+
+import (
+	"bytes"
+	"errors"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/eventfn/eventfn/internal/outage"
+)
+
+// TestAnOutageIsReportedNotShouted: a minute of failures, one every 100 ms,
+// gives one ERROR when it starts, one WARN summary per interval and one INFO
+// when it ends; then a new outage is reported afresh.
+func TestAnOutageIsReportedNotShouted(t *testing.T) {
+	var buf bytes.Buffer
+	now := time.Date(2026, 11, 25, 9, 0, 0, 0, time.UTC)
+	r := outage.New("relay cannot forward", "relay forwarding again", 30*time.Second, slog.New(slog.NewTextHandler(&buf, nil))).
+		WithClock(func() time.Time { return now })
+	if r.Err() != nil || r.Succeeded() {
+		t.Fatal("a fresh reporter is not healthy")
+	}
+	began := 0
+	for i := 0; i < 600; i++ {
+		if r.Failed(errors.New("broker unreachable")) {
+			began++
+		}
+		now = now.Add(100 * time.Millisecond)
+	}
+	if began != 1 {
+		t.Errorf("Failed reported %d outage starts, want 1", began)
+	}
+	if err := r.Err(); err == nil || !strings.Contains(err.Error(), "since 2026-11-25T09:00:00Z") || !strings.Contains(err.Error(), "broker unreachable") {
+		t.Errorf("Err() = %v, want since when and why", err)
+	}
+	if !r.Succeeded() || r.Succeeded() {
+		t.Error("Succeeded must report the end of the outage once")
+	}
+	if r.Err() != nil {
+		t.Errorf("Err() = %v after recovery", r.Err())
+	}
+	if !r.Failed(errors.New("again")) {
+		t.Error("a failure after recovery begins a new outage")
+	}
+
+	count := func(level string) int { return strings.Count(buf.String(), "level="+level) }
+	// 60 s of failures with a 30 s interval: the start, then summaries at 30 s
+	// and 60 s would be two, but the last failure is at 59.9 s: one summary.
+	if got := count("ERROR"); got != 2 {
+		t.Errorf("%d ERROR lines, want 2 (one per outage):\n%s", got, buf.String())
+	}
+	if got := count("WARN"); got != 1 {
+		t.Errorf("%d WARN lines, want 1 summary:\n%s", got, buf.String())
+	}
+	if got := count("INFO"); got != 1 || !strings.Contains(buf.String(), "failures=600") {
+		t.Errorf("%d INFO lines, want 1 recovery counting 600 failures:\n%s", got, buf.String())
+	}
+	if !strings.Contains(buf.String(), "failures=300") {
+		t.Errorf("the summary must count the failures since the last report:\n%s", buf.String())
+	}
+}

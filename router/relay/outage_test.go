@@ -1,0 +1,145 @@
+package relay_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/eventfn/eventfn/embedded"
+	"github.com/eventfn/eventfn/router/relay"
+)
+
+// TestABrokerOutageIsLoggedOnceAndItsEndOnce: while the broker is away the
+// relay retries many times, but logs the outage once (ERROR), not once per
+// retry, shows it in Healthy, and logs its end once (INFO) when the rows
+// behind it are forwarded. The relay used to count a batch merely handed to
+// the producer as a recovery, so every retry logged the outage afresh. It
+// stops and restarts the broker, so the broker is the embedded one; the
+// database is the one the environment names.
+func TestABrokerOutageIsLoggedOnceAndItsEndOnce(t *testing.T) {
+	e := open(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	_ = l.Close()
+	dataDir := t.TempDir()
+	broker, err := embedded.Start(addr, dataDir, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.brokers = []string{addr}
+	topic := e.topic(t, 1)
+
+	logs := &syncBuffer{}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("relay log:\n%s", logs.String())
+		}
+	})
+	p, err := relay.NewProducer(relay.ProducerConfig{Brokers: e.brokers, MaxRecordBytes: 1_000_000, DeliveryTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	m, err := relay.NewMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := relay.New(relay.Config{BatchSize: 10, PollInterval: 10 * time.Millisecond, MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond},
+		relay.NewTable(e.db), p, relay.NewLease(e.db), m, slog.New(slog.NewTextHandler(logs, nil)))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = r.Run(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		p.Close()
+	})
+	row := func(i int) relay.Record {
+		return relay.Record{Topic: topic, Key: []byte("k"), Headers: map[string]string{"ce_id": fmt.Sprint(i)}, Payload: []byte(fmt.Sprint(i))}
+	}
+	insert(t, e, []relay.Record{row(0)}, 1)
+	waitFor(t, "the first row forwarded", 30*time.Second, func() bool { return stats(t, e).Pending == 0 })
+
+	broker.Close()
+	var more []relay.Record
+	for i := 1; i <= 30; i++ {
+		more = append(more, row(i))
+	}
+	insert(t, e, more, 1)
+	waitFor(t, "three failed attempts", 90*time.Second, func() bool { return counter(t, reg, "eventfn_relay_errors_total") >= 3 })
+	if err := r.Healthy(); err == nil || !strings.Contains(err.Error(), "since") {
+		t.Errorf("Healthy() = %v during the outage, want since when and why", err)
+	}
+	if n := counter(t, reg, "eventfn_relay_healthy"); n != 0 {
+		t.Errorf("eventfn_relay_healthy = %v during the outage", n)
+	}
+
+	broker, err = embedded.Start(addr, dataDir, 1)
+	if err != nil {
+		t.Fatalf("restart the broker on %s: %v", addr, err)
+	}
+	t.Cleanup(broker.Close)
+	waitFor(t, "the rows behind the outage forwarded", 60*time.Second, func() bool { return stats(t, e).Pending == 0 })
+	waitFor(t, "the relay healthy again", 10*time.Second, func() bool { return r.Healthy() == nil })
+
+	out := logs.String()
+	if n := strings.Count(out, "level=ERROR"); n != 1 {
+		t.Errorf("%d ERROR lines over %v failed attempts, want 1:\n%s", n, counter(t, reg, "eventfn_relay_errors_total"), out)
+	}
+	if n := strings.Count(out, `msg="outbox relay forwarding again"`); n != 1 {
+		t.Errorf("%d recovery lines, want 1:\n%s", n, out)
+	}
+	if n := counter(t, reg, "eventfn_relay_healthy"); n != 1 {
+		t.Errorf("eventfn_relay_healthy = %v after the outage", n)
+	}
+}
+
+// counter reads one unlabelled counter or gauge from reg.
+func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name || len(mf.GetMetric()) == 0 {
+			continue
+		}
+		m := mf.GetMetric()[0]
+		if m.GetCounter() != nil {
+			return m.GetCounter().GetValue()
+		}
+		return m.GetGauge().GetValue()
+	}
+	return -1
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
