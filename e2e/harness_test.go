@@ -102,30 +102,13 @@ type app struct {
 	cancel  context.CancelFunc
 	done    chan error
 	cleanup func()
-	logs    *syncBuffer
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	logs    *testenv.LogBuffer
 }
 
 // startApp builds the app through Wire, runs it, and waits until /readyz says ready.
 func startApp(t *testing.T, cfg configs.Config) *app {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &testenv.LogBuffer{}
 	var w io.Writer = logs
 	if os.Getenv("EVENTFN_TEST_LOGS") == "1" {
 		w = io.MultiWriter(logs, os.Stderr)

@@ -8,13 +8,13 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/eventfn/eventfn/configs"
 	"github.com/eventfn/eventfn/ingress"
+	"github.com/eventfn/eventfn/internal/testenv"
 	"github.com/eventfn/eventfn/runtime"
 )
 
@@ -37,30 +37,13 @@ func (f *faultyTransactor) Transact(ctx context.Context, fn func(context.Context
 	return f.Transactor.Transact(ctx, fn)
 }
 
-type lockedLog struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // TestADatabaseOutageIsReportedNotShouted: while orders cannot be stored, 50
 // failed requests give one ERROR, not fifty, and the recovery is logged once;
 // clients that give up on a stalled database log no ERROR at all.
 func TestADatabaseOutageIsReportedNotShouted(t *testing.T) {
 	_, db, outbox := newServerWith(t, 1<<20, func(*configs.Config) {})
 	tx := &faultyTransactor{Transactor: outbox}
-	logs := &lockedLog{}
+	logs := &testenv.LogBuffer{}
 	srv := httptest.NewServer(ingress.NewServer(tx, db.Read, func(context.Context) error { return nil }, http.NotFoundHandler(), 1<<20,
 		slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))).Handler())
 	t.Cleanup(srv.Close)

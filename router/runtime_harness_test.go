@@ -33,26 +33,8 @@ type testRuntime struct {
 	outbox *router.Outbox
 	rt     *router.Runtime
 	reg    *prometheus.Registry
-	logs   *lockedBuffer
+	logs   *testenv.LogBuffer
 	stop   func()
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  []byte
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.b = append(l.b, p...)
-	return len(p), nil
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return string(l.b)
 }
 
 func startRuntime(t *testing.T, edit func(*configs.Config), handlers ...runtime.Handler) *testRuntime {
@@ -90,7 +72,7 @@ func startRuntime(t *testing.T, edit func(*configs.Config), handlers ...runtime.
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &lockedBuffer{}
+	logs := &testenv.LogBuffer{}
 	var w io.Writer = logs
 	logger := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	outbox := router.NewOutbox(db, cfg, watermill.NopLogger{})

@@ -6,13 +6,13 @@ import (
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/eventfn/eventfn/embedded"
+	"github.com/eventfn/eventfn/internal/testenv"
 	"github.com/eventfn/eventfn/router/relay"
 )
 
@@ -39,7 +39,7 @@ func TestABrokerOutageIsLoggedOnceAndItsEndOnce(t *testing.T) {
 	e.brokers = []string{addr}
 	topic := e.topic(t, 1)
 
-	logs := &syncBuffer{}
+	logs := &testenv.LogBuffer{}
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("relay log:\n%s", logs.String())
@@ -125,21 +125,4 @@ func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
 		return m.GetGauge().GetValue()
 	}
 	return -1
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
