@@ -6,11 +6,11 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
-	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/eventfn/eventfn/internal/outage"
 )
 
 // maxHeaderBytes bounds each header of a dead letter, the reason included: a
@@ -46,8 +46,9 @@ func boundText(s string, n int) string {
 type deadLetterPublisher struct {
 	pub message.Publisher
 	// health, when set, records a dead-letter topic that refuses writes, for
-	// /readyz: the event is then not acknowledged and is tried again.
-	health   *deadLetterHealth
+	// /readyz and the log: the event is then not acknowledged and is tried
+	// again.
+	health   *outage.Reporter
 	maxBytes int
 	written  prometheus.Counter
 }
@@ -67,10 +68,14 @@ func (d deadLetterPublisher) Publish(topic string, msgs ...*message.Message) err
 	}
 	if err := d.pub.Publish(topic, msgs...); err != nil {
 		err = fmt.Errorf("write the dead letter to %s (the event stays unacknowledged and is tried again): %w", topic, err)
-		d.health.failed(err)
+		if d.health != nil {
+			d.health.Failed(err)
+		}
 		return err
 	}
-	d.health.ok()
+	if d.health != nil {
+		d.health.Succeeded()
+	}
 	d.written.Add(float64(len(msgs)))
 	return nil
 }
@@ -111,42 +116,4 @@ func dropForeignHeaders(topic string, msg *message.Message, maxBytes int) {
 	if dropped > 0 {
 		msg.Metadata.Set(HeaderHeadersDropped, strconv.Itoa(dropped))
 	}
-}
-
-// deadLetterHealth remembers whether the last dead letter could be written.
-type deadLetterHealth struct {
-	mu    sync.Mutex
-	since time.Time
-	last  error
-}
-
-func (h *deadLetterHealth) failed(err error) {
-	if h == nil {
-		return
-	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.last == nil {
-		h.since = time.Now()
-	}
-	h.last = err
-}
-
-func (h *deadLetterHealth) ok() {
-	if h == nil {
-		return
-	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.last = nil
-}
-
-// Err is nil, or why dead letters cannot be written and since when.
-func (h *deadLetterHealth) Err() error {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.last == nil {
-		return nil
-	}
-	return fmt.Errorf("dead letters cannot be written since %s: %w", h.since.UTC().Format(time.RFC3339), h.last)
 }

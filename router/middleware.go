@@ -12,6 +12,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/eventfn/eventfn/internal/outage"
 	"github.com/eventfn/eventfn/runtime"
 )
 
@@ -60,7 +61,7 @@ func limitConcurrency(n int) message.HandlerMiddleware {
 // closing is set while the process shuts down: an attempt cut short by shutdown
 // is not a failure of the event, so it is neither retried nor dead-lettered; it
 // stays unacknowledged and Kafka delivers it again after the restart.
-func middlewares(p runtime.Policy, dlq message.Publisher, dlqTopic string, closing *atomic.Bool, deadLettered prometheus.Counter, maxRecordBytes int, dlqHealth *deadLetterHealth, infra *infraWatch, slogger *slog.Logger, logger watermill.LoggerAdapter) ([]message.HandlerMiddleware, error) {
+func middlewares(p runtime.Policy, dlq message.Publisher, dlqTopic string, closing *atomic.Bool, deadLettered prometheus.Counter, maxRecordBytes int, dlqHealth *outage.Reporter, infra *infraWatch, slogger *slog.Logger, logger watermill.LoggerAdapter) ([]message.HandlerMiddleware, error) {
 	dlq = deadLetterPublisher{pub: dlq, maxBytes: maxRecordBytes, written: deadLettered, health: dlqHealth}
 	poison, err := middleware.PoisonQueueWithFilter(dlq, dlqTopic, func(error) bool { return !closing.Load() })
 	if err != nil {

@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/eventfn/eventfn/configs"
+	"github.com/eventfn/eventfn/internal/outage"
 	"github.com/eventfn/eventfn/router/dispatch"
 	"github.com/eventfn/eventfn/router/relay"
 	"github.com/eventfn/eventfn/runtime"
@@ -139,8 +140,12 @@ type Runtime struct {
 	// infra counts events waiting for the database to come back.
 	infra infraWatch
 	// dlqHealth says whether dead letters can be written.
-	dlqHealth deadLetterHealth
+	dlqHealth *outage.Reporter
 }
+
+// outageReportInterval is how often a lasting failure (dead letters that
+// cannot be written) is summarised in the log.
+const outageReportInterval = 30 * time.Second
 
 // New builds the runtime; Run starts it. Its metrics are registered in reg.
 func New(cfg configs.Config, db *store.DB, outbox *Outbox, handlers []runtime.Handler, reg prometheus.Registerer, logger *slog.Logger) (*Runtime, error) {
@@ -165,7 +170,8 @@ func New(cfg configs.Config, db *store.DB, outbox *Outbox, handlers []runtime.Ha
 		return nil, err
 	}
 	r := &Runtime{cfg: cfg, db: db, outbox: outbox, infos: infos, logger: logger, wlogger: wlogger,
-		producer: producer, kafkaPub: kafkaPublisher{producer: producer}, metrics: m}
+		producer: producer, kafkaPub: kafkaPublisher{producer: producer}, metrics: m,
+		dlqHealth: outage.New("dead letters cannot be written", "dead letters written again", outageReportInterval, logger)}
 	if err := r.buildHandlers(handlers); err != nil {
 		producer.Close()
 		return nil, err
@@ -204,7 +210,7 @@ func (r *Runtime) buildHandlers(handlers []runtime.Handler) error {
 		inv := &invoker{handler: h, outbox: r.outbox, logger: r.logger, metrics: r.metrics}
 		rh := router.AddConsumerHandler(h.Name(), info.Topic, sub, inv.handle)
 		mws, err := middlewares(info.Policy, r.kafkaPub, r.cfg.Kafka.Topic(r.cfg.Kafka.DeadLetterTopic), &r.closing,
-			r.metrics.deadLettered.WithLabelValues(h.Name()), r.cfg.Kafka.MaxMessageBytes, &r.dlqHealth, &r.infra, r.logger.With("handler", h.Name()), r.wlogger)
+			r.metrics.deadLettered.WithLabelValues(h.Name()), r.cfg.Kafka.MaxMessageBytes, r.dlqHealth, &r.infra, r.logger.With("handler", h.Name()), r.wlogger)
 		if err != nil {
 			return err
 		}
