@@ -440,7 +440,9 @@ func (d Database) Driver() (string, error) {
 	}
 	u, err := url.Parse(d.URL)
 	if err != nil {
-		return "", fmt.Errorf("not a URL: %w", err)
+		// url.Parse quotes the URL, or the bad part of it, in its error:
+		// often the password. Say what to fix without echoing any of it.
+		return "", errors.New("not a valid URL; percent-encode special characters (%, #, @, /, ?, :) in the user name and password")
 	}
 	switch u.Scheme {
 	case "postgres", "postgresql":

@@ -153,3 +153,27 @@ func TestConfigurationThatWouldStartSilentlyWrongIsRefused(t *testing.T) {
 		t.Fatalf("refused %v: %v", ok, err)
 	}
 }
+
+// TestAnUnparsableDatabaseURLDoesNotEchoThePassword: url.Parse quotes the URL,
+// or its bad part, in its error; a password with a stray % or # was printed
+// whole or in part by the configuration error.
+func TestAnUnparsableDatabaseURLDoesNotEchoThePassword(t *testing.T) {
+	for _, u := range []string{
+		"postgres://app:pa%zzs3cr3t@db:5432/eventfn",
+		"postgres://app:s3cr3t#x@db:5432/eventfn",
+		"postgres://app:s3cr3t%@db/eventfn",
+	} {
+		t.Run(u, func(t *testing.T) {
+			_, err := configs.Load(configs.Options{Environ: []string{"EVENTFN_DATABASE_URL=" + u}})
+			if err == nil {
+				t.Fatal("an unparsable URL was accepted")
+			}
+			if strings.Contains(err.Error(), "s3cr3t") || strings.Contains(err.Error(), "%zz") {
+				t.Fatalf("the error shows the password: %v", err)
+			}
+			if !strings.Contains(err.Error(), "database.url") || !strings.Contains(err.Error(), "percent-encode") {
+				t.Errorf("err = %v, want it to name database.url and say what to fix", err)
+			}
+		})
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" driver
@@ -75,8 +76,8 @@ func Open(ctx context.Context, cfg Config) (*DB, error) {
 func connect(cfg Config) (*DB, error) {
 	switch cfg.Driver {
 	case SQLite:
-		if err := os.MkdirAll(filepath.Dir(cfg.SQLitePath), 0o755); err != nil {
-			return nil, fmt.Errorf("create directory for %s: %w", cfg.SQLitePath, err)
+		if err := createPrivateFile(cfg.SQLitePath); err != nil {
+			return nil, err
 		}
 		// SQLite allows one writer per file. All writes share one connection, so
 		// writers queue in database/sql's pool, which hands the connection to a
@@ -107,6 +108,24 @@ func connect(cfg Config) (*DB, error) {
 		return &DB{DB: db, Read: db, Driver: Postgres, Where: redact(cfg.URL)}, nil
 	}
 	return nil, fmt.Errorf("unknown database driver %q: accepted: sqlite, postgres", cfg.Driver)
+}
+
+// createPrivateFile creates the SQLite database file, and any directory it
+// needs, readable by the owner only: it holds customer data. SQLite gives its
+// -wal and -shm files the mode of the database file, so they follow. A file
+// that exists is left as it is: its mode is then its owner's choice.
+func createPrivateFile(path string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("create directory for %s: %w", path, err)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, fs.ErrExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("create %s: %w", path, err)
+	}
+	return f.Close()
 }
 
 func openSQLite(path, txlock string, conns int) (*sql.DB, error) {
@@ -161,11 +180,24 @@ func (db *DB) Ping(ctx context.Context) error {
 	return db.Read.PingContext(ctx)
 }
 
-// redact drops the password from a connection URL so it can be logged.
+// redact masks every secret of a connection URL so it can be logged or shown
+// in /readyz: the user-info password and any query parameter that carries one
+// (password, sslpassword), as PostgreSQL accepts either.
 func redact(raw string) string {
 	u, err := url.Parse(raw)
 	if err != nil {
 		return "(unparsable URL)"
+	}
+	q := u.Query()
+	masked := false
+	for k := range q {
+		if strings.Contains(strings.ToLower(k), "password") {
+			q.Set(k, "xxxxx")
+			masked = true
+		}
+	}
+	if masked {
+		u.RawQuery = q.Encode()
 	}
 	return u.Redacted()
 }

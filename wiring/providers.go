@@ -8,6 +8,7 @@ import (
 	"database/sql"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -44,12 +45,28 @@ func ProvideBroker(base BaseConfig, logger *slog.Logger) (*Broker, func(), error
 	if !cfg.Kafka.Embedded {
 		return &Broker{Addrs: cfg.Kafka.Brokers}, func() {}, nil
 	}
+	if err := privateDataDir(cfg.DataDir); err != nil {
+		return nil, nil, err
+	}
 	b, err := embedded.Start(cfg.Kafka.Brokers[0], filepath.Join(cfg.DataDir, "kafka"), cfg.Kafka.Partitions)
 	if err != nil {
 		return nil, nil, err
 	}
 	logger.Debug("embedded Kafka broker started", "addr", b.Addr())
 	return &Broker{Addrs: []string{b.Addr()}, Embedded: b}, b.Close, nil
+}
+
+// privateDataDir creates the data directory, or narrows one that exists, to
+// its owner: it holds the broker's log and the SQLite database, customer data
+// both, and the embedded broker writes its files 0644 whatever eventfn asks.
+func privateDataDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("data_dir: create %s: %w", dir, err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return fmt.Errorf("data_dir: make %s private to its owner: %w", dir, err)
+	}
+	return nil
 }
 
 // ProvideConfig is a Wire provider function that returns the configuration with
@@ -68,6 +85,11 @@ func ProvideDatabase(ctx context.Context, cfg configs.Config) (*store.DB, func()
 	driver, err := cfg.Database.Driver()
 	if err != nil {
 		return nil, nil, fmt.Errorf("database.url: %w", err)
+	}
+	if cfg.Database.URL == "" {
+		if err := privateDataDir(cfg.DataDir); err != nil {
+			return nil, nil, err
+		}
 	}
 	db, err := store.Open(ctx, store.Config{
 		Driver:       store.Driver(driver),
