@@ -25,6 +25,13 @@ KAFKA_VERSION=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$ROOT
 LIBS=$CACHE/kafka-$KAFKA_VERSION/libs
 KAFKA_STATE=$STATE/kafka
 KAFKA_TIMEOUT=${EVENTFN_KAFKA_TIMEOUT:-180}
+# Secured listeners of the one-node Kafka, and the test CA that signs them.
+TLS_DIR=$STATE/tls
+KAFKA_SASL_SSL_PORT=9192 # SASL_SSL, SCRAM-SHA-512
+KAFKA_MTLS_PORT=9193     # SSL with a required client certificate
+SCRAM_USER=eventfn
+SCRAM_PASSWORD=eventfn-scram-password
+PG_CERT_USER=eventfn_cert # PostgreSQL user that logs in by client certificate
 # Exists before anything below looks at it, so every command of this script
 # (up, then env, status, down) sees the same layout.
 mkdir -p "$LOGS"
@@ -55,6 +62,34 @@ install_packages() {
   return 0
 }
 
+# --- TLS material ---------------------------------------------------------------
+
+# tls_material: a throwaway CA, and certificates it signs for the servers
+# (127.0.0.1 and localhost) and for a client (CN $PG_CERT_USER, which
+# PostgreSQL's cert authentication takes as the user name). Kafka reads them
+# as PEM key stores, so openssl is all it takes.
+tls_material() {
+  [ -f "$TLS_DIR/.complete" ] && return 0
+  command -v openssl >/dev/null || die "openssl is missing (apt-get install openssl)"
+  rm -rf "$TLS_DIR" && mkdir -p "$TLS_DIR"
+  local d=$TLS_DIR
+  {
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=eventfn test CA" \
+      -keyout "$d/ca-key.pem" -out "$d/ca.pem"
+    local name cn ext
+    for name in server client; do
+      cn=127.0.0.1; ext="subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth"
+      [ $name = client ] && { cn=$PG_CERT_USER; ext="extendedKeyUsage=clientAuth"; }
+      openssl req -newkey rsa:2048 -nodes -subj "/CN=$cn" -keyout "$d/$name-key.pem" -out "$d/$name.csr"
+      openssl x509 -req -days 3650 -in "$d/$name.csr" -CA "$d/ca.pem" -CAkey "$d/ca-key.pem" -CAcreateserial \
+        -extfile <(printf "$ext\n") -out "$d/$name.pem"
+    done
+  } >>"$LOGS/tls.log" 2>&1 || die "making the test certificates failed (see $LOGS/tls.log)"
+  cat "$d/server-key.pem" "$d/server.pem" >"$d/server-keystore.pem"
+  chmod 600 "$d"/*-key.pem "$d/server-keystore.pem"
+  touch "$d/.complete"
+}
+
 # --- PostgreSQL -------------------------------------------------------------
 
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
@@ -69,6 +104,28 @@ fi
 PGDATA=$PGBASE/data
 PGRUN=$PGBASE/run
 PGLOG=$PGBASE/postgres.log
+
+# pg_opts: the server settings, test-grade: durability off (the data is
+# throwaway), room for parallel tests, TLS with the test CA (client
+# certificates are verified against it).
+pg_opts() {
+  echo "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $PGRUN -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" \
+    "-c ssl=on -c ssl_cert_file=$PGBASE/tls/server.pem -c ssl_key_file=$PGBASE/tls/server-key.pem -c ssl_ca_file=$PGBASE/tls/ca.pem"
+}
+
+# pg_tls: PostgreSQL's copy of the certificates (it refuses a key others can
+# read, and may not reach $STATE), and a pg_hba.conf whose first line makes
+# $PG_CERT_USER log in by client certificate over TLS only.
+pg_tls() {
+  mkdir -p "$PGBASE/tls"
+  cp "$TLS_DIR/server.pem" "$TLS_DIR/server-key.pem" "$TLS_DIR/ca.pem" "$PGBASE/tls/"
+  chmod 600 "$PGBASE/tls/server-key.pem"
+  if [ "$(id -u)" = 0 ]; then chown -R postgres "$PGBASE/tls"; fi
+  local hba=$PGDATA/pg_hba.conf rule="hostssl all $PG_CERT_USER 127.0.0.1/32 cert"
+  if ! grep -qF "$rule" "$hba"; then
+    as_pg sh -c "{ echo '$rule'; echo 'host all $PG_CERT_USER 127.0.0.1/32 reject'; cat '$hba'; } >'$hba.new' && mv '$hba.new' '$hba'"
+  fi
+}
 
 pg_running() { [ -f "$PGDATA/postmaster.pid" ] && as_pg "$(pg_bin)/pg_ctl" -D "$PGDATA" status >/dev/null 2>&1; }
 
@@ -86,12 +143,14 @@ pg_up() {
     say "creating a PostgreSQL cluster in $PGDATA"
     as_pg "$bin/initdb" -D "$PGDATA" -U postgres --auth=trust -E UTF8 >>"$PGLOG" 2>&1 || die "initdb failed"
   fi
-  # Test settings: durability off (the data is throwaway), room for parallel tests.
-  as_pg "$bin/pg_ctl" -D "$PGDATA" -l "$PGLOG" -w -t 60 \
-    -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $PGRUN -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" \
+  pg_tls
+  as_pg "$bin/pg_ctl" -D "$PGDATA" -l "$PGLOG" -w -t 60 -o "$(pg_opts)" \
     start >/dev/null || die "PostgreSQL did not start (see $LOGS/postgres.log)"
   if ! "$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -Atc "SELECT 1 FROM pg_database WHERE datname = '$PG_DB'" | grep -q 1; then
     "$bin/createdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres "$PG_DB" || die "createdb $PG_DB failed"
+  fi
+  if ! "$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -Atc "SELECT 1 FROM pg_roles WHERE rolname = '$PG_CERT_USER'" | grep -q 1; then
+    "$bin/psql" -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -c "CREATE ROLE $PG_CERT_USER LOGIN SUPERUSER" || die "creating role $PG_CERT_USER failed"
   fi
   say "PostgreSQL on 127.0.0.1:$PG_PORT, database $PG_DB"
 }
@@ -121,15 +180,21 @@ node_props() {
   local n=$1 nodes=$2 voters="" i rf=1 isr=1
   for i in $(seq 1 "$nodes"); do voters+="${voters:+,}$i@127.0.0.1:$((19092 + i))"; done
   if [ "$nodes" -gt 1 ]; then rf=3; isr=2; fi
+  # A one-node Kafka also has the secured listeners of the TLS tests.
+  local listeners="PLAINTEXT://127.0.0.1:$((9091 + n))" map="CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+  if [ "$nodes" = 1 ]; then
+    listeners+=",SASL_SSL://127.0.0.1:$KAFKA_SASL_SSL_PORT,SSL://127.0.0.1:$KAFKA_MTLS_PORT"
+    map+=",SASL_SSL:SASL_SSL,SSL:SSL"
+  fi
   cat <<PROPS
 process.roles=broker,controller
 node.id=$n
 controller.quorum.voters=$voters
-listeners=PLAINTEXT://127.0.0.1:$((9091 + n)),CONTROLLER://127.0.0.1:$((19092 + n))
-advertised.listeners=PLAINTEXT://127.0.0.1:$((9091 + n))
+listeners=$listeners,CONTROLLER://127.0.0.1:$((19092 + n))
+advertised.listeners=$listeners
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=$map
 log.dirs=$KAFKA_STATE/node$n/data
 num.partitions=4
 default.replication.factor=$rf
@@ -143,6 +208,16 @@ share.coordinator.state.topic.min.isr=$isr
 group.initial.rebalance.delay.ms=0
 log.cleaner.dedupe.buffer.size=16777216
 auto.create.topics.enable=true
+PROPS
+  [ "$nodes" = 1 ] || return 0
+  cat <<PROPS
+ssl.keystore.type=PEM
+ssl.keystore.location=$TLS_DIR/server-keystore.pem
+ssl.truststore.type=PEM
+ssl.truststore.location=$TLS_DIR/ca.pem
+listener.name.ssl.ssl.client.auth=required
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 PROPS
 }
 
@@ -201,7 +276,7 @@ kafka_node_fault() {
 pg_fault() {
   local bin; bin=$(pg_bin)
   case "$1" in
-    restart) as_pg "$bin/pg_ctl" -D "$PGDATA" -m fast -w -t 60 restart -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $PGRUN -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" >/dev/null ;;
+    restart) as_pg "$bin/pg_ctl" -D "$PGDATA" -m fast -w -t 60 restart -o "$(pg_opts)" >/dev/null ;;
     crash) as_pg "$bin/pg_ctl" -D "$PGDATA" -m immediate -w stop >/dev/null ;;
     stop) as_pg "$bin/pg_ctl" -D "$PGDATA" -m fast -w stop >/dev/null ;;
     start) pg_up ;;
@@ -242,11 +317,25 @@ kafka_up() {
   while [ $SECONDS -lt $deadline ]; do
     [ "$(kafka_nodes_running)" = "$nodes" ] || { tail -n 40 "$LOGS"/kafka-*.log >&2; die "a Kafka node exited while starting"; }
     seen=$(kcat -b "$(kafka_brokers)" -L -m 3 2>/dev/null | sed -n 's/^ *\([0-9]*\) brokers:.*/\1/p' | head -n 1 || true)
-    [ "${seen:-0}" = "$nodes" ] && { say "Kafka $KAFKA_VERSION on $(kafka_brokers) ($nodes node(s))"; return 0; }
+    if [ "${seen:-0}" = "$nodes" ]; then
+      say "Kafka $KAFKA_VERSION on $(kafka_brokers) ($nodes node(s))"
+      [ "$nodes" = 1 ] && kafka_scram_user
+      return 0
+    fi
     sleep 0.5
   done
   tail -n 40 "$LOGS"/kafka-*.log >&2
   die "Kafka did not become ready within ${KAFKA_TIMEOUT}s"
+}
+
+# kafka_scram_user: the SCRAM user of the SASL_SSL listener, made with
+# Kafka's own tool over the PLAINTEXT listener (it is idempotent).
+kafka_scram_user() {
+  kafka_java kafka.admin.ConfigCommand --bootstrap-server "$(kafka_brokers)" --alter \
+    --entity-type users --entity-name "$SCRAM_USER" \
+    --add-config "SCRAM-SHA-512=[iterations=4096,password=$SCRAM_PASSWORD]" >>"$LOGS/kafka-1.log" 2>&1 ||
+    die "creating the SCRAM user $SCRAM_USER failed (see $LOGS/kafka-1.log)"
+  say "Kafka SASL_SSL (SCRAM-SHA-512, user $SCRAM_USER) on 127.0.0.1:$KAFKA_SASL_SSL_PORT, SSL with client certificates on 127.0.0.1:$KAFKA_MTLS_PORT"
 }
 
 kafka_down() {
@@ -275,6 +364,7 @@ case "$cmd" in
     nodes=1
     [ "${2:-}" = "--cluster" ] && nodes=3
     install_packages
+    tls_material
     pg_up
     kafka_up "$nodes"
     ;;
@@ -295,7 +385,18 @@ case "$cmd" in
     ;;
   env)
     if [ "$(kafka_nodes_running)" -gt 0 ]; then echo "export EVENTFN_TEST_KAFKA_BROKERS=$(kafka_brokers)"; fi
-    if pg_running; then echo "export EVENTFN_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:$PG_PORT/$PG_DB?sslmode=disable"; fi
+    if [ "$(kafka_nodes_running)" -gt 0 ] && [ "$(cat "$KAFKA_STATE/nodes")" = 1 ]; then
+      echo "export EVENTFN_TEST_KAFKA_SASL_SSL_BROKERS=127.0.0.1:$KAFKA_SASL_SSL_PORT"
+      echo "export EVENTFN_TEST_KAFKA_MTLS_BROKERS=127.0.0.1:$KAFKA_MTLS_PORT"
+      echo "export EVENTFN_TEST_KAFKA_SCRAM_USER=$SCRAM_USER"
+      echo "export EVENTFN_TEST_KAFKA_SCRAM_PASSWORD=$SCRAM_PASSWORD"
+    fi
+    if pg_running; then
+      echo "export EVENTFN_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:$PG_PORT/$PG_DB?sslmode=disable"
+      echo "export EVENTFN_TEST_DATABASE_TLS_URL='postgres://postgres@127.0.0.1:$PG_PORT/$PG_DB?sslmode=verify-full&sslrootcert=$TLS_DIR/ca.pem'"
+      echo "export EVENTFN_TEST_DATABASE_CERT_URL='postgres://$PG_CERT_USER@127.0.0.1:$PG_PORT/$PG_DB?sslmode=verify-full&sslrootcert=$TLS_DIR/ca.pem&sslcert=$TLS_DIR/client.pem&sslkey=$TLS_DIR/client-key.pem'"
+    fi
+    [ -f "$TLS_DIR/.complete" ] && echo "export EVENTFN_TEST_TLS_DIR=$TLS_DIR"
     ;;
   *)
     sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'

@@ -88,7 +88,72 @@ type Kafka struct {
 	// headers). An event larger than this is refused when it is emitted; keep it
 	// at or below the topics' max.message.bytes (broker default 1048588).
 	MaxMessageBytes int `koanf:"max_message_bytes"`
+	// SASL authenticates every Kafka client eventfn makes.
+	SASL KafkaSASL `koanf:"sasl"`
+	// TLS encrypts every Kafka connection eventfn makes.
+	TLS KafkaTLS `koanf:"tls"`
 }
+
+// KafkaSASL configures SASL authentication to the brokers.
+type KafkaSASL struct {
+	// Mechanism is PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512; empty means none.
+	Mechanism string `koanf:"mechanism"`
+	// Username is the SASL user.
+	Username string `koanf:"username"`
+	// Password is the SASL password; prefer PasswordFile.
+	Password Secret `koanf:"password"`
+	// PasswordFile is a file holding the password (a mounted secret); one
+	// trailing newline is ignored.
+	PasswordFile string `koanf:"password_file"`
+}
+
+// KafkaTLS configures TLS to the brokers.
+type KafkaTLS struct {
+	// Enabled turns TLS on; the other keys need it.
+	Enabled bool `koanf:"enabled"`
+	// CAFile is a PEM file of the CAs that sign the brokers' certificates;
+	// empty means the system's roots.
+	CAFile string `koanf:"ca_file"`
+	// CertFile and KeyFile are this client's PEM certificate and key, for
+	// brokers that require a client certificate (mutual TLS).
+	CertFile string `koanf:"cert_file"`
+	KeyFile  string `koanf:"key_file"`
+	// ServerName is the name the brokers' certificates must carry; empty
+	// means each broker's host.
+	ServerName string `koanf:"server_name"`
+	// InsecureSkipVerify accepts any broker certificate; only the local
+	// profile allows it.
+	InsecureSkipVerify bool `koanf:"insecure_skip_verify"`
+}
+
+// Secret is a value that must never be shown: it prints, logs and encodes
+// as a mask. Reveal returns it for the one place that needs it.
+type Secret string
+
+const secretMask = "xxxxx"
+
+// Reveal is the secret itself.
+func (s Secret) Reveal() string { return string(s) }
+
+// String masks the secret.
+func (s Secret) String() string {
+	if s == "" {
+		return ""
+	}
+	return secretMask
+}
+
+// GoString masks the secret in %#v.
+func (s Secret) GoString() string { return s.String() }
+
+// LogValue masks the secret in slog.
+func (s Secret) LogValue() slog.Value { return slog.StringValue(s.String()) }
+
+// MarshalText masks the secret in JSON and YAML.
+func (s Secret) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// SASLMechanisms are the accepted kafka.sasl.mechanism values.
+var SASLMechanisms = []string{"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"}
 
 // Database configures the SQL database.
 type Database struct {
@@ -142,28 +207,38 @@ type Payments struct {
 // keys that environment variables may override.
 func defaults() map[string]any {
 	return map[string]any{
-		"profile":                  "local",
-		"data_dir":                 ".eventfn",
-		"http.addr":                "127.0.0.1:8080",
-		"http.max_body_bytes":      int64(1 << 20),
-		"kafka.embedded":           true,
-		"kafka.brokers":            []string{"127.0.0.1:9092"},
-		"kafka.version":            "3.6.0",
-		"kafka.client_id":          "eventfn",
-		"kafka.topic_prefix":       "",
-		"kafka.partitions":         4,
-		"kafka.replication_factor": 1,
-		"kafka.dead_letter_topic":  "eventfn.dead-letter",
-		"kafka.max_message_bytes":  1000000,
-		"database.url":             "",
-		"database.max_open_conns":  16,
-		"relay.poll_interval":      "10ms",
-		"relay.batch_size":         500,
-		"shutdown.timeout":         "30s",
-		"log.level":                "info",
-		"log.format":               "text",
-		"payments.fail_attempts":   0,
-		"payments.delay":           "0s",
+		"profile":                        "local",
+		"data_dir":                       ".eventfn",
+		"http.addr":                      "127.0.0.1:8080",
+		"http.max_body_bytes":            int64(1 << 20),
+		"kafka.embedded":                 true,
+		"kafka.brokers":                  []string{"127.0.0.1:9092"},
+		"kafka.version":                  "3.6.0",
+		"kafka.client_id":                "eventfn",
+		"kafka.topic_prefix":             "",
+		"kafka.partitions":               4,
+		"kafka.replication_factor":       1,
+		"kafka.dead_letter_topic":        "eventfn.dead-letter",
+		"kafka.max_message_bytes":        1000000,
+		"kafka.sasl.mechanism":           "",
+		"kafka.sasl.username":            "",
+		"kafka.sasl.password":            "",
+		"kafka.sasl.password_file":       "",
+		"kafka.tls.enabled":              false,
+		"kafka.tls.ca_file":              "",
+		"kafka.tls.cert_file":            "",
+		"kafka.tls.key_file":             "",
+		"kafka.tls.server_name":          "",
+		"kafka.tls.insecure_skip_verify": false,
+		"database.url":                   "",
+		"database.max_open_conns":        16,
+		"relay.poll_interval":            "10ms",
+		"relay.batch_size":               500,
+		"shutdown.timeout":               "30s",
+		"log.level":                      "info",
+		"log.format":                     "text",
+		"payments.fail_attempts":         0,
+		"payments.delay":                 "0s",
 	}
 }
 
@@ -255,6 +330,9 @@ func Load(opts Options) (Config, error) {
 	})
 	if err != nil {
 		return Config{}, fmt.Errorf("configuration: %w", err)
+	}
+	if err := cfg.Kafka.SASL.readPasswordFile(); err != nil {
+		return Config{}, err
 	}
 	if err := cfg.Validate(); err != nil {
 		return Config{}, err
@@ -382,6 +460,7 @@ func (c Config) Validate() error {
 	if c.Kafka.MaxMessageBytes < 4096 {
 		bad("kafka.max_message_bytes", "%d: must be at least 4096", c.Kafka.MaxMessageBytes)
 	}
+	c.Kafka.validateSecurity(c.Profile, bad)
 	if _, err := c.Database.Driver(); err != nil {
 		bad("database.url", "%v", err)
 	}

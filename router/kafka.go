@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"time"
 
 	"github.com/IBM/sarama"
@@ -42,6 +43,9 @@ func SaramaConfig(k configs.Kafka) (*sarama.Config, error) {
 	c.Consumer.Group.Rebalance.GroupStrategies = []sarama.BalanceStrategy{sarama.NewBalanceStrategySticky()}
 	c.Consumer.Fetch.Default = 1 << 20
 	c.Consumer.MaxWaitTime = 100 * time.Millisecond
+	if err := secureSarama(c, k); err != nil {
+		return nil, err
+	}
 	return c, nil
 }
 
@@ -51,7 +55,7 @@ func EnsureTopics(ctx context.Context, k configs.Kafka, topics []string) error {
 	if err != nil {
 		return err
 	}
-	admin, err := connectAdmin(ctx, k.Brokers, sc)
+	admin, err := connectAdmin(ctx, k, sc)
 	if err != nil {
 		return err
 	}
@@ -75,14 +79,43 @@ func EnsureTopics(ctx context.Context, k configs.Kafka, topics []string) error {
 	return nil
 }
 
+// closedAtOnceLimit is how many connection attempts in a row, 200 ms apart,
+// the brokers may close before start-up gives up on the security settings.
+const closedAtOnceLimit = 15
+
 // connectAdmin retries until the cluster answers or ctx ends: a broker that is
-// still starting is normal at boot.
-func connectAdmin(ctx context.Context, brokers []string, sc *sarama.Config) (sarama.ClusterAdmin, error) {
+// still starting is normal at boot. Settings the broker refuses (a wrong
+// password, an untrusted certificate) end it at once, naming the key to fix.
+func connectAdmin(ctx context.Context, k configs.Kafka, sc *sarama.Config) (sarama.ClusterAdmin, error) {
+	brokers := k.Brokers
 	var last error
+	closedAtOnce := 0
 	for {
+		if err := probeTLS(ctx, k); err != nil {
+			return nil, fmt.Errorf("reach Kafka at %v: %w", brokers, err)
+		}
 		admin, err := sarama.NewClusterAdmin(brokers, sc)
 		if err == nil {
 			return admin, nil
+		}
+		if e := explainKafkaError(err, k); errors.Is(e, errKafkaSetup) {
+			return nil, fmt.Errorf("reach Kafka at %v: %w", brokers, e)
+		}
+		// A broker that is starting refuses connections; one that closes
+		// every connection at once, for seconds, is speaking another security
+		// protocol than the client (TLS to a PLAINTEXT port, or the reverse).
+		if errors.Is(err, io.EOF) {
+			closedAtOnce++
+		} else {
+			closedAtOnce = 0
+		}
+		if closedAtOnce >= closedAtOnceLimit {
+			hint := ""
+			if k.SASL.Mechanism != "" {
+				hint = ", and kafka.sasl.username and kafka.sasl.password (some brokers close the connection on refused credentials)"
+			}
+			return nil, fmt.Errorf("reach Kafka at %v: %w: the brokers close every connection at once: check that kafka.tls.enabled (%t) and kafka.sasl.mechanism (%q) match the listener's security protocol (PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL)%s: %w",
+				brokers, errKafkaSetup, k.TLS.Enabled, k.SASL.Mechanism, hint, err)
 		}
 		last = err
 		select {
@@ -115,7 +148,7 @@ func PingKafka(ctx context.Context, k configs.Kafka) error {
 	select {
 	case err := <-done:
 		if err != nil {
-			return fmt.Errorf("kafka %v: %w", k.Brokers, err)
+			return fmt.Errorf("kafka %v: %w", k.Brokers, explainKafkaError(err, k))
 		}
 		return nil
 	case <-ctx.Done():

@@ -17,6 +17,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/eventfn/eventfn/configs"
 	"github.com/eventfn/eventfn/internal/outage"
@@ -124,6 +125,7 @@ func effectivePolicy(h runtime.Handler, o configs.HandlerPolicy) (runtime.Policy
 // Runtime runs the handlers and the relay of one process.
 type Runtime struct {
 	cfg      configs.Config
+	kopts    []kgo.Opt // TLS and SASL of every franz-go client
 	db       *store.DB
 	outbox   *Outbox
 	infos    []HandlerInfo
@@ -161,15 +163,20 @@ func New(cfg configs.Config, db *store.DB, outbox *Outbox, handlers []runtime.Ha
 	wlogger := watermill.NewSlogLoggerWithLevelMapping(logger.With("component", "watermill"), map[slog.Level]slog.Level{
 		slog.LevelInfo: slog.LevelDebug,
 	})
+	kopts, err := KafkaClientOpts(cfg.Kafka)
+	if err != nil {
+		return nil, err
+	}
 	producer, err := relay.NewProducer(relay.ProducerConfig{
 		Brokers:        cfg.Kafka.Brokers,
 		ClientID:       cfg.Kafka.ClientID,
 		MaxRecordBytes: cfg.Kafka.MaxMessageBytes,
+		Opts:           kopts,
 	})
 	if err != nil {
 		return nil, err
 	}
-	r := &Runtime{cfg: cfg, db: db, outbox: outbox, infos: infos, logger: logger, wlogger: wlogger,
+	r := &Runtime{cfg: cfg, kopts: kopts, db: db, outbox: outbox, infos: infos, logger: logger, wlogger: wlogger,
 		producer: producer, kafkaPub: kafkaPublisher{producer: producer}, metrics: m,
 		dlqHealth: outage.New("dead letters cannot be written", "dead letters written again", outageReportInterval, logger)}
 	if err := r.buildHandlers(handlers); err != nil {
@@ -203,6 +210,7 @@ func (r *Runtime) buildHandlers(handlers []runtime.Handler) error {
 			NackResendSleep: 100 * time.Millisecond,
 			DrainTimeout:    r.cfg.Shutdown.Timeout,
 			Logger:          r.logger.With("component", "consumer", "handler", h.Name()),
+			Opts:            r.kopts,
 		})
 		if err != nil {
 			return fmt.Errorf("kafka subscriber for handler %s: %w", h.Name(), err)

@@ -23,6 +23,8 @@ type ProducerConfig struct {
 	// DeliveryTimeout bounds how long one record is retried inside the client
 	// before the relay sees the failure and backs off.
 	DeliveryTimeout time.Duration
+	// Opts are extra franz-go options: TLS and SASL.
+	Opts []kgo.Opt
 }
 
 // Producer produces batches of records to Kafka: all records of a batch are in
@@ -51,19 +53,19 @@ func NewProducer(cfg ProducerConfig) (*Producer, error) {
 	if cfg.DeliveryTimeout <= 0 {
 		cfg.DeliveryTimeout = 10 * time.Second
 	}
-	client, err := kgo.NewClient(
+	client, err := kgo.NewClient(append([]kgo.Opt{
 		kgo.SeedBrokers(cfg.Brokers...),
 		kgo.ClientID(cfg.ClientID),
 		kgo.RequiredAcks(kgo.AllISRAcks()),
 		// A batch is sent as soon as the relay hands it over: the relay batches
 		// already, and lingering would only add latency.
 		kgo.ProducerLinger(0),
-		kgo.ProducerBatchMaxBytes(int32(cfg.MaxRecordBytes+recordOverhead)),
+		kgo.ProducerBatchMaxBytes(int32(cfg.MaxRecordBytes + recordOverhead)),
 		kgo.RecordDeliveryTimeout(cfg.DeliveryTimeout),
 		kgo.ProducerBatchCompression(kgo.NoCompression()),
 		// The default partitioner hashes keys with murmur2 exactly as the Java
 		// client does, so other producers' events of one key share a partition.
-	)
+	}, cfg.Opts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("kafka producer for %v: %w", cfg.Brokers, err)
 	}

@@ -1,0 +1,176 @@
+package e2e
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kfake"
+
+	"github.com/eventfn/eventfn/configs"
+	"github.com/eventfn/eventfn/internal/testenv"
+	"github.com/eventfn/eventfn/wiring"
+)
+
+// A secured listener is SASL_SSL with SCRAM-SHA-512, or SSL with a required
+// client certificate (mutual TLS).
+const (
+	saslSSL = "SASL_SSL SCRAM-SHA-512"
+	mTLS    = "SSL with client certificate"
+)
+
+// securedKafka is a Kafka listener that needs TLS and, for saslSSL,
+// credentials: the real broker's secured listeners (ci/services.sh) when the
+// tests run on real Kafka, else an embedded broker secured the same way.
+type securedKafka struct {
+	kind     string
+	brokers  []string
+	tls      testenv.TLSFiles // CA, and the client certificate for mTLS
+	user     string
+	password string
+}
+
+func newSecuredKafka(t *testing.T, kind string) securedKafka {
+	t.Helper()
+	s := securedKafka{kind: kind}
+	if len(testenv.KafkaBrokers()) > 0 {
+		addrVar := map[string]string{saslSSL: "EVENTFN_TEST_KAFKA_SASL_SSL_BROKERS", mTLS: "EVENTFN_TEST_KAFKA_MTLS_BROKERS"}[kind]
+		dir := os.Getenv("EVENTFN_TEST_TLS_DIR")
+		addr := os.Getenv(addrVar)
+		if dir == "" || addr == "" {
+			t.Fatalf("tests on real Kafka need its secured listeners: %s and EVENTFN_TEST_TLS_DIR are unset (eval \"$(ci/services.sh env)\" after ci/services.sh up)", addrVar)
+		}
+		s.brokers = strings.Split(addr, ",")
+		s.tls = testenv.TLSFiles{CA: filepath.Join(dir, "ca.pem"), ClientCert: filepath.Join(dir, "client.pem"), ClientKey: filepath.Join(dir, "client-key.pem")}
+		s.user, s.password = os.Getenv("EVENTFN_TEST_KAFKA_SCRAM_USER"), os.Getenv("EVENTFN_TEST_KAFKA_SCRAM_PASSWORD")
+		return s
+	}
+	s.tls = testenv.NewTLSFiles(t)
+	s.user, s.password = "eventfn", "embedded-scram-password"
+	opts := []kfake.Opt{
+		kfake.NumBrokers(1),
+		kfake.DefaultNumPartitions(4),
+		kfake.AllowAutoTopicCreation(),
+		kfake.TLS(s.tls.ServerConfig(t, kind == mTLS)),
+		kfake.ListenFn(func(network, _ string) (net.Listener, error) { return net.Listen(network, "127.0.0.1:0") }),
+	}
+	if kind == saslSSL {
+		opts = append(opts, kfake.EnableSASL(), kfake.Superuser("SCRAM-SHA-512", s.user, s.password))
+	}
+	c, err := kfake.NewCluster(opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	s.brokers = c.ListenAddrs()
+	return s
+}
+
+// apply points cfg at the listener with the settings a user would write.
+func (s securedKafka) apply(c *configs.Config) {
+	c.Kafka.Brokers = s.brokers
+	c.Kafka.TLS = configs.KafkaTLS{Enabled: true, CAFile: s.tls.CA}
+	switch s.kind {
+	case saslSSL:
+		c.Kafka.SASL = configs.KafkaSASL{Mechanism: "SCRAM-SHA-512", Username: s.user, Password: configs.Secret(s.password)}
+	case mTLS:
+		c.Kafka.TLS.CertFile, c.Kafka.TLS.KeyFile = s.tls.ClientCert, s.tls.ClientKey
+	}
+}
+
+// TestTheReferenceFlowOverSecuredKafka runs an order through every handler,
+// the relay, the dead-letter producer's health and topic creation, all over
+// each secured listener.
+func TestTheReferenceFlowOverSecuredKafka(t *testing.T) {
+	t.Parallel()
+	for _, kind := range []string{saslSSL, mTLS} {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			s := newSecuredKafka(t, kind)
+			cfg := newEngines(t).config(t, s.apply)
+			a := startApp(t, cfg)
+			id := a.placeOrder(t, "secured@example.com")
+			a.waitEmailed(t, []string{id}, 90*time.Second)
+			if got := a.orderStatus(t, id); got != "emailed" {
+				t.Fatalf("order %s is %s, want emailed", id, got)
+			}
+		})
+	}
+}
+
+// TestRefusedKafkaSettingsEndStartUpAtOnce: a wrong password, a CA that did
+// not sign the broker's certificate, a missing client certificate, and a
+// security protocol that does not match the listener each end start-up within
+// seconds, with an error that names the key to fix and what the broker said,
+// and that never shows the password.
+func TestRefusedKafkaSettingsEndStartUpAtOnce(t *testing.T) {
+	t.Parallel()
+	const wrongPassword = "wr0ng-pa55-marker"
+	other := testenv.NewTLSFiles(t) // a CA that signed nothing the brokers have
+	cases := []struct {
+		name     string
+		listener string // "" is the plaintext listener of the test engines
+		edit     func(*configs.Config)
+		want     []string
+	}{
+		{"wrong password", saslSSL, func(c *configs.Config) { c.Kafka.SASL.Password = wrongPassword },
+			[]string{"kafka.sasl.password"}},
+		{"untrusted CA", saslSSL, func(c *configs.Config) { c.Kafka.TLS.CAFile = other.CA },
+			[]string{"kafka.tls.ca_file", "unknown authority"}},
+		{"no client certificate", mTLS, func(c *configs.Config) { c.Kafka.TLS.CertFile, c.Kafka.TLS.KeyFile = "", "" },
+			[]string{"kafka.tls.cert_file", "certificate"}},
+		{"a client certificate of another CA", mTLS, func(c *configs.Config) { c.Kafka.TLS.CertFile, c.Kafka.TLS.KeyFile = other.ClientCert, other.ClientKey },
+			[]string{"kafka.tls.cert_file", "certificate"}},
+		{"no TLS to a TLS listener", mTLS, func(c *configs.Config) { c.Kafka.TLS = configs.KafkaTLS{} },
+			[]string{"kafka.tls.enabled", "PLAINTEXT"}},
+		{"TLS to a plaintext listener", "", func(c *configs.Config) { c.Kafka.TLS = configs.KafkaTLS{Enabled: true, CAFile: other.CA} },
+			[]string{"kafka.tls.enabled", "PLAINTEXT"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEngines(t)
+			cfg := e.config(t, func(c *configs.Config) {
+				if tc.listener != "" {
+					newSecuredKafka(t, tc.listener).apply(c)
+				}
+				tc.edit(c)
+			})
+			logs := &testenv.LogBuffer{}
+			logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+			// Start-up is given a minute, as a slow cluster may need; the
+			// refusal must come long before.
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			built, cleanup, err := wiring.BuildApp(ctx, wiring.BaseConfig(cfg), logger)
+			if err != nil {
+				t.Fatalf("build app: %v", err)
+			}
+			defer cleanup()
+			start := time.Now()
+			err = built.Run(ctx)
+			took := time.Since(start)
+			if err == nil {
+				t.Fatal("eventfn ran with settings the broker refuses")
+			}
+			if took > 20*time.Second {
+				t.Errorf("start-up took %s to give up; want seconds", took.Round(time.Second))
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("the error does not say %q: %v", w, err)
+				}
+			}
+			for _, line := range append(strings.Split(logs.String(), "\n"), err.Error()) {
+				if strings.Contains(line, wrongPassword) || strings.Contains(line, "scram-password") {
+					t.Errorf("a password is shown: %s", line)
+				}
+			}
+		})
+	}
+}
