@@ -113,7 +113,13 @@ func startApp(t *testing.T, cfg configs.Config) *app {
 	if os.Getenv("EVENTFN_TEST_LOGS") == "1" {
 		w = io.MultiWriter(logs, os.Stderr)
 	}
-	logger := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	// The configured level when it says more than info (a test that reads
+	// debug lines asks for them), else info.
+	level, err := cfg.Log.SlogLevel()
+	if err != nil || level > slog.LevelInfo {
+		level = slog.LevelInfo
+	}
+	logger := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
 	ctx, cancel := context.WithCancel(context.Background())
 	built, cleanup, err := wiring.BuildApp(ctx, wiring.BaseConfig(cfg), logger)
 	if err != nil {

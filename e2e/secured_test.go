@@ -92,12 +92,31 @@ func TestTheReferenceFlowOverSecuredKafka(t *testing.T) {
 		t.Run(kind, func(t *testing.T) {
 			t.Parallel()
 			s := newSecuredKafka(t, kind)
-			cfg := newEngines(t).config(t, s.apply)
+			cfg := newEngines(t).config(t, func(c *configs.Config) {
+				s.apply(c)
+				c.Log.Level = "debug"
+			})
 			a := startApp(t, cfg)
 			id := a.placeOrder(t, "secured@example.com")
 			a.waitEmailed(t, []string{id}, 90*time.Second)
 			if got := a.orderStatus(t, id); got != "emailed" {
 				t.Fatalf("order %s is %s, want emailed", id, got)
+			}
+			// No secret in the debug log, /metrics or /readyz: not the
+			// password, not the client's private key.
+			secrets := []string{s.password}
+			if kind == mTLS {
+				key, err := os.ReadFile(s.tls.ClientKey)
+				if err != nil {
+					t.Fatal(err)
+				}
+				secrets = append(secrets, keyBody(key))
+			}
+			shown := a.logs.String() + a.get(t, "/metrics") + a.get(t, "/readyz")
+			for _, secret := range secrets {
+				if secret != "" && strings.Contains(shown, secret) {
+					t.Errorf("a secret is shown in the log, /metrics or /readyz")
+				}
 			}
 		})
 	}
@@ -173,4 +192,13 @@ func TestRefusedKafkaSettingsEndStartUpAtOnce(t *testing.T) {
 			}
 		})
 	}
+}
+
+// keyBody is the base64 middle of a PEM key: what a leak would show.
+func keyBody(pem []byte) string {
+	lines := strings.Split(strings.TrimSpace(string(pem)), "\n")
+	if len(lines) < 3 {
+		return string(pem)
+	}
+	return lines[1]
 }
