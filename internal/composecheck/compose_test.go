@@ -16,6 +16,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/eventfn/eventfn/configs"
+	"github.com/eventfn/eventfn/internal/testenv"
 )
 
 type healthcheck struct {
@@ -315,5 +316,168 @@ func TestDockerfileIsMultiStage(t *testing.T) {
 	}
 	if !strings.Contains(string(raw), "CGO_ENABLED=0") {
 		t.Error("the binary should be static (CGO_ENABLED=0) for the distroless image")
+	}
+}
+
+// securedFile is the secured variant, laid over docker-compose.yml.
+const securedFile = "docker-compose.secured.yml"
+
+// loadSecured merges the secured variant over the base file as docker
+// compose does for the keys both use: environment and depends_on by key,
+// volumes and secrets appended.
+func loadSecured(t *testing.T) (composeFile, map[string][]string) {
+	t.Helper()
+	c := load(t)
+	raw, err := os.ReadFile(filepath.Join("..", "..", securedFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var over struct {
+		Services map[string]struct {
+			service `yaml:",inline"`
+			Volumes []string `yaml:"volumes"`
+			Secrets []string `yaml:"secrets"`
+			Command []string `yaml:"command"`
+		} `yaml:"services"`
+		Secrets map[string]struct {
+			File string `yaml:"file"`
+		} `yaml:"secrets"`
+	}
+	if err := yaml.Unmarshal(raw, &over); err != nil {
+		t.Fatalf("%s does not parse: %v", securedFile, err)
+	}
+	secretFiles := map[string][]string{}
+	for name, o := range over.Services {
+		s, ok := c.Services[name]
+		if !ok {
+			s = o.service
+		} else {
+			if s.Environment == nil {
+				s.Environment = map[string]string{}
+			}
+			for k, v := range o.Environment {
+				s.Environment[k] = v
+			}
+			if s.DependsOn == nil {
+				s.DependsOn = o.DependsOn
+			}
+			for k, v := range o.DependsOn {
+				s.DependsOn[k] = v
+			}
+		}
+		c.Services[name] = s
+		for _, sec := range o.Secrets {
+			f, ok := over.Secrets[sec]
+			if !ok {
+				t.Errorf("%s uses secret %s, which is not declared", name, sec)
+				continue
+			}
+			secretFiles[name] = append(secretFiles[name], filepath.Join("..", "..", f.File))
+		}
+		if strings.HasPrefix(name, "kafka-") && name != "kafka-users" && !contains(o.Volumes, "certs:/certs:ro") {
+			t.Errorf("%s does not mount the certificates", name)
+		}
+		if name == "kafka-users" && (len(o.Command) == 0 || !strings.Contains(o.Command[0], "--entity-name eventfn")) {
+			t.Errorf("kafka-users does not create the user eventfn connects as: %v", o.Command)
+		}
+	}
+	return c, secretFiles
+}
+
+// TestSecuredVariantConnectsOnlyThroughSASLSSL checks the secured variant:
+// every broker offers SASL_SSL with SCRAM-SHA-512 on an advertised address
+// the app names, the app's settings load as eventfn would load them (the
+// certificate and password paths swapped for local files), and the user it
+// connects as is the one kafka-users creates.
+func TestSecuredVariantConnectsOnlyThroughSASLSSL(t *testing.T) {
+	c, secretFiles := loadSecured(t)
+	for name, s := range c.Services {
+		if s.Image == "" && s.Build == nil {
+			t.Errorf("service %s has no image", name)
+		}
+		if s.Image != "" && (!strings.Contains(s.Image, ":") || strings.HasSuffix(s.Image, ":latest")) {
+			t.Errorf("service %s image %q is not pinned", name, s.Image)
+		}
+	}
+	app := c.Services["eventfn"]
+	env := []string{}
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	writeTestCA(t, ca)
+	for k, v := range app.Environment {
+		switch v {
+		case "/certs/ca.pem":
+			v = ca
+		case "/run/secrets/kafka_password":
+			if len(secretFiles["eventfn"]) != 1 {
+				t.Fatalf("eventfn reads %s but mounts secrets %v", v, secretFiles["eventfn"])
+			}
+			v = secretFiles["eventfn"][0]
+		}
+		env = append(env, k+"="+v)
+	}
+	cfg, err := configs.Load(configs.Options{Environ: env})
+	if err != nil {
+		t.Fatalf("the secured app settings do not load: %v", err)
+	}
+	if !cfg.Kafka.TLS.Enabled || cfg.Kafka.SASL.Mechanism != "SCRAM-SHA-512" || cfg.Kafka.SASL.Password == "" {
+		t.Errorf("the app does not use SASL_SSL with SCRAM-SHA-512: %+v %+v", cfg.Kafka.SASL, cfg.Kafka.TLS)
+	}
+	if len(cfg.Kafka.Brokers) != 3 {
+		t.Errorf("the app bootstraps from %v, want the three brokers", cfg.Kafka.Brokers)
+	}
+	for _, b := range cfg.Kafka.Brokers {
+		host, _, _ := net.SplitHostPort(b)
+		s, ok := c.Services[host]
+		if !ok {
+			t.Errorf("kafka.brokers names %s, which is not a service", host)
+			continue
+		}
+		protocols := map[string]string{}
+		for _, kv := range strings.Split(s.Environment["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"], ",") {
+			name, proto, _ := strings.Cut(kv, ":")
+			protocols[name] = proto
+		}
+		adv := listeners(t, host, s.Environment["KAFKA_ADVERTISED_LISTENERS"])
+		var secured string
+		for name, proto := range protocols {
+			if proto == "SASL_SSL" {
+				secured = name
+			}
+		}
+		if secured == "" || adv[secured] != b {
+			t.Errorf("%s: the app connects to %s, but the SASL_SSL listener %q advertises %q", host, b, secured, adv[secured])
+		}
+		if strings.Contains(strings.ToUpper(s.Environment["KAFKA_ADVERTISED_LISTENERS"]), "SSL") {
+			t.Errorf("%s: a listener name with SSL in it makes the apache/kafka image demand JKS files", host)
+		}
+		if !strings.Contains(s.Environment["KAFKA_SASL_ENABLED_MECHANISMS"], cfg.Kafka.SASL.Mechanism) {
+			t.Errorf("%s does not enable %s", host, cfg.Kafka.SASL.Mechanism)
+		}
+		if s.Environment["KAFKA_LISTENER_NAME_"+secured+"_SCRAM___SHA___512_SASL_JAAS_CONFIG"] == "" {
+			t.Errorf("%s has no SCRAM login module on listener %s", host, secured)
+		}
+		if app.DependsOn[host].Condition != "service_healthy" {
+			t.Errorf("eventfn does not wait for %s", host)
+		}
+	}
+	if app.DependsOn["kafka-users"].Condition != "service_completed_successfully" {
+		t.Error("eventfn does not wait for its SCRAM user")
+	}
+	if cfg.Kafka.SASL.Username != "eventfn" {
+		t.Errorf("the app connects as %q, kafka-users creates eventfn", cfg.Kafka.SASL.Username)
+	}
+}
+
+// writeTestCA writes a CA certificate of the test, standing in for the one
+// the certs service makes.
+func writeTestCA(t *testing.T, path string) {
+	t.Helper()
+	f := testenv.NewTLSFiles(t)
+	raw, err := os.ReadFile(f.CA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, raw, 0o600); err != nil {
+		t.Fatal(err)
 	}
 }
