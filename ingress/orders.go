@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/mail"
+	"os"
 	"strings"
 	"time"
 
@@ -133,6 +134,12 @@ func (s *Server) createOrder(w http.ResponseWriter, r *http.Request) {
 		var tooBig *http.MaxBytesError
 		var typeErr *json.UnmarshalTypeError
 		switch {
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			// The server's read timeout passed before the body arrived: a
+			// slow or stalled client, not a malformed order. The answer may
+			// not reach a client that is not reading; the connection is
+			// closed either way.
+			writeJSON(w, http.StatusRequestTimeout, map[string]string{"error": "the body did not arrive in time (http.read_timeout)"})
 		case errors.As(err, &tooBig):
 			writeJSON(w, http.StatusRequestEntityTooLarge, map[string]string{"error": fmt.Sprintf("body exceeds %d bytes", tooBig.Limit)})
 		case errors.As(err, &typeErr):

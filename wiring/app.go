@@ -8,7 +8,8 @@ import (
 	"net"
 	"net/http"
 	"sync"
-	"time"
+
+	"golang.org/x/net/netutil"
 
 	"github.com/eventfn/eventfn/configs"
 	"github.com/eventfn/eventfn/fakes"
@@ -49,9 +50,31 @@ func (a *App) Listen() (string, error) {
 		if err != nil {
 			return "", fmt.Errorf("http.addr %s: %w", a.Config.HTTP.Addr, err)
 		}
-		a.listener = l
+		// At most http.max_connections are served at once: past it, new
+		// connections wait in the kernel's accept queue rather than each
+		// taking a goroutine, buffers and a file descriptor.
+		a.listener = netutil.LimitListener(l, a.Config.HTTP.MaxConnections)
 	}
 	return a.listener.Addr().String(), nil
+}
+
+// newHTTPServer bounds every wait a client can impose: reading a request
+// (http.read_timeout), answering it (http.write_timeout), keeping an idle
+// connection (http.idle_timeout) and the size of its headers. Without them a
+// client trickling a body held its connection, and a graceful stop, for as
+// long as it liked.
+func (a *App) newHTTPServer(h http.Handler) *http.Server {
+	c := a.Config.HTTP
+	return &http.Server{
+		Handler: h,
+		// ReadHeaderTimeout is left zero: net/http then applies ReadTimeout
+		// to the headers too, and one key bounds the whole request.
+		ReadTimeout:    c.ReadTimeout,
+		WriteTimeout:   c.WriteTimeout,
+		IdleTimeout:    c.IdleTimeout,
+		MaxHeaderBytes: c.MaxHeaderBytes,
+		ErrorLog:       slog.NewLogLogger(a.logger.With("component", "http").Handler(), slog.LevelWarn),
+	}
 }
 
 // Run serves until ctx ends, then shuts down gracefully: the HTTP server stops
@@ -70,7 +93,7 @@ func (a *App) Run(ctx context.Context) error {
 		a.logger.Info("handler", "name", h.Name, "topic", h.Topic, "group", h.Group, "emits", h.Emits)
 	}
 
-	srv := &http.Server{Handler: a.http.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	srv := a.newHTTPServer(a.http.Handler())
 	httpDone := make(chan error, 1)
 	go func() {
 		if err := srv.Serve(a.listener); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -100,12 +123,23 @@ func (a *App) Run(ctx context.Context) error {
 	}
 	shutdownCtx, stop := context.WithTimeout(context.WithoutCancel(ctx), a.Config.Shutdown.Timeout)
 	defer stop()
-	if err := srv.Shutdown(shutdownCtx); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		httpErr = errors.Join(httpErr, err)
-	}
+	httpErr = errors.Join(httpErr, shutdownHTTP(shutdownCtx, srv))
 	stopRuntime()
 	if err := <-rtDone; err != nil && rtErr == nil {
 		rtErr = err
 	}
 	return errors.Join(rtErr, httpErr)
+}
+
+// shutdownHTTP stops srv taking connections and waits for the requests in
+// flight, closing idle connections; a request still running when ctx ends
+// (shutdown.timeout) has its connection closed rather than left to hold the
+// process. A client trickling a body is active, so Shutdown waits for it, but
+// only until http.read_timeout cuts it off.
+func shutdownHTTP(ctx context.Context, srv *http.Server) error {
+	err := srv.Shutdown(ctx)
+	if err == nil || errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return fmt.Errorf("http shutdown: requests still in flight were cut off: %w", errors.Join(err, srv.Close()))
 }
