@@ -7,10 +7,16 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
 	"github.com/eventfn/eventfn/configs"
+	"github.com/eventfn/eventfn/internal/testenv"
 )
 
 // slowClient is a connection that sends POST /orders headers promising a
@@ -177,4 +183,133 @@ func TestSlowClientsHoldNeitherTheServerNorItsShutdown(t *testing.T) {
 			})
 		})
 	}
+}
+
+// countingBroker is an embedded Kafka broker that counts the connections it
+// accepts and the Metadata requests it serves.
+type countingBroker struct {
+	cluster  *kfake.Cluster
+	conns    atomic.Int64
+	metadata atomic.Int64
+}
+
+func startCountingBroker(t *testing.T) *countingBroker {
+	t.Helper()
+	b := &countingBroker{}
+	c, err := kfake.NewCluster(
+		kfake.NumBrokers(1),
+		kfake.DefaultNumPartitions(4),
+		kfake.AllowAutoTopicCreation(),
+		kfake.ListenFn(func(network, _ string) (net.Listener, error) {
+			l, err := net.Listen(network, "127.0.0.1:0")
+			if err != nil {
+				return nil, err
+			}
+			return countingListener{Listener: l, n: &b.conns}, nil
+		}),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	t.Cleanup(func() { once.Do(c.Close) })
+	// Observe only: not handled, so the broker answers as usual and the
+	// function stays for the next request.
+	c.ControlKey(kmsg.Metadata.Int16(), func(kmsg.Request) (kmsg.Response, error, bool) {
+		b.metadata.Add(1)
+		return nil, nil, false
+	})
+	b.cluster = c
+	return b
+}
+
+type countingListener struct {
+	net.Listener
+	n *atomic.Int64
+}
+
+func (l countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.n.Add(1)
+	}
+	return c, err
+}
+
+// TestReadyzDoesNotReachTheBrokerPerCall: /readyz ran the runtime's check on
+// every call, a Metadata request to Kafka and a database ping each, so any
+// caller could make eventfn send requests to its broker as fast as it could
+// call. Now N calls send none of their own: the check runs in the background
+// at its own pace. A stopped broker still shows as 503 within a few seconds.
+// It counts at the broker, so it runs on the embedded one.
+func TestReadyzDoesNotReachTheBrokerPerCall(t *testing.T) {
+	t.Parallel()
+	if testenvRealKafka() {
+		t.Skip("counts requests at the broker and stops it: runs in the embedded pass")
+	}
+	b := startCountingBroker(t)
+	e := engines{brokers: b.cluster.ListenAddrs(), databaseURL: "sqlite://" + t.TempDir() + "/eventfn.db"}
+	if u := testenv.DatabaseURL(); u != "" {
+		e.databaseURL = testenv.PostgresSchema(t, u)
+	}
+	a := startApp(t, e.config(t, func(c *configs.Config) { c.Shutdown.Timeout = 3 * time.Second }))
+
+	const calls = 200
+	conns, metadata := b.conns.Load(), b.metadata.Load()
+	start := time.Now()
+	client := &http.Client{Timeout: 10 * time.Second}
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	for range 10 {
+		wg.Go(func() {
+			for range calls / 10 {
+				resp, err := client.Get(a.base + "/readyz")
+				if err != nil {
+					failed.Add(1)
+					continue
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					failed.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	took := time.Since(start)
+	newConns, newMetadata := b.conns.Load()-conns, b.metadata.Load()-metadata
+	t.Logf("%d /readyz calls in %s: %d broker connections opened, %d Metadata requests served (all clients of the process)",
+		calls, took.Round(time.Millisecond), newConns, newMetadata)
+	if failed.Load() > 0 {
+		t.Fatalf("%d of %d /readyz calls were not 200", failed.Load(), calls)
+	}
+	// The background check may run a few times meanwhile (every 2 s), and
+	// the consumers refresh their metadata now and then: a handful, never
+	// one per call.
+	if newMetadata >= calls/4 {
+		t.Errorf("%d /readyz calls made the broker serve %d Metadata requests", calls, newMetadata)
+	}
+	if newConns >= calls/4 {
+		t.Errorf("%d /readyz calls opened %d broker connections", calls, newConns)
+	}
+
+	stopped := time.Now()
+	b.cluster.Close()
+	eventually(t, 15*time.Second, "/readyz 503 with the broker stopped", func() (bool, string) {
+		status, _, err := freshGet(a.base+"/readyz", 5*time.Second)
+		return err == nil && status == http.StatusServiceUnavailable, fmt.Sprintf("%d %v", status, err)
+	})
+	t.Logf("/readyz turned 503 %s after the broker stopped", time.Since(stopped).Round(time.Millisecond))
+
+	// The broker is gone for good: the stop cannot flush or commit, and says
+	// so; that it returns is what matters here.
+	a.cancel()
+	a.cancel = nil
+	select {
+	case <-a.done:
+	case <-time.After(60 * time.Second):
+		t.Errorf("the app did not stop with the broker gone")
+	}
+	a.cleanup()
 }

@@ -45,7 +45,8 @@ type Server struct {
 const outageReportInterval = 30 * time.Second
 
 // NewServer builds the HTTP handler. read serves GET queries; tx writes orders;
-// metrics serves GET /metrics.
+// ready answers GET /readyz and must be cheap (see Readiness); metrics serves
+// GET /metrics.
 func NewServer(tx runtime.Transactor, read *sql.DB, ready ReadyFunc, metrics http.Handler, maxBody int64, logger *slog.Logger) *Server {
 	return &Server{tx: tx, read: read, ready: ready, metrics: metrics, maxBody: maxBody, logger: logger,
 		storing: outage.New("orders cannot be stored; POST /orders answers 500",

@@ -27,17 +27,19 @@ type App struct {
 	Payments *fakes.PaymentGateway
 	Mailer   *fakes.LogMailer
 
-	http   *ingress.Server
-	logger *slog.Logger
+	http      *ingress.Server
+	readiness *ingress.Readiness
+	logger    *slog.Logger
 
 	mu       sync.Mutex
 	listener net.Listener
 }
 
 // NewApp is a Wire provider function that assembles the App.
-func NewApp(cfg configs.Config, b *Broker, db *store.DB, rt *router.Runtime, srv *ingress.Server,
+func NewApp(cfg configs.Config, b *Broker, db *store.DB, rt *router.Runtime, srv *ingress.Server, readiness *ingress.Readiness,
 	payments *fakes.PaymentGateway, mailer *fakes.LogMailer, logger *slog.Logger) *App {
-	return &App{Config: cfg, Broker: b, DB: db, Runtime: rt, Payments: payments, Mailer: mailer, http: srv, logger: logger}
+	return &App{Config: cfg, Broker: b, DB: db, Runtime: rt, Payments: payments, Mailer: mailer,
+		http: srv, readiness: readiness, logger: logger}
 }
 
 // Listen binds the HTTP address; Run calls it if nobody did. Calling it first
@@ -103,6 +105,16 @@ func (a *App) Run(ctx context.Context) error {
 		httpDone <- nil
 	}()
 
+	// Readiness is checked in the background, whoever asks /readyz and however
+	// often: it ends with the HTTP server that answers it.
+	checkCtx, stopChecks := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopChecks()
+	checksDone := make(chan struct{})
+	go func() {
+		defer close(checksDone)
+		a.readiness.Run(checkCtx)
+	}()
+
 	// The runtime gets a context of its own: on ctx's end the HTTP server stops
 	// taking requests first, so no new order reaches the outbox while the
 	// runtime drains it.
@@ -124,6 +136,8 @@ func (a *App) Run(ctx context.Context) error {
 	shutdownCtx, stop := context.WithTimeout(context.WithoutCancel(ctx), a.Config.Shutdown.Timeout)
 	defer stop()
 	httpErr = errors.Join(httpErr, shutdownHTTP(shutdownCtx, srv))
+	stopChecks()
+	<-checksDone
 	stopRuntime()
 	if err := <-rtDone; err != nil && rtErr == nil {
 		rtErr = err
