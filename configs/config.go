@@ -76,9 +76,13 @@ type HTTP struct {
 	// MaxHeaderBytes is the largest request header block read; a larger one
 	// gets 431.
 	MaxHeaderBytes int `koanf:"max_header_bytes"`
-	// MaxConnections caps the connections served at once; more wait, in the
+	// MaxConnections caps the connections served at once on each listener
+	// (the API, and the metrics one when it has its own); more wait, in the
 	// kernel's accept queue, for one to end.
 	MaxConnections int `koanf:"max_connections"`
+	// MetricsAddr is host:port for GET /metrics alone, so that it need not be
+	// exposed with the API; empty serves it on Addr with the API.
+	MetricsAddr string `koanf:"metrics_addr"`
 }
 
 // Kafka configures the broker connection.
@@ -168,6 +172,7 @@ func defaults() map[string]any {
 		"http.idle_timeout":        "60s",
 		"http.max_header_bytes":    64 << 10,
 		"http.max_connections":     1024,
+		"http.metrics_addr":        "",
 		"kafka.embedded":           true,
 		"kafka.brokers":            []string{"127.0.0.1:9092"},
 		"kafka.version":            "3.6.0",
@@ -407,6 +412,13 @@ func (c Config) Validate() error {
 	}
 	if c.HTTP.MaxConnections < 1 {
 		bad("http.max_connections", "%d: must be at least 1", c.HTTP.MaxConnections)
+	}
+	if c.HTTP.MetricsAddr != "" {
+		if _, port, err := net.SplitHostPort(c.HTTP.MetricsAddr); err != nil {
+			bad("http.metrics_addr", "%q is not host:port; leave it empty to serve /metrics with the API", c.HTTP.MetricsAddr)
+		} else if c.HTTP.MetricsAddr == c.HTTP.Addr && port != "0" {
+			bad("http.metrics_addr", "%q is http.addr; leave it empty to serve /metrics with the API", c.HTTP.MetricsAddr)
+		}
 	}
 	if len(c.Kafka.Brokers) == 0 {
 		bad("kafka.brokers", "empty: name at least one host:port")

@@ -89,6 +89,8 @@ func TestInvalidValuesNameTheKey(t *testing.T) {
 		{"EVENTFN_HTTP_MAX_HEADER_BYTES=10", "http.max_header_bytes (EVENTFN_HTTP_MAX_HEADER_BYTES): 10: must be between 1024 and 1048576"},
 		{"EVENTFN_HTTP_MAX_HEADER_BYTES=1GB", "http.max_header_bytes"},
 		{"EVENTFN_HTTP_MAX_CONNECTIONS=0", "http.max_connections (EVENTFN_HTTP_MAX_CONNECTIONS): 0: must be at least 1"},
+		{"EVENTFN_HTTP_METRICS_ADDR=9090", "http.metrics_addr (EVENTFN_HTTP_METRICS_ADDR): \"9090\" is not host:port"},
+		{"EVENTFN_HTTP_METRICS_ADDR=127.0.0.1:8080", "http.metrics_addr (EVENTFN_HTTP_METRICS_ADDR): \"127.0.0.1:8080\" is http.addr"},
 	}
 	for _, c := range cases {
 		t.Run(c.env, func(t *testing.T) {
@@ -118,14 +120,19 @@ func TestHTTPServerBounds(t *testing.T) {
 		"EVENTFN_HTTP_IDLE_TIMEOUT=4s",
 		"EVENTFN_HTTP_MAX_HEADER_BYTES=8192",
 		"EVENTFN_HTTP_MAX_CONNECTIONS=50",
+		"EVENTFN_HTTP_METRICS_ADDR=127.0.0.1:9090",
 	}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	want = configs.HTTP{Addr: "127.0.0.1:8080", MaxBodyBytes: 1 << 20, ReadTimeout: 2 * time.Second, WriteTimeout: 3 * time.Second,
-		IdleTimeout: 4 * time.Second, MaxHeaderBytes: 8192, MaxConnections: 50}
+		IdleTimeout: 4 * time.Second, MaxHeaderBytes: 8192, MaxConnections: 50, MetricsAddr: "127.0.0.1:9090"}
 	if cfg.HTTP != want {
 		t.Errorf("overrides: %+v, want %+v", cfg.HTTP, want)
+	}
+	// Port 0 on both picks two free ports, as the test profile does for http.addr.
+	if _, err := configs.Load(configs.Options{Profile: "test", Environ: []string{"EVENTFN_HTTP_METRICS_ADDR=127.0.0.1:0"}}); err != nil {
+		t.Errorf("metrics on another free port refused: %v", err)
 	}
 }
 

@@ -185,6 +185,53 @@ func TestSlowClientsHoldNeitherTheServerNorItsShutdown(t *testing.T) {
 	}
 }
 
+// TestMetricsOnTheirOwnAddress: with http.metrics_addr set, /metrics is not
+// exposed with the API, and the metrics address serves nothing else.
+func TestMetricsOnTheirOwnAddress(t *testing.T) {
+	t.Parallel()
+	e := newEngines(t)
+	for _, tc := range []struct {
+		name        string
+		metricsAddr string
+	}{
+		{"with the API", ""},
+		{"on an address of their own", "127.0.0.1:0"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := startApp(t, e.config(t, func(c *configs.Config) { c.HTTP.MetricsAddr = tc.metricsAddr }))
+			metrics := a.base
+			want := map[string]int{a.base + "/metrics": http.StatusOK, a.base + "/healthz": http.StatusOK}
+			if tc.metricsAddr != "" {
+				if a.MetricsAddr() == "" {
+					t.Fatal("no metrics address bound")
+				}
+				metrics = "http://" + a.MetricsAddr()
+				want = map[string]int{
+					a.base + "/metrics":  http.StatusNotFound,
+					a.base + "/healthz":  http.StatusOK,
+					metrics + "/metrics": http.StatusOK,
+					metrics + "/healthz": http.StatusNotFound,
+					metrics + "/orders":  http.StatusNotFound,
+				}
+			}
+			for url, status := range want {
+				resp, err := http.Get(url)
+				if err != nil {
+					t.Fatal(err)
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != status {
+					t.Errorf("GET %s: %d, want %d", url, resp.StatusCode, status)
+				}
+				if strings.HasPrefix(url, metrics+"/metrics") && status == http.StatusOK && !strings.Contains(string(body), "eventfn_outbox_pending") {
+					t.Errorf("GET %s serves no eventfn metric:\n%.500s", url, body)
+				}
+			}
+		})
+	}
+}
+
 // countingBroker is an embedded Kafka broker that counts the connections it
 // accepts and the Metadata requests it serves.
 type countingBroker struct {

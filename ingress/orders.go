@@ -46,7 +46,7 @@ const outageReportInterval = 30 * time.Second
 
 // NewServer builds the HTTP handler. read serves GET queries; tx writes orders;
 // ready answers GET /readyz and must be cheap (see Readiness); metrics serves
-// GET /metrics.
+// GET /metrics, or nil when /metrics is served elsewhere.
 func NewServer(tx runtime.Transactor, read *sql.DB, ready ReadyFunc, metrics http.Handler, maxBody int64, logger *slog.Logger) *Server {
 	return &Server{tx: tx, read: read, ready: ready, metrics: metrics, maxBody: maxBody, logger: logger,
 		storing: outage.New("orders cannot be stored; POST /orders answers 500",
@@ -62,7 +62,16 @@ func (s *Server) Handler() http.Handler {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	mux.HandleFunc("GET /readyz", s.readyz)
-	mux.Handle("GET /metrics", s.metrics)
+	if s.metrics != nil {
+		mux.Handle("GET /metrics", s.metrics)
+	}
+	return mux
+}
+
+// MetricsHandler serves GET /metrics alone, for a listener of its own.
+func MetricsHandler(metrics http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", metrics)
 	return mux
 }
 

@@ -8,6 +8,7 @@ import (
 	"database/sql"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"time"
@@ -133,6 +134,15 @@ func ProvideMetricsRegistry() (*prometheus.Registry, error) {
 	return reg, nil
 }
 
+// MetricsHandler serves the process's Prometheus registry: on the API's
+// address, or on http.metrics_addr when it is set.
+type MetricsHandler struct{ http.Handler }
+
+// ProvideMetricsHandler is a Wire provider function for GET /metrics.
+func ProvideMetricsHandler(reg *prometheus.Registry) MetricsHandler {
+	return MetricsHandler{promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})}
+}
+
 // readinessInterval is how often readiness is checked while ready: a stopped
 // broker or database shows in /readyz within it (plus the check's timeout).
 // readinessTimeout bounds one check.
@@ -147,10 +157,14 @@ func ProvideReadiness(rt *router.Runtime, logger *slog.Logger) *ingress.Readines
 	return ingress.NewReadiness(rt.Ready, readinessInterval, readinessTimeout, logger.With("component", "readiness"))
 }
 
-// ProvideIngress is a Wire provider function for the HTTP API, /metrics included.
-func ProvideIngress(cfg configs.Config, outbox *router.Outbox, db *store.DB, ready *ingress.Readiness, reg *prometheus.Registry, logger *slog.Logger) *ingress.Server {
-	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
-	return ingress.NewServer(outbox, readPool(db), ready.Ready, metrics, cfg.HTTP.MaxBodyBytes, logger.With("component", "http"))
+// ProvideIngress is a Wire provider function for the HTTP API, with /metrics
+// unless http.metrics_addr gives it an address of its own.
+func ProvideIngress(cfg configs.Config, outbox *router.Outbox, db *store.DB, ready *ingress.Readiness, metrics MetricsHandler, logger *slog.Logger) *ingress.Server {
+	var m http.Handler
+	if cfg.HTTP.MetricsAddr == "" {
+		m = metrics.Handler
+	}
+	return ingress.NewServer(outbox, readPool(db), ready.Ready, m, cfg.HTTP.MaxBodyBytes, logger.With("component", "http"))
 }
 
 func readPool(db *store.DB) *sql.DB { return db.Read }
@@ -176,6 +190,7 @@ var RuntimeSet = wire.NewSet(
 	wire.Bind(new(prometheus.Registerer), new(*prometheus.Registry)),
 	router.NewOutbox,
 	router.New,
+	ProvideMetricsHandler,
 	ProvideReadiness,
 	ProvideIngress,
 )

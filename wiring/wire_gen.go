@@ -46,8 +46,9 @@ func BuildApp(ctx context.Context, base BaseConfig, logger *slog.Logger) (*App, 
 		return nil, nil, err
 	}
 	readiness := ProvideReadiness(runtime, logger)
-	server := ProvideIngress(config, outbox, db, readiness, registry, logger)
-	app := NewApp(config, broker, db, runtime, server, readiness, paymentGateway, logMailer, logger)
+	metricsHandler := ProvideMetricsHandler(registry)
+	server := ProvideIngress(config, outbox, db, readiness, metricsHandler, logger)
+	app := NewApp(config, broker, db, runtime, server, metricsHandler, readiness, paymentGateway, logMailer, logger)
 	return app, func() {
 		cleanup2()
 		cleanup()
