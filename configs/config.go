@@ -62,6 +62,27 @@ type HTTP struct {
 	Addr string `koanf:"addr"`
 	// MaxBodyBytes is the largest request body accepted; larger ones get 413.
 	MaxBodyBytes int64 `koanf:"max_body_bytes"`
+	// ReadTimeout bounds reading one request, headers and body, from the
+	// moment its connection is accepted or its previous request ended: a client
+	// that trickles its body holds a connection, and a graceful stop, no longer.
+	ReadTimeout time.Duration `koanf:"read_timeout"`
+	// WriteTimeout bounds a request from the end of its headers to the end of
+	// its answer, handler included: a client that does not read its answer
+	// is cut off after it.
+	WriteTimeout time.Duration `koanf:"write_timeout"`
+	// IdleTimeout is how long a keep-alive connection may wait for its next
+	// request; an idle connection counts against MaxConnections meanwhile.
+	IdleTimeout time.Duration `koanf:"idle_timeout"`
+	// MaxHeaderBytes is the largest request header block read; a larger one
+	// gets 431.
+	MaxHeaderBytes int `koanf:"max_header_bytes"`
+	// MaxConnections caps the connections served at once on each listener
+	// (the API, and the metrics one when it has its own); more wait, in the
+	// kernel's accept queue, for one to end.
+	MaxConnections int `koanf:"max_connections"`
+	// MetricsAddr is host:port for GET /metrics alone, so that it need not be
+	// exposed with the API; empty serves it on Addr with the API.
+	MetricsAddr string `koanf:"metrics_addr"`
 }
 
 // Kafka configures the broker connection.
@@ -211,6 +232,12 @@ func defaults() map[string]any {
 		"data_dir":                       ".eventfn",
 		"http.addr":                      "127.0.0.1:8080",
 		"http.max_body_bytes":            int64(1 << 20),
+		"http.read_timeout":              "10s",
+		"http.write_timeout":             "30s",
+		"http.idle_timeout":              "60s",
+		"http.max_header_bytes":          64 << 10,
+		"http.max_connections":           1024,
+		"http.metrics_addr":              "",
 		"kafka.embedded":                 true,
 		"kafka.brokers":                  []string{"127.0.0.1:9092"},
 		"kafka.version":                  "3.6.0",
@@ -422,6 +449,14 @@ func envMap(environ []string) map[string]string {
 	return m
 }
 
+// minHeaderBytes and maxHeaderBytes bound http.max_header_bytes: below a
+// kilobyte ordinary clients behind a proxy are refused; above net/http's own
+// default (1 MiB) the bound protects nothing.
+const (
+	minHeaderBytes = 1 << 10
+	maxHeaderBytes = 1 << 20
+)
+
 // Validate reports every invalid value, each naming its key and what is accepted.
 func (c Config) Validate() error {
 	var errs []error
@@ -433,6 +468,35 @@ func (c Config) Validate() error {
 	}
 	if c.HTTP.MaxBodyBytes < 1 {
 		bad("http.max_body_bytes", "%d: must be at least 1", c.HTTP.MaxBodyBytes)
+	}
+	// Zero would mean "no timeout" to net/http: exactly the unbounded wait
+	// these keys exist to prevent, so it is refused rather than passed on.
+	if c.HTTP.ReadTimeout <= 0 {
+		bad("http.read_timeout", "%s: must be a positive duration such as 10s", c.HTTP.ReadTimeout)
+	}
+	if c.HTTP.WriteTimeout <= 0 {
+		bad("http.write_timeout", "%s: must be a positive duration such as 30s", c.HTTP.WriteTimeout)
+	} else if c.HTTP.WriteTimeout < c.HTTP.ReadTimeout {
+		// The write deadline runs from the end of the headers, while the
+		// handler reads the body: a body that took almost the read timeout
+		// would leave no time to answer.
+		bad("http.write_timeout", "%s is shorter than http.read_timeout (%s): a request whose body arrives in time could not be answered", c.HTTP.WriteTimeout, c.HTTP.ReadTimeout)
+	}
+	if c.HTTP.IdleTimeout <= 0 {
+		bad("http.idle_timeout", "%s: must be a positive duration such as 60s", c.HTTP.IdleTimeout)
+	}
+	if c.HTTP.MaxHeaderBytes < minHeaderBytes || c.HTTP.MaxHeaderBytes > maxHeaderBytes {
+		bad("http.max_header_bytes", "%d: must be between %d and %d", c.HTTP.MaxHeaderBytes, minHeaderBytes, maxHeaderBytes)
+	}
+	if c.HTTP.MaxConnections < 1 {
+		bad("http.max_connections", "%d: must be at least 1", c.HTTP.MaxConnections)
+	}
+	if c.HTTP.MetricsAddr != "" {
+		if _, port, err := net.SplitHostPort(c.HTTP.MetricsAddr); err != nil {
+			bad("http.metrics_addr", "%q is not host:port; leave it empty to serve /metrics with the API", c.HTTP.MetricsAddr)
+		} else if c.HTTP.MetricsAddr == c.HTTP.Addr && port != "0" {
+			bad("http.metrics_addr", "%q is http.addr; leave it empty to serve /metrics with the API", c.HTTP.MetricsAddr)
+		}
 	}
 	if len(c.Kafka.Brokers) == 0 {
 		bad("kafka.brokers", "empty: name at least one host:port")

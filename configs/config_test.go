@@ -81,6 +81,16 @@ func TestInvalidValuesNameTheKey(t *testing.T) {
 		{"EVENTFN_SHUTDOWN_TIMEOUT=soon", "shutdown.timeout"},
 		{"EVENTFN_PROFILE=nope", "accepted: compose, local, test"},
 		{"EVENTFN_PAYMENTS_FAIL_ATTEMPTS=-1", "payments.fail_attempts"},
+		{"EVENTFN_HTTP_READ_TIMEOUT=0s", "http.read_timeout (EVENTFN_HTTP_READ_TIMEOUT): 0s: must be a positive duration"},
+		{"EVENTFN_HTTP_READ_TIMEOUT=10", "http.read_timeout"},
+		{"EVENTFN_HTTP_WRITE_TIMEOUT=-1s", "http.write_timeout (EVENTFN_HTTP_WRITE_TIMEOUT)"},
+		{"EVENTFN_HTTP_WRITE_TIMEOUT=5s", "http.write_timeout (EVENTFN_HTTP_WRITE_TIMEOUT): 5s is shorter than http.read_timeout (10s)"},
+		{"EVENTFN_HTTP_IDLE_TIMEOUT=never", "http.idle_timeout"},
+		{"EVENTFN_HTTP_MAX_HEADER_BYTES=10", "http.max_header_bytes (EVENTFN_HTTP_MAX_HEADER_BYTES): 10: must be between 1024 and 1048576"},
+		{"EVENTFN_HTTP_MAX_HEADER_BYTES=1GB", "http.max_header_bytes"},
+		{"EVENTFN_HTTP_MAX_CONNECTIONS=0", "http.max_connections (EVENTFN_HTTP_MAX_CONNECTIONS): 0: must be at least 1"},
+		{"EVENTFN_HTTP_METRICS_ADDR=9090", "http.metrics_addr (EVENTFN_HTTP_METRICS_ADDR): \"9090\" is not host:port"},
+		{"EVENTFN_HTTP_METRICS_ADDR=127.0.0.1:8080", "http.metrics_addr (EVENTFN_HTTP_METRICS_ADDR): \"127.0.0.1:8080\" is http.addr"},
 	}
 	for _, c := range cases {
 		t.Run(c.env, func(t *testing.T) {
@@ -89,6 +99,40 @@ func TestInvalidValuesNameTheKey(t *testing.T) {
 				t.Fatalf("err = %v, want it to mention %q", err, c.want)
 			}
 		})
+	}
+}
+
+// TestHTTPServerBounds: the API server's bounds are configuration with
+// defaults that bound every wait, each with its variable.
+func TestHTTPServerBounds(t *testing.T) {
+	cfg, err := configs.Load(configs.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := configs.HTTP{Addr: "127.0.0.1:8080", MaxBodyBytes: 1 << 20, ReadTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second,
+		IdleTimeout: 60 * time.Second, MaxHeaderBytes: 64 << 10, MaxConnections: 1024}
+	if cfg.HTTP != want {
+		t.Errorf("defaults: %+v, want %+v", cfg.HTTP, want)
+	}
+	cfg, err = configs.Load(configs.Options{Environ: []string{
+		"EVENTFN_HTTP_READ_TIMEOUT=2s",
+		"EVENTFN_HTTP_WRITE_TIMEOUT=3s",
+		"EVENTFN_HTTP_IDLE_TIMEOUT=4s",
+		"EVENTFN_HTTP_MAX_HEADER_BYTES=8192",
+		"EVENTFN_HTTP_MAX_CONNECTIONS=50",
+		"EVENTFN_HTTP_METRICS_ADDR=127.0.0.1:9090",
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = configs.HTTP{Addr: "127.0.0.1:8080", MaxBodyBytes: 1 << 20, ReadTimeout: 2 * time.Second, WriteTimeout: 3 * time.Second,
+		IdleTimeout: 4 * time.Second, MaxHeaderBytes: 8192, MaxConnections: 50, MetricsAddr: "127.0.0.1:9090"}
+	if cfg.HTTP != want {
+		t.Errorf("overrides: %+v, want %+v", cfg.HTTP, want)
+	}
+	// Port 0 on both picks two free ports, as the test profile does for http.addr.
+	if _, err := configs.Load(configs.Options{Profile: "test", Environ: []string{"EVENTFN_HTTP_METRICS_ADDR=127.0.0.1:0"}}); err != nil {
+		t.Errorf("metrics on another free port refused: %v", err)
 	}
 }
 

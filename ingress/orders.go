@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/mail"
+	"os"
 	"strings"
 	"time"
 
@@ -44,7 +45,8 @@ type Server struct {
 const outageReportInterval = 30 * time.Second
 
 // NewServer builds the HTTP handler. read serves GET queries; tx writes orders;
-// metrics serves GET /metrics.
+// ready answers GET /readyz and must be cheap (see Readiness); metrics serves
+// GET /metrics, or nil when /metrics is served elsewhere.
 func NewServer(tx runtime.Transactor, read *sql.DB, ready ReadyFunc, metrics http.Handler, maxBody int64, logger *slog.Logger) *Server {
 	return &Server{tx: tx, read: read, ready: ready, metrics: metrics, maxBody: maxBody, logger: logger,
 		storing: outage.New("orders cannot be stored; POST /orders answers 500",
@@ -60,7 +62,16 @@ func (s *Server) Handler() http.Handler {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	mux.HandleFunc("GET /readyz", s.readyz)
-	mux.Handle("GET /metrics", s.metrics)
+	if s.metrics != nil {
+		mux.Handle("GET /metrics", s.metrics)
+	}
+	return mux
+}
+
+// MetricsHandler serves GET /metrics alone, for a listener of its own.
+func MetricsHandler(metrics http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", metrics)
 	return mux
 }
 
@@ -133,6 +144,12 @@ func (s *Server) createOrder(w http.ResponseWriter, r *http.Request) {
 		var tooBig *http.MaxBytesError
 		var typeErr *json.UnmarshalTypeError
 		switch {
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			// The server's read timeout passed before the body arrived: a
+			// slow or stalled client, not a malformed order. The answer may
+			// not reach a client that is not reading; the connection is
+			// closed either way.
+			writeJSON(w, http.StatusRequestTimeout, map[string]string{"error": "the body did not arrive in time (http.read_timeout)"})
 		case errors.As(err, &tooBig):
 			writeJSON(w, http.StatusRequestEntityTooLarge, map[string]string{"error": fmt.Sprintf("body exceeds %d bytes", tooBig.Limit)})
 		case errors.As(err, &typeErr):

@@ -8,8 +8,10 @@ import (
 	"database/sql"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/google/wire"
@@ -132,10 +134,37 @@ func ProvideMetricsRegistry() (*prometheus.Registry, error) {
 	return reg, nil
 }
 
-// ProvideIngress is a Wire provider function for the HTTP API, /metrics included.
-func ProvideIngress(cfg configs.Config, outbox *router.Outbox, db *store.DB, rt *router.Runtime, reg *prometheus.Registry, logger *slog.Logger) *ingress.Server {
-	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
-	return ingress.NewServer(outbox, readPool(db), rt.Ready, metrics, cfg.HTTP.MaxBodyBytes, logger.With("component", "http"))
+// MetricsHandler serves the process's Prometheus registry: on the API's
+// address, or on http.metrics_addr when it is set.
+type MetricsHandler struct{ http.Handler }
+
+// ProvideMetricsHandler is a Wire provider function for GET /metrics.
+func ProvideMetricsHandler(reg *prometheus.Registry) MetricsHandler {
+	return MetricsHandler{promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})}
+}
+
+// readinessInterval is how often readiness is checked while ready: a stopped
+// broker or database shows in /readyz within it (plus the check's timeout).
+// readinessTimeout bounds one check.
+const (
+	readinessInterval = 2 * time.Second
+	readinessTimeout  = 3 * time.Second
+)
+
+// ProvideReadiness is a Wire provider function for the readiness /readyz
+// serves: the runtime's, checked in the background (App.Run runs it).
+func ProvideReadiness(rt *router.Runtime, logger *slog.Logger) *ingress.Readiness {
+	return ingress.NewReadiness(rt.Ready, readinessInterval, readinessTimeout, logger.With("component", "readiness"))
+}
+
+// ProvideIngress is a Wire provider function for the HTTP API, with /metrics
+// unless http.metrics_addr gives it an address of its own.
+func ProvideIngress(cfg configs.Config, outbox *router.Outbox, db *store.DB, ready *ingress.Readiness, metrics MetricsHandler, logger *slog.Logger) *ingress.Server {
+	var m http.Handler
+	if cfg.HTTP.MetricsAddr == "" {
+		m = metrics.Handler
+	}
+	return ingress.NewServer(outbox, readPool(db), ready.Ready, m, cfg.HTTP.MaxBodyBytes, logger.With("component", "http"))
 }
 
 func readPool(db *store.DB) *sql.DB { return db.Read }
@@ -161,5 +190,7 @@ var RuntimeSet = wire.NewSet(
 	wire.Bind(new(prometheus.Registerer), new(*prometheus.Registry)),
 	router.NewOutbox,
 	router.New,
+	ProvideMetricsHandler,
+	ProvideReadiness,
 	ProvideIngress,
 )

@@ -45,8 +45,10 @@ func BuildApp(ctx context.Context, base BaseConfig, logger *slog.Logger) (*App, 
 		cleanup()
 		return nil, nil, err
 	}
-	server := ProvideIngress(config, outbox, db, runtime, registry, logger)
-	app := NewApp(config, broker, db, runtime, server, paymentGateway, logMailer, logger)
+	readiness := ProvideReadiness(runtime, logger)
+	metricsHandler := ProvideMetricsHandler(registry)
+	server := ProvideIngress(config, outbox, db, readiness, metricsHandler, logger)
+	app := NewApp(config, broker, db, runtime, server, metricsHandler, readiness, paymentGateway, logMailer, logger)
 	return app, func() {
 		cleanup2()
 		cleanup()
