@@ -28,6 +28,15 @@ func newServer(t *testing.T, maxBody int64) (*httptest.Server, *store.DB, *route
 // newServerWith is newServer with the configuration changed by edit first.
 func newServerWith(t *testing.T, maxBody int64, edit func(*configs.Config)) (*httptest.Server, *store.DB, *router.Outbox) {
 	t.Helper()
+	srv, db, outbox := newUnstartedServer(t, maxBody, edit)
+	srv.Start()
+	return srv, db, outbox
+}
+
+// newUnstartedServer is newServerWith before Start, for a test that sets the
+// HTTP server's own limits first.
+func newUnstartedServer(t *testing.T, maxBody int64, edit func(*configs.Config)) (*httptest.Server, *store.DB, *router.Outbox) {
+	t.Helper()
 	ctx := context.Background()
 	db, err := store.Open(ctx, store.Config{Driver: store.SQLite, SQLitePath: filepath.Join(t.TempDir(), "api.db")})
 	if err != nil {
@@ -41,7 +50,7 @@ func newServerWith(t *testing.T, maxBody int64, edit func(*configs.Config)) (*ht
 	edit(&cfg)
 	outbox := router.NewOutbox(db, cfg, watermill.NopLogger{})
 	ready := func(context.Context) error { return nil }
-	srv := httptest.NewServer(ingress.NewServer(outbox, db.Read, ready, http.NotFoundHandler(), maxBody, slog.New(slog.DiscardHandler)).Handler())
+	srv := httptest.NewUnstartedServer(ingress.NewServer(outbox, db.Read, ready, http.NotFoundHandler(), maxBody, slog.New(slog.DiscardHandler)).Handler())
 	t.Cleanup(srv.Close)
 	return srv, db, outbox
 }

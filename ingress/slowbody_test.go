@@ -2,23 +2,14 @@ package ingress_test
 
 import (
 	"bufio"
-	"context"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
-	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill"
-
 	"github.com/eventfn/eventfn/configs"
-	"github.com/eventfn/eventfn/ingress"
-	"github.com/eventfn/eventfn/router"
-	"github.com/eventfn/eventfn/store"
 )
 
 // TestABodyThatDoesNotArriveInTimeIs408: a client that stops sending its body
@@ -26,22 +17,9 @@ import (
 // JSON order: read tcp 127.0.0.1:8080->…: i/o timeout": the wrong status,
 // and the server's own address in the answer.
 func TestABodyThatDoesNotArriveInTimeIs408(t *testing.T) {
-	ctx := context.Background()
-	db, err := store.Open(ctx, store.Config{Driver: store.SQLite, SQLitePath: filepath.Join(t.TempDir(), "api.db")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = db.Close() })
-	cfg, err := configs.Load(configs.Options{Profile: "test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	outbox := router.NewOutbox(db, cfg, watermill.NopLogger{})
-	api := ingress.NewServer(outbox, db.Read, func(context.Context) error { return nil }, http.NotFoundHandler(), 1<<20, slog.New(slog.DiscardHandler))
-	srv := httptest.NewUnstartedServer(api.Handler())
+	srv, _, _ := newUnstartedServer(t, 1<<20, func(*configs.Config) {})
 	srv.Config.ReadTimeout = 300 * time.Millisecond
 	srv.Start()
-	t.Cleanup(srv.Close)
 
 	conn, err := net.Dial("tcp", srv.Listener.Addr().String())
 	if err != nil {
