@@ -9,6 +9,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 N=${1:-20}
 OUT=${EVENTFN_FLAKES_DIR:-$(mktemp -d)}
+mkdir -p "$OUT"
 eval "$(ci/services.sh env)"
 : "${EVENTFN_TEST_KAFKA_BROKERS:?ci/services.sh up first}"
 
