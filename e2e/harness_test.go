@@ -156,20 +156,28 @@ func startApp(t *testing.T, cfg configs.Config) *app {
 // stop shuts the app down gracefully and waits for it; a second call is a no-op.
 func (a *app) stop(t *testing.T) {
 	t.Helper()
+	if err := a.shutdown(t); err != nil {
+		t.Errorf("app shutdown: %v\n%s", err, a.logs.String())
+	}
+}
+
+// shutdown stops the app and returns what Run returned, for a test in which
+// a clean stop is not possible (the broker is gone); a second call is a no-op.
+func (a *app) shutdown(t *testing.T) error {
+	t.Helper()
 	if a.cancel == nil {
-		return
+		return nil
 	}
 	a.cancel()
 	a.cancel = nil
+	defer a.cleanup()
 	select {
 	case err := <-a.done:
-		if err != nil {
-			t.Errorf("app shutdown: %v\n%s", err, a.logs.String())
-		}
+		return err
 	case <-time.After(60 * time.Second):
 		t.Errorf("app did not shut down within 60s\n%s", a.logs.String())
+		return nil
 	}
-	a.cleanup()
 }
 
 // eventually polls cond until it holds or timeout passes; never a fixed sleep.

@@ -3,13 +3,20 @@ package e2e
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/eventfn/eventfn/cli"
 	"github.com/eventfn/eventfn/configs"
 	"github.com/eventfn/eventfn/internal/testenv"
 	"github.com/eventfn/eventfn/wiring"
@@ -94,5 +101,147 @@ func TestTheDataDirectoryIsPrivate(t *testing.T) {
 		if m := mode(f); m != 0o600 {
 			t.Errorf("%s mode %v, want 0600", filepath.Base(f), m)
 		}
+	}
+}
+
+// tcpProxy forwards loopback connections to target until Cut, which closes
+// the listener and every connection: the database vanishing mid-run.
+type tcpProxy struct {
+	ln    net.Listener
+	mu    sync.Mutex
+	conns []net.Conn
+}
+
+func newTCPProxy(t *testing.T, target string) *tcpProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &tcpProxy{ln: ln}
+	t.Cleanup(p.Cut)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			u, err := net.Dial("tcp", target)
+			if err != nil {
+				_ = c.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, c, u)
+			p.mu.Unlock()
+			go func() { _, _ = io.Copy(u, c); _ = u.Close() }()
+			go func() { _, _ = io.Copy(c, u); _ = c.Close() }()
+		}
+	}()
+	return p
+}
+
+func (p *tcpProxy) Addr() string { return p.ln.Addr().String() }
+
+func (p *tcpProxy) Cut() {
+	_ = p.ln.Close()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		_ = c.Close()
+	}
+	p.conns = nil
+}
+
+// TestNoSecretIsShownWhenEverythingFails: eventfn runs the order flow at
+// debug level over SASL_SSL with a recognisable Kafka password and, on the
+// real pass, on PostgreSQL through a URL with a recognisable password in its
+// user info and as ?password=. Then the broker and the database both go away
+// mid-run. Every log line, the /readyz and /metrics bodies, the failing POST
+// /orders answers and the `handlers` command's output are searched for the
+// secrets and the client key.
+func TestNoSecretIsShownWhenEverythingFails(t *testing.T) {
+	t.Parallel()
+	const kafkaSecret, dbSecret = "kafka-s3cr3t-marker", "db-s3cr3t-marker"
+	secured, broker := startSecuredKfake(t, saslSSL, kafkaSecret)
+	e := newEngines(t)
+	var proxy *tcpProxy
+	cfg := e.config(t, func(c *configs.Config) {
+		secured.apply(c)
+		c.Log.Level = "debug"
+		c.Shutdown.Timeout = 2 * time.Second
+		if e.realDB {
+			u, err := url.Parse(e.databaseURL)
+			if err != nil {
+				t.Fatal(err)
+			}
+			proxy = newTCPProxy(t, u.Host)
+			u.Host = proxy.Addr()
+			u.User = url.UserPassword(u.User.Username(), dbSecret)
+			q := u.Query()
+			q.Set("password", dbSecret)
+			q.Set("connect_timeout", "2")
+			u.RawQuery = q.Encode()
+			c.Database.URL = u.String()
+		}
+	})
+	a := startApp(t, cfg)
+	id := a.placeOrder(t, "leak@example.com")
+	a.waitEmailed(t, []string{id}, 60*time.Second)
+
+	shown := &strings.Builder{}
+	broker.Close()
+	if proxy != nil {
+		proxy.Cut()
+	}
+	for range 3 {
+		_, status, body := a.tryPlaceOrder("after@example.com")
+		fmt.Fprintf(shown, "POST /orders %d %s\n", status, body)
+	}
+	eventually(t, 30*time.Second, "/readyz 503 and the outage logged", func() (bool, string) {
+		resp, err := http.Get(a.base + "/readyz")
+		if err != nil {
+			return false, err.Error()
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		fmt.Fprintf(shown, "GET /readyz %d %s\n", resp.StatusCode, body)
+		logged := strings.Contains(a.logs.String(), "level=ERROR")
+		return resp.StatusCode == http.StatusServiceUnavailable && logged, fmt.Sprintf("%d %s; ERROR logged: %t", resp.StatusCode, body, logged)
+	})
+	shown.WriteString(a.get(t, "/metrics"))
+	if err := a.shutdown(t); err != nil {
+		fmt.Fprintf(shown, "shutdown: %v\n", err) // the outbox cannot be flushed with the broker gone
+	}
+	shown.WriteString(a.logs.String())
+
+	var out, errOut strings.Builder
+	environ := []string{
+		"EVENTFN_KAFKA_EMBEDDED=false", "EVENTFN_KAFKA_BROKERS=" + strings.Join(cfg.Kafka.Brokers, ","),
+		"EVENTFN_KAFKA_SASL_MECHANISM=SCRAM-SHA-512", "EVENTFN_KAFKA_SASL_USERNAME=eventfn", "EVENTFN_KAFKA_SASL_PASSWORD=" + kafkaSecret,
+		"EVENTFN_KAFKA_TLS_ENABLED=true", "EVENTFN_KAFKA_TLS_CA_FILE=" + secured.tls.CA,
+		"EVENTFN_DATABASE_URL=postgres://app:" + dbSecret + "@127.0.0.1:1/eventfn?password=" + dbSecret,
+		"EVENTFN_LOG_LEVEL=debug",
+	}
+	for _, args := range [][]string{{"handlers"}, {"handlers", "--json"}} {
+		if code := cli.Main(context.Background(), args, strings.NewReader(""), &out, &errOut, environ); code != 0 {
+			t.Fatalf("eventfn %v: exit %d: %s", args, code, errOut.String())
+		}
+	}
+	shown.WriteString(out.String() + errOut.String())
+
+	key, err := os.ReadFile(secured.tls.ClientKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, secret := range []string{kafkaSecret, dbSecret, keyBody(key)} {
+		for _, line := range strings.Split(shown.String(), "\n") {
+			if strings.Contains(line, secret) {
+				t.Errorf("a secret is shown: %s", line)
+			}
+		}
+	}
+	if !strings.Contains(shown.String(), "level=DEBUG") {
+		t.Error("nothing was logged at debug level: the search proves little")
 	}
 }

@@ -50,8 +50,15 @@ func newSecuredKafka(t *testing.T, kind string) securedKafka {
 		s.user, s.password = os.Getenv("EVENTFN_TEST_KAFKA_SCRAM_USER"), os.Getenv("EVENTFN_TEST_KAFKA_SCRAM_PASSWORD")
 		return s
 	}
-	s.tls = testenv.NewTLSFiles(t)
-	s.user, s.password = "eventfn", "embedded-scram-password"
+	s, _ = startSecuredKfake(t, kind, "embedded-scram-password")
+	return s
+}
+
+// startSecuredKfake is an embedded broker that needs TLS and, for saslSSL,
+// the password given; the test may stop it.
+func startSecuredKfake(t *testing.T, kind, password string) (securedKafka, *kfake.Cluster) {
+	t.Helper()
+	s := securedKafka{kind: kind, tls: testenv.NewTLSFiles(t), user: "eventfn", password: password}
 	opts := []kfake.Opt{
 		kfake.NumBrokers(1),
 		kfake.DefaultNumPartitions(4),
@@ -68,7 +75,7 @@ func newSecuredKafka(t *testing.T, kind string) securedKafka {
 	}
 	t.Cleanup(c.Close)
 	s.brokers = c.ListenAddrs()
-	return s
+	return s, c
 }
 
 // apply points cfg at the listener with the settings a user would write.
