@@ -144,7 +144,7 @@ func publish(ctx context.Context, cfg configs.Config, f *publishFlags, eventType
 	sc.Net.DialTimeout = 5 * time.Second
 	client, err := sarama.NewClient(cfg.Kafka.Brokers, sc)
 	if err != nil {
-		return fmt.Errorf("connect to Kafka at %v (is eventfn running?): %w", cfg.Kafka.Brokers, err)
+		return fmt.Errorf("connect to Kafka at %v (is eventfn running?): %w", cfg.Kafka.Brokers, router.ExplainKafkaError(err, cfg.Kafka))
 	}
 	defer client.Close()
 

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"log/slog"
 	"net"
@@ -10,8 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/twmb/franz-go/pkg/kfake"
 
+	"github.com/eventfn/eventfn/cli"
 	"github.com/eventfn/eventfn/configs"
 	"github.com/eventfn/eventfn/internal/testenv"
 	"github.com/eventfn/eventfn/wiring"
@@ -208,4 +211,73 @@ func keyBody(pem []byte) string {
 		return string(pem)
 	}
 	return lines[1]
+}
+
+// environ is what a user exports to point the CLI at the listener: the
+// password from a file, as a mounted secret gives it.
+func (s securedKafka) environ(t *testing.T, cfg configs.Config, password string) []string {
+	t.Helper()
+	env := []string{
+		"EVENTFN_PROFILE=test",
+		"EVENTFN_KAFKA_EMBEDDED=false",
+		"EVENTFN_KAFKA_BROKERS=" + strings.Join(s.brokers, ","),
+		"EVENTFN_KAFKA_TOPIC_PREFIX=" + cfg.Kafka.TopicPrefix,
+		"EVENTFN_KAFKA_TLS_ENABLED=true",
+		"EVENTFN_KAFKA_TLS_CA_FILE=" + s.tls.CA,
+	}
+	switch s.kind {
+	case saslSSL:
+		pw := filepath.Join(t.TempDir(), "kafka_password")
+		if err := os.WriteFile(pw, []byte(password+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		env = append(env, "EVENTFN_KAFKA_SASL_MECHANISM=SCRAM-SHA-512", "EVENTFN_KAFKA_SASL_USERNAME="+s.user, "EVENTFN_KAFKA_SASL_PASSWORD_FILE="+pw)
+	case mTLS:
+		env = append(env, "EVENTFN_KAFKA_TLS_CERT_FILE="+s.tls.ClientCert, "EVENTFN_KAFKA_TLS_KEY_FILE="+s.tls.ClientKey)
+	}
+	return env
+}
+
+// TestCLIPublishWaitOverSecuredKafka: `eventfn publish --wait` follows a
+// chain through each secured listener, and with a wrong password it fails
+// with the key to fix and without the password.
+func TestCLIPublishWaitOverSecuredKafka(t *testing.T) {
+	t.Parallel()
+	for _, kind := range []string{saslSSL, mTLS} {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			s := newSecuredKafka(t, kind)
+			cfg := newEngines(t).config(t, s.apply)
+			startApp(t, cfg)
+			orderID := "cli-" + uuid.NewString()
+			var out, errOut bytes.Buffer
+			code := cli.Main(t.Context(), []string{"publish", "order.placed",
+				`{"order_id":"` + orderID + `","customer_email":"cli@example.com","total_cents":1200}`,
+				"--wait", "--quiet", "2s", "--timeout", "60s"}, strings.NewReader(""), &out, &errOut, s.environ(t, cfg, s.password))
+			if code != 0 {
+				t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out.String(), errOut.String())
+			}
+			if want := "email.sent key=\"" + orderID + "\""; !strings.Contains(out.String(), want) {
+				t.Errorf("output lacks %q:\n%s", want, out.String())
+			}
+			if kind != saslSSL {
+				return
+			}
+			const wrong = "wr0ng-cli-pa55"
+			out.Reset()
+			errOut.Reset()
+			start := time.Now()
+			code = cli.Main(t.Context(), []string{"publish", "order.placed", `{"order_id":"x","customer_email":"x@example.com","total_cents":1}`},
+				strings.NewReader(""), &out, &errOut, s.environ(t, cfg, wrong))
+			if code == 0 {
+				t.Fatal("published with a wrong password")
+			}
+			if took := time.Since(start); took > 20*time.Second {
+				t.Errorf("the CLI took %s to give up", took.Round(time.Second))
+			}
+			if !strings.Contains(errOut.String(), "kafka.sasl.password") || strings.Contains(out.String()+errOut.String(), wrong) {
+				t.Errorf("want the error to name kafka.sasl.password and not show the password (exit %d):\n%s\n%s", code, out.String(), errOut.String())
+			}
+		})
+	}
 }

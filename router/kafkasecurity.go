@@ -124,6 +124,23 @@ func explainKafkaError(err error, k configs.Kafka) error {
 	return fmt.Errorf("%w: %s: %w", errKafkaSetup, hint, err)
 }
 
+// ExplainKafkaError is for a client that tries once, as the CLI does: the
+// settings error of explainKafkaError, or, for a connection the brokers
+// closed at once, the keys that usually cause it; any other error as it is.
+func ExplainKafkaError(err error, k configs.Kafka) error {
+	if e := explainKafkaError(err, k); e != err {
+		return e
+	}
+	if errors.Is(err, io.EOF) && k.SASL.Mechanism != "" {
+		return fmt.Errorf("the brokers closed the connection: check kafka.sasl.username and kafka.sasl.password (some brokers close it on refused credentials), and that kafka.tls.enabled (%t) and kafka.sasl.mechanism (%s) match the listener: %w",
+			k.TLS.Enabled, k.SASL.Mechanism, err)
+	}
+	if errors.Is(err, io.EOF) {
+		return fmt.Errorf("the brokers closed the connection: check that kafka.tls.enabled (%t) and kafka.sasl.mechanism (none) match the listener: %w", k.TLS.Enabled, err)
+	}
+	return err
+}
+
 func kafkaSetupHint(err error, k configs.Kafka) string {
 	var (
 		unknownCA x509.UnknownAuthorityError
