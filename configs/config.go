@@ -46,6 +46,8 @@ type Config struct {
 	Database Database `koanf:"database"`
 	// Relay moves committed outbox rows to Kafka.
 	Relay Relay `koanf:"relay"`
+	// Retention deletes forwarded outbox rows and old inbox rows.
+	Retention Retention `koanf:"retention"`
 	// Shutdown bounds a graceful stop.
 	Shutdown Shutdown `koanf:"shutdown"`
 	// Log sets the level and format of the process log.
@@ -192,6 +194,23 @@ type Relay struct {
 	BatchSize int `koanf:"batch_size"`
 }
 
+// Retention configures the background deletion of rows eventfn no longer needs.
+type Retention struct {
+	// Outbox is how long a forwarded outbox row is kept; 0 keeps them all.
+	Outbox time.Duration `koanf:"outbox"`
+	// OutboxArchive moves forwarded rows to eventfn_outbox_archive instead of
+	// deleting them.
+	OutboxArchive bool `koanf:"outbox_archive"`
+	// Inbox is how long an inbox row is kept; 0 keeps them all. It must be
+	// longer than the retention of every topic a handler consumes: a record
+	// redelivered after its inbox row is gone runs its handler again.
+	Inbox time.Duration `koanf:"inbox"`
+	// Interval is how often a sweep runs.
+	Interval time.Duration `koanf:"interval"`
+	// BatchSize is how many rows one DELETE removes at most.
+	BatchSize int `koanf:"batch_size"`
+}
+
 // Shutdown configures a graceful stop.
 type Shutdown struct {
 	// Timeout is how long a stop may take before in-flight work is abandoned
@@ -261,6 +280,11 @@ func defaults() map[string]any {
 		"database.max_open_conns":        16,
 		"relay.poll_interval":            "10ms",
 		"relay.batch_size":               500,
+		"retention.outbox":               "1h",
+		"retention.outbox_archive":       false,
+		"retention.inbox":                "0s",
+		"retention.interval":             "1m",
+		"retention.batch_size":           1000,
 		"shutdown.timeout":               "30s",
 		"log.level":                      "info",
 		"log.format":                     "text",
@@ -536,6 +560,21 @@ func (c Config) Validate() error {
 	}
 	if c.Relay.BatchSize < 1 {
 		bad("relay.batch_size", "%d: must be at least 1", c.Relay.BatchSize)
+	}
+	if c.Retention.Outbox < 0 {
+		bad("retention.outbox", "%s: must not be negative (0 keeps every forwarded row)", c.Retention.Outbox)
+	}
+	if c.Retention.Inbox < 0 {
+		bad("retention.inbox", "%s: must not be negative (0 keeps every inbox row)", c.Retention.Inbox)
+	}
+	if c.Retention.OutboxArchive && c.Retention.Outbox == 0 {
+		bad("retention.outbox_archive", "true, but retention.outbox is 0, so nothing is ever archived: set retention.outbox")
+	}
+	if c.Retention.Interval <= 0 {
+		bad("retention.interval", "%s: must be a positive duration such as 1m", c.Retention.Interval)
+	}
+	if c.Retention.BatchSize < 1 || c.Retention.BatchSize > 100000 {
+		bad("retention.batch_size", "%d: must be between 1 and 100000", c.Retention.BatchSize)
 	}
 	if c.Shutdown.Timeout <= 0 {
 		bad("shutdown.timeout", "%s: must be a positive duration such as 30s", c.Shutdown.Timeout)

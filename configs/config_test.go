@@ -221,3 +221,32 @@ func TestAnUnparsableDatabaseURLDoesNotEchoThePassword(t *testing.T) {
 		})
 	}
 }
+
+func TestRetentionSettingsThatCannotWorkAreRefused(t *testing.T) {
+	cases := []struct {
+		env  []string
+		want string
+	}{
+		{[]string{"EVENTFN_RETENTION_OUTBOX=-1s"}, "retention.outbox (EVENTFN_RETENTION_OUTBOX): -1s: must not be negative"},
+		{[]string{"EVENTFN_RETENTION_INBOX=-1h"}, "retention.inbox (EVENTFN_RETENTION_INBOX)"},
+		{[]string{"EVENTFN_RETENTION_OUTBOX=0s", "EVENTFN_RETENTION_OUTBOX_ARCHIVE=true"}, "nothing is ever archived"},
+		{[]string{"EVENTFN_RETENTION_INTERVAL=0s"}, "retention.interval"},
+		{[]string{"EVENTFN_RETENTION_BATCH_SIZE=0"}, "retention.batch_size"},
+		{[]string{"EVENTFN_RETENTION_INBOX=1 week"}, "retention.inbox"},
+	}
+	for _, c := range cases {
+		t.Run(strings.Join(c.env, " "), func(t *testing.T) {
+			_, err := configs.Load(configs.Options{Environ: c.env})
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("err = %v, want it to say %q", err, c.want)
+			}
+		})
+	}
+	cfg, err := configs.Load(configs.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Retention.Outbox != time.Hour || cfg.Retention.Inbox != 0 {
+		t.Errorf("defaults: outbox %s, inbox %s; want 1h and 0 (kept)", cfg.Retention.Outbox, cfg.Retention.Inbox)
+	}
+}

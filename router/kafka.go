@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"time"
 
 	"github.com/IBM/sarama"
@@ -154,4 +155,58 @@ func PingKafka(ctx context.Context, k configs.Kafka) error {
 	case <-ctx.Done():
 		return fmt.Errorf("kafka %v: %w", k.Brokers, ctx.Err())
 	}
+}
+
+// TopicRetentions reads retention.ms of each topic; -1 (keep forever) is a
+// negative duration.
+func TopicRetentions(ctx context.Context, k configs.Kafka, topics []string) (map[string]time.Duration, error) {
+	sc, err := SaramaConfig(k)
+	if err != nil {
+		return nil, err
+	}
+	admin, err := connectAdmin(ctx, k, sc)
+	if err != nil {
+		return nil, err
+	}
+	defer admin.Close()
+	out := make(map[string]time.Duration, len(topics))
+	for _, t := range topics {
+		entries, err := admin.DescribeConfig(sarama.ConfigResource{Type: sarama.TopicResource, Name: t, ConfigNames: []string{"retention.ms"}})
+		if err != nil {
+			return nil, fmt.Errorf("read retention.ms of topic %s: %w", t, err)
+		}
+		for _, e := range entries {
+			if e.Name != "retention.ms" {
+				continue
+			}
+			ms, err := strconv.ParseInt(e.Value, 10, 64)
+			if err != nil {
+				return nil, fmt.Errorf("topic %s: retention.ms %q: %w", t, e.Value, err)
+			}
+			out[t] = time.Duration(ms) * time.Millisecond
+		}
+	}
+	return out, nil
+}
+
+// checkInboxRetention refuses an inbox retention that a redelivery can
+// outlive: a record still in its topic after its inbox row is gone would run
+// its handler again.
+func checkInboxRetention(inbox time.Duration, retentions map[string]time.Duration, consumed []string) error {
+	if inbox == 0 {
+		return nil
+	}
+	key := "retention.inbox (" + configs.EnvName("retention.inbox") + ")"
+	for _, t := range consumed {
+		r, ok := retentions[t]
+		switch {
+		case !ok:
+			return fmt.Errorf("%s: %s is set, but topic %s reports no retention.ms to check it against", key, inbox, t)
+		case r < 0:
+			return fmt.Errorf("%s: %s, but topic %s keeps its records forever (retention.ms -1): a redelivered record would run its handler again once its inbox row is gone; set it to 0 to keep inbox rows", key, inbox, t)
+		case inbox <= r:
+			return fmt.Errorf("%s: %s is not longer than topic %s's retention (%s): a record redelivered after its inbox row is gone would run its handler again; set it above %s", key, inbox, t, r, r)
+		}
+	}
+	return nil
 }

@@ -126,6 +126,7 @@ func effectivePolicy(h runtime.Handler, o configs.HandlerPolicy) (runtime.Policy
 type Runtime struct {
 	cfg      configs.Config
 	kopts    []kgo.Opt // TLS and SASL of every franz-go client
+	cleaner  *cleaner
 	db       *store.DB
 	outbox   *Outbox
 	infos    []HandlerInfo
@@ -191,6 +192,11 @@ func New(cfg configs.Config, db *store.DB, outbox *Outbox, handlers []runtime.Ha
 	r.relay = relay.New(relay.Config{BatchSize: cfg.Relay.BatchSize, PollInterval: cfg.Relay.PollInterval},
 		outbox.table, producer, relay.NewLease(db), rm, logger.With("component", "relay"))
 	outbox.wake.relay.Store(r.relay)
+	r.cleaner, err = newCleaner(cfg.Retention, db, outbox.table, reg, logger.With("component", "retention"))
+	if err != nil {
+		producer.Close()
+		return nil, err
+	}
 	return r, nil
 }
 
@@ -260,6 +266,19 @@ func (r *Runtime) Run(ctx context.Context, extraTopics ...string) error {
 	if err := EnsureTopics(setupCtx, r.cfg.Kafka, append(Topics(r.cfg, r.infos), extraTopics...)); err != nil {
 		return err
 	}
+	if r.cfg.Retention.Inbox > 0 {
+		consumed := make([]string, 0, len(r.infos))
+		for _, i := range r.infos {
+			consumed = append(consumed, i.Topic)
+		}
+		retentions, err := TopicRetentions(setupCtx, r.cfg.Kafka, consumed)
+		if err != nil {
+			return fmt.Errorf("retention.inbox needs the handlers' topics' retention: %w", err)
+		}
+		if err := checkInboxRetention(r.cfg.Retention.Inbox, retentions, consumed); err != nil {
+			return err
+		}
+	}
 
 	// The routers get contexts of their own: ctx ending starts the shutdown
 	// sequence below rather than cutting every subscription at once.
@@ -270,6 +289,8 @@ func (r *Runtime) Run(ctx context.Context, extraTopics ...string) error {
 	relayDone := make(chan error, 1)
 	handlersDone := make(chan error, 1)
 	go func() { relayDone <- r.relay.Run(relayCtx) }()
+	cleanerDone := make(chan struct{})
+	go func() { r.cleaner.run(relayCtx); close(cleanerDone) }()
 	go func() { handlersDone <- r.handlers.Run(handlersCtx) }()
 	r.running.Store(true)
 
@@ -284,7 +305,10 @@ func (r *Runtime) Run(ctx context.Context, extraTopics ...string) error {
 		handlersDone <- err
 	}
 	r.running.Store(false)
-	return errors.Join(runErr, r.shutdown(handlersDone, relayDone, stopRelay))
+	err := errors.Join(runErr, r.shutdown(handlersDone, relayDone, stopRelay))
+	stopRelay()
+	<-cleanerDone // a sweep in flight ends with the relay's context
+	return err
 }
 
 func (r *Runtime) shutdown(handlersDone, relayDone <-chan error, stopRelay func()) error {

@@ -232,3 +232,69 @@ func (t *Table) inList(prefix string, ids []int64) (string, []any) {
 	b.WriteByte(')')
 	return b.String(), args
 }
+
+// DeleteForwarded deletes up to limit rows forwarded more than grace ago,
+// oldest first, copying them into eventfn_outbox_archive first when archive
+// is set, all in one transaction. Pending and parked rows are never touched.
+// It returns how many rows it removed.
+func (t *Table) DeleteForwarded(ctx context.Context, grace time.Duration, limit int, archive bool) (int, error) {
+	cutoff, arg := t.before(grace)
+	// Oldest first along the primary key: old forwarded rows have the lowest
+	// ids, so the scan stops after about limit rows however big the table is.
+	rows, err := t.db.QueryContext(ctx,
+		`SELECT id FROM eventfn_outbox WHERE state = 1 AND done_at < `+cutoff+` ORDER BY id LIMIT $2`, arg, limit)
+	if err != nil {
+		return 0, fmt.Errorf("find forwarded outbox rows older than %s: %w", grace, err)
+	}
+	var ids []int64
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			_ = rows.Close()
+			return 0, fmt.Errorf("scan outbox row id: %w", err)
+		}
+		ids = append(ids, id)
+	}
+	if err := rows.Close(); err != nil {
+		return 0, fmt.Errorf("find forwarded outbox rows: %w", err)
+	}
+	if err := rows.Err(); err != nil {
+		return 0, fmt.Errorf("find forwarded outbox rows: %w", err)
+	}
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	tx, err := t.db.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, fmt.Errorf("begin outbox retention: %w", err)
+	}
+	defer func() { _ = tx.Rollback() }()
+	if archive {
+		// ON CONFLICT: another replica may have archived the same rows a
+		// moment ago; the copy it made is the same.
+		q, args := t.inList(`INSERT INTO eventfn_outbox_archive (id, topic, key, headers, payload, created_at, done_at)
+			SELECT id, topic, key, headers, payload, created_at, done_at FROM eventfn_outbox WHERE state = 1 AND id`, ids)
+		if _, err := tx.ExecContext(ctx, q+` ON CONFLICT (id) DO NOTHING`, args...); err != nil {
+			return 0, fmt.Errorf("archive %d forwarded outbox rows: %w", len(ids), err)
+		}
+	}
+	q, args := t.inList(`DELETE FROM eventfn_outbox WHERE state = 1 AND id`, ids)
+	res, err := tx.ExecContext(ctx, q, args...)
+	if err != nil {
+		return 0, fmt.Errorf("delete %d forwarded outbox rows: %w", len(ids), err)
+	}
+	if err := tx.Commit(); err != nil {
+		return 0, fmt.Errorf("commit outbox retention: %w", err)
+	}
+	n, _ := res.RowsAffected()
+	return int(n), nil
+}
+
+// before is a SQL expression for "now minus d" comparable with done_at on
+// either engine, and its argument, which takes the place of $1.
+func (t *Table) before(d time.Duration) (string, any) {
+	if t.db.Driver == store.SQLite {
+		return `strftime('%Y-%m-%dT%H:%M:%fZ', 'now', $1)`, fmt.Sprintf("-%.3f seconds", d.Seconds())
+	}
+	return `now() - $1 * interval '1 microsecond'`, d.Microseconds()
+}

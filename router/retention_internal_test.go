@@ -1,0 +1,38 @@
+package router
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestCheckInboxRetention(t *testing.T) {
+	week := 7 * 24 * time.Hour
+	cases := []struct {
+		name       string
+		inbox      time.Duration
+		retentions map[string]time.Duration
+		want       string // "" accepts
+	}{
+		{"off", 0, map[string]time.Duration{"a": -1}, ""},
+		{"longer than every topic", 8 * 24 * time.Hour, map[string]time.Duration{"a": week, "b": time.Hour}, ""},
+		{"shorter than one topic", 24 * time.Hour, map[string]time.Duration{"a": time.Hour, "b": week}, "topic b's retention (168h0m0s)"},
+		{"equal is not longer", week, map[string]time.Duration{"a": week}, "is not longer"},
+		{"a topic kept forever", 365 * 24 * time.Hour, map[string]time.Duration{"a": -time.Millisecond}, "keeps its records forever"},
+		{"a topic without retention.ms", time.Hour, map[string]time.Duration{}, "reports no retention.ms"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			err := checkInboxRetention(c.inbox, c.retentions, []string{"a", "b"}[:max(1, len(c.retentions))])
+			if c.want == "" {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "EVENTFN_RETENTION_INBOX") {
+				t.Fatalf("err = %v, want it to name EVENTFN_RETENTION_INBOX and say %q", err, c.want)
+			}
+		})
+	}
+}
