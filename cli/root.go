@@ -95,6 +95,7 @@ SQLite, both under the data directory.`,
 		newPublishCmd(g, stdin, stdout, stderr, environ),
 		newHandlersCmd(g, stdout, stderr, environ),
 		newReadyCmd(g, stdout, environ),
+		newDLQCmd(g, stdout, environ),
 	)
 	return root
 }

@@ -1,0 +1,274 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/eventfn/eventfn/configs"
+	"github.com/eventfn/eventfn/router"
+	"github.com/eventfn/eventfn/store"
+)
+
+// dlqFlags are the selection every dlq command takes.
+type dlqFlags struct {
+	handler, eventType, reason string
+	since, until               string
+	ids                        []string
+	asJSON                     bool
+	timeout                    time.Duration
+}
+
+func (f *dlqFlags) register(cmd *cobra.Command, withIDs bool) {
+	fs := cmd.Flags()
+	fs.StringVar(&f.handler, "handler", "", "only dead letters of this handler")
+	fs.StringVar(&f.eventType, "type", "", "only events of this type")
+	fs.StringVar(&f.reason, "reason", "", "only dead letters whose reason contains this text")
+	fs.StringVar(&f.since, "since", "", "only dead letters from this time on: RFC 3339 (2026-11-25T10:00:00Z) or a duration ago (2h)")
+	fs.StringVar(&f.until, "until", "", "only dead letters before this time: RFC 3339 or a duration ago")
+	fs.BoolVar(&f.asJSON, "json", false, "print JSON")
+	fs.DurationVar(&f.timeout, "timeout", time.Minute, "give up reading the dead-letter topic after this long")
+	if withIDs {
+		fs.StringSliceVar(&f.ids, "id", nil, "only these dead letters (ids from dlq list; repeat or comma-separate)")
+	}
+}
+
+func (f *dlqFlags) filter(now time.Time) (router.DeadLetterFilter, error) {
+	out := router.DeadLetterFilter{Handler: f.handler, Type: f.eventType, Reason: f.reason, IDs: f.ids}
+	var err error
+	if out.Since, err = parseWhen("--since", f.since, now); err != nil {
+		return out, err
+	}
+	if out.Until, err = parseWhen("--until", f.until, now); err != nil {
+		return out, err
+	}
+	return out, nil
+}
+
+// parseWhen reads a time as RFC 3339 or as a duration before now.
+func parseWhen(flag, v string, now time.Time) (time.Time, error) {
+	if v == "" {
+		return time.Time{}, nil
+	}
+	if t, err := time.Parse(time.RFC3339, v); err == nil {
+		return t, nil
+	}
+	if d, err := time.ParseDuration(v); err == nil && d >= 0 {
+		return now.Add(-d), nil
+	}
+	return time.Time{}, ExitError{Code: 2, Err: fmt.Errorf("%s %q: want an RFC 3339 time (2026-11-25T10:00:00Z) or a duration ago (90m, 2h)", flag, v)}
+}
+
+// openForDLQ loads the configuration and opens the database the dead-letter
+// bookkeeping lives in. It starts no broker: the dead letters are read from
+// the Kafka of kafka.brokers (the embedded one of a running `eventfn`).
+func openForDLQ(ctx context.Context, g *globalFlags, environ []string) (configs.Config, *store.DB, error) {
+	cfg, err := g.load(environ)
+	if err != nil {
+		return cfg, nil, err
+	}
+	driver, err := cfg.Database.Driver()
+	if err != nil {
+		return cfg, nil, ExitError{Code: 2, Err: fmt.Errorf("database.url: %w", err)}
+	}
+	db, err := store.Open(ctx, store.Config{
+		Driver: store.Driver(driver), SQLitePath: cfg.Database.SQLitePath(cfg.DataDir),
+		URL: cfg.Database.URL, MaxOpenConns: 2,
+	})
+	if err != nil {
+		return cfg, nil, err
+	}
+	return cfg, db, nil
+}
+
+func newDLQCmd(g *globalFlags, stdout io.Writer, environ []string) *cobra.Command {
+	dlq := &cobra.Command{
+		Use:   "dlq",
+		Short: "List, show and replay dead letters",
+		Long: `Dead letters are the events a handler gave up on. They are selected by handler,
+event type, reason and time, never by Kafka offsets; each has an id for show and
+replay --id.`,
+	}
+	dlq.AddCommand(newDLQListCmd(g, stdout, environ), newDLQShowCmd(g, stdout, environ), newDLQReplayCmd(g, stdout, environ))
+	return dlq
+}
+
+func newDLQListCmd(g *globalFlags, stdout io.Writer, environ []string) *cobra.Command {
+	f := &dlqFlags{}
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "One line per dead letter: when, handler, event type, key, attempts, reason, origin, replay",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			dls, err := selectDeadLetters(cmd.Context(), g, f, environ)
+			if err != nil {
+				return err
+			}
+			if f.asJSON {
+				return writeJSON(stdout, withoutBodies(dls))
+			}
+			tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tDEAD-LETTERED\tHANDLER\tEVENT TYPE\tKEY\tATTEMPTS\tORIGIN\tREPLAY\tREASON")
+			for _, d := range dls {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%q\t%d\t%s/%d/%d\t%s\t%s\n", d.ID, d.Time.Format(time.RFC3339), d.Handler, d.Type,
+					d.Key, d.Attempts, d.OriginTopic, d.OriginPartition, d.OriginOffset, replayText(d), oneLine(d.Reason, 120))
+			}
+			return tw.Flush()
+		},
+	}
+	f.register(cmd, true)
+	return cmd
+}
+
+func newDLQShowCmd(g *globalFlags, stdout io.Writer, environ []string) *cobra.Command {
+	f := &dlqFlags{}
+	cmd := &cobra.Command{
+		Use:   "show ID",
+		Short: "Print a dead letter's headers and payload",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			f.ids = []string{args[0]}
+			dls, err := selectDeadLetters(cmd.Context(), g, f, environ)
+			if err != nil {
+				return err
+			}
+			if len(dls) == 0 {
+				return ExitError{Code: 1, Err: fmt.Errorf("no dead letter %s (ids come from `eventfn dlq list`)", args[0])}
+			}
+			d := dls[0]
+			if f.asJSON {
+				return writeJSON(stdout, struct {
+					router.DeadLetter
+					Payload string `json:"payload"`
+				}{d, string(d.Payload)})
+			}
+			fmt.Fprintf(stdout, "id: %s\ndead-lettered: %s\nhandler: %s\nreplay: %s\nheaders:\n", d.ID, d.Time.Format(time.RFC3339Nano), d.Handler, replayText(d))
+			keys := make([]string, 0, len(d.Headers))
+			for k := range d.Headers {
+				keys = append(keys, k)
+			}
+			sort.Strings(keys)
+			for _, k := range keys {
+				fmt.Fprintf(stdout, "  %s: %q\n", k, d.Headers[k])
+			}
+			fmt.Fprintf(stdout, "key: %q\npayload (%d bytes):\n%s\n", d.Key, len(d.Payload), d.Payload)
+			return nil
+		},
+	}
+	f.register(cmd, false)
+	return cmd
+}
+
+func newDLQReplayCmd(g *globalFlags, stdout io.Writer, environ []string) *cobra.Command {
+	f := &dlqFlags{}
+	var again, dryRun bool
+	cmd := &cobra.Command{
+		Use:   "replay",
+		Short: "Send the selected dead letters back to the handler that failed them",
+		Long: `Replay sends each selected dead letter back to the topic it came from, with its
+key, payload and CloudEvents id, through the outbox: a running eventfn forwards
+it. Handlers that had processed the event find it in their inbox and do nothing;
+the handler that failed runs it from attempt 1. Each dead letter is marked
+replayed, so a second replay of the same selection sends nothing unless --again
+is given. A selection is required: --handler, --type, --reason, --since,
+--until or --id.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if f.handler == "" && f.eventType == "" && f.reason == "" && f.since == "" && f.until == "" && len(f.ids) == 0 {
+				return ExitError{Code: 2, Err: errors.New("say what to replay: --handler, --type, --reason, --since, --until or --id")}
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), f.timeout)
+			defer cancel()
+			cfg, db, err := openForDLQ(ctx, g, environ)
+			if err != nil {
+				return err
+			}
+			defer db.Close()
+			filter, err := f.filter(time.Now())
+			if err != nil {
+				return err
+			}
+			dls, err := router.DeadLetters(ctx, cfg, db, filter)
+			if err != nil {
+				return err
+			}
+			res, err := router.ReplayDeadLetters(ctx, cfg, db, dls, again, dryRun)
+			verb := "replayed"
+			if dryRun {
+				verb = "would replay"
+			}
+			if f.asJSON {
+				if jerr := writeJSON(stdout, map[string]any{"sent": withoutBodies(res.Sent), "skipped": res.Skipped, "dry_run": dryRun}); jerr != nil {
+					return errors.Join(err, jerr)
+				}
+				return err
+			}
+			for _, d := range res.Sent {
+				fmt.Fprintf(stdout, "%s %s: %s %s key=%q to %s\n", verb, d.ID, d.Handler, d.Type, d.Key, d.OriginTopic)
+			}
+			for _, s := range res.Skipped {
+				fmt.Fprintf(stdout, "skipped %s: %s\n", s.ID, s.Why)
+			}
+			fmt.Fprintf(stdout, "%s %d, skipped %d of %d selected\n", verb, len(res.Sent), len(res.Skipped), len(dls))
+			return err
+		},
+	}
+	f.register(cmd, true)
+	cmd.Flags().BoolVar(&again, "again", false, "also send dead letters replayed before")
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print what would be sent and send nothing")
+	return cmd
+}
+
+func selectDeadLetters(ctx context.Context, g *globalFlags, f *dlqFlags, environ []string) ([]router.DeadLetter, error) {
+	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+	defer cancel()
+	filter, err := f.filter(time.Now())
+	if err != nil {
+		return nil, err
+	}
+	cfg, db, err := openForDLQ(ctx, g, environ)
+	if err != nil {
+		return nil, err
+	}
+	defer db.Close()
+	return router.DeadLetters(ctx, cfg, db, filter)
+}
+
+func replayText(d router.DeadLetter) string {
+	if d.Replay == nil {
+		return "-"
+	}
+	return fmt.Sprintf("%s (%s, %dx)", d.Replay.Outcome, d.Replay.At.Format(time.RFC3339), d.Replay.Times)
+}
+
+// withoutBodies drops headers and payloads from a listing: show has them.
+func withoutBodies(dls []router.DeadLetter) []router.DeadLetter {
+	out := make([]router.DeadLetter, len(dls))
+	for i, d := range dls {
+		d.Headers = nil
+		out[i] = d
+	}
+	return out
+}
+
+func oneLine(s string, max int) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) > max {
+		return s[:max] + "…"
+	}
+	return s
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
