@@ -108,6 +108,12 @@ type app struct {
 // startApp builds the app through Wire, runs it, and waits until /readyz says ready.
 func startApp(t *testing.T, cfg configs.Config) *app {
 	t.Helper()
+	return startAppBuiltBy(t, cfg, wiring.BuildApp)
+}
+
+// startAppBuiltBy is startApp with another Wire injector of the same shape.
+func startAppBuiltBy(t *testing.T, cfg configs.Config, build func(context.Context, wiring.BaseConfig, *slog.Logger) (*wiring.App, func(), error)) *app {
+	t.Helper()
 	logs := &testenv.LogBuffer{}
 	var w io.Writer = logs
 	if os.Getenv("EVENTFN_TEST_LOGS") == "1" {
@@ -121,7 +127,7 @@ func startApp(t *testing.T, cfg configs.Config) *app {
 	}
 	logger := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
 	ctx, cancel := context.WithCancel(context.Background())
-	built, cleanup, err := wiring.BuildApp(ctx, wiring.BaseConfig(cfg), logger)
+	built, cleanup, err := build(ctx, wiring.BaseConfig(cfg), logger)
 	if err != nil {
 		cancel()
 		t.Fatalf("build app: %v", err)

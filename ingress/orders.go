@@ -17,9 +17,14 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/eventfn/eventfn/handlers"
 	"github.com/eventfn/eventfn/internal/outage"
+	"github.com/eventfn/eventfn/internal/tracing"
 	"github.com/eventfn/eventfn/runtime"
 )
 
@@ -38,7 +43,20 @@ type Server struct {
 	// every request fail, and it is logged once, summarised, and its end
 	// logged, not once per request.
 	storing *outage.Reporter
+	tracer  trace.Tracer
 }
+
+// ServerOption configures a Server.
+type ServerOption func(*Server)
+
+// WithTracerProvider traces each order request; its span is the root of the
+// order's chain, or joins the trace of the request's traceparent header.
+func WithTracerProvider(tp trace.TracerProvider) ServerOption {
+	return func(s *Server) { s.tracer = tracing.Tracer(tp) }
+}
+
+// httpPropagator reads a caller's traceparent and tracestate HTTP headers.
+var httpPropagator propagation.TraceContext
 
 // outageReportInterval is how often a lasting failure to store orders is
 // summarised in the log.
@@ -47,10 +65,15 @@ const outageReportInterval = 30 * time.Second
 // NewServer builds the HTTP handler. read serves GET queries; tx writes orders;
 // ready answers GET /readyz and must be cheap (see Readiness); metrics serves
 // GET /metrics, or nil when /metrics is served elsewhere.
-func NewServer(tx runtime.Transactor, read *sql.DB, ready ReadyFunc, metrics http.Handler, maxBody int64, logger *slog.Logger) *Server {
-	return &Server{tx: tx, read: read, ready: ready, metrics: metrics, maxBody: maxBody, logger: logger,
+func NewServer(tx runtime.Transactor, read *sql.DB, ready ReadyFunc, metrics http.Handler, maxBody int64, logger *slog.Logger, opts ...ServerOption) *Server {
+	s := &Server{tx: tx, read: read, ready: ready, metrics: metrics, maxBody: maxBody, logger: logger,
 		storing: outage.New("orders cannot be stored; POST /orders answers 500",
-			"orders stored again", outageReportInterval, logger)}
+			"orders stored again", outageReportInterval, logger),
+		tracer: tracing.Tracer(nil)}
+	for _, opt := range opts {
+		opt(s)
+	}
+	return s
 }
 
 // Handler returns the routes.
@@ -170,7 +193,11 @@ func (s *Server) createOrder(w http.ResponseWriter, r *http.Request) {
 	for _, it := range req.Items {
 		order.TotalCents += it.Quantity * it.PriceCents
 	}
-	ctx := r.Context()
+	ctx, span := s.tracer.Start(httpPropagator.Extract(r.Context(), propagation.HeaderCarrier(r.Header)), "POST /orders",
+		trace.WithSpanKind(trace.SpanKindServer),
+		trace.WithAttributes(attribute.String("http.request.method", http.MethodPost), attribute.String("http.route", "/orders"),
+			attribute.String("eventfn.order_id", order.ID)))
+	defer span.End()
 	if id := r.Header.Get("X-Correlation-ID"); id != "" {
 		if err := runtime.ValidateCorrelationID(id); err != nil {
 			writeJSON(w, http.StatusBadRequest, fieldError{"X-Correlation-ID", err.Error()})
@@ -215,6 +242,7 @@ func (s *Server) createOrder(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err != nil {
+		span.SetStatus(codes.Error, "the order could not be stored")
 		s.storing.Failed(err)
 		writeJSON(w, http.StatusInternalServerError, map[string]string{"error": "the order could not be stored; try again"})
 		return

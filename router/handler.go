@@ -12,7 +12,11 @@ import (
 	"unicode/utf8"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 
+	"github.com/eventfn/eventfn/internal/tracing"
 	"github.com/eventfn/eventfn/runtime"
 )
 
@@ -24,6 +28,7 @@ type invoker struct {
 	outbox  *Outbox
 	logger  *slog.Logger
 	metrics *metrics
+	tracer  trace.Tracer
 }
 
 // handle is the Watermill handler function.
@@ -32,13 +37,28 @@ func (i *invoker) handle(msg *message.Message) error {
 	attempt++
 	msg.Metadata.Set(metaAttempts, strconv.Itoa(attempt))
 	meta := metadataOf(msg, attempt)
-	ctx := runtime.WithMetadata(msg.Context(), meta)
 	name := i.handler.Name()
+	// One span per call, a child of the span that sent the event (the relay's,
+	// or another producer's): the events the handler emits carry this one.
+	ctx, span := i.tracer.Start(tracing.Extract(msg.Context(), msg.Metadata), name+" process "+meta.Type,
+		trace.WithSpanKind(trace.SpanKindConsumer),
+		trace.WithAttributes(
+			attribute.String("messaging.system", "kafka"),
+			attribute.String("messaging.operation.type", "process"),
+			attribute.String("messaging.message.id", meta.ID),
+			attribute.String("cloudevents.event_type", meta.Type),
+			attribute.String("cloudevents.event_source", meta.Source),
+			attribute.String("eventfn.handler", name),
+			attribute.Int("eventfn.attempt", attempt),
+		))
+	defer span.End()
+	ctx = runtime.WithMetadata(ctx, meta)
 
 	if err := errors.Join(malformedHeaders(msg.Metadata), validSpecVersion(msg.Metadata.Get(HeaderSpecVersion)), validAttributes(meta)); err != nil {
 		// Bytes no database key can hold: the event is malformed, and no
 		// retry will change that.
 		i.metrics.attempts.WithLabelValues(name, "permanent").Inc()
+		span.SetStatus(codes.Error, "malformed event")
 		i.logger.WarnContext(ctx, "malformed event", "handler", name, "err", err)
 		return runtime.Permanent(err)
 	}
@@ -74,6 +94,8 @@ func (i *invoker) handle(msg *message.Message) error {
 		i.metrics.attempts.WithLabelValues(name, "error").Inc()
 	}
 	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, "handler failed")
 		i.logger.WarnContext(ctx, "handler failed", "handler", name, "event_id", meta.ID,
 			"event_type", meta.Type, "attempt", attempt, "permanent", runtime.IsPermanent(err), "err", boundText(err.Error(), maxHeaderBytes))
 		return err
@@ -82,6 +104,7 @@ func (i *invoker) handle(msg *message.Message) error {
 		i.outbox.wake.nudge()
 	}
 	if duplicate {
+		span.SetAttributes(attribute.Bool("eventfn.duplicate", true))
 		i.metrics.duplicates.WithLabelValues(name).Inc()
 		i.logger.InfoContext(ctx, "event already processed; acknowledged without running the handler",
 			"handler", name, "event_id", meta.ID)

@@ -11,6 +11,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/eventfn/eventfn/configs"
+	"github.com/eventfn/eventfn/internal/tracing"
 	"github.com/eventfn/eventfn/router/relay"
 	"github.com/eventfn/eventfn/runtime"
 	"github.com/eventfn/eventfn/store"
@@ -120,6 +121,9 @@ func (t *txHandle) Emit(ctx context.Context, events ...runtime.Event) error {
 		if key != "" {
 			rec.Key = []byte(key)
 		}
+		// The span of the handler call (or the HTTP request) that emits the
+		// event is its parent: the relay and the next handler continue the trace.
+		tracing.Inject(ctx, rec.Headers)
 		if size := rec.Size(); size > t.kafka.MaxMessageBytes {
 			return runtime.Permanent(fmt.Errorf("emit %s: the event takes %d bytes on Kafka, more than kafka.max_message_bytes (%d); send less, or a reference to the data", typ, size, t.kafka.MaxMessageBytes))
 		}

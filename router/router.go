@@ -18,6 +18,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/eventfn/eventfn/configs"
 	"github.com/eventfn/eventfn/internal/outage"
@@ -127,6 +128,7 @@ type Runtime struct {
 	cfg      configs.Config
 	kopts    []kgo.Opt // TLS and SASL of every franz-go client
 	cleaner  *cleaner
+	tracer   trace.Tracer
 	db       *store.DB
 	outbox   *Outbox
 	infos    []HandlerInfo
@@ -151,7 +153,8 @@ type Runtime struct {
 const outageReportInterval = 30 * time.Second
 
 // New builds the runtime; Run starts it. Its metrics are registered in reg.
-func New(cfg configs.Config, db *store.DB, outbox *Outbox, handlers []runtime.Handler, reg prometheus.Registerer, logger *slog.Logger) (*Runtime, error) {
+func New(cfg configs.Config, db *store.DB, outbox *Outbox, handlers []runtime.Handler, reg prometheus.Registerer, logger *slog.Logger, opts ...Option) (*Runtime, error) {
+	o := buildOptions(opts)
 	infos, err := Describe(cfg, handlers)
 	if err != nil {
 		return nil, err
@@ -177,7 +180,7 @@ func New(cfg configs.Config, db *store.DB, outbox *Outbox, handlers []runtime.Ha
 	if err != nil {
 		return nil, err
 	}
-	r := &Runtime{cfg: cfg, kopts: kopts, db: db, outbox: outbox, infos: infos, logger: logger, wlogger: wlogger,
+	r := &Runtime{cfg: cfg, kopts: kopts, tracer: o.tracer, db: db, outbox: outbox, infos: infos, logger: logger, wlogger: wlogger,
 		producer: producer, kafkaPub: kafkaPublisher{producer: producer}, metrics: m,
 		dlqHealth: outage.New("dead letters cannot be written", "dead letters written again", outageReportInterval, logger)}
 	if err := r.buildHandlers(handlers); err != nil {
@@ -189,7 +192,7 @@ func New(cfg configs.Config, db *store.DB, outbox *Outbox, handlers []runtime.Ha
 		producer.Close()
 		return nil, err
 	}
-	r.relay = relay.New(relay.Config{BatchSize: cfg.Relay.BatchSize, PollInterval: cfg.Relay.PollInterval},
+	r.relay = relay.New(relay.Config{BatchSize: cfg.Relay.BatchSize, PollInterval: cfg.Relay.PollInterval, Tracer: o.tracer},
 		outbox.table, producer, relay.NewLease(db), rm, logger.With("component", "relay"))
 	outbox.wake.relay.Store(r.relay)
 	r.cleaner, err = newCleaner(cfg.Retention, db, outbox.table, reg, logger.With("component", "retention"))
@@ -221,7 +224,7 @@ func (r *Runtime) buildHandlers(handlers []runtime.Handler) error {
 		if err != nil {
 			return fmt.Errorf("kafka subscriber for handler %s: %w", h.Name(), err)
 		}
-		inv := &invoker{handler: h, outbox: r.outbox, logger: r.logger, metrics: r.metrics}
+		inv := &invoker{handler: h, outbox: r.outbox, logger: r.logger, metrics: r.metrics, tracer: r.tracer}
 		rh := router.AddConsumerHandler(h.Name(), info.Topic, sub, inv.handle)
 		mws, err := middlewares(info.Policy, r.kafkaPub, r.cfg.Kafka.Topic(r.cfg.Kafka.DeadLetterTopic), &r.closing,
 			r.metrics.deadLettered.WithLabelValues(h.Name()), r.cfg.Kafka.MaxMessageBytes, r.dlqHealth, &r.infra, r.logger.With("handler", h.Name()), r.wlogger)

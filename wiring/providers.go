@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"time"
@@ -18,6 +19,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
+	"go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/eventfn/eventfn/configs"
 	"github.com/eventfn/eventfn/embedded"
@@ -25,6 +32,7 @@ import (
 	"github.com/eventfn/eventfn/handlers"
 	"github.com/eventfn/eventfn/ingress"
 	"github.com/eventfn/eventfn/router"
+	"github.com/eventfn/eventfn/runtime"
 	"github.com/eventfn/eventfn/store"
 )
 
@@ -159,12 +167,71 @@ func ProvideReadiness(rt *router.Runtime, logger *slog.Logger) *ingress.Readines
 
 // ProvideIngress is a Wire provider function for the HTTP API, with /metrics
 // unless http.metrics_addr gives it an address of its own.
-func ProvideIngress(cfg configs.Config, outbox *router.Outbox, db *store.DB, ready *ingress.Readiness, metrics MetricsHandler, logger *slog.Logger) *ingress.Server {
+func ProvideIngress(cfg configs.Config, outbox *router.Outbox, db *store.DB, ready *ingress.Readiness, metrics MetricsHandler, tp trace.TracerProvider, logger *slog.Logger) *ingress.Server {
 	var m http.Handler
 	if cfg.HTTP.MetricsAddr == "" {
 		m = metrics.Handler
 	}
-	return ingress.NewServer(outbox, readPool(db), ready.Ready, m, cfg.HTTP.MaxBodyBytes, logger.With("component", "http"))
+	return ingress.NewServer(outbox, readPool(db), ready.Ready, m, cfg.HTTP.MaxBodyBytes, logger.With("component", "http"), ingress.WithTracerProvider(tp))
+}
+
+// ProvideRuntime is a Wire provider function for the runtime, traced with tp.
+func ProvideRuntime(cfg configs.Config, db *store.DB, outbox *router.Outbox, hs []runtime.Handler, reg prometheus.Registerer, tp trace.TracerProvider, logger *slog.Logger) (*router.Runtime, error) {
+	return router.New(cfg, db, outbox, hs, reg, logger, router.WithTracerProvider(tp))
+}
+
+// ProvideTracerProvider is a Wire provider function for the process's tracer
+// provider. Tracing exports only when the standard OpenTelemetry variables
+// name an OTLP endpoint (OTEL_EXPORTER_OTLP_ENDPOINT or
+// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) and OTEL_TRACES_EXPORTER is not "none";
+// the exporter reads the other OTEL_EXPORTER_OTLP_* variables (headers,
+// protocol, timeout, certificates) itself. Otherwise spans are not recorded,
+// but an event's trace context is passed on unchanged.
+func ProvideTracerProvider(ctx context.Context, logger *slog.Logger) (trace.TracerProvider, func(), error) {
+	endpoint := os.Getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+	if endpoint == "" {
+		endpoint = os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT")
+	}
+	if endpoint == "" || os.Getenv("OTEL_TRACES_EXPORTER") == "none" {
+		return noop.NewTracerProvider(), func() {}, nil
+	}
+	exp, err := otlptracehttp.New(ctx)
+	if err != nil {
+		return nil, nil, fmt.Errorf("OpenTelemetry OTLP exporter (OTEL_EXPORTER_OTLP_*): %w", err)
+	}
+	res, err := resource.Merge(resource.Default(), resource.NewSchemaless(attribute.String("service.name", serviceName())))
+	if err != nil {
+		return nil, nil, fmt.Errorf("OpenTelemetry resource: %w", err)
+	}
+	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp), sdktrace.WithResource(res))
+	logger.Info("tracing exported over OTLP", "endpoint", redactEndpoint(endpoint))
+	return tp, func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := tp.Shutdown(ctx); err != nil {
+			logger.Warn("flush the last spans", "err", err)
+		}
+	}, nil
+}
+
+// serviceName is OTEL_SERVICE_NAME, or eventfn.
+func serviceName() string {
+	if n := os.Getenv("OTEL_SERVICE_NAME"); n != "" {
+		return n
+	}
+	return "eventfn"
+}
+
+// redactEndpoint drops user info and the query from an endpoint URL: either
+// may carry a token.
+func redactEndpoint(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	u.User = nil
+	u.RawQuery = ""
+	return u.String()
 }
 
 func readPool(db *store.DB) *sql.DB { return db.Read }
@@ -189,7 +256,7 @@ var RuntimeSet = wire.NewSet(
 	ProvideMetricsRegistry,
 	wire.Bind(new(prometheus.Registerer), new(*prometheus.Registry)),
 	router.NewOutbox,
-	router.New,
+	ProvideRuntime,
 	ProvideMetricsHandler,
 	ProvideReadiness,
 	ProvideIngress,

@@ -11,12 +11,14 @@ import (
 	"github.com/eventfn/eventfn/handlers"
 	"github.com/eventfn/eventfn/router"
 	"github.com/eventfn/eventfn/runtime"
+	"go.opentelemetry.io/otel/trace"
 	"log/slog"
 )
 
 // Injectors from wire.go:
 
-// BuildApp assembles a runnable eventfn process: engines, handlers, runtime, HTTP.
+// BuildApp assembles a runnable eventfn process: engines, handlers, runtime,
+// HTTP, and tracing as the OTEL_* variables say.
 func BuildApp(ctx context.Context, base BaseConfig, logger *slog.Logger) (*App, func(), error) {
 	broker, cleanup, err := ProvideBroker(base, logger)
 	if err != nil {
@@ -39,7 +41,55 @@ func BuildApp(ctx context.Context, base BaseConfig, logger *slog.Logger) (*App, 
 		cleanup()
 		return nil, nil, err
 	}
-	runtime, err := router.New(config, db, outbox, v, registry, logger)
+	tracerProvider, cleanup3, err := ProvideTracerProvider(ctx, logger)
+	if err != nil {
+		cleanup2()
+		cleanup()
+		return nil, nil, err
+	}
+	runtime, err := ProvideRuntime(config, db, outbox, v, registry, tracerProvider, logger)
+	if err != nil {
+		cleanup3()
+		cleanup2()
+		cleanup()
+		return nil, nil, err
+	}
+	readiness := ProvideReadiness(runtime, logger)
+	metricsHandler := ProvideMetricsHandler(registry)
+	server := ProvideIngress(config, outbox, db, readiness, metricsHandler, tracerProvider, logger)
+	app := NewApp(config, broker, db, runtime, server, metricsHandler, readiness, paymentGateway, logMailer, logger)
+	return app, func() {
+		cleanup3()
+		cleanup2()
+		cleanup()
+	}, nil
+}
+
+// BuildAppTraced is BuildApp with the given tracer provider: a test's
+// in-memory one, or one the embedding program built.
+func BuildAppTraced(ctx context.Context, base BaseConfig, logger *slog.Logger, tp trace.TracerProvider) (*App, func(), error) {
+	broker, cleanup, err := ProvideBroker(base, logger)
+	if err != nil {
+		return nil, nil, err
+	}
+	config := ProvideConfig(base, broker)
+	db, cleanup2, err := ProvideDatabase(ctx, config)
+	if err != nil {
+		cleanup()
+		return nil, nil, err
+	}
+	loggerAdapter := ProvideWatermillLogger(logger)
+	outbox := router.NewOutbox(db, config, loggerAdapter)
+	paymentGateway := ProvidePaymentGateway(config, logger)
+	logMailer := ProvideMailer(logger)
+	v := handlers.Registry(paymentGateway, logMailer)
+	registry, err := ProvideMetricsRegistry()
+	if err != nil {
+		cleanup2()
+		cleanup()
+		return nil, nil, err
+	}
+	runtime, err := ProvideRuntime(config, db, outbox, v, registry, tp, logger)
 	if err != nil {
 		cleanup2()
 		cleanup()
@@ -47,7 +97,7 @@ func BuildApp(ctx context.Context, base BaseConfig, logger *slog.Logger) (*App, 
 	}
 	readiness := ProvideReadiness(runtime, logger)
 	metricsHandler := ProvideMetricsHandler(registry)
-	server := ProvideIngress(config, outbox, db, readiness, metricsHandler, logger)
+	server := ProvideIngress(config, outbox, db, readiness, metricsHandler, tp, logger)
 	app := NewApp(config, broker, db, runtime, server, metricsHandler, readiness, paymentGateway, logMailer, logger)
 	return app, func() {
 		cleanup2()

@@ -22,8 +22,12 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/eventfn/eventfn/internal/outage"
+	"github.com/eventfn/eventfn/internal/tracing"
 )
 
 // Config configures a Relay.
@@ -38,6 +42,9 @@ type Config struct {
 	MinBackoff, MaxBackoff time.Duration
 	// OutageReportInterval is how often a lasting outage is summarised in the log.
 	OutageReportInterval time.Duration
+	// Tracer makes one span per record sent, a child of the span that emitted
+	// it; nil traces nothing.
+	Tracer trace.Tracer
 }
 
 func (c *Config) setDefaults() {
@@ -55,6 +62,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.OutageReportInterval <= 0 {
 		c.OutageReportInterval = 30 * time.Second
+	}
+	if c.Tracer == nil {
+		c.Tracer = tracing.Tracer(nil)
 	}
 }
 
@@ -119,6 +129,7 @@ type batch struct {
 	rows  []Row
 	wait  func() []error
 	start time.Time
+	spans []trace.Span
 }
 
 // Run forwards until ctx ends. It returns nil then: stopping is not a failure,
@@ -200,10 +211,12 @@ func (r *Relay) send(ctx context.Context, after int64) (*batch, error) {
 		return nil, errors.New("lost the relay lease to another replica")
 	}
 	recs := make([]Record, len(rows))
+	spans := make([]trace.Span, len(rows))
 	for i, row := range rows {
 		recs[i] = row.Record
+		spans[i] = r.traceSend(ctx, &recs[i])
 	}
-	return &batch{rows: rows, wait: r.sink.Send(ctx, recs), start: time.Now()}, nil
+	return &batch{rows: rows, wait: r.sink.Send(ctx, recs), start: time.Now(), spans: spans}, nil
 }
 
 // complete waits for b's acks, parks the rows that can never be produced and
@@ -211,6 +224,13 @@ func (r *Relay) send(ctx context.Context, after int64) (*batch, error) {
 // any row is returned; its row stays pending and is sent again.
 func (r *Relay) complete(ctx context.Context, b *batch) error {
 	errs := b.wait()
+	for i, span := range b.spans {
+		if errs[i] != nil {
+			span.RecordError(errs[i])
+			span.SetStatus(codes.Error, "produce failed")
+		}
+		span.End()
+	}
 	rows := b.rows
 	forwarded := make([]int64, 0, len(rows))
 	var transient error
@@ -315,4 +335,23 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}
 	}
 	return m, nil
+}
+
+// traceSend starts the span of sending rec, a child of the span that emitted
+// it, and puts the new span in rec's headers for the handler that reads it.
+// When nothing records (tracing is off), the headers are left as they are.
+func (r *Relay) traceSend(ctx context.Context, rec *Record) trace.Span {
+	_, span := r.cfg.Tracer.Start(tracing.Extract(ctx, rec.Headers), "send "+rec.Topic,
+		trace.WithSpanKind(trace.SpanKindProducer),
+		trace.WithAttributes(attribute.String("messaging.system", "kafka"), attribute.String("messaging.destination.name", rec.Topic),
+			attribute.String("messaging.operation.type", "send"), attribute.String("messaging.message.id", rec.Headers["ce_id"])))
+	if span.IsRecording() {
+		headers := make(map[string]string, len(rec.Headers)+2)
+		for k, v := range rec.Headers {
+			headers[k] = v
+		}
+		tracing.Inject(trace.ContextWithSpan(ctx, span), headers)
+		rec.Headers = headers
+	}
+	return span
 }
