@@ -29,6 +29,8 @@ type invoker struct {
 	logger  *slog.Logger
 	metrics *metrics
 	tracer  trace.Tracer
+	// onDuplicate, when set, hears of an event the inbox already had.
+	onDuplicate func()
 }
 
 // handle is the Watermill handler function.
@@ -104,6 +106,9 @@ func (i *invoker) handle(msg *message.Message) error {
 		i.outbox.wake.nudge()
 	}
 	if duplicate {
+		if i.onDuplicate != nil {
+			i.onDuplicate()
+		}
 		span.SetAttributes(attribute.Bool("eventfn.duplicate", true))
 		i.metrics.duplicates.WithLabelValues(name).Inc()
 		i.logger.InfoContext(ctx, "event already processed; acknowledged without running the handler",

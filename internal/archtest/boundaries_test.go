@@ -46,6 +46,9 @@ func TestBoundaries(t *testing.T) {
 		{"handlers", func(imp string) bool { return isStd(imp) || imp == module+"/runtime" },
 			"handlers import only runtime/ (never Watermill, Sarama, router/ or wiring/)"},
 		{"runtime", isStd, "runtime/ is the contract: standard library only"},
+		{"eventfntest", func(imp string) bool {
+			return !strings.HasPrefix(imp, module+"/wiring") && !strings.HasPrefix(imp, module+"/handlers") && !strings.HasPrefix(imp, module+"/cli")
+		}, "eventfntest is imported by handler tests: it knows no handler, wiring or CLI"},
 		{"router", func(imp string) bool {
 			return !strings.HasPrefix(imp, module+"/wiring") && !strings.HasPrefix(imp, module+"/handlers") && !strings.HasPrefix(imp, module+"/cli")
 		}, "router/ assembles Watermill and knows no handler or wiring"},
