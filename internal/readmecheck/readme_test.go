@@ -50,6 +50,22 @@ func TestREADMEHandlerWorksAsWritten(t *testing.T) {
 	}
 	// The generated code compiles and the new handler passes the runtime's checks.
 	run(t, dir, "go", "vet", "./handlers/", "./wiring/")
+
+	// Step 5: the README's test of the handler passes as written.
+	blocks := regexp.MustCompile("(?s)```go\n(.*?)```").FindAllStringSubmatch(section, 2)
+	if len(blocks) < 2 || !strings.Contains(blocks[1][1], "package handlers_test") {
+		t.Fatal("no test of the handler in the README's Writing a handler section")
+	}
+	var test strings.Builder
+	for _, line := range strings.Split(blocks[1][1], "\n") {
+		test.WriteString(strings.TrimPrefix(line, "   ") + "\n")
+	}
+	if err := os.WriteFile(filepath.Join(dir, "handlers", "refund_test.go"), []byte(test.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out := run(t, dir, "go", "test", "-count=1", "-run", "TestRefundPayment", "-v", "./handlers/"); !strings.Contains(out, "--- PASS: TestRefundPaymentMarksTheOrderRefunded") {
+		t.Fatalf("the README's test did not pass:\n%s", out)
+	}
 }
 
 // copyRepo copies the files git tracks (or, outside a checkout, the tree).
