@@ -96,6 +96,7 @@ SQLite, both under the data directory.`,
 		newHandlersCmd(g, stdout, stderr, environ),
 		newReadyCmd(g, stdout, environ),
 		newDLQCmd(g, stdout, environ),
+		newNewCmd(stdout),
 	)
 	return root
 }

@@ -109,3 +109,48 @@ func run(t *testing.T, dir string, name string, args ...string) string {
 	}
 	return buf.String()
 }
+
+// TestNewHandlerCompilesAndItsTestPasses runs `eventfn new handler` on a copy
+// of the repository, for a handler of new event types and one of an existing
+// type: after go generate, both are registered, the code vets, and their
+// generated tests pass untouched.
+func TestNewHandlerCompilesAndItsTestPasses(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds a copy of the repository")
+	}
+	root, err := filepath.Abs(filepath.Join("..", ".."))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	copyRepo(t, root, dir)
+	run(t, dir, "go", "build", "-o", "eventfn-bin", ".")
+	bin := filepath.Join(dir, "eventfn-bin")
+	out := run(t, dir, bin, "new", "handler", "refund-payment", "--on", "refund.requested", "--emits", "refund.completed,payment.confirmed")
+	out += run(t, dir, bin, "new", "handler", "audit-order", "--on", "order.placed", "--emits", "order.audited")
+	for _, f := range []string{"handlers/refund_payment.go", "handlers/refund_payment_test.go", "handlers/audit_order.go", "handlers/audit_order_test.go"} {
+		if !strings.Contains(out, f) {
+			t.Errorf("did not write %s:\n%s", f, out)
+		}
+	}
+	run(t, dir, "go", "generate", "./...")
+	run(t, dir, "go", "vet", "./...")
+	listed := run(t, dir, "go", "run", ".", "handlers")
+	for _, want := range []string{"refund-payment", "refund.requested", "audit-order", "order.audited"} {
+		if !strings.Contains(listed, want) {
+			t.Errorf("handlers does not list %s:\n%s", want, listed)
+		}
+	}
+	tested := run(t, dir, "go", "test", "-count=1", "-v", "-run", "TestRefundPayment|TestAuditOrder", "./handlers/")
+	for _, want := range []string{"--- PASS: TestRefundPayment", "--- PASS: TestAuditOrder"} {
+		if !strings.Contains(tested, want) {
+			t.Errorf("%s missing:\n%s", want, tested)
+		}
+	}
+	// A second handler of the same name is refused, and nothing is written.
+	cmd := exec.Command(bin, "new", "handler", "refund-payment", "--on", "refund.requested")
+	cmd.Dir = dir
+	if msg, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(msg), "exists already") {
+		t.Errorf("a duplicate handler: %v %s", err, msg)
+	}
+}
