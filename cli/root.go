@@ -97,6 +97,8 @@ SQLite, both under the data directory.`,
 		newReadyCmd(g, stdout, environ),
 		newDLQCmd(g, stdout, environ),
 		newNewCmd(stdout),
+		newSchemaCmd(g, stdout, environ),
+		newAsyncAPICmd(g, stdout, environ),
 	)
 	return root
 }

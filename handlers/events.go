@@ -16,10 +16,10 @@ type OrderItem struct {
 // OrderPlaced says a customer placed an order. Its key is the order id, so all
 // events of one order stay on one partition, in order.
 type OrderPlaced struct {
-	OrderID       string      `json:"order_id"`
-	CustomerEmail string      `json:"customer_email"`
+	OrderID       string      `json:"order_id" jsonschema:"minLength=1"`
+	CustomerEmail string      `json:"customer_email" jsonschema:"format=email"`
 	Items         []OrderItem `json:"items"`
-	TotalCents    int64       `json:"total_cents"`
+	TotalCents    int64       `json:"total_cents" jsonschema:"minimum=0"`
 }
 
 func (OrderPlaced) EventType() string  { return "order.placed" }
@@ -42,10 +42,10 @@ func (e OrderPlaced) Validate() error {
 
 // PaymentConfirmed says an order's payment went through.
 type PaymentConfirmed struct {
-	OrderID       string `json:"order_id"`
-	PaymentID     string `json:"payment_id"`
+	OrderID       string `json:"order_id" jsonschema:"minLength=1"`
+	PaymentID     string `json:"payment_id" jsonschema:"minLength=1"`
 	AmountCents   int64  `json:"amount_cents"`
-	CustomerEmail string `json:"customer_email"`
+	CustomerEmail string `json:"customer_email" jsonschema:"format=email"`
 }
 
 func (PaymentConfirmed) EventType() string  { return "payment.confirmed" }
@@ -68,7 +68,7 @@ func (e PaymentConfirmed) Validate() error {
 
 // EmailSent says the order confirmation went out.
 type EmailSent struct {
-	OrderID   string `json:"order_id"`
+	OrderID   string `json:"order_id" jsonschema:"minLength=1"`
 	Recipient string `json:"recipient"`
 }
 

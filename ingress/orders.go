@@ -306,3 +306,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
 }
+
+// Sends lists the event types the ingress emits, for documents that say who
+// sends what (AsyncAPI).
+func Sends() []string { return []string{handlers.OrderPlaced{}.EventType()} }

@@ -83,6 +83,9 @@ type EventSpec struct {
 	Check func(payload []byte) error
 	// Key returns the Kafka key a valid payload chooses (see Keyed), or "".
 	Key func(payload []byte) string
+	// Zero is the event type's zero value, for tools that describe its shape
+	// (JSON Schema, AsyncAPI).
+	Zero Event
 }
 
 // SpecOf returns the EventSpec of E.
@@ -90,6 +93,7 @@ func SpecOf[E Event]() EventSpec {
 	var zero E
 	return EventSpec{
 		Type: zero.EventType(),
+		Zero: zero,
 		Check: func(payload []byte) error {
 			_, err := Decode[E](payload)
 			return err
