@@ -108,6 +108,9 @@ handlers share the work; every replica runs the relay.`,
 		newHandlersCmd(g, stdout, stderr, environ),
 		newReadyCmd(g, stdout, environ),
 		newDLQCmd(g, stdout, environ),
+		newTopicsCmd(g, stdout, environ),
+		newGroupsCmd(g, stdout, environ),
+		newOutboxCmd(g, stdout, environ),
 	)
 	return root
 }
