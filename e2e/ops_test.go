@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -338,6 +339,59 @@ func TestANewHandlerStartsWhereConfigured(t *testing.T) {
 				if n := b.Payments.Attempts("order-" + id); n != 1 {
 					t.Errorf("old order %s charged %d times, want 1", id, n)
 				}
+			}
+		})
+	}
+}
+
+// TestStateCommandsOverSecuredKafka: `eventfn topics` and `eventfn groups`
+// reach each secured listener with the kafka.tls.* and kafka.sasl.* settings
+// a user exports, and with a wrong password they fail naming the key to fix.
+func TestStateCommandsOverSecuredKafka(t *testing.T) {
+	t.Parallel()
+	for _, kind := range []string{saslSSL, mTLS} {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			s := newSecuredKafka(t, kind)
+			cfg := newEngines(t).config(t, s.apply)
+			a := startApp(t, cfg)
+			id := a.placeOrder(t, "secured-state@example.com")
+			a.waitEmailed(t, []string{id}, 90*time.Second)
+			run := func(password string, args ...string) (int, string, string) {
+				var out, errOut bytes.Buffer
+				code := cli.Main(t.Context(), append(args, "--json", "--timeout", "20s"), strings.NewReader(""), &out, &errOut, s.environ(t, cfg, password))
+				return code, out.String(), errOut.String()
+			}
+			code, out, errOut := run(s.password, "topics")
+			var topics []cli.TopicState
+			if code != 0 || json.Unmarshal([]byte(out), &topics) != nil {
+				t.Fatalf("topics: exit %d\n%s\n%s", code, out, errOut)
+			}
+			for _, tp := range topics {
+				if tp.Topic == cfg.Kafka.Topic("order.placed") && (tp.Messages != 1 || tp.Partitions != cfg.Kafka.Partitions) {
+					t.Errorf("order.placed over %s: %+v", kind, tp)
+				}
+			}
+			eventually(t, 30*time.Second, "charge-payment caught up over "+kind, func() (bool, string) {
+				code, out, errOut := run(s.password, "groups")
+				var groups []cli.GroupState
+				if code != 0 || json.Unmarshal([]byte(out), &groups) != nil {
+					return false, fmt.Sprintf("exit %d: %s%s", code, out, errOut)
+				}
+				for _, g := range groups {
+					if g.Handler == "charge-payment" {
+						return g.Lag == 0 && len(g.Members) == 1, fmt.Sprintf("%+v", g)
+					}
+				}
+				return false, "no charge-payment group: " + out
+			})
+			if kind != saslSSL {
+				return
+			}
+			const wrong = "wr0ng-state-pa55"
+			code, out, errOut = run(wrong, "groups")
+			if code == 0 || !strings.Contains(errOut, "kafka.sasl.password") || strings.Contains(out+errOut, wrong) {
+				t.Errorf("a wrong password: exit %d; want a failure naming kafka.sasl.password without the password:\n%s\n%s", code, out, errOut)
 			}
 		})
 	}
