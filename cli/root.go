@@ -1,5 +1,6 @@
-// Package cli is the eventfn command line: run the runtime, publish test events
-// and follow what they cause, list the handlers.
+// Package cli is the eventfn command line: run the runtime (all handlers or
+// some), publish test events and follow what they cause, list the handlers,
+// and show the state of the topics, consumer groups and outbox.
 package cli
 
 import (
