@@ -85,3 +85,27 @@ func TestHandlersCommand(t *testing.T) {
 		t.Errorf("table output:\n%s", out.String())
 	}
 }
+
+// TestRunRefusesAnUnknownHandler: run.handlers, by flag or variable, naming a
+// handler that does not exist stops start-up with the key, its variable and
+// the handlers there are.
+func TestRunRefusesAnUnknownHandler(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		args []string
+		env  []string
+	}{
+		{"flag", []string{"run", "--handlers", "charge-payment,charge-paymnet"}, nil},
+		{"variable", []string{"run"}, []string{"EVENTFN_RUN_HANDLERS=charge-paymnet"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var out, errOut bytes.Buffer
+			args := append(c.args, "--profile", "test", "--data-dir", t.TempDir())
+			code := Main(context.Background(), args, strings.NewReader(""), &out, &errOut, c.env)
+			want := `run.handlers (EVENTFN_RUN_HANDLERS): no handler "charge-paymnet"; handlers are: charge-payment, mark-order-emailed, send-confirmation`
+			if code == 0 || !strings.Contains(errOut.String(), want) {
+				t.Fatalf("exit %d, stderr %q; want %q", code, errOut.String(), want)
+			}
+		})
+	}
+}

@@ -1,5 +1,6 @@
-// Package cli is the eventfn command line: run the runtime, publish test events
-// and follow what they cause, list the handlers.
+// Package cli is the eventfn command line: run the runtime (all handlers or
+// some), publish test events and follow what they cause, list the handlers,
+// and show the state of the topics, consumer groups and outbox.
 package cli
 
 import (
@@ -37,6 +38,9 @@ type globalFlags struct {
 	file    string
 	dataDir string
 	http    string
+	// handlers is run --handlers: nil when the flag is not given, so that
+	// run.handlers from a file or the environment stands.
+	handlers []string
 }
 
 // Main runs the command line with args and returns the process exit code.
@@ -83,15 +87,24 @@ SQLite, both under the data directory.`,
 	pf.StringVar(&g.file, "config", "", "YAML file laid over the profile (env EVENTFN_CONFIG)")
 	pf.StringVar(&g.dataDir, "data-dir", "", "directory for the embedded broker and SQLite (env EVENTFN_DATA_DIR)")
 	pf.StringVar(&g.http, "http-addr", "", "HTTP listen address (env EVENTFN_HTTP_ADDR)")
-	root.AddCommand(
-		&cobra.Command{
-			Use:   "run",
-			Short: "Run the runtime (the default command)",
-			Args:  cobra.NoArgs,
-			RunE: func(cmd *cobra.Command, _ []string) error {
-				return run(cmd.Context(), g, stderr, environ)
-			},
+	runCmd := &cobra.Command{
+		Use:   "run",
+		Short: "Run the runtime (the default command)",
+		Long: `Run the runtime: the relay, and the handlers, every one or those --handlers
+names. Each handler is its own consumer group, so replicas that run different
+handlers share the work; every replica runs the relay.`,
+		Example: `  eventfn run --handlers charge-payment,send-confirmation`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if cmd.Flags().Changed("handlers") && len(g.handlers) == 0 {
+				return usageError("--handlers: name at least one handler (see `eventfn handlers`)")
+			}
+			return run(cmd.Context(), g, stderr, environ)
 		},
+	}
+	runCmd.Flags().StringSliceVar(&g.handlers, "handlers", nil, "run only these handlers, comma-separated (env EVENTFN_RUN_HANDLERS; default all)")
+	root.AddCommand(
+		runCmd,
 		newPublishCmd(g, stdin, stdout, stderr, environ),
 		newHandlersCmd(g, stdout, stderr, environ),
 		newReadyCmd(g, stdout, environ),
@@ -99,6 +112,9 @@ SQLite, both under the data directory.`,
 		newNewCmd(stdout),
 		newSchemaCmd(g, stdout, environ),
 		newAsyncAPICmd(g, stdout, environ),
+		newTopicsCmd(g, stdout, environ),
+		newGroupsCmd(g, stdout, environ),
+		newOutboxCmd(g, stdout, environ),
 	)
 	return root
 }
@@ -111,6 +127,9 @@ func (g *globalFlags) load(environ []string) (configs.Config, error) {
 	}
 	if g.http != "" {
 		overrides["http.addr"] = g.http
+	}
+	if len(g.handlers) > 0 {
+		overrides["run.handlers"] = g.handlers
 	}
 	cfg, err := configs.Load(configs.Options{Profile: g.profile, File: g.file, Environ: environ, Overrides: overrides})
 	if err != nil {

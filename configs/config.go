@@ -56,6 +56,32 @@ type Config struct {
 	Handlers map[string]HandlerPolicy `koanf:"handlers"`
 	// Payments configures the fake payment gateway.
 	Payments Payments `koanf:"payments"`
+	// Run chooses which handlers this process runs and where new ones start.
+	Run Run `koanf:"run"`
+}
+
+// Start positions of a consumer group that has no committed offset.
+const (
+	// StartEarliest reads a handler's topic from its oldest record: a handler
+	// added to a running system handles the events that came before it.
+	StartEarliest = "earliest"
+	// StartLatest reads only the records produced after the group first joined.
+	StartLatest = "latest"
+)
+
+// StartPositions are the accepted start position values.
+var StartPositions = []string{StartEarliest, StartLatest}
+
+// Run configures what one process runs.
+type Run struct {
+	// Handlers names the handlers this process runs; empty runs them all.
+	// Every process still runs the relay: the outbox is the database's, not a
+	// handler's.
+	Handlers []string `koanf:"handlers"`
+	// StartPosition is where a handler's consumer group starts when it has no
+	// committed offset: earliest or latest. handlers.<name>.start_position
+	// overrides it.
+	StartPosition string `koanf:"start_position"`
 }
 
 // HTTP configures the HTTP server.
@@ -233,6 +259,8 @@ type HandlerPolicy struct {
 	MaxBackoff     time.Duration `koanf:"max_backoff"`
 	Timeout        time.Duration `koanf:"timeout"`
 	Concurrency    int           `koanf:"concurrency"`
+	// StartPosition overrides run.start_position for this handler.
+	StartPosition string `koanf:"start_position"`
 }
 
 // Payments configures the fake payment gateway of the reference flow.
@@ -290,6 +318,8 @@ func defaults() map[string]any {
 		"log.format":                     "text",
 		"payments.fail_attempts":         0,
 		"payments.delay":                 "0s",
+		"run.handlers":                   "",
+		"run.start_position":             StartEarliest,
 	}
 }
 
@@ -381,6 +411,10 @@ func Load(opts Options) (Config, error) {
 	})
 	if err != nil {
 		return Config{}, fmt.Errorf("configuration: %w", err)
+	}
+	// "a, b" in a variable means the names a and b.
+	for i, name := range cfg.Run.Handlers {
+		cfg.Run.Handlers[i] = strings.TrimSpace(name)
 	}
 	if err := cfg.Kafka.SASL.readPasswordFile(); err != nil {
 		return Config{}, err
@@ -591,8 +625,22 @@ func (c Config) Validate() error {
 	if c.Payments.Delay < 0 {
 		bad("payments.delay", "%s: must not be negative", c.Payments.Delay)
 	}
+	if !slices.Contains(StartPositions, c.Run.StartPosition) {
+		bad("run.start_position", "%q: accepted: %s", c.Run.StartPosition, strings.Join(StartPositions, ", "))
+	}
+	for i, name := range c.Run.Handlers {
+		if strings.TrimSpace(name) == "" {
+			bad("run.handlers", "name %d is empty: a comma-separated list of handler names, such as charge-payment,send-confirmation", i+1)
+		} else if slices.Contains(c.Run.Handlers[:i], name) {
+			bad("run.handlers", "%q is named twice", name)
+		}
+	}
 	for name, p := range c.Handlers {
 		key := "handlers." + name
+		if p.StartPosition != "" && !slices.Contains(StartPositions, p.StartPosition) {
+			// File only: no variable to name.
+			errs = append(errs, fmt.Errorf("%s.start_position: %q: accepted: %s", key, p.StartPosition, strings.Join(StartPositions, ", ")))
+		}
 		if p.MaxRetries != nil && *p.MaxRetries < 0 {
 			bad(key+".max_retries", "%d: must not be negative", *p.MaxRetries)
 		}
@@ -659,6 +707,15 @@ func (d Database) SQLitePath(dataDir string) string {
 
 // Topic is the Kafka topic of an event type.
 func (k Kafka) Topic(eventType string) string { return k.TopicPrefix + eventType }
+
+// StartPosition is where handler's consumer group starts when it has no
+// committed offset.
+func (c Config) StartPosition(handler string) string {
+	if p := c.Handlers[handler].StartPosition; p != "" {
+		return p
+	}
+	return c.Run.StartPosition
+}
 
 // Group is the consumer group of a handler.
 func (k Kafka) Group(handler string) string { return k.TopicPrefix + handler }

@@ -91,6 +91,9 @@ func TestInvalidValuesNameTheKey(t *testing.T) {
 		{"EVENTFN_HTTP_MAX_CONNECTIONS=0", "http.max_connections (EVENTFN_HTTP_MAX_CONNECTIONS): 0: must be at least 1"},
 		{"EVENTFN_HTTP_METRICS_ADDR=9090", "http.metrics_addr (EVENTFN_HTTP_METRICS_ADDR): \"9090\" is not host:port"},
 		{"EVENTFN_HTTP_METRICS_ADDR=127.0.0.1:8080", "http.metrics_addr (EVENTFN_HTTP_METRICS_ADDR): \"127.0.0.1:8080\" is http.addr"},
+		{"EVENTFN_RUN_START_POSITION=newest", `run.start_position (EVENTFN_RUN_START_POSITION): "newest": accepted: earliest, latest`},
+		{"EVENTFN_RUN_HANDLERS=charge-payment,,send-confirmation", "run.handlers (EVENTFN_RUN_HANDLERS): name 2 is empty"},
+		{"EVENTFN_RUN_HANDLERS=charge-payment,charge-payment", `run.handlers (EVENTFN_RUN_HANDLERS): "charge-payment" is named twice`},
 	}
 	for _, c := range cases {
 		t.Run(c.env, func(t *testing.T) {
@@ -133,6 +136,43 @@ func TestHTTPServerBounds(t *testing.T) {
 	// Port 0 on both picks two free ports, as the test profile does for http.addr.
 	if _, err := configs.Load(configs.Options{Profile: "test", Environ: []string{"EVENTFN_HTTP_METRICS_ADDR=127.0.0.1:0"}}); err != nil {
 		t.Errorf("metrics on another free port refused: %v", err)
+	}
+}
+
+// TestRunKeys: run.handlers is a comma-separated list (spaces around names
+// ignored), run.start_position defaults to earliest, and a handler's own
+// start_position overrides it; a bad per-handler value names its key.
+func TestRunKeys(t *testing.T) {
+	cfg, err := configs.Load(configs.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Run.Handlers) != 0 || cfg.Run.StartPosition != "earliest" || cfg.StartPosition("charge-payment") != "earliest" {
+		t.Errorf("defaults: %+v", cfg.Run)
+	}
+	path := filepath.Join(t.TempDir(), "run.yaml")
+	if err := os.WriteFile(path, []byte("handlers:\n  send-confirmation:\n    start_position: earliest\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err = configs.Load(configs.Options{File: path, Environ: []string{
+		"EVENTFN_RUN_HANDLERS=charge-payment, send-confirmation",
+		"EVENTFN_RUN_START_POSITION=latest",
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(cfg.Run.Handlers, "|") != "charge-payment|send-confirmation" {
+		t.Errorf("run.handlers = %q", cfg.Run.Handlers)
+	}
+	if cfg.StartPosition("charge-payment") != "latest" || cfg.StartPosition("send-confirmation") != "earliest" {
+		t.Errorf("start positions: %q, %q", cfg.StartPosition("charge-payment"), cfg.StartPosition("send-confirmation"))
+	}
+	if err := os.WriteFile(path, []byte("handlers:\n  send-confirmation:\n    start_position: now\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err = configs.Load(configs.Options{File: path})
+	if want := `handlers.send-confirmation.start_position: "now": accepted: earliest, latest`; err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("err = %v, want %q", err, want)
 	}
 }
 

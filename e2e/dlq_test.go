@@ -22,6 +22,7 @@ func cliEnviron(cfg configs.Config) []string {
 		"EVENTFN_KAFKA_BROKERS=" + strings.Join(cfg.Kafka.Brokers, ","),
 		"EVENTFN_KAFKA_TOPIC_PREFIX=" + cfg.Kafka.TopicPrefix,
 		"EVENTFN_DATABASE_URL=" + cfg.Database.URL,
+		"EVENTFN_RUN_START_POSITION=" + cfg.Run.StartPosition,
 	}
 }
 

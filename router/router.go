@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -123,15 +124,52 @@ func effectivePolicy(h runtime.Handler, o configs.HandlerPolicy) (runtime.Policy
 	return p, nil
 }
 
+// selectHandlers keeps the handlers run.handlers names, in their declared
+// order; empty names keep them all. An unknown name is refused with the known
+// ones: a typo would otherwise leave a handler running nowhere, in silence.
+func selectHandlers(names []string, handlers []runtime.Handler, infos []HandlerInfo) ([]runtime.Handler, []HandlerInfo, error) {
+	if len(names) == 0 {
+		return handlers, infos, nil
+	}
+	want := map[string]bool{}
+	for _, n := range names {
+		want[n] = true
+	}
+	var keptH []runtime.Handler
+	var keptI []HandlerInfo
+	known := make([]string, 0, len(infos))
+	for i, info := range infos {
+		known = append(known, info.Name)
+		if want[info.Name] {
+			keptH = append(keptH, handlers[i])
+			keptI = append(keptI, info)
+			delete(want, info.Name)
+		}
+	}
+	if len(want) > 0 {
+		unknown := make([]string, 0, len(want))
+		for n := range want {
+			unknown = append(unknown, strconv.Quote(n))
+		}
+		sort.Strings(unknown)
+		return nil, nil, fmt.Errorf("run.handlers (%s): no handler %s; handlers are: %s",
+			configs.EnvName("run.handlers"), strings.Join(unknown, ", "), strings.Join(known, ", "))
+	}
+	return keptH, keptI, nil
+}
+
 // Runtime runs the handlers and the relay of one process.
 type Runtime struct {
-	cfg      configs.Config
-	kopts    []kgo.Opt // TLS and SASL of every franz-go client
-	cleaner  *cleaner
-	tracer   trace.Tracer
-	db       *store.DB
-	outbox   *Outbox
+	cfg     configs.Config
+	kopts   []kgo.Opt // TLS and SASL of every franz-go client
+	cleaner *cleaner
+	tracer  trace.Tracer
+	db      *store.DB
+	outbox  *Outbox
+	// infos are the handlers this process runs (run.handlers); all are every
+	// handler, whose topics the relay may write whichever run here.
 	infos    []HandlerInfo
+	all      []HandlerInfo
 	logger   *slog.Logger
 	wlogger  watermill.LoggerAdapter
 	producer *relay.Producer
@@ -155,7 +193,11 @@ const outageReportInterval = 30 * time.Second
 // New builds the runtime; Run starts it. Its metrics are registered in reg.
 func New(cfg configs.Config, db *store.DB, outbox *Outbox, handlers []runtime.Handler, reg prometheus.Registerer, logger *slog.Logger, opts ...Option) (*Runtime, error) {
 	o := buildOptions(opts)
-	infos, err := Describe(cfg, handlers)
+	all, err := Describe(cfg, handlers)
+	if err != nil {
+		return nil, err
+	}
+	handlers, infos, err := selectHandlers(cfg.Run.Handlers, handlers, all)
 	if err != nil {
 		return nil, err
 	}
@@ -180,7 +222,7 @@ func New(cfg configs.Config, db *store.DB, outbox *Outbox, handlers []runtime.Ha
 	if err != nil {
 		return nil, err
 	}
-	r := &Runtime{cfg: cfg, kopts: kopts, tracer: o.tracer, db: db, outbox: outbox, infos: infos, logger: logger, wlogger: wlogger,
+	r := &Runtime{cfg: cfg, kopts: kopts, tracer: o.tracer, db: db, outbox: outbox, infos: infos, all: all, logger: logger, wlogger: wlogger,
 		producer: producer, kafkaPub: kafkaPublisher{producer: producer}, metrics: m,
 		dlqHealth: outage.New("dead letters cannot be written", "dead letters written again", outageReportInterval, logger)}
 	if err := r.buildHandlers(handlers); err != nil {
@@ -218,6 +260,7 @@ func (r *Runtime) buildHandlers(handlers []runtime.Handler) error {
 			MaxInFlight:     info.Policy.Concurrency,
 			NackResendSleep: 100 * time.Millisecond,
 			DrainTimeout:    r.cfg.Shutdown.Timeout,
+			StartAtEnd:      r.cfg.StartPosition(h.Name()) == configs.StartLatest,
 			Logger:          r.logger.With("component", "consumer", "handler", h.Name()),
 			Opts:            r.kopts,
 		})
@@ -266,7 +309,9 @@ func Topics(cfg configs.Config, infos []HandlerInfo) []string {
 func (r *Runtime) Run(ctx context.Context, extraTopics ...string) error {
 	setupCtx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	if err := EnsureTopics(setupCtx, r.cfg.Kafka, append(Topics(r.cfg, r.infos), extraTopics...)); err != nil {
+	// Every handler's topics, not only those of the handlers run here: the
+	// relay of every replica forwards whatever the outbox holds.
+	if err := EnsureTopics(setupCtx, r.cfg.Kafka, append(Topics(r.cfg, r.all), extraTopics...)); err != nil {
 		return err
 	}
 	if r.cfg.Retention.Inbox > 0 {

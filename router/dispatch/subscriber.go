@@ -35,8 +35,14 @@ type Config struct {
 	Brokers []string
 	// ClientID names the client to the brokers.
 	ClientID string
-	// Group is the consumer group; a new group starts at the oldest record.
+	// Group is the consumer group; a new group starts at the oldest record
+	// unless StartAtEnd is set.
 	Group string
+	// StartAtEnd starts a group that has no committed offset at the end of
+	// each partition, skipping the records produced before it first joined.
+	// Kafka applies the same reset when a committed offset is no longer in the
+	// log (deleted by retention), so such a group then skips to the end too.
+	StartAtEnd bool
 	// Unmarshal maps a record to a message. It cannot fail: a record the
 	// handler cannot use is the handler's to dead-letter.
 	Unmarshal func(*kgo.Record) *message.Message
@@ -174,7 +180,7 @@ func (s *Subscriber) Subscribe(_ context.Context, topic string) (<-chan *message
 		kgo.ConsumerGroup(s.cfg.Group),
 		kgo.ConsumeTopics(topic),
 		kgo.DisableAutoCommit(),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		kgo.ConsumeResetOffset(s.resetOffset()),
 		kgo.FetchMaxWait(100 * time.Millisecond),
 		// A member that died (kill -9, a lost host) is noticed after the
 		// session timeout, and its partitions wait that long for a new owner;
@@ -194,6 +200,14 @@ func (s *Subscriber) Subscribe(_ context.Context, topic string) (<-chan *message
 	go s.poll()
 	go s.commitLoop()
 	return s.out, nil
+}
+
+// resetOffset is where a partition without a committed offset starts.
+func (s *Subscriber) resetOffset() kgo.Offset {
+	if s.cfg.StartAtEnd {
+		return kgo.NewOffset().AtEnd()
+	}
+	return kgo.NewOffset().AtStart()
 }
 
 func (s *Subscriber) poll() {

@@ -304,3 +304,67 @@ func TestCloseLetsCallsInFlightFinish(t *testing.T) {
 		t.Fatal("the message channel is still open after Close")
 	}
 }
+
+// TestANewGroupStartsWhereConfigured: a group with no committed offset reads
+// the records produced before it joined by default, and skips them with
+// StartAtEnd. Markers are produced until one arrives: on one partition, a
+// group reading from the start meets every old record before the first marker.
+func TestANewGroupStartsWhereConfigured(t *testing.T) {
+	t.Parallel()
+	addrs := brokers(t)
+	for _, c := range []struct {
+		name       string
+		startAtEnd bool
+		wantOld    int
+	}{
+		{"earliest", false, 5},
+		{"latest", true, 0},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			topic := createTopic(t, addrs, 1)
+			produce(t, addrs, topic, []string{"old"}, 5)
+			sub, err := dispatch.NewSubscriber(dispatch.Config{
+				Brokers: addrs, Group: testenv.UniqueName("start-"), Unmarshal: unmarshal,
+				CommitInterval: 20 * time.Millisecond, DrainTimeout: 10 * time.Second, StartAtEnd: c.startAtEnd,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var mu sync.Mutex
+			var old, markers int
+			runRouter(t, topic, sub, func(msg *message.Message) error {
+				mu.Lock()
+				defer mu.Unlock()
+				if msg.Metadata.Get("key") == "old" {
+					old++
+				} else {
+					markers++
+				}
+				return nil
+			})
+			seenMarker := func() bool {
+				mu.Lock()
+				defer mu.Unlock()
+				return markers > 0
+			}
+			// A marker produced before the group is placed is skipped too
+			// (latest): produce another until one arrives.
+			deadline := time.Now().Add(60 * time.Second)
+			for !seenMarker() {
+				if time.Now().After(deadline) {
+					t.Fatal("no marker handled within 60s")
+				}
+				produce(t, addrs, topic, []string{"marker"}, 1)
+				for wait := time.Now().Add(time.Second); !seenMarker() && time.Now().Before(wait); {
+					time.Sleep(5 * time.Millisecond) // polling; the condition decides
+				}
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if old != c.wantOld {
+				t.Errorf("%d records produced before the group joined were handled, want %d", old, c.wantOld)
+			}
+		})
+	}
+}

@@ -30,7 +30,11 @@ func (soleLease) Release()                      {}
 // pgLeaseKey is the first half of the advisory lock key; the second is the
 // hash of the schema, so eventfn deployments in different schemas of one
 // database (and parallel tests) do not wait for each other.
-const pgLeaseKey = 7262652
+const pgLeaseKey = LeaseKey
+
+// LeaseKey is the first key of the relay's PostgreSQL advisory lock, for
+// tools that show who holds it; the second is hashtext(current_schema()).
+const LeaseKey = 7262652
 
 // heldCheckInterval is how often a leader checks that its lock session lives.
 // A session that died mid-check means another replica may already forward:
