@@ -121,12 +121,13 @@ func publish(ctx context.Context, cfg configs.Config, f *publishFlags, eventType
 		key = spec.Key(payload)
 	}
 	id := uuid.NewString()
+	published := time.Now().UTC()
 	msg := message.NewMessage(id, compact.Bytes())
 	msg.Metadata = message.Metadata{
 		router.HeaderType:          eventType,
 		router.HeaderSource:        f.source,
 		router.HeaderSpecVersion:   "1.0",
-		router.HeaderTime:          time.Now().UTC().Format(time.RFC3339Nano),
+		router.HeaderTime:          published.Format(time.RFC3339Nano),
 		router.HeaderContentType:   "application/json",
 		router.HeaderCorrelationID: id,
 	}
@@ -174,7 +175,11 @@ func publish(ctx context.Context, cfg configs.Config, f *publishFlags, eventType
 	if follow == nil {
 		return nil
 	}
-	return follow.print(ctx, stdout, f.timeout, f.quiet, cfg.Kafka.Topic(cfg.Kafka.DeadLetterTopic))
+	runsTopic := ""
+	if cfg.Kafka.RunsTopic != "" {
+		runsTopic = cfg.Kafka.Topic(cfg.Kafka.RunsTopic)
+	}
+	return follow.print(ctx, stdout, f.timeout, f.quiet, cfg.Kafka.Topic(cfg.Kafka.DeadLetterTopic), runsTopic, id, published)
 }
 
 // follower reads every partition of a set of topics from their current end and
@@ -241,41 +246,152 @@ func (f *follower) close() {
 
 var errDeadLettered = errors.New("an event of the chain was dead-lettered")
 
-func (f *follower) print(ctx context.Context, out io.Writer, timeout, quiet time.Duration, dlqTopic string) error {
-	start := time.Now()
+func (f *follower) print(ctx context.Context, out io.Writer, timeout, quiet time.Duration, dlqTopic, runsTopic, rootID string, rootTime time.Time) error {
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
 	idle := time.NewTimer(quiet)
 	defer idle.Stop()
-	seen := 0
-	var result error
-	for {
+	var records []*sarama.ConsumerMessage
+	ending := ""
+	for ending == "" {
 		select {
 		case m := <-f.records:
-			seen++
-			if m.Topic == dlqTopic {
-				result = ExitError{Code: 1, Err: errDeadLettered}
-				fmt.Fprintf(out, "+%-7s DEAD-LETTERED %s by %s after %s attempt(s): %s\n",
-					time.Since(start).Round(time.Millisecond), header(m, router.HeaderType),
-					header(m, router.HeaderDeadLetterHandler), header(m, router.HeaderAttempts), header(m, router.HeaderDeadLetterReason))
-			} else {
-				fmt.Fprintf(out, "+%-7s %s key=%q id=%s source=%s %s\n",
-					time.Since(start).Round(time.Millisecond), header(m, router.HeaderType), string(m.Key),
-					header(m, router.HeaderID), header(m, router.HeaderSource), m.Value)
-			}
+			records = append(records, m)
 			if !idle.Stop() {
 				<-idle.C
 			}
 			idle.Reset(quiet)
 		case <-idle.C:
-			fmt.Fprintf(out, "quiet for %s after %d event(s)\n", quiet, seen)
-			return result
+			ending = "quiet for " + quiet.String()
 		case <-deadline.C:
-			fmt.Fprintf(out, "timed out after %s with %d event(s)\n", timeout, seen)
-			return result
+			ending = "timed out after " + timeout.String()
 		case <-ctx.Done():
 			return ctx.Err()
 		}
+	}
+	c := newChain(rootID, rootTime, records, dlqTopic, runsTopic)
+	c.print(out, rootID, 1)
+	fmt.Fprintf(out, "%s after %d event(s) and %d handler run(s)\n", ending, c.events, c.runCount)
+	if c.deadLettered {
+		return ExitError{Code: 1, Err: errDeadLettered}
+	}
+	return nil
+}
+
+// chain is what followed a published event, arranged by causation: each
+// event's handler runs, and under each run the events it emitted.
+type chain struct {
+	start        time.Time
+	byID         map[string]*sarama.ConsumerMessage
+	runs         map[string][]router.RunRecord                   // by event id
+	children     map[string]map[string][]*sarama.ConsumerMessage // event id -> handler -> events
+	orphans      []*sarama.ConsumerMessage
+	dead         map[string][]*sarama.ConsumerMessage // by event id
+	events       int
+	runCount     int
+	deadLettered bool
+}
+
+func newChain(rootID string, start time.Time, records []*sarama.ConsumerMessage, dlqTopic, runsTopic string) *chain {
+	c := &chain{start: start, byID: map[string]*sarama.ConsumerMessage{}, runs: map[string][]router.RunRecord{},
+		children: map[string]map[string][]*sarama.ConsumerMessage{}, dead: map[string][]*sarama.ConsumerMessage{}}
+	var events []*sarama.ConsumerMessage
+	for _, m := range records {
+		switch m.Topic {
+		case runsTopic:
+			var r router.RunRecord
+			if json.Unmarshal(m.Value, &r) == nil {
+				c.runs[r.EventID] = append(c.runs[r.EventID], r)
+				c.runCount++
+			}
+		case dlqTopic:
+			c.deadLettered = true
+			id := header(m, router.HeaderID)
+			c.dead[id] = append(c.dead[id], m)
+		default:
+			c.byID[header(m, router.HeaderID)] = m
+			events = append(events, m)
+			c.events++
+		}
+	}
+	for _, m := range events {
+		cause := header(m, router.HeaderCausationID)
+		if _, known := c.byID[cause]; cause == "" || (cause != rootID && !known) {
+			c.orphans = append(c.orphans, m)
+			continue
+		}
+		handler := strings.TrimPrefix(header(m, router.HeaderSource), "eventfn/")
+		if c.children[cause] == nil {
+			c.children[cause] = map[string][]*sarama.ConsumerMessage{}
+		}
+		c.children[cause][handler] = append(c.children[cause][handler], m)
+	}
+	for id := range c.runs {
+		sort.SliceStable(c.runs[id], func(i, j int) bool {
+			a, b := c.runs[id][i], c.runs[id][j]
+			if a.Handler != b.Handler {
+				return a.Handler < b.Handler
+			}
+			return a.Attempt < b.Attempt
+		})
+	}
+	return c
+}
+
+func (c *chain) offset(t time.Time) string {
+	return "+" + t.Sub(c.start).Round(time.Millisecond).String()
+}
+
+// print writes the runs of event id, each followed by what it emitted,
+// indented by depth.
+func (c *chain) print(out io.Writer, id string, depth int) {
+	indent := strings.Repeat("  ", depth)
+	emittedBy := c.children[id]
+	for _, r := range c.runs[id] {
+		line := fmt.Sprintf("%s%s %s attempt %d: %s (%.1fms)", indent, c.offset(r.Start), r.Handler, r.Attempt, r.Outcome, r.DurationMS)
+		if r.Error != "" {
+			line += ": " + r.Error
+		}
+		fmt.Fprintln(out, line)
+		if r.Outcome == router.RunOK {
+			c.printEvents(out, emittedBy[r.Handler], depth+1)
+			delete(emittedBy, r.Handler)
+		}
+	}
+	// Events whose run record is missing (the runs topic is off, or a record
+	// was dropped) still show, under their handler's name.
+	handlers := make([]string, 0, len(emittedBy))
+	for h := range emittedBy {
+		handlers = append(handlers, h)
+	}
+	sort.Strings(handlers)
+	for _, h := range handlers {
+		fmt.Fprintf(out, "%s%s:\n", indent, h)
+		c.printEvents(out, emittedBy[h], depth+1)
+	}
+	for _, m := range c.dead[id] {
+		fmt.Fprintf(out, "%sDEAD-LETTERED %s by %s after %s attempt(s): %s\n", indent, header(m, router.HeaderType),
+			header(m, router.HeaderDeadLetterHandler), header(m, router.HeaderAttempts), header(m, router.HeaderDeadLetterReason))
+	}
+	if depth == 1 {
+		for _, m := range c.orphans {
+			fmt.Fprintf(out, "%s(cause not seen) %s key=%q id=%s source=%s %s\n", indent, header(m, router.HeaderType), string(m.Key),
+				header(m, router.HeaderID), header(m, router.HeaderSource), m.Value)
+		}
+	}
+}
+
+func (c *chain) printEvents(out io.Writer, events []*sarama.ConsumerMessage, depth int) {
+	sort.SliceStable(events, func(i, j int) bool { return events[i].Timestamp.Before(events[j].Timestamp) })
+	indent := strings.Repeat("  ", depth)
+	for _, m := range events {
+		at := m.Timestamp
+		if t, err := time.Parse(time.RFC3339Nano, header(m, router.HeaderTime)); err == nil {
+			at = t
+		}
+		fmt.Fprintf(out, "%s%s %s key=%q id=%s source=%s %s\n", indent, c.offset(at), header(m, router.HeaderType), string(m.Key),
+			header(m, router.HeaderID), header(m, router.HeaderSource), m.Value)
+		c.print(out, header(m, router.HeaderID), depth+1)
 	}
 }
 

@@ -133,6 +133,9 @@ type Kafka struct {
 	ReplicationFactor int `koanf:"replication_factor"`
 	// DeadLetterTopic receives events a handler could not process.
 	DeadLetterTopic string `koanf:"dead_letter_topic"`
+	// RunsTopic receives a record of every handler attempt, for
+	// `publish --wait` and anyone watching; empty sends none.
+	RunsTopic string `koanf:"runs_topic"`
 	// MaxMessageBytes is the largest record eventfn produces (key, value and
 	// headers). An event larger than this is refused when it is emitted; keep it
 	// at or below the topics' max.message.bytes (broker default 1048588).
@@ -292,6 +295,7 @@ func defaults() map[string]any {
 		"kafka.topic_prefix":             "",
 		"kafka.partitions":               4,
 		"kafka.replication_factor":       1,
+		"kafka.runs_topic":               "eventfn.runs",
 		"kafka.dead_letter_topic":        "eventfn.dead-letter",
 		"kafka.max_message_bytes":        1000000,
 		"kafka.sasl.mechanism":           "",

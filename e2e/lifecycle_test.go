@@ -145,3 +145,63 @@ func TestCLIPublishWaitFollowsTheChain(t *testing.T) {
 		t.Errorf("bad JSON: exit %d, stderr %q", code, errOut.String())
 	}
 }
+
+// TestPublishWaitShowsTheChainInCausalOrder: `publish --wait` prints each
+// event under the handler run that emitted it, and every handler run (its
+// attempt, outcome and duration) under the event it handled, a retry and a
+// handler that emits nothing included; indentation follows causation.
+func TestPublishWaitShowsTheChainInCausalOrder(t *testing.T) {
+	t.Parallel()
+	e := newEngines(t)
+	cfg := e.config(t, func(c *configs.Config) { c.Payments.FailAttempts = 1 })
+	startApp(t, cfg)
+	environ := []string{
+		"EVENTFN_PROFILE=test",
+		"EVENTFN_KAFKA_EMBEDDED=false",
+		"EVENTFN_KAFKA_BROKERS=" + strings.Join(cfg.Kafka.Brokers, ","),
+		"EVENTFN_KAFKA_TOPIC_PREFIX=" + cfg.Kafka.TopicPrefix,
+	}
+	orderID := "tree-" + uuid.NewString()
+	var out, errOut bytes.Buffer
+	code := cli.Main(t.Context(), []string{"publish", "order.placed",
+		`{"order_id":"` + orderID + `","customer_email":"tree@example.com","total_cents":1200}`,
+		"--wait", "--quiet", "2s", "--timeout", "60s"}, strings.NewReader(""), &out, &errOut, environ)
+	if code != 0 {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out.String(), errOut.String())
+	}
+	t.Logf("publish --wait:\n%s", out.String())
+	// Each line in causal order, with its depth of indentation.
+	want := []struct {
+		depth int
+		text  string
+	}{
+		{1, "charge-payment attempt 1: retrying"},
+		{1, "charge-payment attempt 2: ok"},
+		{2, "payment.confirmed key=\"" + orderID + "\""},
+		{3, "send-confirmation attempt 1: ok"},
+		{4, "email.sent key=\"" + orderID + "\""},
+		{5, "mark-order-emailed attempt 1: ok"},
+	}
+	lines := strings.Split(out.String(), "\n")
+	at := 0
+	for _, w := range want {
+		found := false
+		for ; at < len(lines); at++ {
+			if strings.Contains(lines[at], w.text) {
+				indent := len(lines[at]) - len(strings.TrimLeft(lines[at], " "))
+				if indent != 2*w.depth {
+					t.Errorf("%q is indented %d, want %d:\n%s", w.text, indent, 2*w.depth, out.String())
+				}
+				found = true
+				at++
+				break
+			}
+		}
+		if !found {
+			t.Fatalf("no %q after the lines before it:\n%s", w.text, out.String())
+		}
+	}
+	if !strings.Contains(out.String(), "after 2 event(s) and 4 handler run(s)") {
+		t.Errorf("summary:\n%s", out.String())
+	}
+}

@@ -31,10 +31,44 @@ type invoker struct {
 	tracer  trace.Tracer
 	// onDuplicate, when set, hears of an event the inbox already had.
 	onDuplicate func()
+	// runs hears of every attempt, when set; maxRetries says whether a
+	// failed attempt is the last.
+	runs       *runLog
+	maxRetries int
 }
 
 // handle is the Watermill handler function.
 func (i *invoker) handle(msg *message.Message) error {
+	if i.runs == nil {
+		_, err := i.attempt(msg)
+		return err
+	}
+	start := time.Now()
+	duplicate, err := i.attempt(msg)
+	attempt, _ := strconv.Atoi(msg.Metadata.Get(metaAttempts))
+	r := RunRecord{Handler: i.handler.Name(), EventID: msg.UUID, EventType: msg.Metadata.Get(HeaderType), Attempt: attempt,
+		Start: start.UTC(), DurationMS: float64(time.Since(start).Microseconds()) / 1000, Outcome: RunOK}
+	switch {
+	case duplicate:
+		r.Outcome = RunDuplicate
+	case err == nil:
+	case isInfra(err):
+		r.Outcome = RunWaiting
+	case runtime.IsPermanent(err) || attempt > i.maxRetries:
+		r.Outcome = RunDeadLettered
+	default:
+		r.Outcome = RunRetrying
+	}
+	if err != nil {
+		r.Error = boundText(err.Error(), 1024)
+	}
+	i.runs.record(msg.Metadata.Get(HeaderCorrelationID), r)
+	return err
+}
+
+// attempt runs the handler once for msg and reports whether the inbox had
+// the event already.
+func (i *invoker) attempt(msg *message.Message) (bool, error) {
 	attempt, _ := strconv.Atoi(msg.Metadata.Get(metaAttempts))
 	attempt++
 	msg.Metadata.Set(metaAttempts, strconv.Itoa(attempt))
@@ -62,7 +96,7 @@ func (i *invoker) handle(msg *message.Message) error {
 		i.metrics.attempts.WithLabelValues(name, "permanent").Inc()
 		span.SetStatus(codes.Error, "malformed event")
 		i.logger.WarnContext(ctx, "malformed event", "handler", name, "err", err)
-		return runtime.Permanent(err)
+		return false, runtime.Permanent(err)
 	}
 	duplicate, emitted := false, false
 	err := inTx(ctx, i.outbox.db, func(ctx context.Context, tx *sql.Tx) error {
@@ -100,7 +134,7 @@ func (i *invoker) handle(msg *message.Message) error {
 		span.SetStatus(codes.Error, "handler failed")
 		i.logger.WarnContext(ctx, "handler failed", "handler", name, "event_id", meta.ID,
 			"event_type", meta.Type, "attempt", attempt, "permanent", runtime.IsPermanent(err), "err", boundText(err.Error(), maxHeaderBytes))
-		return err
+		return false, err
 	}
 	if emitted {
 		i.outbox.wake.nudge()
@@ -113,10 +147,10 @@ func (i *invoker) handle(msg *message.Message) error {
 		i.metrics.duplicates.WithLabelValues(name).Inc()
 		i.logger.InfoContext(ctx, "event already processed; acknowledged without running the handler",
 			"handler", name, "event_id", meta.ID)
-		return nil
+		return true, nil
 	}
 	i.logger.DebugContext(ctx, "event handled", "handler", name, "event_id", meta.ID, "attempt", attempt)
-	return nil
+	return false, nil
 }
 
 // claimInbox records (handler, source, event) and reports whether this call is

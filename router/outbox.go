@@ -121,6 +121,9 @@ func (t *txHandle) Emit(ctx context.Context, events ...runtime.Event) error {
 		if key != "" {
 			rec.Key = []byte(key)
 		}
+		if t.cause.ID != "" {
+			rec.Headers[HeaderCausationID] = t.cause.ID
+		}
 		// The span of the handler call (or the HTTP request) that emits the
 		// event is its parent: the relay and the next handler continue the trace.
 		tracing.Inject(ctx, rec.Headers)

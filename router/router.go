@@ -164,6 +164,7 @@ type Runtime struct {
 	kopts   []kgo.Opt // TLS and SASL of every franz-go client
 	cleaner *cleaner
 	tracer  trace.Tracer
+	runs    *runLog // a record of every handler attempt, for publish --wait
 	db      *store.DB
 	outbox  *Outbox
 	// infos are the handlers this process runs (run.handlers); all are every
@@ -225,8 +226,13 @@ func New(cfg configs.Config, db *store.DB, outbox *Outbox, handlers []runtime.Ha
 	r := &Runtime{cfg: cfg, kopts: kopts, tracer: o.tracer, db: db, outbox: outbox, infos: infos, all: all, logger: logger, wlogger: wlogger,
 		producer: producer, kafkaPub: kafkaPublisher{producer: producer}, metrics: m,
 		dlqHealth: outage.New("dead letters cannot be written", "dead letters written again", outageReportInterval, logger)}
+	if r.runs, err = newRunLog(cfg.Kafka, kopts, reg, logger.With("component", "runs")); err != nil {
+		producer.Close()
+		return nil, err
+	}
 	if err := r.buildHandlers(handlers); err != nil {
 		producer.Close()
+		r.runs.close()
 		return nil, err
 	}
 	rm, err := relay.NewMetrics(reg)
@@ -267,7 +273,8 @@ func (r *Runtime) buildHandlers(handlers []runtime.Handler) error {
 		if err != nil {
 			return fmt.Errorf("kafka subscriber for handler %s: %w", h.Name(), err)
 		}
-		inv := &invoker{handler: h, outbox: r.outbox, logger: r.logger, metrics: r.metrics, tracer: r.tracer}
+		inv := &invoker{handler: h, outbox: r.outbox, logger: r.logger, metrics: r.metrics, tracer: r.tracer,
+			runs: r.runs, maxRetries: info.Policy.MaxRetries}
 		rh := router.AddConsumerHandler(h.Name(), info.Topic, sub, inv.handle)
 		mws, err := middlewares(info.Policy, r.kafkaPub, r.cfg.Kafka.Topic(r.cfg.Kafka.DeadLetterTopic), &r.closing,
 			r.metrics.deadLettered.WithLabelValues(h.Name()), r.cfg.Kafka.MaxMessageBytes, r.dlqHealth, &r.infra, r.logger.With("handler", h.Name()), r.wlogger)
@@ -288,6 +295,9 @@ func (r *Runtime) Handlers() []HandlerInfo { return r.infos }
 // Topics lists every topic the runtime reads or writes.
 func Topics(cfg configs.Config, infos []HandlerInfo) []string {
 	set := map[string]bool{cfg.Kafka.Topic(cfg.Kafka.DeadLetterTopic): true}
+	if cfg.Kafka.RunsTopic != "" {
+		set[cfg.Kafka.Topic(cfg.Kafka.RunsTopic)] = true
+	}
 	for _, i := range infos {
 		set[i.Topic] = true
 		for _, e := range i.Emits {
@@ -375,6 +385,7 @@ func (r *Runtime) shutdown(handlersDone, relayDone <-chan error, stopRelay func(
 	stopRelay()
 	<-relayDone
 	r.producer.Close()
+	r.runs.close()
 	r.logger.Info("shut down")
 	return errors.Join(errs...)
 }
