@@ -34,13 +34,15 @@ func (i *invoker) handle(msg *message.Message) error {
 	meta := metadataOf(msg, attempt)
 	ctx := runtime.WithMetadata(msg.Context(), meta)
 	name := i.handler.Name()
+	start := time.Now()
 
 	if err := errors.Join(malformedHeaders(msg.Metadata), validSpecVersion(msg.Metadata.Get(HeaderSpecVersion)), validAttributes(meta)); err != nil {
 		// Bytes no database key can hold: the event is malformed, and no
 		// retry will change that.
 		i.metrics.attempts.WithLabelValues(name, "permanent").Inc()
+		i.metrics.ops.observeCall(name, msg, start, runtime.Permanent(err), false)
 		i.logger.WarnContext(ctx, "malformed event", "handler", name, "err", err)
-		return runtime.Permanent(err)
+		return runtime.Malformed(err)
 	}
 	duplicate, emitted := false, false
 	err := inTx(ctx, i.outbox.db, func(ctx context.Context, tx *sql.Tx) error {
@@ -56,6 +58,7 @@ func (i *invoker) handle(msg *message.Message) error {
 		if err != nil {
 			return err
 		}
+		h.chainStarted = msg.Metadata.Get(HeaderChainStarted)
 		return callBounded(ctx, i.logger, name, func() error {
 			err := i.handler.Invoke(ctx, h, msg.Payload)
 			emitted = h.emitted > 0
@@ -73,6 +76,7 @@ func (i *invoker) handle(msg *message.Message) error {
 	default:
 		i.metrics.attempts.WithLabelValues(name, "error").Inc()
 	}
+	i.metrics.ops.observeCall(name, msg, start, err, duplicate)
 	if err != nil {
 		i.logger.WarnContext(ctx, "handler failed", "handler", name, "event_id", meta.ID,
 			"event_type", meta.Type, "attempt", attempt, "permanent", runtime.IsPermanent(err), "err", boundText(err.Error(), maxHeaderBytes))

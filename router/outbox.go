@@ -1,6 +1,7 @@
 package router
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -80,6 +81,9 @@ type txHandle struct {
 	allowed func(string) bool
 	kafka   configs.Kafka
 	emitted int
+	// chainStarted is the HeaderChainStarted of the event being handled;
+	// empty outside handlers, where each emitted event starts its chain.
+	chainStarted string
 }
 
 var _ runtime.Tx = (*txHandle)(nil)
@@ -117,6 +121,7 @@ func (t *txHandle) Emit(ctx context.Context, events ...runtime.Event) error {
 				HeaderCorrelationID: t.cause.CorrelationID,
 			},
 		}
+		rec.Headers[HeaderChainStarted] = cmp.Or(t.chainStarted, rec.Headers[HeaderTime])
 		if key != "" {
 			rec.Key = []byte(key)
 		}
