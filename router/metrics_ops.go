@@ -230,10 +230,16 @@ type handlerOps struct {
 	deadLetters *prometheus.CounterVec
 }
 
-// forHandler curries the ops metrics for one handler.
+// forHandler curries the ops metrics for one handler. Every class starts at
+// 0: increase() in an alert does not see the first dead letter of a series
+// that appears with it.
 func (m *opsMetrics) forHandler(name string) handlerOps {
-	return handlerOps{
+	ops := handlerOps{
 		retrying:    m.retrying.WithLabelValues(name),
 		deadLetters: m.deadLetters.MustCurryWith(prometheus.Labels{"handler": name}),
 	}
+	for _, c := range []string{classMalformed, classPermanent, classExhausted, classTimeout} {
+		ops.deadLetters.WithLabelValues(c)
+	}
+	return ops
 }
