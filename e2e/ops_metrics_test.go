@@ -202,29 +202,58 @@ func TestOperationalMetricsFollowAFlow(t *testing.T) {
 	checkDeployFilesUse(t, fams)
 }
 
-// TestDeadLettersOfExhaustedRetriesAreClassed: a gateway that always fails
-// and no retries dead-letter every charge as exhausted.
-func TestDeadLettersOfExhaustedRetriesAreClassed(t *testing.T) {
+// TestDeadLettersAreClassed: a gateway that always fails dead-letters a
+// charge as exhausted once its one retry failed, and the event counts as a
+// retry in progress while it waits for that retry (1 s) and no longer after;
+// a gateway slower than the handler's timeout dead-letters it as timeout.
+func TestDeadLettersAreClassed(t *testing.T) {
 	t.Parallel()
-	e := newEngines(t)
-	cfg := e.config(t, func(c *configs.Config) {
-		c.Payments.FailAttempts = 1000
-		p := c.Handlers["charge-payment"]
-		zero := 0
-		p.MaxRetries = &zero
-		c.Handlers["charge-payment"] = p
-	})
-	a := startApp(t, cfg)
-	a.placeOrder(t, "exhausted@example.com")
-	eventually(t, 60*time.Second, "an exhausted dead letter", func() (bool, string) {
-		fams := a.scrape(t)
-		ex := sum(fams, "eventfn_dead_letters_total", "handler", "charge-payment", "class", "exhausted")
-		others := sum(fams, "eventfn_dead_letters_total") - ex
-		if others != 0 {
-			t.Fatalf("%v dead letters of another class", others)
-		}
-		return ex == 1, fmt.Sprintf("%v exhausted", ex)
-	})
+	one, zero := 1, 0
+	tests := []struct {
+		name       string
+		edit       func(*configs.Config, *configs.HandlerPolicy)
+		class      string
+		watchRetry bool
+	}{
+		{"exhausted", func(c *configs.Config, p *configs.HandlerPolicy) {
+			c.Payments.FailAttempts = 1000
+			p.MaxRetries, p.InitialBackoff, p.MaxBackoff = &one, time.Second, time.Second
+		}, "exhausted", true},
+		{"timeout", func(c *configs.Config, p *configs.HandlerPolicy) {
+			c.Payments.Delay = 5 * time.Second
+			p.MaxRetries, p.Timeout = &zero, 200*time.Millisecond
+		}, "timeout", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEngines(t)
+			cfg := e.config(t, func(c *configs.Config) {
+				p := c.Handlers["charge-payment"]
+				tt.edit(c, &p)
+				c.Handlers["charge-payment"] = p
+			})
+			a := startApp(t, cfg)
+			a.placeOrder(t, tt.name+"@example.com")
+			if tt.watchRetry {
+				eventually(t, 30*time.Second, "the charge waiting for its retry", func() (bool, string) {
+					n := sum(a.scrape(t), "eventfn_retries_in_progress", "handler", "charge-payment")
+					return n == 1, fmt.Sprintf("%v in progress", n)
+				})
+			}
+			eventually(t, 60*time.Second, "a dead letter of class "+tt.class, func() (bool, string) {
+				fams := a.scrape(t)
+				n := sum(fams, "eventfn_dead_letters_total", "handler", "charge-payment", "class", tt.class)
+				if others := sum(fams, "eventfn_dead_letters_total") - n; others != 0 {
+					t.Fatalf("%v dead letters of another class than %s", others, tt.class)
+				}
+				return n == 1, fmt.Sprintf("%v of class %s", n, tt.class)
+			})
+			if n := sum(a.scrape(t), "eventfn_retries_in_progress"); n != 0 {
+				t.Errorf("%v retries in progress after the dead letter", n)
+			}
+		})
+	}
 }
 
 // TestOutboxOldestPendingAgeWhileKafkaIsDown: with the broker stopped, an
