@@ -121,7 +121,10 @@ func (t *txHandle) Emit(ctx context.Context, events ...runtime.Event) error {
 				HeaderCorrelationID: t.cause.CorrelationID,
 			},
 		}
-		rec.Headers[HeaderChainStarted] = cmp.Or(t.chainStarted, rec.Headers[HeaderTime])
+		// Outside a handler the first event emitted starts the chain, and
+		// the others of the transaction (same correlation id) share it.
+		t.chainStarted = cmp.Or(t.chainStarted, rec.Headers[HeaderTime])
+		rec.Headers[HeaderChainStarted] = t.chainStarted
 		if key != "" {
 			rec.Key = []byte(key)
 		}
