@@ -98,7 +98,8 @@ var handlerNames = []string{"charge-payment", "send-confirmation", "mark-order-e
 // duration is observed; chain latency is observed for payment.confirmed and
 // email.sent and measured from order.placed (each is at least the gateway's
 // delay, which only the first step pays); the chain start travels on the
-// events; the undecodable record is a malformed dead letter. Then every
+// events; an undecodable record and one with unreadable headers are
+// malformed dead letters. Then every
 // metric the alert rules and the dashboard use must be on /metrics.
 func TestOperationalMetricsFollowAFlow(t *testing.T) {
 	t.Parallel()
@@ -126,14 +127,18 @@ func TestOperationalMetricsFollowAFlow(t *testing.T) {
 
 	client := kafkaClient(t, cfg)
 	key := "o-" + uuid.NewString()
+	// Two malformed records: a payload that does not decode, and headers
+	// eventfn cannot read (a CloudEvents version it does not speak).
 	produce(t, client, cfg.Kafka.Topic("order.placed"), []byte(key), []byte("{not json"), map[string]string{
 		router.HeaderID: uuid.NewString(), router.HeaderType: "order.placed", router.HeaderSource: "e2e", router.HeaderSpecVersion: "1.0"})
+	produce(t, client, cfg.Kafka.Topic("order.placed"), []byte(key), []byte(`{"order_id":"`+key+`"}`), map[string]string{
+		router.HeaderID: uuid.NewString(), router.HeaderType: "order.placed", router.HeaderSource: "e2e", router.HeaderSpecVersion: "2.0"})
 
 	var fams map[string]*dto.MetricFamily
 	eventually(t, 60*time.Second, "a malformed dead letter counted and every lag back to 0", func() (bool, string) {
 		fams = a.scrape(t)
 		malformed := sum(fams, "eventfn_dead_letters_total", "handler", "charge-payment", "class", "malformed")
-		if malformed != 1 {
+		if malformed != 2 {
 			return false, fmt.Sprintf("%v malformed dead letters", malformed)
 		}
 		for _, h := range handlerNames {
@@ -147,16 +152,19 @@ func TestOperationalMetricsFollowAFlow(t *testing.T) {
 		}
 		return true, ""
 	})
-	if n := sum(fams, "eventfn_dead_lettered_total", "handler", "charge-payment"); n != 1 {
-		t.Errorf("eventfn_dead_lettered_total = %v, want 1 (unchanged meaning)", n)
+	if n := sum(fams, "eventfn_dead_lettered_total", "handler", "charge-payment"); n != 2 {
+		t.Errorf("eventfn_dead_lettered_total = %v, want 2 (unchanged meaning)", n)
+	}
+	if n := sum(fams, "eventfn_dead_letters_total"); n != 2 {
+		t.Errorf("%v dead letters of any class, want the 2 malformed ones", n)
 	}
 	for _, h := range handlerNames {
 		if n := sum(fams, "eventfn_handler_duration_seconds", "handler", h, "result", "ok"); n < float64(len(ids)) {
 			t.Errorf("%s: %v ok durations observed, want at least %d", h, n, len(ids))
 		}
 	}
-	if n := sum(fams, "eventfn_handler_duration_seconds", "handler", "charge-payment", "result", "permanent"); n < 1 {
-		t.Errorf("the malformed record's call was not timed (%v permanent durations)", n)
+	if n := sum(fams, "eventfn_handler_duration_seconds", "handler", "charge-payment", "result", "permanent"); n < 2 {
+		t.Errorf("the malformed records' calls were not timed (%v permanent durations)", n)
 	}
 	if slow := bucket(fams, "eventfn_handler_duration_seconds", 0.25, "handler", "charge-payment", "result", "ok"); slow != 0 {
 		t.Errorf("%d charges under 0.25 s with a %s gateway", slow, delay)

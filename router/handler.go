@@ -40,9 +40,10 @@ func (i *invoker) handle(msg *message.Message) error {
 		// Bytes no database key can hold: the event is malformed, and no
 		// retry will change that.
 		i.metrics.attempts.WithLabelValues(name, "permanent").Inc()
-		i.metrics.ops.observeCall(name, msg, start, runtime.Permanent(err), false)
 		i.logger.WarnContext(ctx, "malformed event", "handler", name, "err", err)
-		return runtime.Malformed(err)
+		err = runtime.Malformed(err)
+		i.metrics.ops.observeCall(name, msg, start, err, false)
+		return err
 	}
 	duplicate, emitted := false, false
 	err := inTx(ctx, i.outbox.db, func(ctx context.Context, tx *sql.Tx) error {

@@ -55,8 +55,9 @@ func limitConcurrency(n int) message.HandlerMiddleware {
 }
 
 // middlewares is a handler's chain, outermost first: correlation id, chain
-// start, dead-letter on final failure (classified just inside it), retry with exponential backoff (never for permanent errors),
-// a timeout per attempt, panic recovery, and the concurrency cap.
+// start, dead-letter on final failure (classified just inside it), retry with
+// exponential backoff (never for permanent errors), a timeout per attempt,
+// panic recovery, and the concurrency cap.
 //
 // closing is set while the process shuts down: an attempt cut short by shutdown
 // is not a failure of the event, so it is neither retried nor dead-lettered; it
