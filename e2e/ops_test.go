@@ -77,7 +77,8 @@ func TestStateCommandsShowTopicsGroupsAndOutbox(t *testing.T) {
 	}
 	a.waitEmailed(t, ids, 60*time.Second)
 
-	flow := map[string]int64{"order.placed": 5, "payment.confirmed": 5, "email.sent": 5, cfg.Kafka.DeadLetterTopic: 0}
+	// The runs topic holds one record per handler call: three handlers, five orders.
+	flow := map[string]int64{"order.placed": 5, "payment.confirmed": 5, "email.sent": 5, cfg.Kafka.DeadLetterTopic: 0, cfg.Kafka.RunsTopic: 15}
 	eventually(t, 30*time.Second, "topics show the flow's records", func() (bool, string) {
 		topics := topicsByName(t, cfg)
 		var wrong []string

@@ -51,10 +51,15 @@ type deadLetterPublisher struct {
 	health   *outage.Reporter
 	maxBytes int
 	written  prometheus.Counter
+	// byClass, when set, counts the dead letters written by class (see
+	// classifyDeadLetter).
+	byClass *prometheus.CounterVec
 }
 
 func (d deadLetterPublisher) Publish(topic string, msgs ...*message.Message) error {
-	for _, msg := range msgs {
+	classes := make([]string, len(msgs))
+	for i, msg := range msgs {
+		classes[i] = takeDeadLetterClass(msg)
 		for k, v := range msg.Metadata {
 			msg.Metadata[k] = boundText(v, maxHeaderBytes)
 		}
@@ -77,6 +82,11 @@ func (d deadLetterPublisher) Publish(topic string, msgs ...*message.Message) err
 		d.health.Succeeded()
 	}
 	d.written.Add(float64(len(msgs)))
+	if d.byClass != nil {
+		for _, c := range classes {
+			d.byClass.WithLabelValues(c).Inc()
+		}
+	}
 	return nil
 }
 

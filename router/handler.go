@@ -89,6 +89,7 @@ func (i *invoker) attempt(msg *message.Message) (bool, error) {
 		))
 	defer span.End()
 	ctx = runtime.WithMetadata(ctx, meta)
+	start := time.Now()
 
 	if err := errors.Join(malformedHeaders(msg.Metadata), validSpecVersion(msg.Metadata.Get(HeaderSpecVersion)), validAttributes(meta)); err != nil {
 		// Bytes no database key can hold: the event is malformed, and no
@@ -96,7 +97,9 @@ func (i *invoker) attempt(msg *message.Message) (bool, error) {
 		i.metrics.attempts.WithLabelValues(name, "permanent").Inc()
 		span.SetStatus(codes.Error, "malformed event")
 		i.logger.WarnContext(ctx, "malformed event", "handler", name, "err", err)
-		return false, runtime.Permanent(err)
+		err = runtime.Malformed(err)
+		i.metrics.ops.observeCall(name, msg, start, err, false)
+		return false, err
 	}
 	duplicate, emitted := false, false
 	err := inTx(ctx, i.outbox.db, func(ctx context.Context, tx *sql.Tx) error {
@@ -112,6 +115,7 @@ func (i *invoker) attempt(msg *message.Message) (bool, error) {
 		if err != nil {
 			return err
 		}
+		h.chainStarted = msg.Metadata.Get(HeaderChainStarted)
 		return callBounded(ctx, i.logger, name, func() error {
 			err := i.handler.Invoke(ctx, h, msg.Payload)
 			emitted = h.emitted > 0
@@ -129,6 +133,7 @@ func (i *invoker) attempt(msg *message.Message) (bool, error) {
 	default:
 		i.metrics.attempts.WithLabelValues(name, "error").Inc()
 	}
+	i.metrics.ops.observeCall(name, msg, start, err, duplicate)
 	if err != nil {
 		span.RecordError(err)
 		span.SetStatus(codes.Error, "handler failed")

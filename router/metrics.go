@@ -18,6 +18,7 @@ type metrics struct {
 	deadLettered *prometheus.CounterVec
 	duplicates   *prometheus.CounterVec
 	builder      wmetrics.PrometheusMetricsBuilder
+	ops          *opsMetrics
 }
 
 func newMetrics(reg prometheus.Registerer, outbox *Outbox) (*metrics, error) {
@@ -53,6 +54,11 @@ func newMetrics(reg prometheus.Registerer, outbox *Outbox) (*metrics, error) {
 			return nil, fmt.Errorf("register metric: %w", err)
 		}
 	}
+	ops, err := newOpsMetrics(reg, outbox)
+	if err != nil {
+		return nil, err
+	}
+	m.ops = ops
 	return m, nil
 }
 

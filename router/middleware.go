@@ -54,15 +54,16 @@ func limitConcurrency(n int) message.HandlerMiddleware {
 	}
 }
 
-// middlewares is a handler's chain, outermost first: correlation id, dead-letter
-// on final failure, retry with exponential backoff (never for permanent errors),
-// a timeout per attempt, panic recovery, and the concurrency cap.
+// middlewares is a handler's chain, outermost first: correlation id, chain
+// start, dead-letter on final failure (classified just inside it), retry with
+// exponential backoff (never for permanent errors), a timeout per attempt,
+// panic recovery, and the concurrency cap.
 //
 // closing is set while the process shuts down: an attempt cut short by shutdown
 // is not a failure of the event, so it is neither retried nor dead-lettered; it
 // stays unacknowledged and Kafka delivers it again after the restart.
-func middlewares(p runtime.Policy, dlq message.Publisher, dlqTopic string, closing *atomic.Bool, deadLettered prometheus.Counter, maxRecordBytes int, dlqHealth *outage.Reporter, infra *infraWatch, slogger *slog.Logger, logger watermill.LoggerAdapter) ([]message.HandlerMiddleware, error) {
-	dlq = deadLetterPublisher{pub: dlq, maxBytes: maxRecordBytes, written: deadLettered, health: dlqHealth}
+func middlewares(p runtime.Policy, dlq message.Publisher, dlqTopic string, closing *atomic.Bool, deadLettered prometheus.Counter, ops handlerOps, maxRecordBytes int, dlqHealth *outage.Reporter, infra *infraWatch, slogger *slog.Logger, logger watermill.LoggerAdapter) ([]message.HandlerMiddleware, error) {
+	dlq = deadLetterPublisher{pub: dlq, maxBytes: maxRecordBytes, written: deadLettered, byClass: ops.deadLetters, health: dlqHealth}
 	poison, err := middleware.PoisonQueueWithFilter(dlq, dlqTopic, func(error) bool { return !closing.Load() })
 	if err != nil {
 		return nil, fmt.Errorf("dead-letter middleware: %w", err)
@@ -71,10 +72,12 @@ func middlewares(p runtime.Policy, dlq message.Publisher, dlqTopic string, closi
 	// them without using the handler's retries.
 	retry := retrying(p, func(err error) bool {
 		return !runtime.IsPermanent(err) && !isInfra(err) && !closing.Load() && !errors.Is(err, context.Canceled)
-	}, slogger)
+	}, ops.retrying, slogger)
 	return []message.HandlerMiddleware{
 		correlationID,
+		chainStarted,
 		poison,
+		classifyDeadLetter,
 		waitOutInfrastructure(infra, closing.Load, slogger),
 		retry,
 		middleware.Timeout(p.Timeout),

@@ -1,6 +1,7 @@
 package router
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -81,6 +82,9 @@ type txHandle struct {
 	allowed func(string) bool
 	kafka   configs.Kafka
 	emitted int
+	// chainStarted is the HeaderChainStarted of the event being handled;
+	// empty outside handlers, where each emitted event starts its chain.
+	chainStarted string
 }
 
 var _ runtime.Tx = (*txHandle)(nil)
@@ -118,6 +122,10 @@ func (t *txHandle) Emit(ctx context.Context, events ...runtime.Event) error {
 				HeaderCorrelationID: t.cause.CorrelationID,
 			},
 		}
+		// Outside a handler the first event emitted starts the chain, and
+		// the others of the transaction (same correlation id) share it.
+		t.chainStarted = cmp.Or(t.chainStarted, rec.Headers[HeaderTime])
+		rec.Headers[HeaderChainStarted] = t.chainStarted
 		if key != "" {
 			rec.Key = []byte(key)
 		}

@@ -46,6 +46,10 @@ func newCleaner(cfg configs.Retention, db *store.DB, outbox *relay.Table, reg pr
 			return nil, fmt.Errorf("register retention metric: %w", err)
 		}
 	}
+	// Both series exist from the start, at 0, so that rate() and alerts see
+	// the first deleted row rather than a series appearing.
+	c.deleted.WithLabelValues("outbox")
+	c.deleted.WithLabelValues("inbox")
 	return c, nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/eventfn/eventfn/runtime"
 )
@@ -40,8 +41,16 @@ func (s backoffSchedule) wait(n int, u float64) time.Duration {
 // unless shouldRetry says the failure is not for retrying (a permanent error,
 // an infrastructure failure, a shutdown). Each try starts from the message's
 // original context, since inner middlewares (the timeout) replace it.
-func retrying(p runtime.Policy, shouldRetry func(error) bool, logger *slog.Logger) message.HandlerMiddleware {
-	return retryingWith(backoffSchedule{Initial: p.InitialBackoff, Max: p.MaxBackoff, Jitter: 0.2}, p.MaxRetries, shouldRetry, sleepCtx, rand.Float64, logger)
+//
+// waiting counts the events sleeping before their next try
+// (eventfn_retries_in_progress).
+func retrying(p runtime.Policy, shouldRetry func(error) bool, waiting prometheus.Gauge, logger *slog.Logger) message.HandlerMiddleware {
+	sleep := func(ctx context.Context, d time.Duration) bool {
+		waiting.Inc()
+		defer waiting.Dec()
+		return sleepCtx(ctx, d)
+	}
+	return retryingWith(backoffSchedule{Initial: p.InitialBackoff, Max: p.MaxBackoff, Jitter: 0.2}, p.MaxRetries, shouldRetry, sleep, rand.Float64, logger)
 }
 
 func retryingWith(s backoffSchedule, maxRetries int, shouldRetry func(error) bool,

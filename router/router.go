@@ -277,11 +277,12 @@ func (r *Runtime) buildHandlers(handlers []runtime.Handler) error {
 			runs: r.runs, maxRetries: info.Policy.MaxRetries}
 		rh := router.AddConsumerHandler(h.Name(), info.Topic, sub, inv.handle)
 		mws, err := middlewares(info.Policy, r.kafkaPub, r.cfg.Kafka.Topic(r.cfg.Kafka.DeadLetterTopic), &r.closing,
-			r.metrics.deadLettered.WithLabelValues(h.Name()), r.cfg.Kafka.MaxMessageBytes, r.dlqHealth, &r.infra, r.logger.With("handler", h.Name()), r.wlogger)
+			r.metrics.deadLettered.WithLabelValues(h.Name()), r.metrics.ops.forHandler(h.Name()), r.cfg.Kafka.MaxMessageBytes, r.dlqHealth, &r.infra, r.logger.With("handler", h.Name()), r.wlogger)
 		if err != nil {
 			return err
 		}
 		rh.AddMiddleware(mws...)
+		r.metrics.ops.lag.add(h.Name(), sub.Lag)
 		r.started = append(r.started, rh)
 	}
 	r.metrics.instrument(router)

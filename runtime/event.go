@@ -116,14 +116,14 @@ func SpecOf[E Event]() EventSpec {
 func Decode[E Event](payload []byte) (E, error) {
 	var ev E
 	if len(bytes.TrimSpace(payload)) == 0 {
-		return ev, Permanent(fmt.Errorf("decode %s: empty payload", ev.EventType()))
+		return ev, Malformed(fmt.Errorf("decode %s: empty payload", ev.EventType()))
 	}
 	dec := json.NewDecoder(bytes.NewReader(payload))
 	if err := dec.Decode(&ev); err != nil {
-		return ev, Permanent(fmt.Errorf("decode %s: %w", ev.EventType(), err))
+		return ev, Malformed(fmt.Errorf("decode %s: %w", ev.EventType(), err))
 	}
 	if dec.More() {
-		return ev, Permanent(fmt.Errorf("decode %s: trailing data after the JSON value", ev.EventType()))
+		return ev, Malformed(fmt.Errorf("decode %s: trailing data after the JSON value", ev.EventType()))
 	}
 	if v, ok := any(ev).(Validator); ok {
 		if err := v.Validate(); err != nil {

@@ -55,6 +55,12 @@ func TestDecode(t *testing.T) {
 			if !runtime.IsPermanent(err) {
 				t.Errorf("decode errors must be permanent: %v", err)
 			}
+			// Only a payload that does not decode is malformed; one that
+			// decodes and fails its own Validate is the producer's valid
+			// JSON refused on its merits.
+			if want := !strings.Contains(c.wantErr, "required"); runtime.IsMalformed(err) != want {
+				t.Errorf("IsMalformed(%v) = %v, want %v", err, !want, want)
+			}
 		})
 	}
 }

@@ -172,8 +172,10 @@ func cloudEventsHeaders(typ string) map[string]any {
 			"content-type":     map[string]any{"type": "string", "const": "application/json"},
 			"ce_correlationid": str("Shared by every event of one chain."),
 			"ce_causationid":   str("The ce_id of the event whose handler emitted this one; absent on the first event of a chain."),
-			"ce_traceparent":   str("W3C trace context of the span that sent it (CloudEvents distributed-tracing extension)."),
-			"ce_tracestate":    str("W3C trace state, with ce_traceparent."),
+			"eventfn_chain_started": map[string]any{"type": "string", "format": "date-time",
+				"description": "When the chain's first event was created; copied to every event of the chain."},
+			"ce_traceparent": str("W3C trace context of the span that sent it (CloudEvents distributed-tracing extension)."),
+			"ce_tracestate":  str("W3C trace state, with ce_traceparent."),
 		},
 	}
 }

@@ -110,6 +110,8 @@ type partition struct {
 	done    map[int64]bool
 	// next is the offset to commit: everything before it is finished.
 	next, committed int64
+	// highWatermark is the partition's end as of the latest fetch (see Lag).
+	highWatermark int64
 	// lanes holds, per key, the records waiting; the head is in flight.
 	lanes map[string][]*kgo.Record
 	// revoked is closed when the partition is taken away: records not yet
@@ -239,6 +241,7 @@ func (s *Subscriber) poll() {
 			s.errors.recovered()
 		}
 		fetches.EachRecord(s.enqueue)
+		s.noteHighWatermarks(fetches)
 	}
 }
 
