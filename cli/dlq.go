@@ -10,6 +10,7 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 
@@ -259,12 +260,17 @@ func withoutBodies(dls []router.DeadLetter) []router.DeadLetter {
 	return out
 }
 
-func oneLine(s string, max int) string {
+// oneLine folds s onto one line of at most limit bytes, cut at a rune.
+func oneLine(s string, limit int) string {
 	s = strings.Join(strings.Fields(s), " ")
-	if len(s) > max {
-		return s[:max] + "…"
+	if len(s) <= limit {
+		return s
 	}
-	return s
+	cut := limit
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
 }
 
 func writeJSON(w io.Writer, v any) error {
