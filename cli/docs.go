@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"sort"
@@ -14,8 +13,6 @@ import (
 	"github.com/eventfn/eventfn/handlers"
 	"github.com/eventfn/eventfn/ingress"
 	"github.com/eventfn/eventfn/internal/asyncapi"
-	"github.com/eventfn/eventfn/router"
-	"github.com/eventfn/eventfn/wiring"
 )
 
 func newSchemaCmd(g *globalFlags, stdout io.Writer, environ []string) *cobra.Command {
@@ -72,7 +69,7 @@ func newAsyncAPICmd(g *globalFlags, stdout io.Writer, environ []string) *cobra.C
 			if err != nil {
 				return err
 			}
-			infos, err := router.Describe(cfg, wiring.BuildHandlers(wiring.BaseConfig(cfg), slog.New(slog.DiscardHandler)))
+			infos, err := describeHandlers(cfg)
 			if err != nil {
 				return err
 			}

@@ -1,18 +1,14 @@
 package cli
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
 	"github.com/eventfn/eventfn/handlers"
-	"github.com/eventfn/eventfn/router"
-	"github.com/eventfn/eventfn/wiring"
 )
 
 func newHandlersCmd(g *globalFlags, stdout, stderr io.Writer, environ []string) *cobra.Command {
@@ -26,14 +22,12 @@ func newHandlersCmd(g *globalFlags, stdout, stderr io.Writer, environ []string) 
 			if err != nil {
 				return err
 			}
-			infos, err := router.Describe(cfg, wiring.BuildHandlers(wiring.BaseConfig(cfg), slog.New(slog.DiscardHandler)))
+			infos, err := describeHandlers(cfg)
 			if err != nil {
 				return err
 			}
 			if asJSON {
-				enc := json.NewEncoder(stdout)
-				enc.SetIndent("", "  ")
-				return enc.Encode(infos)
+				return writeJSON(stdout, infos)
 			}
 			tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "HANDLER\tEVENT TYPE\tTOPIC\tCONSUMER GROUP\tEMITS\tRETRIES\tTIMEOUT\tCONCURRENCY")

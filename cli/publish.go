@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"sort"
 	"strings"
@@ -23,7 +22,6 @@ import (
 	"github.com/eventfn/eventfn/handlers"
 	"github.com/eventfn/eventfn/router"
 	"github.com/eventfn/eventfn/runtime"
-	"github.com/eventfn/eventfn/wiring"
 )
 
 type publishFlags struct {
@@ -151,7 +149,7 @@ func publish(ctx context.Context, cfg configs.Config, f *publishFlags, eventType
 
 	var follow *follower
 	if f.wait {
-		infos, err := router.Describe(cfg, wiring.BuildHandlers(wiring.BaseConfig(cfg), slog.New(slog.DiscardHandler)))
+		infos, err := describeHandlers(cfg)
 		if err != nil {
 			return err
 		}

@@ -21,7 +21,6 @@ import (
 	"github.com/prometheus/prometheus/promql/parser"
 
 	"github.com/eventfn/eventfn/configs"
-	"github.com/eventfn/eventfn/embedded"
 	"github.com/eventfn/eventfn/router"
 )
 
@@ -273,19 +272,13 @@ func TestOutboxOldestPendingAgeWhileKafkaIsDown(t *testing.T) {
 	if testenvRealKafka() {
 		t.Skip("stops and restarts the broker: runs in the embedded pass")
 	}
-	addr := freeAddr(t)
-	dataDir := filepath.Join(t.TempDir(), "kafka")
-	broker, err := embedded.Start(addr, dataDir, 4)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := engines{brokers: []string{addr}, databaseURL: "sqlite://" + filepath.Join(t.TempDir(), "eventfn.db")}
+	broker, e := startStoppableBroker(t)
 	a := startApp(t, e.config(t, nil))
 	if age := sum(a.scrape(t), "eventfn_outbox_oldest_pending_seconds"); age != 0 {
 		t.Fatalf("oldest pending age %v before any order", age)
 	}
 
-	broker.Close()
+	broker.stop()
 	id := a.placeOrder(t, "stuck@example.com")
 	var first float64
 	eventually(t, 30*time.Second, "the stuck event's age growing", func() (bool, string) {
@@ -300,11 +293,7 @@ func TestOutboxOldestPendingAgeWhileKafkaIsDown(t *testing.T) {
 		t.Fatalf("oldest pending age %v with the broker down", first)
 	}
 
-	broker, err = embedded.Start(addr, dataDir, 4)
-	if err != nil {
-		t.Fatalf("restart the broker on %s: %v", addr, err)
-	}
-	t.Cleanup(broker.Close)
+	broker.restart(t)
 	a.waitEmailed(t, []string{id}, 120*time.Second)
 	eventually(t, 30*time.Second, "the oldest pending age back to 0", func() (bool, string) {
 		age := sum(a.scrape(t), "eventfn_outbox_oldest_pending_seconds")

@@ -20,19 +20,13 @@ func TestKafkaOutageLosesNothing(t *testing.T) {
 	if testenvRealKafka() {
 		t.Skip("stops and restarts the broker: runs in the embedded pass")
 	}
-	addr := freeAddr(t)
-	dataDir := filepath.Join(t.TempDir(), "kafka")
-	broker, err := embedded.Start(addr, dataDir, 4)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := engines{brokers: []string{addr}, databaseURL: "sqlite://" + filepath.Join(t.TempDir(), "eventfn.db")}
+	broker, e := startStoppableBroker(t)
 	cfg := e.config(t, nil)
 	a := startApp(t, cfg)
 	before := a.placeOrder(t, "before@example.com")
 	a.waitEmailed(t, []string{before}, 60*time.Second)
 
-	broker.Close()
+	broker.stop()
 	var during []string
 	var slowest time.Duration
 	for i := 0; i < 5; i++ {
@@ -53,15 +47,39 @@ func TestKafkaOutageLosesNothing(t *testing.T) {
 		t.Fatalf("order %s is %q with the broker down", during[0], s)
 	}
 
-	broker, err = embedded.Start(addr, dataDir, 4)
-	if err != nil {
-		t.Fatalf("restart the broker on %s: %v", addr, err)
-	}
-	t.Cleanup(broker.Close)
+	broker.restart(t)
 	a.waitEmailed(t, during, 120*time.Second)
 	if got := count(t, cfg, `SELECT COUNT(*) FROM payments`); got != 6 {
 		t.Errorf("payments = %d, want 6", got)
 	}
+}
+
+// stoppableBroker is an embedded broker a test stops and starts again on the
+// same address with the same data, as an outage does to a real one.
+type stoppableBroker struct {
+	addr, dataDir string
+	broker        *embedded.Broker
+}
+
+// startStoppableBroker starts the broker and names engines that use it with
+// a SQLite database of the test's own.
+func startStoppableBroker(t *testing.T) (*stoppableBroker, engines) {
+	t.Helper()
+	b := &stoppableBroker{addr: freeAddr(t), dataDir: filepath.Join(t.TempDir(), "kafka")}
+	b.restart(t)
+	return b, engines{brokers: []string{b.addr}, databaseURL: "sqlite://" + filepath.Join(t.TempDir(), "eventfn.db")}
+}
+
+func (b *stoppableBroker) stop() { b.broker.Close() }
+
+func (b *stoppableBroker) restart(t *testing.T) {
+	t.Helper()
+	broker, err := embedded.Start(b.addr, b.dataDir, 4)
+	if err != nil {
+		t.Fatalf("start the broker on %s: %v", b.addr, err)
+	}
+	b.broker = broker
+	t.Cleanup(broker.Close)
 }
 
 func testenvRealKafka() bool { return len(testenv.KafkaBrokers()) > 0 }
