@@ -45,10 +45,10 @@ good build keeps running. Run it from the repository's root.`,
 			if err != nil {
 				return err
 			}
-			if _, port, err := net.SplitHostPort(cfg.HTTP.Addr); err != nil || port == "0" {
+			host, port, err := net.SplitHostPort(cfg.HTTP.Addr)
+			if err != nil || port == "0" {
 				return ExitError{Code: 2, Err: fmt.Errorf("http.addr %q: dev needs a fixed port to know when eventfn is ready", cfg.HTTP.Addr)}
 			}
-			host, port, _ := net.SplitHostPort(cfg.HTTP.Addr)
 			if host == "" || host == "0.0.0.0" || host == "::" {
 				host = "127.0.0.1"
 			}
@@ -118,10 +118,10 @@ func (d *devLoop) run(ctx context.Context) error {
 	if d.handlers, err = d.describe(ctx, bin); err != nil {
 		return err
 	}
+	defer d.stop() // also when start fails half-way: the child may be running
 	if err := d.start(ctx, bin); err != nil {
 		return err
 	}
-	defer d.stop()
 	names := slices.Sorted(maps.Keys(d.handlers))
 	d.say("eventfn ready in %s with %d handler(s): %s; watching %s/", time.Since(start).Round(10*time.Millisecond), len(names), strings.Join(names, ", "), d.dir)
 
@@ -212,11 +212,8 @@ func (d *devLoop) build(ctx context.Context) (string, string, error) {
 		steps = append([][]string{{filepath.Join(d.tools, "wire"), "gen", "./wiring"}}, steps...)
 	}
 	for _, args := range steps {
-		cmd := exec.CommandContext(ctx, args[0], args[1:]...)
-		cmd.Env = os.Environ()
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			return "", fmt.Sprintf("%s: %v\n%s", strings.Join(args, " "), err, out), err
+		if out, err := d.run1(ctx, args[0], args[1:]...); err != nil {
+			return "", out, err
 		}
 	}
 	return bin, "", nil
