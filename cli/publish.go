@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -43,7 +44,10 @@ type first: invalid JSON or a payload of the wrong shape is refused.
 
 With --wait, every event that follows from it (same correlation id), including
 dead-lettered ones, is printed until nothing new arrives for --quiet or
---timeout passes. The exit code is 1 if an event of the chain was dead-lettered.`,
+--timeout passes; a handler that is retrying or waiting for the database
+holds the end until it settles or --timeout passes. The exit code is 1 if an
+event of the chain was dead-lettered, 3 if --timeout passed while a handler
+was still retrying or waiting.`,
 		Example: `  eventfn publish order.placed '{"order_id":"o-1","customer_email":"a@example.com","total_cents":2500}' --wait
   eventfn publish payment.confirmed @payment.json --key o-1
   cat event.json | eventfn publish order.placed -`,
@@ -255,11 +259,14 @@ func (f *follower) print(ctx context.Context, out io.Writer, timeout, quiet time
 		select {
 		case m := <-f.records:
 			records = append(records, m)
-			if !idle.Stop() {
-				<-idle.C
-			}
-			idle.Reset(quiet)
+			idle.Reset(quiet) // Go 1.23+: no stale tick survives a Reset
 		case <-idle.C:
+			// A handler that is retrying or waiting for the database will run
+			// again, perhaps after a backoff longer than quiet: not the end.
+			if len(newChain(rootID, rootTime, records, dlqTopic, runsTopic).unsettled()) > 0 {
+				idle.Reset(quiet)
+				continue
+			}
 			ending = "quiet for " + quiet.String()
 		case <-deadline.C:
 			ending = "timed out after " + timeout.String()
@@ -273,7 +280,32 @@ func (f *follower) print(ctx context.Context, out io.Writer, timeout, quiet time
 	if c.deadLettered {
 		return ExitError{Code: 1, Err: errDeadLettered}
 	}
+	if open := c.unsettled(); len(open) > 0 {
+		return ExitError{Code: 3, Err: fmt.Errorf("the chain had not settled: %s", strings.Join(open, "; "))}
+	}
 	return nil
+}
+
+// unsettled names the handler runs whose last attempt said they will run
+// again (retrying, waiting for the database) and that were not dead-lettered
+// since.
+func (c *chain) unsettled() []string {
+	var open []string
+	for id, runs := range c.runs {
+		last := map[string]router.RunRecord{}
+		for _, r := range runs {
+			if l, ok := last[r.Handler]; !ok || r.Attempt > l.Attempt || (r.Attempt == l.Attempt && r.Start.After(l.Start)) {
+				last[r.Handler] = r
+			}
+		}
+		for h, r := range last {
+			if r.Outcome == router.RunRetrying || r.Outcome == router.RunWaiting {
+				open = append(open, fmt.Sprintf("%s of event %s: %s after attempt %d", h, id, r.Outcome, r.Attempt))
+			}
+		}
+	}
+	slices.Sort(open)
+	return open
 }
 
 // chain is what followed a published event, arranged by causation: each
