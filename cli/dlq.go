@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -180,7 +181,9 @@ it. Handlers that had processed the event find it in their inbox and do nothing;
 the handler that failed runs it from attempt 1. Each dead letter is marked
 replayed, so a second replay of the same selection sends nothing unless --again
 is given. A selection is required: --handler, --type, --reason, --since,
---until or --id.`,
+--until or --id. A dead letter that is not the event as it was read (payload
+truncated, headers cut or dropped to fit, a header that is not UTF-8) or is
+older than retention.inbox is skipped, with the reason.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if f.handler == "" && f.eventType == "" && f.reason == "" && f.since == "" && f.until == "" && len(f.ids) == 0 {
@@ -200,6 +203,12 @@ is given. A selection is required: --handler, --type, --reason, --since,
 			dls, err := router.DeadLetters(ctx, cfg, db, filter)
 			if err != nil {
 				return err
+			}
+			// A mistyped id replays nothing rather than the rest quietly.
+			for _, id := range f.ids {
+				if !slices.ContainsFunc(dls, func(d router.DeadLetter) bool { return d.ID == id }) {
+					return ExitError{Code: 1, Err: fmt.Errorf("no dead letter %s matches the selection (ids come from `eventfn dlq list`); nothing was replayed", id)}
+				}
 			}
 			res, err := router.ReplayDeadLetters(ctx, cfg, db, dls, again, dryRun)
 			verb := "replayed"

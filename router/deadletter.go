@@ -27,6 +27,12 @@ const HeaderPayloadTruncated = "eventfn_payload_truncated"
 // kafka.max_message_bytes; its value is how many were dropped.
 const HeaderHeadersDropped = "eventfn_headers_dropped"
 
+// HeaderHeadersCut is set on a dead letter some of whose headers (the key
+// included, which eventfn carries as eventfn_key) were cut to maxHeaderBytes;
+// its value names them, comma-separated. Such a dead letter is not the event
+// that failed any more, so it is not replayed.
+const HeaderHeadersCut = "eventfn_headers_cut"
+
 // boundText cuts s to at most n bytes, keeping its start and its end (where
 // an error's cause usually is), and says how much was cut.
 func boundText(s string, n int) string {
@@ -60,8 +66,18 @@ func (d deadLetterPublisher) Publish(topic string, msgs ...*message.Message) err
 	classes := make([]string, len(msgs))
 	for i, msg := range msgs {
 		classes[i] = takeDeadLetterClass(msg)
+		var cut []string
 		for k, v := range msg.Metadata {
-			msg.Metadata[k] = boundText(v, maxHeaderBytes)
+			if b := boundText(v, maxHeaderBytes); b != v {
+				msg.Metadata[k] = b
+				if k != HeaderDeadLetterReason { // a cut reason still says why
+					cut = append(cut, k)
+				}
+			}
+		}
+		if len(cut) > 0 {
+			slices.Sort(cut)
+			msg.Metadata.Set(HeaderHeadersCut, strings.Join(cut, ","))
 		}
 		dropForeignHeaders(topic, msg, d.maxBytes)
 		if recordOf(topic, msg).Size() > d.maxBytes {

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -106,7 +107,8 @@ func DeadLetters(ctx context.Context, cfg configs.Config, db *store.DB, f DeadLe
 	}
 	var out []DeadLetter
 	for _, d := range all {
-		if rp, ok := replays[[2]int64{int64(d.partition), d.offset}]; ok {
+		if m, ok := replays[[2]int64{int64(d.partition), d.offset}]; ok && m.handler == d.Handler && m.eventID == d.EventID {
+			rp := m.Replay
 			rp.Outcome, err = replayOutcome(ctx, db, d, rp, all)
 			if err != nil {
 				return nil, err
@@ -142,12 +144,13 @@ type Skipped struct {
 // unless again is set; one whose payload was truncated is always skipped.
 func ReplayDeadLetters(ctx context.Context, cfg configs.Config, db *store.DB, dls []DeadLetter, again, dryRun bool) (ReplayResult, error) {
 	var res ReplayResult
+	now := time.Now()
 	table := relay.NewTable(db)
 	topic := cfg.Kafka.Topic(cfg.Kafka.DeadLetterTopic)
 	for _, d := range dls {
 		switch {
 		case d.Truncated:
-			res.Skipped = append(res.Skipped, Skipped{d, fmt.Sprintf("its payload was truncated to fit; replay the original from %s partition %d offset %d", d.OriginTopic, d.OriginPartition, d.OriginOffset)})
+			res.Skipped = append(res.Skipped, Skipped{d, "its payload was truncated to fit; replay the original from " + originOf(d)})
 			continue
 		case d.OriginTopic == "":
 			res.Skipped = append(res.Skipped, Skipped{d, "it names no origin topic"})
@@ -156,25 +159,75 @@ func ReplayDeadLetters(ctx context.Context, cfg configs.Config, db *store.DB, dl
 			res.Skipped = append(res.Skipped, Skipped{d, fmt.Sprintf("replayed at %s (%s); --again sends it again", d.Replay.At.Format(time.RFC3339), d.Replay.Outcome)})
 			continue
 		}
+		if why := notTheEvent(d); why != "" {
+			res.Skipped = append(res.Skipped, Skipped{d, why + "; replay the original from " + originOf(d)})
+			continue
+		}
+		if inbox := cfg.Retention.Inbox; inbox > 0 && now.Sub(eventTime(d)) >= inbox {
+			res.Skipped = append(res.Skipped, Skipped{d, fmt.Sprintf("the event is from %s, older than retention.inbox (%s): the handlers that processed it no longer remember it and would run it again; publish it anew if that is wanted",
+				eventTime(d).Format(time.RFC3339), inbox)})
+			continue
+		}
 		if dryRun {
 			res.Sent = append(res.Sent, d)
 			continue
 		}
-		if err := replayOne(ctx, db, table, topic, d); err != nil {
+		sent, err := replayOne(ctx, db, table, topic, d, again)
+		if err != nil {
 			return res, err
+		}
+		if !sent {
+			res.Skipped = append(res.Skipped, Skipped{d, "another replay marked it meanwhile; --again sends it again"})
+			continue
 		}
 		res.Sent = append(res.Sent, d)
 	}
 	return res, nil
 }
 
+func originOf(d DeadLetter) string {
+	return fmt.Sprintf("%s partition %d offset %d", d.OriginTopic, d.OriginPartition, d.OriginOffset)
+}
+
+// notTheEvent says why a dead letter no longer carries the event as it was
+// read (so a replay would send another one), or "" when it does.
+func notTheEvent(d DeadLetter) string {
+	if n := d.Headers[HeaderHeadersDropped]; n != "" {
+		return n + " of its headers were dropped to fit"
+	}
+	if names := d.Headers[HeaderHeadersCut]; names != "" {
+		return "headers were cut to fit: " + names
+	}
+	for k, v := range d.Headers {
+		if !slices.Contains(bookkeeping, k) && (!utf8.ValidString(k) || !utf8.ValidString(v)) {
+			return fmt.Sprintf("header %q is not UTF-8 text, which the outbox cannot carry", k)
+		}
+	}
+	return ""
+}
+
+// eventTime is when the event was made (ce_time), or, without one, when it
+// was dead-lettered: the inbox rows of the handlers that processed it are at
+// least that old.
+func eventTime(d DeadLetter) time.Time {
+	if t, err := time.Parse(time.RFC3339Nano, d.Headers[HeaderTime]); err == nil && t.Before(d.Time) {
+		return t
+	}
+	return d.Time
+}
+
 // bookkeeping are the headers a dead letter gained; a replay starts afresh.
 var bookkeeping = []string{
 	HeaderDeadLetterReason, HeaderDeadLetterHandler, "topic_poisoned", "subscriber_poisoned",
-	HeaderAttempts, HeaderOriginTopic, HeaderOriginPartition, HeaderOriginOffset, HeaderHeadersDropped,
+	HeaderAttempts, HeaderOriginTopic, HeaderOriginPartition, HeaderOriginOffset, HeaderHeadersDropped, HeaderHeadersCut,
 }
 
-func replayOne(ctx context.Context, db *store.DB, table *relay.Table, dlqTopic string, d DeadLetter) error {
+// replayOne queues d in the outbox and marks it replayed, in one
+// transaction. Without again it sends nothing and reports false when a mark
+// of this dead letter (same place, same handler and event) exists: the check
+// and the mark are one statement, so two replays at once send it once. A mark
+// of another event at the same place (the topic was recreated) is replaced.
+func replayOne(ctx context.Context, db *store.DB, table *relay.Table, dlqTopic string, d DeadLetter, again bool) (bool, error) {
 	headers := make(map[string]string, len(d.Headers))
 	for k, v := range d.Headers {
 		if !slices.Contains(bookkeeping, k) {
@@ -183,57 +236,77 @@ func replayOne(ctx context.Context, db *store.DB, table *relay.Table, dlqTopic s
 	}
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
-		return fmt.Errorf("replay %s: %w", d.ID, err)
+		return false, fmt.Errorf("replay %s: %w", d.ID, err)
 	}
 	defer func() { _ = tx.Rollback() }()
-	if err := table.Insert(ctx, tx, relay.Record{Topic: d.OriginTopic, Key: d.key, Headers: headers, Payload: d.Payload}); err != nil {
-		return fmt.Errorf("replay %s: %w", d.ID, err)
-	}
 	now := time.Now().UTC()
 	var at any = now
 	if db.Driver == store.SQLite {
 		at = now.Format(sqliteTime)
 	}
-	_, err = tx.ExecContext(ctx, `INSERT INTO eventfn_dead_letter_replays (dlq_topic, dlq_partition, dlq_offset, handler, event_id, replayed_at)
+	const same = `eventfn_dead_letter_replays.handler = excluded.handler AND eventfn_dead_letter_replays.event_id = excluded.event_id`
+	mark := `INSERT INTO eventfn_dead_letter_replays (dlq_topic, dlq_partition, dlq_offset, handler, event_id, replayed_at)
 		VALUES ($1, $2, $3, $4, $5, $6)
-		ON CONFLICT (dlq_topic, dlq_partition, dlq_offset) DO UPDATE SET replayed_at = excluded.replayed_at, times = eventfn_dead_letter_replays.times + 1`,
-		dlqTopic, d.partition, d.offset, d.Handler, d.EventID, at)
+		ON CONFLICT (dlq_topic, dlq_partition, dlq_offset) DO UPDATE SET replayed_at = excluded.replayed_at,
+			handler = excluded.handler, event_id = excluded.event_id,
+			times = CASE WHEN ` + same + ` THEN eventfn_dead_letter_replays.times + 1 ELSE 1 END`
+	if !again {
+		mark += ` WHERE NOT (` + same + `)`
+	}
+	marked, err := tx.ExecContext(ctx, mark, dlqTopic, d.partition, d.offset, d.Handler, d.EventID, at)
 	if err != nil {
-		return fmt.Errorf("mark %s replayed: %w", d.ID, err)
+		return false, fmt.Errorf("mark %s replayed: %w", d.ID, err)
+	}
+	if n, err := marked.RowsAffected(); err != nil {
+		return false, fmt.Errorf("mark %s replayed: %w", d.ID, err)
+	} else if n == 0 {
+		return false, nil
+	}
+	if err := table.Insert(ctx, tx, relay.Record{Topic: d.OriginTopic, Key: d.key, Headers: headers, Payload: d.Payload}); err != nil {
+		return false, fmt.Errorf("replay %s: %w", d.ID, err)
 	}
 	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("replay %s: %w", d.ID, err)
+		return false, fmt.Errorf("replay %s: %w", d.ID, err)
 	}
-	return nil
+	return true, nil
 }
 
 // sqliteTime is how eventfn writes timestamps into SQLite text columns.
 const sqliteTime = "2006-01-02T15:04:05.000Z"
 
-func loadReplays(ctx context.Context, db *store.DB, dlqTopic string) (map[[2]int64]Replay, error) {
+func loadReplays(ctx context.Context, db *store.DB, dlqTopic string) (map[[2]int64]replayMark, error) {
 	rows, err := db.Read.QueryContext(ctx,
-		`SELECT dlq_partition, dlq_offset, replayed_at, times FROM eventfn_dead_letter_replays WHERE dlq_topic = $1`, dlqTopic)
+		`SELECT dlq_partition, dlq_offset, handler, event_id, replayed_at, times FROM eventfn_dead_letter_replays WHERE dlq_topic = $1`, dlqTopic)
 	if err != nil {
 		return nil, fmt.Errorf("read dead-letter replays: %w", err)
 	}
 	defer rows.Close()
-	out := map[[2]int64]Replay{}
+	out := map[[2]int64]replayMark{}
 	for rows.Next() {
 		var (
-			p, o  int64
-			at    any
-			times int
+			p, o             int64
+			handler, eventID string
+			at               any
+			times            int
 		)
-		if err := rows.Scan(&p, &o, &at, &times); err != nil {
+		if err := rows.Scan(&p, &o, &handler, &eventID, &at, &times); err != nil {
 			return nil, fmt.Errorf("read dead-letter replays: %w", err)
 		}
 		t, err := timeOf(at)
 		if err != nil {
 			return nil, err
 		}
-		out[[2]int64{p, o}] = Replay{At: t, Times: times}
+		out[[2]int64{p, o}] = replayMark{handler: handler, eventID: eventID, Replay: Replay{At: t, Times: times}}
 	}
 	return out, rows.Err()
+}
+
+// replayMark is a row of eventfn_dead_letter_replays: the place it names is
+// the dead letter's only while handler and event id match too, since a
+// recreated dead-letter topic starts its offsets again.
+type replayMark struct {
+	handler, eventID string
+	Replay
 }
 
 func timeOf(v any) (time.Time, error) {
