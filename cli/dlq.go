@@ -8,9 +8,11 @@ import (
 	"io"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/spf13/cobra"
@@ -120,8 +122,8 @@ func newDLQListCmd(g *globalFlags, stdout io.Writer, environ []string) *cobra.Co
 			tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "ID\tDEAD-LETTERED\tHANDLER\tEVENT TYPE\tKEY\tATTEMPTS\tORIGIN\tREPLAY\tREASON")
 			for _, d := range dls {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%q\t%d\t%s/%d/%d\t%s\t%s\n", d.ID, d.Time.Format(time.RFC3339), d.Handler, d.Type,
-					d.Key, d.Attempts, d.OriginTopic, d.OriginPartition, d.OriginOffset, replayText(d), oneLine(d.Reason, 120))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%q\t%d\t%s/%d/%d\t%s\t%s\n", d.ID, d.Time.Format(time.RFC3339), cell(d.Handler), cell(d.Type),
+					d.Key, d.Attempts, cell(d.OriginTopic), d.OriginPartition, d.OriginOffset, replayText(d), oneLine(d.Reason, 120))
 			}
 			return tw.Flush()
 		},
@@ -152,7 +154,7 @@ func newDLQShowCmd(g *globalFlags, stdout io.Writer, environ []string) *cobra.Co
 					Payload string `json:"payload"`
 				}{d, string(d.Payload)})
 			}
-			fmt.Fprintf(stdout, "id: %s\ndead-lettered: %s\nhandler: %s\nreplay: %s\nheaders:\n", d.ID, d.Time.Format(time.RFC3339Nano), d.Handler, replayText(d))
+			fmt.Fprintf(stdout, "id: %s\ndead-lettered: %s\nhandler: %s\nreplay: %s\nheaders:\n", d.ID, d.Time.Format(time.RFC3339Nano), cell(d.Handler), replayText(d))
 			keys := make([]string, 0, len(d.Headers))
 			for k := range d.Headers {
 				keys = append(keys, k)
@@ -161,7 +163,7 @@ func newDLQShowCmd(g *globalFlags, stdout io.Writer, environ []string) *cobra.Co
 			for _, k := range keys {
 				fmt.Fprintf(stdout, "  %s: %q\n", k, d.Headers[k])
 			}
-			fmt.Fprintf(stdout, "key: %q\npayload (%d bytes):\n%s\n", d.Key, len(d.Payload), d.Payload)
+			fmt.Fprintf(stdout, "key: %q\npayload (%d bytes):\n%s\n", d.Key, len(d.Payload), text(d.Payload))
 			return nil
 		},
 	}
@@ -270,7 +272,46 @@ func withoutBodies(dls []router.DeadLetter) []router.DeadLetter {
 }
 
 // oneLine folds s onto one line of at most limit bytes, cut at a rune.
+// cell is s for a table cell: as it is when it is printable text, quoted
+// otherwise, so a tab, a newline or a terminal escape in a header that came
+// from any producer cannot break the table or the terminal.
+func cell(s string) string {
+	if printable(s, false) {
+		return s
+	}
+	return strconv.Quote(s)
+}
+
+// text is a payload as it is when it is printable text (lines and tabs
+// allowed), quoted otherwise.
+func text(b []byte) string {
+	if printable(string(b), true) {
+		return string(b)
+	}
+	return strconv.Quote(string(b))
+}
+
+func printable(s string, lines bool) bool {
+	if !utf8.ValidString(s) {
+		return false
+	}
+	for _, r := range s {
+		if !unicode.IsPrint(r) && !(lines && (r == '\n' || r == '\t' || r == '\r')) {
+			return false
+		}
+	}
+	return true
+}
+
+// oneLine is s on one line of at most limit bytes, with every run of white
+// space one space and anything else unprintable replaced.
 func oneLine(s string, limit int) string {
+	s = strings.Map(func(r rune) rune {
+		if unicode.IsPrint(r) || unicode.IsSpace(r) {
+			return r
+		}
+		return utf8.RuneError
+	}, strings.ToValidUTF8(s, string(utf8.RuneError)))
 	s = strings.Join(strings.Fields(s), " ")
 	if len(s) <= limit {
 		return s

@@ -1,0 +1,36 @@
+package cli
+
+import (
+	"strings"
+	"testing"
+	"unicode/utf8"
+)
+
+// TestOddBytesCannotBreakTheDLQOutput: handler, event type, origin topic and
+// reason come from any producer's headers; a tab, a newline, a terminal escape
+// or bytes that are not UTF-8 must neither split a table row nor reach the
+// terminal raw. A long reason is cut at a rune, never inside one.
+func TestOddBytesCannotBreakTheDLQOutput(t *testing.T) {
+	unsafe := func(s string) bool {
+		return strings.ContainsAny(s, "\t\n\r\x1b\x00") || !utf8.ValidString(s)
+	}
+	for _, in := range []string{"order.placed", "a\tb", "a\nb", "\x1b[31mred", "nul\x00", "\xff\xfe", "ünïcödé"} {
+		if got := cell(in); unsafe(got) || (!unsafe(in) && got != in) {
+			t.Errorf("cell(%q) = %q", in, got)
+		}
+		if got := oneLine(in, 120); unsafe(got) {
+			t.Errorf("oneLine(%q) = %q", in, got)
+		}
+	}
+	if got := text([]byte("{\n\t\"a\": 1\n}")); got != "{\n\t\"a\": 1\n}" {
+		t.Errorf("a JSON payload with lines was changed: %q", got)
+	}
+	if got := text([]byte("\x1b]0;title\x07")); unsafe(got) || strings.ContainsRune(got, '\x07') {
+		t.Errorf("a payload with terminal escapes printed raw: %q", got)
+	}
+	long := strings.Repeat("é", 100) // 200 bytes
+	got := oneLine(long, 121)
+	if !utf8.ValidString(got) || len(got) > 121+len("…") {
+		t.Errorf("oneLine cut %d bytes of runes to %q", len(long), got)
+	}
+}
