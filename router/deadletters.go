@@ -1,6 +1,7 @@
 package router
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"database/sql"
@@ -93,13 +94,22 @@ func (f DeadLetterFilter) match(d DeadLetter) bool {
 // what became of its replay.
 func DeadLetters(ctx context.Context, cfg configs.Config, db *store.DB, f DeadLetterFilter) ([]DeadLetter, error) {
 	topic := cfg.Kafka.Topic(cfg.Kafka.DeadLetterTopic)
-	recs, err := readTopic(ctx, cfg.Kafka, topic)
+	// Every dead letter is needed (a later one of the same handler and event
+	// tells what became of a replay), but the headers and payload only of
+	// those f selects: a large topic of large records is read through, not
+	// held. The kept ones are copied, so no fetch buffer outlives its poll.
+	var all []DeadLetter
+	err := readTopic(ctx, cfg.Kafka, topic, func(r *kgo.Record) {
+		d := deadLetterOf(topic, r)
+		if f.match(d) {
+			d.Payload, d.key = bytes.Clone(d.Payload), bytes.Clone(d.key)
+		} else {
+			d.Payload, d.key, d.Headers, d.Reason, d.Key = nil, nil, nil, "", ""
+		}
+		all = append(all, d)
+	})
 	if err != nil {
 		return nil, err
-	}
-	all := make([]DeadLetter, 0, len(recs))
-	for _, r := range recs {
-		all = append(all, deadLetterOf(topic, r))
 	}
 	replays, err := loadReplays(ctx, db, topic)
 	if err != nil {
@@ -360,29 +370,29 @@ func deadLetterOf(topic string, r *kgo.Record) DeadLetter {
 	}
 }
 
-// readTopic reads every record of topic between its start and end offsets as
-// they are when it begins.
-func readTopic(ctx context.Context, k configs.Kafka, topic string) ([]*kgo.Record, error) {
+// readTopic hands each record of topic between its start and end offsets, as
+// they are when it begins, to each.
+func readTopic(ctx context.Context, k configs.Kafka, topic string, each func(*kgo.Record)) error {
 	opts, err := KafkaClientOpts(k)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	admCl, err := kgo.NewClient(append(opts, kgo.SeedBrokers(k.Brokers...), kgo.ClientID(k.ClientID))...)
 	if err != nil {
-		return nil, fmt.Errorf("kafka client for %v: %w", k.Brokers, err)
+		return fmt.Errorf("kafka client for %v: %w", k.Brokers, err)
 	}
 	defer admCl.Close()
 	adm := kadm.NewClient(admCl)
 	starts, err := adm.ListStartOffsets(ctx, topic)
 	if err != nil {
-		return nil, fmt.Errorf("read the start of %s: %w", topic, ExplainKafkaError(err, k))
+		return fmt.Errorf("read the start of %s: %w", topic, ExplainKafkaError(err, k))
 	}
 	ends, err := adm.ListEndOffsets(ctx, topic)
 	if err != nil {
-		return nil, fmt.Errorf("read the end of %s: %w", topic, ExplainKafkaError(err, k))
+		return fmt.Errorf("read the end of %s: %w", topic, ExplainKafkaError(err, k))
 	}
 	if err := errors.Join(starts.Error(), ends.Error()); err != nil {
-		return nil, fmt.Errorf("offsets of %s: %w", topic, err)
+		return fmt.Errorf("offsets of %s: %w", topic, err)
 	}
 	from := map[int32]kgo.Offset{}
 	left := map[int32]int64{} // records still to read per partition
@@ -394,35 +404,34 @@ func readTopic(ctx context.Context, k configs.Kafka, topic string) ([]*kgo.Recor
 		}
 	})
 	if len(from) == 0 {
-		return nil, nil
+		return nil
 	}
 	cl, err := kgo.NewClient(append(opts, kgo.SeedBrokers(k.Brokers...), kgo.ClientID(k.ClientID),
 		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: from}))...)
 	if err != nil {
-		return nil, fmt.Errorf("kafka client for %v: %w", k.Brokers, err)
+		return fmt.Errorf("kafka client for %v: %w", k.Brokers, err)
 	}
 	defer cl.Close()
-	var out []*kgo.Record
 	for len(left) > 0 {
 		fetches := cl.PollFetches(ctx)
 		if err := ctx.Err(); err != nil {
-			return nil, fmt.Errorf("read %s: %w", topic, err)
+			return fmt.Errorf("read %s: %w", topic, err)
 		}
 		var errs []error
 		fetches.EachError(func(t string, p int32, err error) { errs = append(errs, fmt.Errorf("%s[%d]: %w", t, p, err)) })
 		if len(errs) > 0 {
-			return nil, fmt.Errorf("read %s: %w", topic, errors.Join(errs...))
+			return fmt.Errorf("read %s: %w", topic, errors.Join(errs...))
 		}
 		fetches.EachRecord(func(r *kgo.Record) {
 			end, ok := left[r.Partition]
 			if !ok || r.Offset >= end {
 				return
 			}
-			out = append(out, r)
+			each(r)
 			if r.Offset+1 >= end {
 				delete(left, r.Partition)
 			}
 		})
 	}
-	return out, nil
+	return nil
 }
