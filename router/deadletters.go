@@ -151,7 +151,9 @@ type Skipped struct {
 // payload and CloudEvents attributes, ce_id included, so handlers that had
 // processed it find it in their inbox and do nothing; only the handler that
 // failed runs it, from attempt 1. A dead letter replayed before is skipped
-// unless again is set; one whose payload was truncated is always skipped.
+// unless again is set. One that is not the event as it was read (payload
+// truncated, headers cut or dropped, a header that is not UTF-8), or whose
+// event is older than retention.inbox, is always skipped, with the reason.
 func ReplayDeadLetters(ctx context.Context, cfg configs.Config, db *store.DB, dls []DeadLetter, again, dryRun bool) (ReplayResult, error) {
 	var res ReplayResult
 	now := time.Now()
