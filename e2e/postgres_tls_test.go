@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"os"
 	"strings"
@@ -79,8 +80,12 @@ func TestAnUntrustedPostgresCertificateEndsStartUp(t *testing.T) {
 		cleanup()
 		t.Fatal("eventfn started against a database whose certificate it cannot verify")
 	}
-	if took := time.Since(start); took > 20*time.Second {
-		t.Errorf("start-up took %s to give up", took.Round(time.Second))
+	// It must end on the refusal, not hang in the handshake until the
+	// minute is out. (Not a time limit: on a starved machine one TLS
+	// handshake can take seconds.)
+	t.Logf("start-up gave up after %s", time.Since(start).Round(time.Millisecond))
+	if errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {
+		t.Errorf("start-up waited out its deadline instead of giving up on the refusal: %v", err)
 	}
 	if !strings.Contains(err.Error(), "certificate") || !strings.Contains(err.Error(), "127.0.0.1") {
 		t.Errorf("the error does not say which database and that its certificate failed: %v", err)
