@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"os"
 	"strings"
@@ -84,7 +83,7 @@ func TestAnUntrustedPostgresCertificateEndsStartUp(t *testing.T) {
 	// minute is out. (Not a time limit: on a starved machine one TLS
 	// handshake can take seconds.)
 	t.Logf("start-up gave up after %s", time.Since(start).Round(time.Millisecond))
-	if errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {
+	if ctx.Err() != nil { // its own handshake timeouts are refusals too
 		t.Errorf("start-up waited out its deadline instead of giving up on the refusal: %v", err)
 	}
 	if !strings.Contains(err.Error(), "certificate") || !strings.Contains(err.Error(), "127.0.0.1") {
