@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -361,11 +362,21 @@ func produce(t *testing.T, client sarama.Client, topic string, key, value []byte
 	for k, v := range headers {
 		msg.Headers = append(msg.Headers, sarama.RecordHeader{Key: []byte(k), Value: []byte(v)})
 	}
-	part, off, err := p.SendMessage(msg)
-	if err != nil {
-		t.Fatalf("produce to %s: %v", topic, err)
+	// A topic the app has just created may not be served yet by every
+	// broker (its metadata lags the controller, more so on a busy machine):
+	// that refusal is retried, as any producer would, until a deadline.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		part, off, err := p.SendMessage(msg)
+		if err == nil {
+			return part, off
+		}
+		if !(errors.Is(err, sarama.ErrUnknownTopicOrPartition) || errors.Is(err, sarama.ErrLeaderNotAvailable) ||
+			errors.Is(err, sarama.ErrNotLeaderForPartition)) || time.Now().After(deadline) {
+			t.Fatalf("produce to %s: %v", topic, err)
+		}
+		time.Sleep(100 * time.Millisecond) // polling; the broker decides
 	}
-	return part, off
 }
 
 // readAll reads every record of topic from the beginning until want records
