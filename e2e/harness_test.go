@@ -141,7 +141,13 @@ func startAppBuiltBy(t *testing.T, cfg configs.Config, build func(context.Contex
 	}
 	a := &app{App: built, base: "http://" + addr, cancel: cancel, done: make(chan error, 1), cleanup: cleanup, logs: logs}
 	go func() { a.done <- built.Run(ctx) }()
-	t.Cleanup(func() { a.stop(t) })
+	t.Cleanup(func() {
+		a.stop(t)
+		if t.Failed() { // what the app said is where a failure is explained
+			logs := a.logs.String()
+			t.Logf("the app's log (last 64 KiB of %d bytes):\n%s", len(logs), logs[max(0, len(logs)-64<<10):])
+		}
+	})
 	eventually(t, 60*time.Second, "app ready", func() (bool, string) {
 		select {
 		case err := <-a.done:
