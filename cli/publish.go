@@ -44,8 +44,9 @@ type first: invalid JSON or a payload of the wrong shape is refused.
 
 With --wait, every event that follows from it (same correlation id), including
 dead-lettered ones, is printed until nothing new arrives for --quiet or
---timeout passes; a handler that is retrying or waiting for the database
-holds the end until it settles or --timeout passes. The exit code is 1 if an
+--timeout passes (when a handler consumes the event, the quiet period counts
+from the first record of the chain); a handler that is retrying or waiting for
+the database holds the end until it settles or --timeout passes. The exit code is 1 if an
 event of the chain was dead-lettered, 3 if --timeout passed while a handler
 was still retrying or waiting.`,
 		Example: `  eventfn publish order.placed '{"order_id":"o-1","customer_email":"a@example.com","total_cents":2500}' --wait
@@ -151,12 +152,18 @@ func publish(ctx context.Context, cfg configs.Config, f *publishFlags, eventType
 	}
 	defer client.Close()
 
-	var follow *follower
+	var (
+		follow *follower
+		// handled: a handler consumes the published type, so something will
+		// come of it, however slowly.
+		handled bool
+	)
 	if f.wait {
 		infos, err := describeHandlers(cfg)
 		if err != nil {
 			return err
 		}
+		handled = slices.ContainsFunc(infos, func(i router.HandlerInfo) bool { return i.Topic == record.Topic })
 		follow, err = startFollowing(client, router.Topics(cfg, infos), id, cfg.Kafka.Topic(cfg.Kafka.DeadLetterTopic))
 		if err != nil {
 			return err
@@ -181,7 +188,7 @@ func publish(ctx context.Context, cfg configs.Config, f *publishFlags, eventType
 	if cfg.Kafka.RunsTopic != "" {
 		runsTopic = cfg.Kafka.Topic(cfg.Kafka.RunsTopic)
 	}
-	return follow.print(ctx, stdout, f.timeout, f.quiet, cfg.Kafka.Topic(cfg.Kafka.DeadLetterTopic), runsTopic, id, published)
+	return follow.print(ctx, stdout, f.timeout, f.quiet, handled, cfg.Kafka.Topic(cfg.Kafka.DeadLetterTopic), runsTopic, id, published)
 }
 
 // follower reads every partition of a set of topics from their current end and
@@ -248,11 +255,17 @@ func (f *follower) close() {
 
 var errDeadLettered = errors.New("an event of the chain was dead-lettered")
 
-func (f *follower) print(ctx context.Context, out io.Writer, timeout, quiet time.Duration, dlqTopic, runsTopic, rootID string, rootTime time.Time) error {
+// print gathers the chain until it is quiet or timeout passes, and prints it.
+// With handled, quiet counts from the first record of the chain: until then
+// a busy eventfn may simply not have got to the event yet.
+func (f *follower) print(ctx context.Context, out io.Writer, timeout, quiet time.Duration, handled bool, dlqTopic, runsTopic, rootID string, rootTime time.Time) error {
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
 	idle := time.NewTimer(quiet)
 	defer idle.Stop()
+	if handled {
+		idle.Stop() // Go 1.23+: no tick until the Reset of the first record
+	}
 	var records []*sarama.ConsumerMessage
 	ending := ""
 	for ending == "" {

@@ -40,6 +40,8 @@ func TestWaitHoldsTheEndWhileAHandlerWillRunAgain(t *testing.T) {
 		{"retrying, then ok", []*sarama.ConsumerMessage{run(1, router.RunRetrying), run(2, router.RunOK)}, "quiet for", 0},
 		{"ok arriving before the retry it follows", []*sarama.ConsumerMessage{run(2, router.RunOK), run(1, router.RunRetrying)}, "quiet for", 0},
 		{"retrying, then dead-lettered", []*sarama.ConsumerMessage{run(1, router.RunRetrying), run(2, router.RunDeadLettered), deadLetter}, "quiet for", 1},
+		// A busy eventfn has not got to the event within --quiet: not the end.
+		{"nothing yet", nil, "timed out after", 0},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -50,7 +52,7 @@ func TestWaitHoldsTheEndWhileAHandlerWillRunAgain(t *testing.T) {
 			var out bytes.Buffer
 			// quiet is a fifth of timeout: before the fix a retrying run ended
 			// the wait on quiet, with exit code 0.
-			err := f.print(context.Background(), &out, time.Second, 200*time.Millisecond, dlq, runs, "root", time.Unix(0, 0))
+			err := f.print(context.Background(), &out, time.Second, 200*time.Millisecond, true, dlq, runs, "root", time.Unix(0, 0))
 			if !strings.Contains(out.String(), tc.ending) {
 				t.Errorf("output does not say %q:\n%s", tc.ending, out.String())
 			}
