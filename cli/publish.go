@@ -213,15 +213,20 @@ func startFollowing(client sarama.Client, topics []string, correlationID, dlqTop
 			return nil, fmt.Errorf("partitions of %s: %w", topic, err)
 		}
 		for _, p := range parts {
-			end, err := client.GetOffset(topic, p, sarama.OffsetNewest)
+			var pc sarama.PartitionConsumer
+			err := withFreshMetadata(func() error { return client.RefreshMetadata(topic) }, func() error {
+				end, err := client.GetOffset(topic, p, sarama.OffsetNewest)
+				if err != nil {
+					return fmt.Errorf("end offset of %s/%d: %w", topic, p, err)
+				}
+				if pc, err = consumer.ConsumePartition(topic, p, end); err != nil {
+					return fmt.Errorf("consume %s/%d: %w", topic, p, err)
+				}
+				return nil
+			})
 			if err != nil {
 				f.close()
-				return nil, fmt.Errorf("end offset of %s/%d: %w", topic, p, err)
-			}
-			pc, err := consumer.ConsumePartition(topic, p, end)
-			if err != nil {
-				f.close()
-				return nil, fmt.Errorf("consume %s/%d: %w", topic, p, err)
+				return nil, err
 			}
 			f.pcs = append(f.pcs, pc)
 			f.wg.Add(1)
@@ -237,6 +242,26 @@ func startFollowing(client sarama.Client, topics []string, correlationID, dlqTop
 		}
 	}
 	return f, nil
+}
+
+// withFreshMetadata runs fn, and again after refresh (of the topic's
+// metadata) while the broker answers that the client's view is out of date,
+// for a few seconds at most: a topic eventfn has just created is not served
+// by its leader at once.
+func withFreshMetadata(refresh, fn func() error) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := fn()
+		stale := errors.Is(err, sarama.ErrNotLeaderForPartition) || errors.Is(err, sarama.ErrLeaderNotAvailable) ||
+			errors.Is(err, sarama.ErrUnknownTopicOrPartition)
+		if !stale || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(200 * time.Millisecond)
+		if rerr := refresh(); rerr != nil {
+			return errors.Join(err, rerr)
+		}
+	}
 }
 
 func (f *follower) close() {

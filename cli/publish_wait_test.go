@@ -66,3 +66,31 @@ func TestWaitHoldsTheEndWhileAHandlerWillRunAgain(t *testing.T) {
 		})
 	}
 }
+
+// TestFollowingRetriesWhileTheTopicIsNew: a topic eventfn has just created
+// answers "not the leader" or "unknown topic" for a moment; --wait refreshes
+// its metadata and tries again instead of giving up (it once failed CI that
+// way), and still gives up at once on any other error.
+func TestFollowingRetriesWhileTheTopicIsNew(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		errs      []error
+		wantCalls int
+		wantErr   error
+	}{
+		{"stale twice, then served", []error{sarama.ErrNotLeaderForPartition, sarama.ErrUnknownTopicOrPartition, nil}, 3, nil},
+		{"another error", []error{sarama.ErrOutOfBrokers}, 1, sarama.ErrOutOfBrokers},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			calls, refreshes := 0, 0
+			err := withFreshMetadata(func() error { refreshes++; return nil }, func() error {
+				e := tc.errs[calls]
+				calls++
+				return e
+			})
+			if !errors.Is(err, tc.wantErr) || (tc.wantErr == nil && err != nil) || calls != tc.wantCalls || refreshes != calls-1 {
+				t.Errorf("err %v after %d calls and %d refreshes; want %v after %d calls", err, calls, refreshes, tc.wantErr, tc.wantCalls)
+			}
+		})
+	}
+}
