@@ -43,7 +43,9 @@ func produceRaw(t *testing.T, tr *testRuntime, text string, headers map[string]s
 	for k, v := range headers {
 		rec.Headers = append(rec.Headers, kgo.RecordHeader{Key: k, Value: []byte(v)})
 	}
-	cl, err := kgo.NewClient(kgo.SeedBrokers(tr.cfg.Kafka.Brokers...))
+	// A topic the runtime has just created may not be served yet: retry
+	// that until the deadline (franz-go gives up after 4 tries by default).
+	cl, err := kgo.NewClient(kgo.SeedBrokers(tr.cfg.Kafka.Brokers...), kgo.UnknownTopicRetries(-1))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -178,7 +178,9 @@ func produceEvent(t *testing.T, tr *testRuntime, ev runtime.Event, extra ...kgo.
 	if k, ok := ev.(runtime.Keyed); ok {
 		rec.Key = []byte(k.EventKey())
 	}
-	cl, err := kgo.NewClient(kgo.SeedBrokers(tr.cfg.Kafka.Brokers...))
+	// A topic the runtime has just created may not be served yet: retry
+	// that until the deadline (franz-go gives up after 4 tries by default).
+	cl, err := kgo.NewClient(kgo.SeedBrokers(tr.cfg.Kafka.Brokers...), kgo.UnknownTopicRetries(-1))
 	if err != nil {
 		t.Fatal(err)
 	}
