@@ -61,12 +61,18 @@ func EnsureTopics(ctx context.Context, k configs.Kafka, topics []string) error {
 		return err
 	}
 	defer admin.Close()
-	existing, err := admin.ListTopics()
+	// Metadata of these topics only: listing the cluster's topics reads the
+	// configuration of every one, seconds on a cluster with thousands.
+	described, err := admin.DescribeTopics(topics)
 	if err != nil {
-		return fmt.Errorf("list topics on %v: %w", k.Brokers, err)
+		return fmt.Errorf("describe topics on %v: %w", k.Brokers, err)
+	}
+	existing := make(map[string]bool, len(described))
+	for _, d := range described {
+		existing[d.Name] = errors.Is(d.Err, sarama.ErrNoError)
 	}
 	for _, t := range topics {
-		if _, ok := existing[t]; ok {
+		if existing[t] {
 			continue
 		}
 		err := admin.CreateTopic(t, &sarama.TopicDetail{

@@ -1,0 +1,73 @@
+package router_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/eventfn/eventfn/configs"
+	"github.com/eventfn/eventfn/embedded"
+	"github.com/eventfn/eventfn/internal/testenv"
+	"github.com/eventfn/eventfn/router"
+)
+
+// TestEnsureTopicsCreatesOnlyWhatIsMissing: start-up creates the topics that
+// are not there with the configured partitions, leaves a topic an operator
+// made (with other settings) as it is, and a second start finds all of them.
+// It asks the cluster about these topics only; it used to list every topic of
+// the cluster with its configuration, seconds of start-up on a broker with
+// thousands.
+func TestEnsureTopicsCreatesOnlyWhatIsMissing(t *testing.T) {
+	brokers := testenv.KafkaBrokers()
+	if len(brokers) == 0 {
+		b, err := embedded.Start("127.0.0.1:0", "", 4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(b.Close)
+		brokers = []string{b.Addr()}
+	}
+	prefix := testenv.UniqueName("ensure-") + "."
+	testenv.DeleteTopicsAtCleanup(t, prefix)
+	cfg, err := configs.Load(configs.Options{Profile: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Kafka.Brokers = brokers
+	cfg.Kafka.Partitions = 3
+	cfg.Kafka.ReplicationFactor = 1
+
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	operators, missing := prefix+"made-by-an-operator", prefix+"missing"
+	if _, err := adm.CreateTopic(ctx, 1, 1, nil, operators); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 { // the second start finds both
+		if err := router.EnsureTopics(ctx, cfg.Kafka, []string{operators, missing}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	details, err := adm.ListTopics(ctx, operators, missing)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for topic, want := range map[string]int{operators: 1, missing: 3} {
+		d, ok := details[topic]
+		switch {
+		case !ok || d.Err != nil:
+			t.Errorf("topic %s: not there (%v)", topic, d.Err)
+		case len(d.Partitions) != want:
+			t.Errorf("topic %s has %d partitions, want %d", topic, len(d.Partitions), want)
+		}
+	}
+}
