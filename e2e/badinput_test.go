@@ -32,7 +32,10 @@ func TestBadRecordsOnAHandlerTopic(t *testing.T) {
 	// records would; eventfn finds it already there.
 	const topicLimit = 10<<20 + 64<<10
 	prod, err := kgo.NewClient(kgo.SeedBrokers(cfg.Kafka.Brokers...), kgo.ProducerBatchMaxBytes(topicLimit),
-		kgo.RequiredAcks(kgo.AllISRAcks()))
+		kgo.RequiredAcks(kgo.AllISRAcks()),
+		// The test creates the topic a moment before producing to it: retry an
+		// unknown topic until the context's deadline (franz-go gives up after 4 tries).
+		kgo.UnknownTopicRetries(-1))
 	if err != nil {
 		t.Fatal(err)
 	}

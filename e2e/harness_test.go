@@ -79,6 +79,7 @@ func (e engines) config(t *testing.T, edit func(*configs.Config)) configs.Config
 	cfg.Kafka.Embedded = false
 	cfg.Kafka.Brokers = e.brokers
 	cfg.Kafka.TopicPrefix = testenv.UniqueName("t") + "."
+	testenv.DeleteTopicsAtCleanup(t, cfg.Kafka.TopicPrefix) // after the app stops: cleanups run last first
 	if e.realKafka {
 		// One node or the three of `ci/services.sh up --cluster` (min ISR 2).
 		cfg.Kafka.ReplicationFactor = min(3, e.kafkaNodes(t, cfg)) // cfg.Kafka.Brokers is set above

@@ -29,7 +29,9 @@ func TestARecordOfManyHeadersIsDeadLetteredAndItsKeyFlows(t *testing.T) {
 		return nil
 	})
 	tr := startRuntime(t, nil, h)
-	cl, err := kgo.NewClient(kgo.SeedBrokers(tr.cfg.Kafka.Brokers...), kgo.ProducerBatchMaxBytes(2<<20))
+	// The runtime created the topic a moment ago: retry an unknown topic
+	// until the context's deadline (franz-go gives up after 4 tries).
+	cl, err := kgo.NewClient(kgo.SeedBrokers(tr.cfg.Kafka.Brokers...), kgo.ProducerBatchMaxBytes(2<<20), kgo.UnknownTopicRetries(-1))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -56,6 +56,7 @@ func TestEveryProducerPartitionsLikeTheJavaClient(t *testing.T) {
 	}
 	const partitions = 4
 	topic := testenv.UniqueName("partitions-")
+	testenv.DeleteTopicsAtCleanup(t, topic)
 	admin, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
 	if err != nil {
 		t.Fatal(err)
@@ -72,7 +73,10 @@ func TestEveryProducerPartitionsLikeTheJavaClient(t *testing.T) {
 	}
 
 	// The relay's producer.
-	p, err := relay.NewProducer(relay.ProducerConfig{Brokers: brokers, MaxRecordBytes: 1 << 20})
+	// The topic was created a moment ago and may not be served yet: retry
+	// that until the context's deadline (franz-go gives up after 4 tries).
+	p, err := relay.NewProducer(relay.ProducerConfig{Brokers: brokers, MaxRecordBytes: 1 << 20,
+		Opts: []kgo.Opt{kgo.UnknownTopicRetries(-1)}})
 	if err != nil {
 		t.Fatal(err)
 	}

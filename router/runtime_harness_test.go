@@ -46,6 +46,7 @@ func startRuntime(t *testing.T, edit func(*configs.Config), handlers ...runtime.
 	cfg.DataDir = t.TempDir()
 	cfg.Kafka.Embedded = false
 	cfg.Kafka.TopicPrefix = testenv.UniqueName("rt") + "."
+	testenv.DeleteTopicsAtCleanup(t, cfg.Kafka.TopicPrefix) // after the runtime stops: cleanups run last first
 	if b := testenv.KafkaBrokers(); len(b) > 0 {
 		cfg.Kafka.Brokers = b
 	} else {

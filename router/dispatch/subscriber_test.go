@@ -38,6 +38,7 @@ func brokers(t *testing.T) []string {
 func createTopic(t *testing.T, addrs []string, partitions int32) string {
 	t.Helper()
 	topic := testenv.UniqueName("dispatch-")
+	testenv.DeleteTopicsAtCleanup(t, topic)
 	cl, err := kgo.NewClient(kgo.SeedBrokers(addrs...))
 	if err != nil {
 		t.Fatal(err)
@@ -54,7 +55,9 @@ func createTopic(t *testing.T, addrs []string, partitions int32) string {
 // produce writes n records per key, value "key/seq", keys interleaved.
 func produce(t *testing.T, addrs []string, topic string, keys []string, n int) {
 	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(addrs...), kgo.DefaultProduceTopic(topic))
+	// The topic was created a moment ago and may not be served yet: retry
+	// that until the context's deadline (franz-go gives up after 4 tries).
+	cl, err := kgo.NewClient(kgo.SeedBrokers(addrs...), kgo.DefaultProduceTopic(topic), kgo.UnknownTopicRetries(-1))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -62,6 +62,7 @@ func open(t *testing.T) engines {
 func (e engines) topic(t *testing.T, partitions int32) string {
 	t.Helper()
 	topic := testenv.UniqueName("relay-")
+	testenv.DeleteTopicsAtCleanup(t, topic)
 	cl, err := kgo.NewClient(kgo.SeedBrokers(e.brokers...))
 	if err != nil {
 		t.Fatal(err)
