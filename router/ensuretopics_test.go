@@ -9,7 +9,6 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/eventfn/eventfn/configs"
-	"github.com/eventfn/eventfn/embedded"
 	"github.com/eventfn/eventfn/internal/testenv"
 	"github.com/eventfn/eventfn/router"
 )
@@ -21,15 +20,7 @@ import (
 // the cluster with its configuration, seconds of start-up on a broker with
 // thousands.
 func TestEnsureTopicsCreatesOnlyWhatIsMissing(t *testing.T) {
-	brokers := testenv.KafkaBrokers()
-	if len(brokers) == 0 {
-		b, err := embedded.Start("127.0.0.1:0", "", 4)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(b.Close)
-		brokers = []string{b.Addr()}
-	}
+	brokers := testBrokers(t)
 	prefix := testenv.UniqueName("ensure-") + "."
 	testenv.DeleteTopicsAtCleanup(t, prefix)
 	cfg, err := configs.Load(configs.Options{Profile: "test"})

@@ -11,7 +11,6 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/eventfn/eventfn/configs"
-	"github.com/eventfn/eventfn/embedded"
 	"github.com/eventfn/eventfn/internal/testenv"
 	"github.com/eventfn/eventfn/router"
 	"github.com/eventfn/eventfn/router/relay"
@@ -45,15 +44,7 @@ func TestJavaPartitionMatchesKafkasGoldenVectors(t *testing.T) {
 // producer would, so one order's events from two producers keep their order.
 // Sarama's default hash disagreed on 72 of 100 sample keys.
 func TestEveryProducerPartitionsLikeTheJavaClient(t *testing.T) {
-	brokers := testenv.KafkaBrokers()
-	if len(brokers) == 0 {
-		b, err := embedded.Start("127.0.0.1:0", "", 4)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(b.Close)
-		brokers = []string{b.Addr()}
-	}
+	brokers := testBrokers(t)
 	const partitions = 4
 	topic := testenv.UniqueName("partitions-")
 	testenv.DeleteTopicsAtCleanup(t, topic)

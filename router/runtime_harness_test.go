@@ -47,16 +47,7 @@ func startRuntime(t *testing.T, edit func(*configs.Config), handlers ...runtime.
 	cfg.Kafka.Embedded = false
 	cfg.Kafka.TopicPrefix = testenv.UniqueName("rt") + "."
 	testenv.DeleteTopicsAtCleanup(t, cfg.Kafka.TopicPrefix) // after the runtime stops: cleanups run last first
-	if b := testenv.KafkaBrokers(); len(b) > 0 {
-		cfg.Kafka.Brokers = b
-	} else {
-		b, err := embedded.Start("127.0.0.1:0", "", 4)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(b.Close)
-		cfg.Kafka.Brokers = []string{b.Addr()}
-	}
+	cfg.Kafka.Brokers = testBrokers(t)
 	cfg.Database.URL = "sqlite://" + filepath.Join(cfg.DataDir, "rt.db")
 	if u := testenv.DatabaseURL(); u != "" {
 		cfg.Database.URL = testenv.PostgresSchema(t, u)
@@ -244,4 +235,19 @@ func (tr *testRuntime) metric(t *testing.T, name string, labels ...string) float
 		}
 	}
 	return 0
+}
+
+// testBrokers is the real Kafka named for tests, or an embedded broker that
+// lives as long as the test.
+func testBrokers(t *testing.T) []string {
+	t.Helper()
+	if b := testenv.KafkaBrokers(); len(b) > 0 {
+		return b
+	}
+	b, err := embedded.Start("127.0.0.1:0", "", 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	return []string{b.Addr()}
 }
