@@ -2,7 +2,6 @@ package router
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -17,6 +16,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/eventfn/eventfn/internal/tracing"
+	"github.com/eventfn/eventfn/router/relay"
 	"github.com/eventfn/eventfn/runtime"
 )
 
@@ -101,27 +101,21 @@ func (i *invoker) attempt(msg *message.Message) (bool, error) {
 		i.metrics.ops.observeCall(name, msg, start, err, false)
 		return false, err
 	}
-	duplicate, emitted := false, false
-	err := inTx(ctx, i.outbox.db, func(ctx context.Context, tx *sql.Tx) error {
-		claimed, err := claimInbox(ctx, tx, name, meta)
-		if err != nil {
-			return err
-		}
-		if !claimed {
-			duplicate = true
-			return nil
-		}
+	emitted := false
+	claimed, err := inTx(ctx, i.outbox.db, &inboxClaim{handler: name, meta: meta}, func(ctx context.Context, tx sqlExecutor) ([]relay.Record, error) {
 		h, err := i.outbox.handle(tx, meta, "eventfn/"+name, i.handler.MayEmit)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		h.chainStarted = msg.Metadata.Get(HeaderChainStarted)
-		return callBounded(ctx, i.logger, name, func() error {
-			err := i.handler.Invoke(ctx, h, msg.Payload)
-			emitted = h.emitted > 0
-			return err
-		})
+		if err := callBounded(ctx, i.logger, name, func() error { return i.handler.Invoke(ctx, h, msg.Payload) }); err != nil {
+			// A handler past its timeout may still run: h is not read again.
+			return nil, err
+		}
+		emitted = len(h.staged) > 0
+		return h.staged, nil
 	})
+	duplicate := err == nil && !claimed
 	err = classifyFailure(i.outbox.db.Read, err)
 	switch {
 	case err == nil:
@@ -156,29 +150,6 @@ func (i *invoker) attempt(msg *message.Message) (bool, error) {
 	}
 	i.logger.DebugContext(ctx, "event handled", "handler", name, "event_id", meta.ID, "attempt", attempt)
 	return false, nil
-}
-
-// claimInbox records (handler, source, event) and reports whether this call is
-// the first to do so; CloudEvents makes source and id together unique. A row
-// from before the inbox kept sources (an empty source) still claims its id. It is
-// one statement, one round trip. On PostgreSQL a concurrent claim of the same
-// event waits for the first transaction and then sees its row (or takes over
-// if it rolled back).
-func claimInbox(ctx context.Context, tx *sql.Tx, handler string, meta runtime.Metadata) (bool, error) {
-	res, err := tx.ExecContext(ctx,
-		`INSERT INTO eventfn_inbox (handler, source, event_id, event_type)
-		 SELECT $1, $2, $3, $4
-		 WHERE NOT EXISTS (SELECT 1 FROM eventfn_inbox WHERE handler = $1 AND source = '' AND event_id = $3)
-		 ON CONFLICT DO NOTHING`,
-		handler, meta.Source, meta.ID, meta.Type)
-	if err != nil {
-		return false, fmt.Errorf("record event %s in the inbox: %w", meta.ID, err)
-	}
-	n, err := res.RowsAffected()
-	if err != nil {
-		return false, fmt.Errorf("inbox rows affected: %w", err)
-	}
-	return n == 1, nil
 }
 
 // metadataOf reads the CloudEvents attributes of a delivered message.

@@ -3,7 +3,6 @@ package router
 import (
 	"cmp"
 	"context"
-	"database/sql"
 	"encoding/json"
 	"fmt"
 	"time"
@@ -49,14 +48,16 @@ func (o *Outbox) Transact(ctx context.Context, fn func(ctx context.Context, tx r
 		meta.CorrelationID = uuid.NewString()
 	}
 	emitted := false
-	err := inTx(ctx, o.db, func(ctx context.Context, tx *sql.Tx) error {
+	_, err := inTx(ctx, o.db, nil, func(ctx context.Context, tx sqlExecutor) ([]relay.Record, error) {
 		h, err := o.handle(tx, meta, "eventfn/ingress", nil)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		err = fn(ctx, h)
-		emitted = h.emitted > 0
-		return err
+		if err := fn(ctx, h); err != nil {
+			return nil, err
+		}
+		emitted = len(h.staged) > 0
+		return h.staged, nil
 	})
 	if err == nil && emitted {
 		o.wake.nudge()
@@ -66,22 +67,23 @@ func (o *Outbox) Transact(ctx context.Context, fn func(ctx context.Context, tx r
 
 // handle wraps tx as the runtime.Tx a handler sees. allowed, when not nil, limits
 // the event types Emit accepts.
-func (o *Outbox) handle(tx *sql.Tx, cause runtime.Metadata, source string, allowed func(string) bool) (*txHandle, error) {
+func (o *Outbox) handle(tx sqlExecutor, cause runtime.Metadata, source string, allowed func(string) bool) (*txHandle, error) {
 	if err := runtime.ValidateCorrelationID(cause.CorrelationID); err != nil {
 		return nil, runtime.Permanent(err)
 	}
-	return &txHandle{Tx: tx, table: o.table, cause: cause, source: source, allowed: allowed, kafka: o.kafka}, nil
+	return &txHandle{sqlExecutor: tx, cause: cause, source: source, allowed: allowed, kafka: o.kafka}, nil
 }
 
 // txHandle is runtime.Tx: the SQL transaction plus an Emit that writes to the outbox.
 type txHandle struct {
-	*sql.Tx
-	table   *relay.Table
+	sqlExecutor
 	cause   runtime.Metadata
 	source  string
 	allowed func(string) bool
 	kafka   configs.Kafka
-	emitted int
+	// staged are the events emitted, in order; they are written to the
+	// outbox with the commit (on PostgreSQL in the same round trip).
+	staged []relay.Record
 	// chainStarted is the HeaderChainStarted of the event being handled;
 	// empty outside handlers, where each emitted event starts its chain.
 	chainStarted string
@@ -89,7 +91,7 @@ type txHandle struct {
 
 var _ runtime.Tx = (*txHandle)(nil)
 
-// Emit writes events to the outbox in this transaction. An event that could
+// Emit stages events for the outbox of this transaction. An event that could
 // never be produced (larger than kafka.max_message_bytes) is refused here, with
 // a permanent error, rather than accepted and stuck in the outbox.
 func (t *txHandle) Emit(ctx context.Context, events ...runtime.Event) error {
@@ -138,36 +140,7 @@ func (t *txHandle) Emit(ctx context.Context, events ...runtime.Event) error {
 		if size := rec.Size(); size > t.kafka.MaxMessageBytes {
 			return runtime.Permanent(fmt.Errorf("emit %s: the event takes %d bytes on Kafka, more than kafka.max_message_bytes (%d); send less, or a reference to the data", typ, size, t.kafka.MaxMessageBytes))
 		}
-		if err := t.table.Insert(ctx, t.Tx, rec); err != nil {
-			return fmt.Errorf("write %s to the outbox: %w", typ, err)
-		}
-		t.emitted++
-	}
-	return nil
-}
-
-// inTx runs fn in a transaction on the writer pool, committing when fn returns nil.
-func inTx(ctx context.Context, db *store.DB, fn func(ctx context.Context, tx *sql.Tx) error) (err error) {
-	tx, err := db.BeginTx(ctx, nil)
-	if err != nil {
-		// No transaction means no database (or no free connection before the
-		// deadline): never the fault of what was to be written.
-		return infraError{fmt.Errorf("begin transaction: %w", err)}
-	}
-	defer func() {
-		if err != nil {
-			_ = tx.Rollback()
-		}
-	}()
-	if err = fn(ctx, tx); err != nil {
-		return err
-	}
-	if err = tx.Commit(); err != nil {
-		err = fmt.Errorf("commit: %w", err)
-		if databaseUnavailable(err) {
-			err = infraError{err}
-		}
-		return err
+		t.staged = append(t.staged, rec)
 	}
 	return nil
 }

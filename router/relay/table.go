@@ -60,17 +60,25 @@ func NewTable(db *store.DB) *Table { return &Table{db: db} }
 
 // Insert writes rec into the outbox inside the caller's transaction.
 func (t *Table) Insert(ctx context.Context, tx *sql.Tx, rec Record) error {
-	headers, err := json.Marshal(rec.Headers)
+	query, args, err := InsertStatement(rec)
 	if err != nil {
-		return fmt.Errorf("encode headers: %w", err)
+		return err
 	}
-	_, err = tx.ExecContext(ctx,
-		`INSERT INTO eventfn_outbox (topic, key, headers, payload) VALUES ($1, $2, $3, $4)`,
-		rec.Topic, rec.Key, string(headers), rec.Payload)
-	if err != nil {
+	if _, err = tx.ExecContext(ctx, query, args...); err != nil {
 		return fmt.Errorf("insert into the outbox: %w", err)
 	}
 	return nil
+}
+
+// InsertStatement is the statement that writes rec to the outbox, for a
+// caller that sends it itself (pipelined with its transaction's COMMIT).
+func InsertStatement(rec Record) (query string, args []any, err error) {
+	headers, err := json.Marshal(rec.Headers)
+	if err != nil {
+		return "", nil, fmt.Errorf("encode headers: %w", err)
+	}
+	return `INSERT INTO eventfn_outbox (topic, key, headers, payload) VALUES ($1, $2, $3, $4)`,
+		[]any{rec.Topic, rec.Key, string(headers), rec.Payload}, nil
 }
 
 // Pending returns up to limit pending rows with ids above after, oldest id

@@ -1,0 +1,165 @@
+package router_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/eventfn/eventfn/runtime"
+	"github.com/eventfn/eventfn/store"
+)
+
+type probe struct {
+	N int `json:"n"`
+}
+
+func (probe) EventType() string { return "probe.sent" }
+
+type probed struct {
+	N int `json:"n"`
+}
+
+func (probed) EventType() string { return "probe.handled" }
+
+func countRows(t *testing.T, tr *testRuntime, query string, args ...any) int {
+	t.Helper()
+	var n int
+	if err := tr.db.Read.QueryRow(query, args...).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestAHandlerPastItsTimeoutCannotWrite: a handler that ignores its context
+// and writes after its call was cut short (with a context of its own) must
+// not get that write committed: its transaction is over, and the statement
+// must neither join a later transaction on the same connection nor run on
+// its own.
+func TestAHandlerPastItsTimeoutCannotWrite(t *testing.T) {
+	timedOut := make(chan struct{})
+	proceed := make(chan struct{})
+	late := make(chan error, 1)
+	h := runtime.NewHandler("overstayer", func(ctx context.Context, tx runtime.Tx, ev probe) error {
+		if ev.N != 0 {
+			_, err := tx.ExecContext(ctx, `INSERT INTO eventfn_inbox (handler, event_id, event_type) VALUES ('probe', $1, 'x')`, fmt.Sprint(ev.N))
+			return err
+		}
+		<-ctx.Done()
+		close(timedOut)
+		<-proceed
+		_, err := tx.ExecContext(context.Background(), `INSERT INTO eventfn_inbox (handler, event_id, event_type) VALUES ('probe', 'late', 'x')`)
+		late <- err
+		return err
+	}, runtime.WithPolicy(runtime.Policy{Timeout: 200 * time.Millisecond, MaxRetries: -1}))
+	tr := startRuntime(t, nil, h)
+
+	tr.emit(t, probe{N: 0})
+	<-timedOut
+	tr.records(t, tr.cfg.Kafka.DeadLetterTopic, 1)
+	// Events after it use the connections meanwhile.
+	for i := 1; i <= 10; i++ {
+		tr.emit(t, probe{N: i})
+	}
+	waitUntil(t, "the events behind it handled", 20*time.Second, func() bool {
+		return countRows(t, tr, `SELECT COUNT(*) FROM eventfn_inbox WHERE handler = 'probe'`) == 10
+	})
+	close(proceed)
+	select {
+	case err := <-late:
+		if err == nil {
+			t.Fatal("a statement after the call's timeout succeeded")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the late statement did not return")
+	}
+	// More transactions after it, on every connection of the pool.
+	for i := 11; i <= 30; i++ {
+		tr.emit(t, probe{N: i})
+	}
+	waitUntil(t, "the events after it handled", 20*time.Second, func() bool {
+		return countRows(t, tr, `SELECT COUNT(*) FROM eventfn_inbox WHERE handler = 'probe'`) == 30
+	})
+	if n := countRows(t, tr, `SELECT COUNT(*) FROM eventfn_inbox WHERE handler = 'probe' AND event_id = 'late'`); n != 0 {
+		t.Fatal("the write made after the timeout was committed")
+	}
+}
+
+// TestAStatementErrorTheHandlerIgnores: on PostgreSQL a failed statement
+// aborts the transaction, so a handler that ignores the error and returns
+// nil must not be taken as a success: nothing of the call commits (neither
+// its later write nor its event) and the event is retried, then
+// dead-lettered with the reason. SQLite keeps a transaction usable after a
+// failed statement, so there the rest of the call commits, as the handler
+// asked.
+func TestAStatementErrorTheHandlerIgnores(t *testing.T) {
+	h := runtime.NewHandler("careless", func(ctx context.Context, tx runtime.Tx, ev probe) error {
+		_, _ = tx.ExecContext(ctx, `INSERT INTO no_such_table (x) VALUES (1)`)
+		if _, err := tx.ExecContext(ctx, `INSERT INTO eventfn_inbox (handler, event_id, event_type) VALUES ('probe', $1, 'x')`, fmt.Sprint(ev.N)); err != nil && !strings.Contains(err.Error(), "aborted") {
+			return err
+		}
+		return tx.Emit(ctx, probed(ev))
+	}, runtime.WithPolicy(runtime.Policy{MaxRetries: 1, InitialBackoff: time.Millisecond, MaxBackoff: time.Millisecond}), runtime.Emits(probed{}))
+	tr := startRuntime(t, nil, h)
+	tr.emit(t, probe{N: 1})
+
+	if tr.db.Driver == store.SQLite {
+		tr.records(t, "probe.handled", 1)
+		if n := countRows(t, tr, `SELECT COUNT(*) FROM eventfn_inbox WHERE handler = 'probe'`); n != 1 {
+			t.Fatalf("SQLite: %d rows of the call committed, want 1", n)
+		}
+		return
+	}
+	dead := tr.records(t, tr.cfg.Kafka.DeadLetterTopic, 1)
+	var reason string
+	for _, h := range dead[0].Headers {
+		if h.Key == "reason_poisoned" {
+			reason = string(h.Value)
+		}
+	}
+	if !strings.Contains(reason, "rollback") {
+		t.Errorf("dead-letter reason %q does not say the commit rolled back", reason)
+	}
+	if n := countRows(t, tr, `SELECT COUNT(*) FROM eventfn_inbox WHERE handler = 'probe'`); n != 0 {
+		t.Errorf("%d rows of a rolled-back call committed", n)
+	}
+	if n := countRows(t, tr, `SELECT COUNT(*) FROM eventfn_outbox WHERE topic = $1`, tr.cfg.Kafka.Topic("probe.handled")); n != 0 {
+		t.Errorf("%d outbox rows of a rolled-back call committed", n)
+	}
+}
+
+// TestFailedCallsLeaveTheirConnectionsClean: calls that fail in every way a
+// transaction can end early (a statement error returned, a handler error, a
+// panic) are interleaved with good ones on a pool of eight connections;
+// every good call commits, and none meets a transaction left open.
+func TestFailedCallsLeaveTheirConnectionsClean(t *testing.T) {
+	h := runtime.NewHandler("mixed", func(ctx context.Context, tx runtime.Tx, ev probe) error {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO eventfn_inbox (handler, event_id, event_type) VALUES ('probe', $1, 'x')`, fmt.Sprint(ev.N)); err != nil {
+			return err
+		}
+		switch ev.N % 4 {
+		case 1:
+			_, err := tx.ExecContext(ctx, `INSERT INTO no_such_table (x) VALUES (1)`)
+			return runtime.Permanent(err)
+		case 2:
+			return runtime.Permanent(errors.New("refused"))
+		case 3:
+			panic("handler bug")
+		}
+		return nil
+	}, runtime.WithPolicy(runtime.Policy{MaxRetries: -1}))
+	tr := startRuntime(t, nil, h)
+	const n = 64
+	for i := 0; i < n; i++ {
+		tr.emit(t, probe{N: i})
+	}
+	tr.records(t, tr.cfg.Kafka.DeadLetterTopic, 3*n/4)
+	waitUntil(t, "the good calls committed", 20*time.Second, func() bool {
+		return countRows(t, tr, `SELECT COUNT(*) FROM eventfn_inbox WHERE handler = 'probe'`) == n/4
+	})
+	if got := countRows(t, tr, `SELECT COUNT(*) FROM eventfn_inbox WHERE handler = 'mixed'`); got != n/4 {
+		t.Fatalf("%d inbox claims committed, want %d (only the good calls')", got, n/4)
+	}
+}
