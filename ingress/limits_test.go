@@ -67,8 +67,29 @@ func TestInputThatCouldNeverReachKafkaIsRefused(t *testing.T) {
 		})
 	}
 	// The same order within the limit is taken.
-	srv, _, _ := newServer(t, 1<<20)
-	if status, out := post(t, srv.URL, manyItems); status != http.StatusCreated {
+	srv, db, _ := newServer(t, 1<<20)
+	status, out := post(t, srv.URL, manyItems)
+	if status != http.StatusCreated {
 		t.Fatalf("an order of 100 items within the default limit: status %d %v", status, out)
+	}
+	// All of them stored, each on its line (they go in one statement).
+	rows, err := db.Read.Query(`SELECT line, sku FROM order_items WHERE order_id = $1 ORDER BY line`, out["id"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	n := 0
+	for ; rows.Next(); n++ {
+		var line int
+		var sku string
+		if err := rows.Scan(&line, &sku); err != nil {
+			t.Fatal(err)
+		}
+		if want := strings.Repeat("S", 60) + fmt.Sprintf("%04d", n); line != n || sku != want {
+			t.Fatalf("item on line %d is %s, want line %d %s", line, sku, n, want)
+		}
+	}
+	if err := rows.Err(); err != nil || n != 100 {
+		t.Fatalf("%d items stored (%v), want 100", n, err)
 	}
 }
