@@ -262,6 +262,7 @@ type HandlerPolicy struct {
 	MaxBackoff     time.Duration `koanf:"max_backoff"`
 	Timeout        time.Duration `koanf:"timeout"`
 	Concurrency    int           `koanf:"concurrency"`
+	MaxBatch       int           `koanf:"max_batch"`
 	// StartPosition overrides run.start_position for this handler.
 	StartPosition string `koanf:"start_position"`
 }
@@ -653,6 +654,9 @@ func (c Config) Validate() error {
 		}
 		if p.Concurrency < 0 {
 			bad(key+".concurrency", "%d: must not be negative", p.Concurrency)
+		}
+		if p.MaxBatch < 0 {
+			bad(key+".max_batch", "%d: must not be negative", p.MaxBatch)
 		}
 	}
 	return errors.Join(errs...)

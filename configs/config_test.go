@@ -53,7 +53,7 @@ func TestEnvironmentOverrides(t *testing.T) {
 
 func TestFileAndFlagOverrides(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "prod.yaml")
-	if err := os.WriteFile(path, []byte("kafka:\n  embedded: false\n  brokers: [a:1]\nhandlers:\n  charge-payment:\n    max_retries: 9\n    timeout: 3s\n"), 0o644); err != nil {
+	if err := os.WriteFile(path, []byte("kafka:\n  embedded: false\n  brokers: [a:1]\nhandlers:\n  charge-payment:\n    max_retries: 9\n    timeout: 3s\n    max_batch: 4\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	cfg, err := configs.Load(configs.Options{File: path, Overrides: map[string]any{"http.addr": "0.0.0.0:9000"}})
@@ -61,7 +61,7 @@ func TestFileAndFlagOverrides(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := cfg.Handlers["charge-payment"]
-	if cfg.Kafka.Brokers[0] != "a:1" || p.MaxRetries == nil || *p.MaxRetries != 9 || p.Timeout != 3*time.Second || cfg.HTTP.Addr != "0.0.0.0:9000" {
+	if cfg.Kafka.Brokers[0] != "a:1" || p.MaxRetries == nil || *p.MaxRetries != 9 || p.Timeout != 3*time.Second || p.MaxBatch != 4 || cfg.HTTP.Addr != "0.0.0.0:9000" {
 		t.Errorf("file or flag not applied: %+v %+v", cfg, p)
 	}
 }
@@ -173,6 +173,17 @@ func TestRunKeys(t *testing.T) {
 	_, err = configs.Load(configs.Options{File: path})
 	if want := `handlers.send-confirmation.start_position: "now": accepted: earliest, latest`; err == nil || !strings.Contains(err.Error(), want) {
 		t.Errorf("err = %v, want %q", err, want)
+	}
+}
+
+func TestANegativeMaxBatchIsRefused(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "batch.yaml")
+	if err := os.WriteFile(path, []byte("handlers:\n  charge-payment:\n    max_batch: -1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := configs.Load(configs.Options{File: path})
+	if err == nil || !strings.Contains(err.Error(), "handlers.charge-payment.max_batch") {
+		t.Fatalf("err = %v, want it to name handlers.charge-payment.max_batch", err)
 	}
 }
 

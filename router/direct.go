@@ -75,7 +75,7 @@ func (d *Direct) Deliver(ctx context.Context, h runtime.Handler, ev DirectEvent,
 	}
 	var res DirectResult
 	inv := &invoker{handler: h, outbox: d.outbox, logger: d.logger, metrics: d.metrics, tracer: tracing.Tracer(nil),
-		onDuplicate: func() { res.Duplicate = true }}
+		onDuplicate: func() { res.Duplicate = true }, committer: newCommitter(d.outbox.db, 1, 1, nil)}
 	counted := func(next message.HandlerFunc) message.HandlerFunc {
 		return func(msg *message.Message) ([]*message.Message, error) {
 			res.Attempts++

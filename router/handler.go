@@ -26,9 +26,12 @@ import (
 type invoker struct {
 	handler runtime.Handler
 	outbox  *Outbox
-	logger  *slog.Logger
-	metrics *metrics
-	tracer  trace.Tracer
+	// committer runs the call's transaction, shared with other calls of the
+	// handler when they queue up.
+	committer *committer
+	logger    *slog.Logger
+	metrics   *metrics
+	tracer    trace.Tracer
 	// onDuplicate, when set, hears of an event the inbox already had.
 	onDuplicate func()
 	// runs hears of every attempt, when set; maxRetries says whether a
@@ -102,7 +105,7 @@ func (i *invoker) attempt(msg *message.Message) (bool, error) {
 		return false, err
 	}
 	emitted := false
-	claimed, err := inTx(ctx, i.outbox.db, &inboxClaim{handler: name, meta: meta}, func(ctx context.Context, tx sqlExecutor) ([]relay.Record, error) {
+	claimed, err := i.committer.run(ctx, inboxClaim{handler: name, meta: meta}, func(ctx context.Context, tx sqlExecutor) ([]relay.Record, error) {
 		h, err := i.outbox.handle(tx, meta, "eventfn/"+name, i.handler.MayEmit)
 		if err != nil {
 			return nil, err

@@ -17,6 +17,7 @@ type metrics struct {
 	attempts     *prometheus.CounterVec
 	deadLettered *prometheus.CounterVec
 	duplicates   *prometheus.CounterVec
+	batchCalls   *prometheus.HistogramVec
 	builder      wmetrics.PrometheusMetricsBuilder
 	ops          *opsMetrics
 }
@@ -35,6 +36,11 @@ func newMetrics(reg prometheus.Registerer, outbox *Outbox) (*metrics, error) {
 			Namespace: "eventfn", Name: "inbox_duplicates_total",
 			Help: "Redelivered events acknowledged without running the handler.",
 		}, []string{"handler"}),
+		batchCalls: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: "eventfn", Name: "handler_transaction_calls",
+			Help:    "Handler calls that shared one transaction (group commit; 1 when calls do not queue up).",
+			Buckets: []float64{1, 2, 4, 8, 16, 32, 64},
+		}, []string{"handler"}),
 		builder: wmetrics.NewPrometheusMetricsBuilder(reg, "eventfn", "watermill"),
 	}
 	pending := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -49,7 +55,7 @@ func newMetrics(reg prometheus.Registerer, outbox *Outbox) (*metrics, error) {
 		}
 		return float64(n)
 	})
-	for _, c := range []prometheus.Collector{m.attempts, m.deadLettered, m.duplicates, pending} {
+	for _, c := range []prometheus.Collector{m.attempts, m.deadLettered, m.duplicates, m.batchCalls, pending} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register metric: %w", err)
 		}

@@ -117,6 +117,9 @@ func effectivePolicy(h runtime.Handler, o configs.HandlerPolicy) (runtime.Policy
 	if o.Concurrency > 0 {
 		p.Concurrency = o.Concurrency
 	}
+	if o.MaxBatch > 0 {
+		p.MaxBatch = o.MaxBatch
+	}
 	p = p.WithDefaults()
 	if err := p.Validate(); err != nil {
 		return p, fmt.Errorf("handlers.%s: %w", h.Name(), err)
@@ -274,7 +277,8 @@ func (r *Runtime) buildHandlers(handlers []runtime.Handler) error {
 			return fmt.Errorf("kafka subscriber for handler %s: %w", h.Name(), err)
 		}
 		inv := &invoker{handler: h, outbox: r.outbox, logger: r.logger, metrics: r.metrics, tracer: r.tracer,
-			runs: r.runs, maxRetries: info.Policy.MaxRetries}
+			runs: r.runs, maxRetries: info.Policy.MaxRetries,
+			committer: newCommitter(r.outbox.db, maxBatch(info.Policy, r.outbox.db.Driver), info.Policy.Concurrency, r.metrics.batchCalls.WithLabelValues(h.Name()).Observe)}
 		rh := router.AddConsumerHandler(h.Name(), info.Topic, sub, inv.handle)
 		mws, err := middlewares(info.Policy, r.kafkaPub, r.cfg.Kafka.Topic(r.cfg.Kafka.DeadLetterTopic), &r.closing,
 			r.metrics.deadLettered.WithLabelValues(h.Name()), r.metrics.ops.forHandler(h.Name()), r.cfg.Kafka.MaxMessageBytes, r.dlqHealth, &r.infra, r.logger.With("handler", h.Name()), r.wlogger)

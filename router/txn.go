@@ -76,7 +76,16 @@ func inTx(ctx context.Context, db *store.DB, claim *inboxClaim, fn func(ctx cont
 // beginTx begins a transaction and makes the claim, if any.
 func beginTx(ctx context.Context, db *store.DB, claim *inboxClaim) (txn, bool, error) {
 	if db.Driver == store.Postgres {
-		return beginPipelined(ctx, db, claim)
+		t, err := openPipelined(ctx, db)
+		if err != nil {
+			return nil, false, err
+		}
+		claimed, err := t.start(ctx, claim, false)
+		if err != nil {
+			t.rollback()
+			return nil, false, err
+		}
+		return t, claimed, nil
 	}
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
@@ -84,20 +93,13 @@ func beginTx(ctx context.Context, db *store.DB, claim *inboxClaim) (txn, bool, e
 		// deadline): never the fault of what was to be written.
 		return nil, false, infraError{fmt.Errorf("begin transaction: %w", err)}
 	}
-	if claim == nil {
-		return sqlTx{tx}, true, nil
-	}
-	res, err := tx.ExecContext(ctx, claimSQL, claim.handler, claim.meta.Source, claim.meta.ID, claim.meta.Type)
+	t := &sqlTx{Tx: tx}
+	claimed, err := t.start(ctx, claim, false)
 	if err != nil {
-		_ = tx.Rollback()
-		return nil, false, claimError(claim, err)
+		t.rollback()
+		return nil, false, err
 	}
-	n, err := res.RowsAffected()
-	if err != nil {
-		_ = tx.Rollback()
-		return nil, false, fmt.Errorf("inbox rows affected: %w", err)
-	}
-	return sqlTx{tx}, n == 1, nil
+	return t, claimed, nil
 }
 
 func claimError(claim *inboxClaim, err error) error {
@@ -113,9 +115,55 @@ func commitError(err error) error {
 }
 
 // sqlTx is a transaction through database/sql, statement by statement.
-type sqlTx struct{ *sql.Tx }
+type sqlTx struct {
+	*sql.Tx
+	// conn, when set, is the connection the transaction was begun on; it
+	// goes back to the pool when the transaction ends.
+	conn *sql.Conn
+	// savepoint says whether a call's savepoint is open.
+	savepoint bool
+}
 
-func (t sqlTx) commit(ctx context.Context, rows []relay.Record) error {
+// start makes the next call's claim, after a savepoint of its own when
+// savepoint is set (releasing the previous call's).
+func (t *sqlTx) start(ctx context.Context, claim *inboxClaim, savepoint bool) (bool, error) {
+	if savepoint {
+		if t.savepoint {
+			if _, err := t.ExecContext(ctx, `RELEASE SAVEPOINT eventfn_call`); err != nil {
+				return false, fmt.Errorf("release savepoint: %w", err)
+			}
+		}
+		if _, err := t.ExecContext(ctx, `SAVEPOINT eventfn_call`); err != nil {
+			return false, fmt.Errorf("savepoint: %w", err)
+		}
+		t.savepoint = true
+	}
+	if claim == nil {
+		return true, nil
+	}
+	res, err := t.ExecContext(ctx, claimSQL, claim.handler, claim.meta.Source, claim.meta.ID, claim.meta.Type)
+	if err != nil {
+		return false, claimError(claim, err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return false, fmt.Errorf("inbox rows affected: %w", err)
+	}
+	return n == 1, nil
+}
+
+// undo rolls the transaction back to the current call's savepoint.
+func (t *sqlTx) undo() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := t.ExecContext(ctx, `ROLLBACK TO SAVEPOINT eventfn_call`); err != nil {
+		return fmt.Errorf("roll back to savepoint: %w", err)
+	}
+	return nil
+}
+
+func (t *sqlTx) commit(ctx context.Context, rows []relay.Record) error {
+	defer t.release()
 	for _, r := range rows {
 		query, args, err := relay.InsertStatement(r)
 		if err == nil {
@@ -132,7 +180,16 @@ func (t sqlTx) commit(ctx context.Context, rows []relay.Record) error {
 	return nil
 }
 
-func (t sqlTx) rollback() { _ = t.Rollback() }
+func (t *sqlTx) rollback() {
+	_ = t.Rollback()
+	t.release()
+}
+
+func (t *sqlTx) release() {
+	if t.conn != nil {
+		_ = t.conn.Close()
+	}
+}
 
 // pipelinedTx is a PostgreSQL transaction that spends fewer round trips
 // than database/sql's: BEGIN goes in one pipeline with the inbox claim, and
@@ -149,25 +206,55 @@ type pipelinedTx struct {
 	// hold it shared; commit and rollback hold it alone.
 	mu    sync.RWMutex
 	ended bool
+	// begun says whether BEGIN was sent; savepoint, whether a call's
+	// savepoint is open.
+	begun, savepoint bool
 }
 
-func beginPipelined(ctx context.Context, db *store.DB, claim *inboxClaim) (txn, bool, error) {
+// openPipelined takes a connection for a transaction; start begins it.
+func openPipelined(ctx context.Context, db *store.DB) (*pipelinedTx, error) {
 	conn, err := db.Conn(ctx)
 	if err != nil {
-		return nil, false, infraError{fmt.Errorf("begin transaction: %w", err)}
+		return nil, infraError{fmt.Errorf("begin transaction: %w", err)}
 	}
-	t := &pipelinedTx{conn: conn}
+	return &pipelinedTx{conn: conn}, nil
+}
+
+// start sends, in one round trip: BEGIN unless the transaction has begun;
+// when savepoint is set, a savepoint for the next call (releasing the
+// previous call's); and the call's claim, if any.
+func (t *pipelinedTx) start(ctx context.Context, claim *inboxClaim, savepoint bool) (bool, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	claimed := true
-	err = t.raw(func(pc *pgx.Conn) error {
+	err := t.raw(func(pc *pgx.Conn) error {
 		b := &pgx.Batch{}
-		b.Queue("BEGIN")
+		var steps []string
+		if !t.begun {
+			b.Queue("BEGIN")
+			steps = append(steps, "begin transaction")
+		}
+		if savepoint {
+			if t.savepoint {
+				b.Queue("RELEASE SAVEPOINT eventfn_call")
+				steps = append(steps, "release savepoint")
+			}
+			b.Queue("SAVEPOINT eventfn_call")
+			steps = append(steps, "savepoint")
+		}
 		if claim != nil {
 			b.Queue(claimSQL, claim.handler, claim.meta.Source, claim.meta.ID, claim.meta.Type)
 		}
 		br := pc.SendBatch(ctx, b)
 		defer br.Close()
-		if _, err := br.Exec(); err != nil {
-			return infraError{fmt.Errorf("begin transaction: %w", err)}
+		for _, step := range steps {
+			if _, err := br.Exec(); err != nil {
+				err = fmt.Errorf("%s: %w", step, err)
+				if step == "begin transaction" || databaseUnavailable(err) {
+					return infraError{err}
+				}
+				return err
+			}
 		}
 		if claim != nil {
 			tag, err := br.Exec()
@@ -179,10 +266,25 @@ func beginPipelined(ctx context.Context, db *store.DB, claim *inboxClaim) (txn, 
 		return br.Close()
 	})
 	if err != nil {
-		t.rollback()
-		return nil, false, err
+		return false, err
 	}
-	return t, claimed, nil
+	t.begun = true
+	t.savepoint = t.savepoint || savepoint
+	return claimed, nil
+}
+
+// undo rolls the transaction back to the current call's savepoint.
+func (t *pipelinedTx) undo() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.raw(func(pc *pgx.Conn) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if _, err := pc.Exec(ctx, "ROLLBACK TO SAVEPOINT eventfn_call"); err != nil {
+			return fmt.Errorf("roll back to savepoint: %w", err)
+		}
+		return nil
+	})
 }
 
 // raw runs fn on the pgx connection under database/sql's lock of it. A

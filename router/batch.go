@@ -1,0 +1,373 @@
+package router
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/eventfn/eventfn/router/relay"
+	"github.com/eventfn/eventfn/runtime"
+	"github.com/eventfn/eventfn/store"
+)
+
+// Group commit: when one handler's calls queue up faster than transactions
+// commit, the calls waiting share a transaction. Each call still claims its
+// event, runs its handler and stages its events inside a savepoint of its
+// own, so a call that fails is rolled back to its savepoint alone and the
+// others go on; the transaction commits once for all of them, with every
+// staged event. Nothing waits to fill a batch: a call that finds no batch
+// running starts one at once, so one call at a time runs exactly as alone.
+//
+// What it saves is per call: BEGIN and COMMIT (each a round trip on
+// PostgreSQL, and a commit record, a lock and a snapshot on the server;
+// a WAL write on SQLite, whose one writer every transaction waits for).
+//
+// Calls in one batch run one after another on its connection, so a slow
+// call would hold up the calls behind it. Two rules bound that: a batch
+// takes no more calls once it has run for batchBudget, and a call that no
+// batch took within batchWait starts a batch of its own (up to the
+// handler's Concurrency), so a slow handler's calls still run side by side.
+const (
+	batchBudget = 5 * time.Millisecond
+	batchWait   = time.Millisecond
+)
+
+// sharedTxn is a transaction that calls can share, each in a savepoint.
+type sharedTxn interface {
+	txn
+	// start makes a call's claim, after a savepoint of its own when
+	// savepoint is set.
+	start(ctx context.Context, claim *inboxClaim, savepoint bool) (claimed bool, err error)
+	// undo rolls back to the current call's savepoint.
+	undo() error
+}
+
+// committer runs one handler's calls, in shared transactions when they queue.
+type committer struct {
+	db *store.DB
+	// maxBatch caps the calls in one transaction; maxBatches, the
+	// transactions at once.
+	maxBatch, maxBatches int
+	// budget and wait are batchBudget and batchWait (tests change them).
+	budget, wait time.Duration
+	// observe, when set, hears how many calls each transaction committed.
+	observe func(calls float64)
+
+	mu      sync.Mutex
+	queue   []*call
+	running int // batches running
+	opening int // batches waiting for a connection: each takes a queued call
+	timer   *time.Timer
+}
+
+// call is one handler call waiting for, or in, a batch.
+type call struct {
+	ctx   context.Context
+	claim inboxClaim
+	fn    func(ctx context.Context, tx sqlExecutor) ([]relay.Record, error)
+	done  chan callResult
+}
+
+type callResult struct {
+	claimed bool
+	err     error
+	// alone says that the shared transaction failed around the call (a
+	// commit that did not go through, a connection lost because of another
+	// call): the call runs again in a transaction of its own.
+	alone bool
+}
+
+// maxBatch is the policy's MaxBatch, or when it leaves the choice to the
+// database: calls share transactions on SQLite, where they wait for its one
+// writer anyway (the load benchmark's capacity rose by about 40 %), and not
+// on PostgreSQL, where calls serialised on one connection were slower than
+// calls side by side on several (docs/BENCHMARKS.md).
+func maxBatch(p runtime.Policy, driver store.Driver) int {
+	switch {
+	case p.MaxBatch > 0:
+		return p.MaxBatch
+	case driver == store.SQLite:
+		return 16
+	default:
+		return 1
+	}
+}
+
+func newCommitter(db *store.DB, maxBatch, maxBatches int, observe func(float64)) *committer {
+	return &committer{db: db, maxBatch: maxBatch, maxBatches: max(maxBatches, 1), budget: batchBudget, wait: batchWait, observe: observe}
+}
+
+// run runs fn as inTx does, in a batch when calls queue up.
+func (m *committer) run(ctx context.Context, claim inboxClaim, fn func(ctx context.Context, tx sqlExecutor) ([]relay.Record, error)) (bool, error) {
+	if m.maxBatch <= 1 {
+		return inTx(ctx, m.db, &claim, fn)
+	}
+	c := &call{ctx: ctx, claim: claim, fn: fn, done: make(chan callResult, 1)}
+	m.enqueue(c)
+	// A batch always answers: a call whose context ends while it waits is
+	// answered with that, and a running call returns at its timeout.
+	r := <-c.done
+	if r.alone {
+		return inTx(ctx, m.db, &claim, fn)
+	}
+	return r.claimed, r.err
+}
+
+func (m *committer) enqueue(c *call) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.queue = append(m.queue, c)
+	switch {
+	case m.opening > 0:
+		// A batch about to begin takes it.
+	case m.running == 0:
+		m.startBatch()
+	case m.timer == nil:
+		// A running batch takes it after its current call, unless that call
+		// is slow: then a batch of its own starts.
+		m.timer = time.AfterFunc(m.wait, m.waited)
+	}
+}
+
+func (m *committer) waited() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.timer = nil
+	if len(m.queue) > 0 && m.opening == 0 {
+		m.startBatch()
+	}
+}
+
+// startBatch starts a batch unless maxBatches run; then the running ones
+// take the queue as they end. The caller holds m.mu.
+func (m *committer) startBatch() {
+	if m.running >= m.maxBatches {
+		return
+	}
+	m.running++
+	m.opening++
+	go m.batches()
+}
+
+// take returns the next queued call, or nil.
+func (m *committer) take() *call {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.queue) == 0 {
+		return nil
+	}
+	c := m.queue[0]
+	m.queue[0] = nil
+	m.queue = m.queue[1:]
+	return c
+}
+
+// peek returns the next queued call without taking it, or nil.
+func (m *committer) peek() *call {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.queue) == 0 {
+		return nil
+	}
+	return m.queue[0]
+}
+
+// batches runs batches until the queue is empty.
+func (m *committer) batches() {
+	for {
+		m.batch()
+		m.mu.Lock()
+		if len(m.queue) == 0 {
+			m.running--
+			m.opening--
+			m.mu.Unlock()
+			return
+		}
+		m.mu.Unlock()
+	}
+}
+
+// batch runs one shared transaction. The caller counted it as opening.
+func (m *committer) batch() {
+	first := m.peek()
+	if first == nil {
+		return
+	}
+	batchCtx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	t, err := m.open(first.ctx, batchCtx)
+	m.mu.Lock()
+	m.opening--
+	m.mu.Unlock()
+	defer func() {
+		m.mu.Lock()
+		m.opening++ // batches() counts it down again, or loops
+		m.mu.Unlock()
+	}()
+	if err != nil {
+		// No connection for the first call before its context ended, or
+		// no database: that call hears it; the next batch tries again.
+		if c := m.take(); c != nil {
+			c.done <- callResult{err: err}
+		}
+		return
+	}
+	var (
+		committed []*call
+		staged    []relay.Record
+		broken    error
+		began     = time.Now()
+	)
+	for n := 0; n < m.maxBatch && broken == nil && (n == 0 || time.Since(began) < m.budget); n++ {
+		c := m.take()
+		if c == nil {
+			break
+		}
+		if err := c.ctx.Err(); err != nil {
+			c.done <- callResult{err: infraError{fmt.Errorf("begin transaction: waited for a transaction until the call's context ended: %w", context.Cause(c.ctx))}}
+			continue
+		}
+		res, rows, brk := m.one(t, c)
+		switch {
+		case brk != nil:
+			broken = brk
+		case res.err == nil && res.claimed:
+			committed = append(committed, c)
+			staged = append(staged, rows...)
+			continue
+		}
+		c.done <- res
+	}
+	if broken != nil {
+		t.rollback()
+		for _, c := range committed {
+			c.done <- callResult{alone: true}
+		}
+		return
+	}
+	if len(committed) == 0 {
+		t.rollback()
+		return
+	}
+	commitCtx, cancelCommit := commitContext(batchCtx, committed)
+	defer cancelCommit()
+	if err := t.commit(commitCtx, staged); err != nil {
+		for _, c := range committed {
+			c.done <- callResult{alone: true}
+		}
+		return
+	}
+	if m.observe != nil {
+		m.observe(float64(len(committed)))
+	}
+	for _, c := range committed {
+		c.done <- callResult{claimed: true}
+	}
+}
+
+// one runs a call in a savepoint of its own in t. broken is set when t
+// cannot go on: the savepoint could not be made, or rolled back to.
+func (m *committer) one(t sharedTxn, c *call) (res callResult, rows []relay.Record, broken error) {
+	claimed, err := t.start(c.ctx, &c.claim, true)
+	if err != nil {
+		// Whether the savepoint was made is not known: rolling back to "the
+		// current savepoint" might undo the previous call's work.
+		return callResult{err: err}, nil, err
+	}
+	if !claimed {
+		return callResult{}, nil, nil
+	}
+	g := &guardedTx{sqlExecutor: t}
+	rows, err = c.fn(c.ctx, g)
+	// A handler past its timeout may still run: after this none of its
+	// statements reaches the transaction the next call uses.
+	g.end()
+	if err != nil {
+		if uerr := t.undo(); uerr != nil {
+			broken = uerr
+		}
+		return callResult{claimed: true, err: err}, nil, broken
+	}
+	return callResult{claimed: true}, rows, nil
+}
+
+// open takes a connection (waiting no longer than the first call's
+// context) and begins a transaction that only batchCtx ends.
+func (m *committer) open(callCtx, batchCtx context.Context) (sharedTxn, error) {
+	if m.db.Driver == store.Postgres {
+		return openPipelined(callCtx, m.db)
+	}
+	conn, err := m.db.Conn(callCtx)
+	if err != nil {
+		return nil, infraError{fmt.Errorf("begin transaction: %w", err)}
+	}
+	tx, err := conn.BeginTx(batchCtx, nil)
+	if err != nil {
+		_ = conn.Close()
+		return nil, infraError{fmt.Errorf("begin transaction: %w", err)}
+	}
+	return &sqlTx{Tx: tx, conn: conn}, nil
+}
+
+// commitContext bounds a batch's commit by the latest deadline of its calls.
+func commitContext(batchCtx context.Context, calls []*call) (context.Context, context.CancelFunc) {
+	var latest time.Time
+	for _, c := range calls {
+		d, ok := c.ctx.Deadline()
+		if !ok {
+			return context.WithCancel(batchCtx)
+		}
+		if d.After(latest) {
+			latest = d
+		}
+	}
+	return context.WithDeadline(batchCtx, latest)
+}
+
+// guardedTx is one call's view of a shared transaction: once the call has
+// ended, its statements fail with sql.ErrTxDone instead of running in the
+// next call's part of the transaction.
+type guardedTx struct {
+	sqlExecutor
+	mu    sync.RWMutex
+	ended bool
+}
+
+func (g *guardedTx) end() {
+	g.mu.Lock()
+	g.ended = true
+	g.mu.Unlock()
+}
+
+func (g *guardedTx) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	if g.ended {
+		return nil, sql.ErrTxDone
+	}
+	return g.sqlExecutor.ExecContext(ctx, query, args...)
+}
+
+func (g *guardedTx) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	if g.ended {
+		return nil, sql.ErrTxDone
+	}
+	return g.sqlExecutor.QueryContext(ctx, query, args...)
+}
+
+// QueryRowContext after the call ended runs with a cancelled context, so
+// its *sql.Row reports context.Canceled and nothing reaches the database.
+func (g *guardedTx) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	if g.ended {
+		done, cancel := context.WithCancel(ctx)
+		cancel()
+		return g.sqlExecutor.QueryRowContext(done, query, args...)
+	}
+	return g.sqlExecutor.QueryRowContext(ctx, query, args...)
+}

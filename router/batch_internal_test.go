@@ -1,0 +1,339 @@
+package router
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/eventfn/eventfn/internal/testenv"
+	"github.com/eventfn/eventfn/router/relay"
+	"github.com/eventfn/eventfn/runtime"
+	"github.com/eventfn/eventfn/store"
+)
+
+// openBatchDB opens a migrated database, PostgreSQL when the environment
+// names one, SQLite otherwise, with the tables the calls below write.
+func openBatchDB(t *testing.T) *store.DB {
+	t.Helper()
+	cfg := store.Config{Driver: store.SQLite, SQLitePath: filepath.Join(t.TempDir(), "batch.db")}
+	if u := testenv.DatabaseURL(); u != "" {
+		cfg = store.Config{Driver: store.Postgres, URL: testenv.PostgresSchema(t, u), MaxOpenConns: 8}
+	}
+	db, err := store.Open(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = db.Close() })
+	for _, q := range []string{
+		`CREATE TABLE parents (id TEXT PRIMARY KEY)`,
+		`CREATE TABLE written (name TEXT PRIMARY KEY, parent TEXT REFERENCES parents (id) DEFERRABLE INITIALLY DEFERRED)`,
+	} {
+		if _, err := db.ExecContext(context.Background(), q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return db
+}
+
+// batchCall is what one test call does in its transaction.
+type batchCall struct {
+	name string
+	// parent, when set, is the parent row the written row names; one that
+	// does not exist fails the commit (the constraint is deferred).
+	parent string
+	// fail makes the call fail after its write; sqlFail, after a statement
+	// that fails.
+	fail, sqlFail bool
+}
+
+// queueCalls submits calls to m one after another, each in a goroutine of
+// its own, the next once the one before is queued; the first blocks in its
+// handler until all are queued, so the rest wait in one queue. It returns
+// each call's outcome and how often each call's function ran.
+func queueCalls(t *testing.T, m *committer, calls []batchCall) ([]callResult, []int32) {
+	t.Helper()
+	release := make(chan struct{})
+	results := make([]callResult, len(calls))
+	runs := make([]int32, len(calls))
+	var wg sync.WaitGroup
+	for i, c := range calls {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			meta := runtime.Metadata{ID: c.name, Source: "test", Type: "test.called"}
+			claimed, err := m.run(ctx, inboxClaim{handler: "batch", meta: meta}, func(ctx context.Context, tx sqlExecutor) ([]relay.Record, error) {
+				atomic.AddInt32(&runs[i], 1)
+				if i == 0 {
+					<-release
+				}
+				if _, err := tx.ExecContext(ctx, `INSERT INTO written (name, parent) VALUES ($1, $2)`, c.name, sql.NullString{String: c.parent, Valid: c.parent != ""}); err != nil {
+					return nil, err
+				}
+				if c.sqlFail {
+					if _, err := tx.ExecContext(ctx, `INSERT INTO no_such_table (x) VALUES (1)`); err != nil {
+						return nil, err
+					}
+				}
+				if c.fail {
+					return nil, errors.New("refused " + c.name)
+				}
+				return []relay.Record{{Topic: "t", Key: []byte(c.name), Headers: map[string]string{HeaderType: "test.done"}, Payload: []byte(c.name)}}, nil
+			})
+			results[i] = callResult{claimed: claimed, err: err}
+		}()
+		if i == 0 {
+			// The first call is in its handler, holding its transaction.
+			waitFor(t, func() bool { return atomic.LoadInt32(&runs[0]) == 1 })
+			continue
+		}
+		waitFor(t, func() bool {
+			m.mu.Lock()
+			defer m.mu.Unlock()
+			return len(m.queue) == i
+		})
+	}
+	close(release)
+	wg.Wait()
+	return results, runs
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 20 s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func column(t *testing.T, db *store.DB, query string) []string {
+	t.Helper()
+	rows, err := db.Read.Query(query)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var s string
+		if err := rows.Scan(&s); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, s)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// serialCommitter runs one batch at a time and never starts another for a
+// waiting call, so the calls queued behind the first share its batch.
+func serialCommitter(db *store.DB, observe func(float64)) *committer {
+	m := newCommitter(db, 16, 1, observe)
+	m.budget, m.wait = time.Hour, time.Hour
+	return m
+}
+
+// TestQueuedCallsShareATransactionEachWithItsOwnOutcome: calls that queue
+// behind a running one commit together, in one transaction; a call that
+// fails, with its own error or a failed statement, is rolled back alone;
+// an event the inbox has is acknowledged without running.
+func TestQueuedCallsShareATransactionEachWithItsOwnOutcome(t *testing.T) {
+	db := openBatchDB(t)
+	if _, err := db.ExecContext(context.Background(), `INSERT INTO eventfn_inbox (handler, source, event_id, event_type) VALUES ('batch', 'test', 'seen', 'test.called')`); err != nil {
+		t.Fatal(err)
+	}
+	var sizes []float64
+	m := serialCommitter(db, func(n float64) { sizes = append(sizes, n) })
+	calls := []batchCall{{name: "a"}, {name: "b"}, {name: "c", fail: true}, {name: "d", sqlFail: true}, {name: "e"}, {name: "seen"}, {name: "f"}}
+	results, runs := queueCalls(t, m, calls)
+
+	for i, c := range calls {
+		r := results[i]
+		switch {
+		case c.name == "seen":
+			if r.claimed || r.err != nil || runs[i] != 0 {
+				t.Errorf("%s: claimed %v, err %v, ran %d times; want a duplicate that did not run", c.name, r.claimed, r.err, runs[i])
+			}
+		case c.fail || c.sqlFail:
+			if r.err == nil {
+				t.Errorf("%s: no error", c.name)
+			}
+		default:
+			if !r.claimed || r.err != nil || runs[i] != 1 {
+				t.Errorf("%s: claimed %v, err %v, ran %d times; want committed once", c.name, r.claimed, r.err, runs[i])
+			}
+		}
+	}
+	if got := strings.Join(column(t, db, `SELECT name FROM written ORDER BY name`), ","); got != "a,b,e,f" {
+		t.Errorf("rows committed: %s, want a,b,e,f", got)
+	}
+	if got := strings.Join(column(t, db, `SELECT event_id FROM eventfn_inbox WHERE handler = 'batch' ORDER BY event_id`), ","); got != "a,b,e,f,seen" {
+		t.Errorf("inbox: %s, want a,b,e,f,seen", got)
+	}
+	if got := strings.Join(column(t, db, `SELECT key FROM eventfn_outbox ORDER BY id`), ","); got != "a,b,e,f" {
+		t.Errorf("outbox, in order: %s, want a,b,e,f", got)
+	}
+	// a, b, e and f committed in one transaction.
+	if fmt.Sprint(sizes) != "[4]" {
+		t.Errorf("calls per committed transaction: %v, want [4]", sizes)
+	}
+}
+
+// TestACommitThatFailsSendsEveryCallBackAlone: one call breaks a deferred
+// constraint, so the shared commit fails; every call of the batch then runs
+// again in a transaction of its own, and only that call fails.
+func TestACommitThatFailsSendsEveryCallBackAlone(t *testing.T) {
+	db := openBatchDB(t)
+	if _, err := db.ExecContext(context.Background(), `INSERT INTO parents (id) VALUES ('p')`); err != nil {
+		t.Fatal(err)
+	}
+	m := serialCommitter(db, nil)
+	calls := []batchCall{{name: "first"}, {name: "a", parent: "p"}, {name: "orphan", parent: "missing"}, {name: "b", parent: "p"}}
+	results, runs := queueCalls(t, m, calls)
+	for i, c := range calls {
+		r := results[i]
+		if c.name == "orphan" {
+			if r.err == nil {
+				t.Errorf("orphan: committed in spite of its constraint")
+			}
+			continue
+		}
+		if !r.claimed || r.err != nil {
+			t.Errorf("%s: claimed %v, err %v; want committed", c.name, r.claimed, r.err)
+		}
+	}
+	// Each ran once in the batch, then once alone.
+	for i, want := range []int32{2, 2, 2, 2} {
+		if runs[i] != want {
+			t.Errorf("%s ran %d times, want %d", calls[i].name, runs[i], want)
+		}
+	}
+	if got := strings.Join(column(t, db, `SELECT name FROM written ORDER BY name`), ","); got != "a,b,first" {
+		t.Errorf("rows committed: %s, want a,b,first", got)
+	}
+	if got := strings.Join(column(t, db, `SELECT event_id FROM eventfn_inbox WHERE handler = 'batch' ORDER BY event_id`), ","); got != "a,b,first" {
+		t.Errorf("inbox: %s, want a,b,first", got)
+	}
+}
+
+// TestACallPastItsTimeoutCannotWriteIntoTheNextCalls: a handler that
+// ignores its context and writes after its call returned must not get the
+// write into the shared transaction, which goes on with the next calls.
+func TestACallPastItsTimeoutCannotWriteIntoTheNextCalls(t *testing.T) {
+	db := openBatchDB(t)
+	m := serialCommitter(db, nil)
+	late := make(chan error, 1)
+	proceed := make(chan struct{})
+	var wg sync.WaitGroup
+	run := func(name string, timeout time.Duration, fn func(ctx context.Context, tx sqlExecutor) error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), timeout)
+			defer cancel()
+			_, _ = m.run(ctx, inboxClaim{handler: "batch", meta: runtime.Metadata{ID: name, Source: "test", Type: "t"}},
+				func(ctx context.Context, tx sqlExecutor) ([]relay.Record, error) { return nil, fn(ctx, tx) })
+		}()
+	}
+	started := make(chan struct{})
+	run("overstayer", 300*time.Millisecond, func(ctx context.Context, tx sqlExecutor) error {
+		return callBounded(ctx, slog.New(slog.DiscardHandler), "overstayer", func() error {
+			close(started)
+			<-ctx.Done()
+			<-proceed
+			_, err := tx.ExecContext(context.Background(), `INSERT INTO written (name) VALUES ('late')`)
+			late <- err
+			return err
+		})
+	})
+	<-started
+	var lateErr error
+	run("next", 30*time.Second, func(ctx context.Context, tx sqlExecutor) error {
+		// The overstayer's call ended; its late statement is sent while
+		// this call runs in the same transaction.
+		close(proceed)
+		lateErr = <-late
+		_, err := tx.ExecContext(ctx, `INSERT INTO written (name) VALUES ('next')`)
+		return err
+	})
+	wg.Wait()
+	if !errors.Is(lateErr, sql.ErrTxDone) {
+		t.Fatalf("the late statement: %v, want sql.ErrTxDone", lateErr)
+	}
+	if got := strings.Join(column(t, db, `SELECT name FROM written ORDER BY name`), ","); got != "next" {
+		t.Errorf("rows committed: %s, want next", got)
+	}
+}
+
+// TestASlowCallDoesNotHoldUpTheCallsQueuedBehindIt: a call that no running
+// batch takes within the wait starts a batch of its own, so one slow call
+// (a payment gateway taking its time) does not serialise the others. On
+// SQLite every transaction waits for the one writer, batched or not.
+func TestASlowCallDoesNotHoldUpTheCallsQueuedBehindIt(t *testing.T) {
+	db := openBatchDB(t)
+	if db.Driver == store.SQLite {
+		t.Skip("SQLite has one writer: a transaction that is slow holds up every other, with or without batches")
+	}
+	m := newCommitter(db, 16, 4, nil)
+	release := make(chan struct{})
+	slow := make(chan error, 1)
+	go func() {
+		_, err := m.run(context.Background(), inboxClaim{handler: "batch", meta: runtime.Metadata{ID: "slow", Source: "test", Type: "t"}},
+			func(ctx context.Context, tx sqlExecutor) ([]relay.Record, error) {
+				<-release
+				return nil, nil
+			})
+		slow <- err
+	}()
+	waitFor(t, func() bool {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		return m.running == 1 && len(m.queue) == 0
+	})
+	for i := range 5 {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		claimed, err := m.run(ctx, inboxClaim{handler: "batch", meta: runtime.Metadata{ID: fmt.Sprint("quick-", i), Source: "test", Type: "t"}},
+			func(ctx context.Context, tx sqlExecutor) ([]relay.Record, error) { return nil, nil })
+		cancel()
+		if err != nil || !claimed {
+			t.Fatalf("quick call %d behind a slow one: claimed %v, err %v", i, claimed, err)
+		}
+	}
+	close(release)
+	if err := <-slow; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestTheDatabaseDecidesMaxBatchUnlessThePolicyDoes: calls share
+// transactions on SQLite and not on PostgreSQL, unless the policy says.
+func TestTheDatabaseDecidesMaxBatchUnlessThePolicyDoes(t *testing.T) {
+	for _, tc := range []struct {
+		policy int
+		driver store.Driver
+		want   int
+	}{
+		{0, store.SQLite, 16},
+		{0, store.Postgres, 1},
+		{4, store.Postgres, 4},
+		{1, store.SQLite, 1},
+	} {
+		if got := maxBatch(runtime.Policy{MaxBatch: tc.policy}, tc.driver); got != tc.want {
+			t.Errorf("MaxBatch %d on %s: %d, want %d", tc.policy, tc.driver, got, tc.want)
+		}
+	}
+}
