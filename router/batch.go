@@ -3,6 +3,7 @@ package router
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -108,7 +109,15 @@ func (m *committer) run(ctx context.Context, claim inboxClaim, fn func(ctx conte
 	m.enqueue(c)
 	// A batch always answers: a call whose context ends while it waits is
 	// answered with that, and a running call returns at its timeout.
-	r := <-c.done
+	var r callResult
+	select {
+	case r = <-c.done:
+	case <-ctx.Done():
+		if m.remove(c) {
+			return false, infraError{fmt.Errorf("begin transaction: waited for a transaction until the call's context ended: %w", context.Cause(ctx))}
+		}
+		r = <-c.done // a batch has it: it answers at the call's end
+	}
 	if r.alone {
 		return inTx(ctx, m.db, &claim, fn)
 	}
@@ -164,6 +173,19 @@ func (m *committer) take() *call {
 	return c
 }
 
+// remove takes c out of the queue, if it is still there.
+func (m *committer) remove(c *call) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for i, q := range m.queue {
+		if q == c {
+			m.queue = append(m.queue[:i], m.queue[i+1:]...)
+			return true
+		}
+	}
+	return false
+}
+
 // peek returns the next queued call without taking it, or nil.
 func (m *committer) peek() *call {
 	m.mu.Lock()
@@ -207,10 +229,11 @@ func (m *committer) batch() {
 		m.mu.Unlock()
 	}()
 	if err != nil {
-		// No connection for the first call before its context ended, or
-		// no database: that call hears it; the next batch tries again.
-		if c := m.take(); c != nil {
-			c.done <- callResult{err: err}
+		// No connection before the first call's context ended, or no
+		// database: that call hears it, unless another batch took it; the
+		// next batch tries again for the calls after it.
+		if m.remove(first) {
+			first.done <- callResult{err: err}
 		}
 		return
 	}
@@ -229,7 +252,7 @@ func (m *committer) batch() {
 			c.done <- callResult{err: infraError{fmt.Errorf("begin transaction: waited for a transaction until the call's context ended: %w", context.Cause(c.ctx))}}
 			continue
 		}
-		res, rows, brk := m.one(t, c)
+		res, rows, brk := m.one(batchCtx, t, c)
 		switch {
 		case brk != nil:
 			broken = brk
@@ -241,7 +264,9 @@ func (m *committer) batch() {
 		c.done <- res
 	}
 	if broken != nil {
-		t.rollback()
+		// Not waited for: a call past its timeout may still be in a
+		// statement on the transaction.
+		go t.rollback()
 		for _, c := range committed {
 			c.done <- callResult{alone: true}
 		}
@@ -269,8 +294,12 @@ func (m *committer) batch() {
 
 // one runs a call in a savepoint of its own in t. broken is set when t
 // cannot go on: the savepoint could not be made, or rolled back to.
-func (m *committer) one(t sharedTxn, c *call) (res callResult, rows []relay.Record, broken error) {
-	claimed, err := t.start(c.ctx, &c.claim, true)
+//
+// The savepoint and the claim run under the batch's context, not the
+// call's: a call whose context ends in the middle of them would take the
+// transaction, and every call's work in it, down with it.
+func (m *committer) one(batchCtx context.Context, t sharedTxn, c *call) (res callResult, rows []relay.Record, broken error) {
+	claimed, err := t.start(batchCtx, &c.claim, true)
 	if err != nil {
 		// Whether the savepoint was made is not known: rolling back to "the
 		// current savepoint" might undo the previous call's work.
@@ -279,11 +308,14 @@ func (m *committer) one(t sharedTxn, c *call) (res callResult, rows []relay.Reco
 	if !claimed {
 		return callResult{}, nil, nil
 	}
-	g := &guardedTx{sqlExecutor: t}
+	g := &guardedTx{sqlExecutor: t, read: m.db.Read}
 	rows, err = c.fn(c.ctx, g)
 	// A handler past its timeout may still run: after this none of its
-	// statements reaches the transaction the next call uses.
-	g.end()
+	// statements reaches the transaction the next call uses. One that is in
+	// a statement right now holds the transaction: it cannot go on.
+	if !g.end() {
+		return callResult{claimed: true, err: err}, nil, errors.New("a call that outlived its timeout is still in a statement on the transaction")
+	}
 	if err != nil {
 		if uerr := t.undo(); uerr != nil {
 			broken = uerr
@@ -331,14 +363,26 @@ func commitContext(batchCtx context.Context, calls []*call) (context.Context, co
 // next call's part of the transaction.
 type guardedTx struct {
 	sqlExecutor
+	// read serves the *sql.Row of a QueryRowContext after the end.
+	read  *sql.DB
 	mu    sync.RWMutex
 	ended bool
 }
 
-func (g *guardedTx) end() {
-	g.mu.Lock()
+// end ends the call's use of the transaction, unless a statement of it is
+// running (then it reports false, and ends the call once that returns).
+func (g *guardedTx) end() bool {
+	if !g.mu.TryLock() {
+		go func() {
+			g.mu.Lock()
+			g.ended = true
+			g.mu.Unlock()
+		}()
+		return false
+	}
 	g.ended = true
 	g.mu.Unlock()
+	return true
 }
 
 func (g *guardedTx) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
@@ -359,15 +403,17 @@ func (g *guardedTx) QueryContext(ctx context.Context, query string, args ...any)
 	return g.sqlExecutor.QueryContext(ctx, query, args...)
 }
 
-// QueryRowContext after the call ended runs with a cancelled context, so
-// its *sql.Row reports context.Canceled and nothing reaches the database.
+// QueryRowContext after the call ended goes to the read pool with a
+// cancelled context: database/sql checks it before taking a connection, so
+// the *sql.Row reports context.Canceled and nothing reaches the database.
+// (On the shared connection a cancelled context makes pgx drop it.)
 func (g *guardedTx) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
 	g.mu.RLock()
 	defer g.mu.RUnlock()
 	if g.ended {
 		done, cancel := context.WithCancel(ctx)
 		cancel()
-		return g.sqlExecutor.QueryRowContext(done, query, args...)
+		return g.read.QueryRowContext(done, query, args...)
 	}
 	return g.sqlExecutor.QueryRowContext(ctx, query, args...)
 }

@@ -337,3 +337,44 @@ func TestTheDatabaseDecidesMaxBatchUnlessThePolicyDoes(t *testing.T) {
 		}
 	}
 }
+
+// TestAQueuedCallWhoseContextEndsReturns: a call still waiting for a batch
+// when its context ends (its timeout, shutdown) returns at once, as an
+// infrastructure wait, and is never run.
+func TestAQueuedCallWhoseContextEndsReturns(t *testing.T) {
+	db := openBatchDB(t)
+	m := serialCommitter(db, nil)
+	release := make(chan struct{})
+	first := make(chan error, 1)
+	go func() {
+		_, err := m.run(context.Background(), inboxClaim{handler: "batch", meta: runtime.Metadata{ID: "first", Source: "test", Type: "t"}},
+			func(ctx context.Context, tx sqlExecutor) ([]relay.Record, error) {
+				<-release
+				return nil, nil
+			})
+		first <- err
+	}()
+	waitFor(t, func() bool {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		return m.running == 1 && m.opening == 0
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	ran := false
+	_, err := m.run(ctx, inboxClaim{handler: "batch", meta: runtime.Metadata{ID: "late", Source: "test", Type: "t"}},
+		func(ctx context.Context, tx sqlExecutor) ([]relay.Record, error) {
+			ran = true
+			return nil, nil
+		})
+	if !isInfra(err) || !errors.Is(err, context.DeadlineExceeded) || ran {
+		t.Fatalf("queued call past its deadline: err %v (infrastructure %v), ran %v", err, isInfra(err), ran)
+	}
+	close(release)
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	if got := column(t, db, `SELECT event_id FROM eventfn_inbox WHERE handler = 'batch' ORDER BY event_id`); fmt.Sprint(got) != "[first]" {
+		t.Fatalf("inbox: %v, want [first]", got)
+	}
+}

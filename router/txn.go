@@ -6,6 +6,7 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -93,8 +94,10 @@ func beginTx(ctx context.Context, db *store.DB, claim *inboxClaim) (txn, bool, e
 		// deadline): never the fault of what was to be written.
 		return nil, false, infraError{fmt.Errorf("begin transaction: %w", err)}
 	}
+	// The savepoint lets commit see whether SQLite ended the transaction
+	// by itself (see sqlTx.commit).
 	t := &sqlTx{Tx: tx}
-	claimed, err := t.start(ctx, claim, false)
+	claimed, err := t.start(ctx, claim, true)
 	if err != nil {
 		t.rollback()
 		return nil, false, err
@@ -164,6 +167,17 @@ func (t *sqlTx) undo() error {
 
 func (t *sqlTx) commit(ctx context.Context, rows []relay.Record) error {
 	defer t.release()
+	if t.savepoint {
+		// SQLite rolls a whole transaction back by itself on some failures
+		// (an interrupted write, ON CONFLICT ROLLBACK) and goes on in
+		// autocommit; a handler that ignored the error would have the
+		// outbox rows below commit one by one, outside any transaction.
+		// Releasing the savepoint fails if the transaction is gone.
+		if _, err := t.ExecContext(ctx, `RELEASE SAVEPOINT eventfn_call`); err != nil {
+			_ = t.Rollback()
+			return fmt.Errorf("commit: the transaction ended before its commit (a statement in it failed and SQLite rolled it back): %w", err)
+		}
+	}
 	for _, r := range rows {
 		query, args, err := relay.InsertStatement(r)
 		if err == nil {
@@ -209,6 +223,12 @@ type pipelinedTx struct {
 	// begun says whether BEGIN was sent; savepoint, whether a call's
 	// savepoint is open.
 	begun, savepoint bool
+	// open are the handler's queries, closed before the transaction ends:
+	// pgx cannot send COMMIT while a result is being read, and on a
+	// *sql.Conn (unlike a *sql.Tx) nothing else closes them.
+	openMu   sync.Mutex
+	rows     []*sql.Rows
+	rowStops []context.CancelFunc
 }
 
 // openPipelined takes a connection for a transaction; start begins it.
@@ -328,7 +348,13 @@ func (t *pipelinedTx) QueryContext(ctx context.Context, query string, args ...an
 	if t.ended {
 		return nil, sql.ErrTxDone
 	}
-	return t.conn.QueryContext(ctx, query, args...)
+	rows, err := t.conn.QueryContext(ctx, query, args...)
+	if err == nil {
+		t.openMu.Lock()
+		t.rows = append(t.rows, rows)
+		t.openMu.Unlock()
+	}
+	return rows, err
 }
 
 // QueryRowContext after the end of the transaction goes to the closed
@@ -336,7 +362,44 @@ func (t *pipelinedTx) QueryContext(ctx context.Context, query string, args ...an
 func (t *pipelinedTx) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
+	// A *sql.Row's rows close when it is scanned; one never scanned closes
+	// when this context ends, at the end of the transaction.
+	ctx, stop := context.WithCancel(ctx)
+	t.openMu.Lock()
+	t.rowStops = append(t.rowStops, stop)
+	t.openMu.Unlock()
 	return t.conn.QueryRowContext(ctx, query, args...)
+}
+
+// closeRows closes what the handler's queries left open. A *sql.Row's
+// rows close in database/sql's own goroutine once their context ends, so
+// it waits (a little) for pgx to be done with them.
+func (t *pipelinedTx) closeRows() {
+	t.openMu.Lock()
+	rows, stops := t.rows, t.rowStops
+	t.rows, t.rowStops = nil, nil
+	t.openMu.Unlock()
+	for _, r := range rows {
+		_ = r.Close()
+	}
+	for _, stop := range stops {
+		stop()
+	}
+	if len(stops) == 0 {
+		return
+	}
+	for range 1000 {
+		busy := false
+		if err := t.conn.Raw(func(dc any) error {
+			if c, ok := dc.(*stdlib.Conn); ok {
+				busy = c.Conn().PgConn().IsBusy()
+			}
+			return nil
+		}); err != nil || !busy {
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 func (t *pipelinedTx) commit(ctx context.Context, rows []relay.Record) error {
@@ -347,6 +410,7 @@ func (t *pipelinedTx) commit(ctx context.Context, rows []relay.Record) error {
 	}
 	t.ended = true
 	defer t.conn.Close()
+	t.closeRows()
 	b := &pgx.Batch{}
 	for _, r := range rows {
 		query, args, err := relay.InsertStatement(r)
@@ -380,6 +444,9 @@ func sendCommit(ctx context.Context, pc *pgx.Conn, b *pgx.Batch, rows []relay.Re
 	for _, r := range rows {
 		if _, err := br.Exec(); err != nil {
 			err = fmt.Errorf("write %s to the outbox: %w", r.Headers[HeaderType], err)
+			if connBusy(err) {
+				return fmt.Errorf("commit: a row of the handler's QueryRowContext was never scanned, and the connection is still reading it: %w", err)
+			}
 			if databaseUnavailable(err) {
 				return infraError{err}
 			}
@@ -387,6 +454,9 @@ func sendCommit(ctx context.Context, pc *pgx.Conn, b *pgx.Batch, rows []relay.Re
 		}
 	}
 	tag, err := br.Exec()
+	if err != nil && connBusy(err) {
+		return fmt.Errorf("commit: a row of the handler's QueryRowContext was never scanned, and the connection is still reading it: %w", err)
+	}
 	if err == nil && tag.String() != "COMMIT" {
 		// PostgreSQL answers COMMIT of a transaction that an error aborted
 		// (a statement the handler ran failed, and it returned nil) with
@@ -403,12 +473,27 @@ func sendCommit(ctx context.Context, pc *pgx.Conn, b *pgx.Batch, rows []relay.Re
 }
 
 func (t *pipelinedTx) rollback() {
-	t.mu.Lock()
+	if !t.mu.TryLock() {
+		// A handler past its timeout is still in a statement: the
+		// transaction ends when that returns, and the call does not wait
+		// for it (database/sql does the same for a transaction whose
+		// context ended).
+		go func() {
+			t.mu.Lock()
+			t.rollbackLocked()
+		}()
+		return
+	}
+	t.rollbackLocked()
+}
+
+func (t *pipelinedTx) rollbackLocked() {
 	defer t.mu.Unlock()
 	if t.ended {
 		return
 	}
 	t.ended = true
+	t.closeRows()
 	_ = t.raw(endTransaction)
 	_ = t.conn.Close()
 }
@@ -427,4 +512,11 @@ func endTransaction(pc *pgx.Conn) error {
 		return err
 	}
 	return nil
+}
+
+// connBusy says pgx refused a statement because a result on the connection
+// is still being read: the handler's doing, not the database's, though pgx
+// calls it safe to retry.
+func connBusy(err error) bool {
+	return strings.Contains(err.Error(), "conn busy")
 }

@@ -163,3 +163,55 @@ func TestFailedCallsLeaveTheirConnectionsClean(t *testing.T) {
 		t.Fatalf("%d inbox claims committed, want %d (only the good calls')", got, n/4)
 	}
 }
+
+// TestAQueryTheHandlerLeavesOpenDoesNotStopTheCommit: a handler that reads
+// part of a result and returns without closing its rows, or never scans a
+// QueryRowContext, still commits (a *sql.Tx closes them at the commit; the
+// pipelined transaction must too).
+func TestAQueryTheHandlerLeavesOpenDoesNotStopTheCommit(t *testing.T) {
+	h := runtime.NewHandler("sloppy-reader", func(ctx context.Context, tx runtime.Tx, ev probe) error {
+		if err := tx.Emit(ctx, probed(ev)); err != nil {
+			return err
+		}
+		if ev.N == 1 {
+			rows, err := tx.QueryContext(ctx, `SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3`)
+			if err != nil {
+				return err
+			}
+			rows.Next() // and never closed
+			return nil
+		}
+		_ = tx.QueryRowContext(ctx, `SELECT 4`) // never scanned
+		return nil
+	}, runtime.WithPolicy(runtime.Policy{MaxRetries: -1, Timeout: 5 * time.Second}), runtime.Emits(probed{}))
+	tr := startRuntime(t, nil, h)
+	tr.emit(t, probe{N: 1}, probe{N: 2})
+	tr.records(t, "probe.handled", 2)
+	if n := countRecords(t, tr, tr.cfg.Kafka.DeadLetterTopic); n != 0 {
+		t.Fatalf("%d dead letters", n)
+	}
+}
+
+// TestACallStuckInAStatementPastItsTimeoutReturnsAtItsTimeout: a handler
+// whose statement ignores the call's context (it was given another) holds
+// its connection until the statement ends, but the call itself returns at
+// its timeout: the event is dead-lettered before the statement ends.
+func TestACallStuckInAStatementPastItsTimeoutReturnsAtItsTimeout(t *testing.T) {
+	slept := make(chan struct{})
+	h := runtime.NewHandler("sleeper", func(ctx context.Context, tx runtime.Tx, ev probe) error {
+		defer close(slept)
+		_, err := tx.ExecContext(context.Background(), `SELECT pg_sleep(4)`)
+		return err
+	}, runtime.WithPolicy(runtime.Policy{MaxRetries: -1, Timeout: 300 * time.Millisecond}))
+	tr := startRuntime(t, nil, h)
+	if tr.db.Driver != store.Postgres {
+		t.Skip("needs pg_sleep: SQLite has no statement that waits without using a core")
+	}
+	tr.emit(t, probe{N: 1})
+	tr.records(t, tr.cfg.Kafka.DeadLetterTopic, 1)
+	select {
+	case <-slept:
+		t.Fatal("the call waited for its statement to end")
+	default:
+	}
+}
