@@ -215,3 +215,35 @@ func TestACallStuckInAStatementPastItsTimeoutReturnsAtItsTimeout(t *testing.T) {
 	default:
 	}
 }
+
+// TestATransactionTheDatabaseEndedEarlyCommitsNothing: SQLite rolls a whole
+// transaction back by itself on INSERT OR ROLLBACK's conflict (and goes on
+// in autocommit); PostgreSQL refuses the statement and aborts the
+// transaction. Either way a handler that ignores the error and emits must
+// not have its event committed (the outbox rows would otherwise be written
+// outside any transaction), and the event is dead-lettered. On SQLite a
+// statement the handler runs after that commits on its own: database/sql
+// cannot tell that SQLite ended the transaction (a known limit, in the
+// README); on PostgreSQL nothing of the call commits.
+func TestATransactionTheDatabaseEndedEarlyCommitsNothing(t *testing.T) {
+	h := runtime.NewHandler("stubborn-writer", func(ctx context.Context, tx runtime.Tx, ev probe) error {
+		for range 2 {
+			_, _ = tx.ExecContext(ctx, `INSERT OR ROLLBACK INTO eventfn_inbox (handler, event_id, event_type) VALUES ('probe', 'twice', 'x')`)
+		}
+		_, _ = tx.ExecContext(ctx, `INSERT INTO eventfn_inbox (handler, event_id, event_type) VALUES ('probe', 'after', 'x')`)
+		return tx.Emit(ctx, probed(ev))
+	}, runtime.WithPolicy(runtime.Policy{MaxRetries: -1}), runtime.Emits(probed{}))
+	tr := startRuntime(t, nil, h)
+	tr.emit(t, probe{N: 3})
+	tr.records(t, tr.cfg.Kafka.DeadLetterTopic, 1)
+	if n := countRows(t, tr, `SELECT COUNT(*) FROM eventfn_inbox WHERE handler = 'stubborn-writer' OR event_id = 'twice'`); n != 0 {
+		t.Errorf("%d inbox rows of the call committed", n)
+	}
+	after := countRows(t, tr, `SELECT COUNT(*) FROM eventfn_inbox WHERE event_id = 'after'`)
+	if want := map[store.Driver]int{store.SQLite: 1, store.Postgres: 0}[tr.db.Driver]; after != want {
+		t.Errorf("%s: the write after the failed statement committed %d times, want %d", tr.db.Driver, after, want)
+	}
+	if n := countRows(t, tr, `SELECT COUNT(*) FROM eventfn_outbox WHERE topic = $1`, tr.cfg.Kafka.Topic("probe.handled")); n != 0 {
+		t.Errorf("%d outbox rows of the call committed", n)
+	}
+}
