@@ -38,7 +38,9 @@ hog_failures() {
 }
 hog &
 HOG=$!
-trap 'kill $HOG 2>/dev/null; pkill -P $HOG 2>/dev/null || true' EXIT
+# Its go test first: once the hog is gone, its child belongs to init and
+# pkill -P no longer finds it (it kept running after the loop ended).
+trap 'pkill -P $HOG 2>/dev/null; kill $HOG 2>/dev/null || true' EXIT
 
 for i in $(seq 1 "$N"); do
   start=$SECONDS
