@@ -76,28 +76,27 @@ func inTx(ctx context.Context, db *store.DB, claim *inboxClaim, fn func(ctx cont
 
 // beginTx begins a transaction and makes the claim, if any.
 func beginTx(ctx context.Context, db *store.DB, claim *inboxClaim) (txn, bool, error) {
+	var t sharedTxn
+	savepoint := false
 	if db.Driver == store.Postgres {
-		t, err := openPipelined(ctx, db)
+		p, err := openPipelined(ctx, db)
 		if err != nil {
 			return nil, false, err
 		}
-		claimed, err := t.start(ctx, claim, false)
+		t = p
+	} else {
+		tx, err := db.BeginTx(ctx, nil)
 		if err != nil {
-			t.rollback()
-			return nil, false, err
+			// No transaction means no database (or no free connection before
+			// the deadline): never the fault of what was to be written.
+			return nil, false, infraError{fmt.Errorf("begin transaction: %w", err)}
 		}
-		return t, claimed, nil
+		t = &sqlTx{Tx: tx}
+		// The savepoint lets commit see whether SQLite ended the
+		// transaction by itself (see sqlTx.commit).
+		savepoint = true
 	}
-	tx, err := db.BeginTx(ctx, nil)
-	if err != nil {
-		// No transaction means no database (or no free connection before the
-		// deadline): never the fault of what was to be written.
-		return nil, false, infraError{fmt.Errorf("begin transaction: %w", err)}
-	}
-	// The savepoint lets commit see whether SQLite ended the transaction
-	// by itself (see sqlTx.commit).
-	t := &sqlTx{Tx: tx}
-	claimed, err := t.start(ctx, claim, true)
+	claimed, err := t.start(ctx, claim, savepoint)
 	if err != nil {
 		t.rollback()
 		return nil, false, err
@@ -445,7 +444,7 @@ func sendCommit(ctx context.Context, pc *pgx.Conn, b *pgx.Batch, rows []relay.Re
 		if _, err := br.Exec(); err != nil {
 			err = fmt.Errorf("write %s to the outbox: %w", r.Headers[HeaderType], err)
 			if connBusy(err) {
-				return fmt.Errorf("commit: a row of the handler's QueryRowContext was never scanned, and the connection is still reading it: %w", err)
+				return rowLeftOpen(err)
 			}
 			if databaseUnavailable(err) {
 				return infraError{err}
@@ -455,7 +454,7 @@ func sendCommit(ctx context.Context, pc *pgx.Conn, b *pgx.Batch, rows []relay.Re
 	}
 	tag, err := br.Exec()
 	if err != nil && connBusy(err) {
-		return fmt.Errorf("commit: a row of the handler's QueryRowContext was never scanned, and the connection is still reading it: %w", err)
+		return rowLeftOpen(err)
 	}
 	if err == nil && tag.String() != "COMMIT" {
 		// PostgreSQL answers COMMIT of a transaction that an error aborted
@@ -519,4 +518,8 @@ func endTransaction(pc *pgx.Conn) error {
 // calls it safe to retry.
 func connBusy(err error) bool {
 	return strings.Contains(err.Error(), "conn busy")
+}
+
+func rowLeftOpen(err error) error {
+	return fmt.Errorf("commit: a row of the handler's QueryRowContext was never scanned, and the connection is still reading it: %w", err)
 }
