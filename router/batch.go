@@ -203,31 +203,33 @@ func (m *committer) batches() {
 		m.mu.Lock()
 		if len(m.queue) == 0 {
 			m.running--
-			m.opening--
 			m.mu.Unlock()
 			return
 		}
+		m.opening++ // the next batch takes a queued call
 		m.mu.Unlock()
 	}
 }
 
-// batch runs one shared transaction. The caller counted it as opening.
+// opened counts a batch out of those about to take a queued call.
+func (m *committer) opened() {
+	m.mu.Lock()
+	m.opening--
+	m.mu.Unlock()
+}
+
+// batch runs one shared transaction. The caller counted it as opening;
+// it counts itself out once it has its connection (or none is needed).
 func (m *committer) batch() {
 	first := m.peek()
 	if first == nil {
+		m.opened()
 		return
 	}
 	batchCtx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	t, err := m.open(first.ctx, batchCtx)
-	m.mu.Lock()
-	m.opening--
-	m.mu.Unlock()
-	defer func() {
-		m.mu.Lock()
-		m.opening++ // batches() counts it down again, or loops
-		m.mu.Unlock()
-	}()
+	m.opened()
 	if err != nil {
 		// No connection before the first call's context ended, or no
 		// database: that call hears it, unless another batch took it; the
