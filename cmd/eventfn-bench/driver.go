@@ -46,6 +46,22 @@ type phase struct {
 	Drained      bool    // every accepted order completed before the drain deadline
 	DrainTook    time.Duration
 	Interrupted  bool // the run was stopped during this phase: its figures are partial
+
+	// CPU is what eventfn and the machine spent from the start of the
+	// phase until its orders completed (or the drain gave up); CPUErr says
+	// why it was not measured.
+	CPU    cpuTime
+	CPUErr error
+}
+
+// cpuPerOrder is the phase's CPU time per accepted order, eventfn's and
+// the machine's; ok is false when it was not measured.
+func (p *phase) cpuPerOrder() (app, machine time.Duration, ok bool) {
+	n := p.accepted.Load()
+	if p.CPUErr != nil || n == 0 {
+		return 0, 0, false
+	}
+	return p.CPU.app / time.Duration(n), p.CPU.machine / time.Duration(n), true
 }
 
 func newPhase(name string, rate float64, senders int) *phase {

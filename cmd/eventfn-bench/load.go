@@ -263,7 +263,9 @@ func runLoad(ctx context.Context, o loadOptions) (res *loadResult, err error) {
 	// derives from it.
 	if o.ceilings {
 		fmt.Fprintf(os.Stderr, "load: order+outbox transaction ceiling, %d clients, %s\n", ceilingClients, o.ceilingDur)
+		cpuBefore, cpuErr := readCPU(res.pid)
 		res.txRate, res.txErr = txCeiling(ctx, txDriver, txDSN, o.ceilingDur, 10_000_000)
+		res.txCPU, res.txCPUErr = cpuSince(res.pid, cpuBefore, cpuErr)
 	}
 
 	var plan []*phase
@@ -304,6 +306,7 @@ func runLoad(ctx context.Context, o loadOptions) (res *loadResult, err error) {
 			rep.close()
 			return res, err
 		}
+		cpuBefore, cpuErr := readCPU(res.pid)
 		p.Start = time.Now()
 		p.End = p.Start.Add(o.duration)
 		rep.set(p, "sending")
@@ -314,6 +317,7 @@ func runLoad(ctx context.Context, o loadOptions) (res *loadResult, err error) {
 		}
 		rep.set(p, "draining")
 		p.finish(ctx, w, o.drain)
+		p.CPU, p.CPUErr = cpuSince(res.pid, cpuBefore, cpuErr)
 		res.phases = append(res.phases, p)
 	}
 	rep.close()
@@ -374,6 +378,18 @@ func runLoad(ctx context.Context, o loadOptions) (res *loadResult, err error) {
 	}
 	res.finished = time.Now()
 	return res, nil
+}
+
+// cpuSince is the CPU time spent since before was read.
+func cpuSince(pid int, before cpuTime, beforeErr error) (cpuTime, error) {
+	if beforeErr != nil {
+		return cpuTime{}, beforeErr
+	}
+	now, err := readCPU(pid)
+	if err != nil {
+		return cpuTime{}, err
+	}
+	return now.sub(before), nil
 }
 
 func envInt(env map[string]string, key string, def int) int {

@@ -24,6 +24,8 @@ type loadResult struct {
 
 	txRate, produceRate, consumeRate float64
 	txErr, produceErr, consumeErr    error
+	txCPU                            cpuTime // during the transaction ceiling
+	txCPUErr                         error
 
 	checked, dupes int
 	violations     []string
@@ -117,6 +119,8 @@ func (r *loadResult) print(out io.Writer) {
 		}
 	}
 
+	r.printCPU(p)
+
 	if r.interrupted {
 		p("\ninterrupted: targets and order check not evaluated\n")
 		return
@@ -152,6 +156,41 @@ func (r *loadResult) print(out io.Writer) {
 		p("  LOST: %d accepted orders had no email.sent within -drain %s after the last phase (lost, or that far behind): %s\n", r.lostCount, r.opts.drain, strings.Join(first(r.lost, 5), ", "))
 	}
 }
+
+// printCPU prints what each phase cost in CPU per order, beside what the
+// transaction ceiling cost per transaction: a comparison a noisy machine
+// disturbs far less than it disturbs throughput.
+func (r *loadResult) printCPU(p func(format string, args ...any)) {
+	p("\nCPU per accepted order, from the start of a phase until its orders completed (/proc; the machine's includes PostgreSQL, Kafka and this bench):\n")
+	p("  %-24s %12s %12s\n", "phase", "eventfn", "machine")
+	for _, ph := range r.phases {
+		app, machine, ok := ph.cpuPerOrder()
+		if !ok {
+			why := "no order accepted"
+			if ph.CPUErr != nil {
+				why = ph.CPUErr.Error()
+			}
+			p("  %-24s not measured: %s\n", ph.Name, why)
+			continue
+		}
+		p("  %-24s %9.3f ms %9.3f ms\n", ph.Name, msf(app), msf(machine))
+	}
+	txs := r.txRate * r.opts.ceilingDur.Seconds()
+	if !r.opts.ceilings || r.txErr != nil || r.txCPUErr != nil || txs < 1 {
+		return
+	}
+	perTx := r.txCPU.machine / time.Duration(txs)
+	p("  %-24s %12s %9.3f ms per transaction, %.3f ms per 4\n", "order+outbox ceiling", "", msf(perTx), 4*msf(perTx))
+	p("  ratios, 4 ceiling transactions' machine CPU ÷ an order's:\n")
+	for _, ph := range r.phases {
+		if _, machine, ok := ph.cpuPerOrder(); ok && machine > 0 {
+			p("    %-22s %6.3f\n", ph.Name, 4*msf(perTx)/msf(machine))
+		}
+	}
+}
+
+// msf is d in milliseconds, with fractions.
+func msf(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 // targets are the PASS/FAIL lines of issue 6's targets.
 func (r *loadResult) targets() []string {

@@ -1,0 +1,96 @@
+package main
+
+import (
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseProcessCPU(t *testing.T) {
+	// Fields after the command name: state, ppid, pgrp, session, tty_nr,
+	// tpgid, flags, minflt, cminflt, majflt, cmajflt, utime, stime, ...
+	rest := " S 1 1 1 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 12 0"
+	for _, tc := range []struct {
+		name, stat string
+		want       time.Duration
+		wantErr    string
+	}{
+		{"plain name", "4242 (eventfn)" + rest, 3250 * time.Millisecond, ""},
+		{"name with spaces and parentheses", "4242 (a (b) c) )" + rest, 3250 * time.Millisecond, ""},
+		{"no command name", "4242 eventfn S 1", 0, "no command name"},
+		{"truncated", "4242 (eventfn) S 1 1", 0, "fields after the command name"},
+		{"not a number", "4242 (eventfn) S 1 1 1 0 -1 4194560 100 0 0 0 x 75", 0, "utime or stime"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := parseProcessCPU([]byte(tc.stat))
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("got %v, %v; want an error containing %q", got, err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Fatalf("got %v, %v; want %v", got, err, tc.want)
+			}
+		})
+	}
+}
+
+func TestParseMachineCPU(t *testing.T) {
+	for _, tc := range []struct {
+		name, stat string
+		want       time.Duration
+		wantErr    string
+	}{
+		// user nice system idle iowait irq softirq steal: idle, iowait and
+		// steal are not busy time.
+		{"busy fields only", "cpu  100 2 30 9999 50 4 6 700 0 0\ncpu0 1 2 3\n", 1420 * time.Millisecond, ""},
+		{"not the total line", "cpu0 100 2 30 9999 50 4 6 700\n", 0, "unexpected first line"},
+		{"short", "cpu 1 2 3\n", 0, "unexpected first line"},
+		{"not a number", "cpu 1 2 x 4 5 6 7 8\n", 0, "field 3"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := parseMachineCPU([]byte(tc.stat))
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("got %v, %v; want an error containing %q", got, err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Fatalf("got %v, %v; want %v", got, err, tc.want)
+			}
+		})
+	}
+}
+
+// TestReadCPUCountsWork burns CPU in this process until /proc shows it, in
+// the process's time and the machine's.
+func TestReadCPUCountsWork(t *testing.T) {
+	if _, err := os.Stat("/proc/stat"); err != nil {
+		t.Skip("no /proc on this system: the bench prints CPU as not measured")
+	}
+	before, err := readCPU(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	x := uint64(1)
+	for {
+		for i := 0; i < 1_000_000; i++ {
+			x = x*6364136223846793005 + 1442695040888963407
+		}
+		now, err := readCPU(os.Getpid())
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := now.sub(before)
+		if d.app >= 50*time.Millisecond && d.machine >= 50*time.Millisecond {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after 10 s of spinning (%d), /proc shows %v of this process's CPU and %v of the machine's", x, d.app, d.machine)
+		}
+	}
+}
