@@ -159,10 +159,16 @@ func (r *Relay) Run(ctx context.Context) error {
 		}
 		var after int64
 		prev := inFlight
+		readAhead := true
 		if prev != nil {
 			after = prev.rows[len(prev.rows)-1].ID
+			readAhead = r.moreLikely(prev)
 		}
-		next, err := r.send(ctx, after)
+		var next *batch
+		var err error
+		if readAhead {
+			next, err = r.send(ctx, after)
+		}
 		var doneErr error
 		if prev != nil {
 			doneErr = r.complete(ctx, prev)
@@ -198,6 +204,25 @@ func (r *Relay) Run(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// moreLikely says whether rows above the batch in flight are likely pending,
+// so that reading them while it waits for its acks pays: the batch was full
+// (a backlog), or a commit nudged the relay since it read the batch (the
+// nudge is taken: the read covers its rows). Otherwise the read nearly
+// always finds nothing: below a backlog every batch was followed by one such
+// empty read, a third of the relay's statements at 100 orders/s. Rows that
+// other processes commit do not nudge; the poll finds them, as when idle.
+func (r *Relay) moreLikely(inFlight *batch) bool {
+	if len(inFlight.rows) >= r.cfg.BatchSize {
+		return true
+	}
+	select {
+	case <-r.nudges:
+		return true
+	default:
+		return false
+	}
 }
 
 // send reads up to BatchSize pending rows above after and hands them to the
