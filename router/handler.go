@@ -185,6 +185,7 @@ func callBounded(ctx context.Context, logger *slog.Logger, name string, fn func(
 	done := make(chan error, 1)
 	start := time.Now()
 	go func() {
+		growStack()
 		defer func() {
 			if p := recover(); p != nil {
 				done <- fmt.Errorf("handler %s panicked: %v", name, p)

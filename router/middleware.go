@@ -54,8 +54,8 @@ func limitConcurrency(n int) message.HandlerMiddleware {
 	}
 }
 
-// middlewares is a handler's chain, outermost first: correlation id, chain
-// start, dead-letter on final failure (classified just inside it), retry with
+// middlewares is a handler's chain, outermost first: a grown stack,
+// correlation id, chain start, dead-letter on final failure (classified just inside it), retry with
 // exponential backoff (never for permanent errors), a timeout per attempt,
 // panic recovery, and the concurrency cap.
 //
@@ -74,6 +74,7 @@ func middlewares(p runtime.Policy, dlq message.Publisher, dlqTopic string, closi
 		return !runtime.IsPermanent(err) && !isInfra(err) && !closing.Load() && !errors.Is(err, context.Canceled)
 	}, ops.retrying, slogger)
 	return []message.HandlerMiddleware{
+		grownStack,
 		correlationID,
 		chainStarted,
 		poison,
