@@ -10,21 +10,22 @@ import (
 	"time"
 )
 
-// cpuTime is CPU time spent so far: by eventfn's process, and by the whole
-// machine (every process and the kernel, steal and idle excluded). The
+// cpuTime is CPU time spent so far: by eventfn's process, by this bench's
+// (its HTTP clients and Kafka readers), and by the whole machine (every
+// process and the kernel, steal and idle excluded). The
 // difference of two readings says what a phase cost in CPU, a figure that a
 // slower or busier machine moves much less than it moves throughput and
 // latency: on a shared two-core machine the same build's capacity varies
 // by a third from one hour to the next, its CPU per order by a few per cent.
 type cpuTime struct {
-	app, machine time.Duration
+	app, bench, machine time.Duration
 }
 
 // clockTick is Linux's USER_HZ, the unit of /proc's CPU times: 100 on
 // every architecture Go supports.
 const clockTick = 10 * time.Millisecond
 
-// readCPU reads eventfn's and the machine's CPU time from /proc.
+// readCPU reads eventfn's, the bench's and the machine's CPU time from /proc.
 func readCPU(pid int) (cpuTime, error) {
 	machine, err := machineCPU()
 	if err != nil {
@@ -34,12 +35,20 @@ func readCPU(pid int) (cpuTime, error) {
 	if err != nil {
 		return cpuTime{}, err
 	}
-	return cpuTime{app: app, machine: machine}, nil
+	bench, err := processCPU(os.Getpid())
+	if err != nil {
+		return cpuTime{}, err
+	}
+	return cpuTime{app: app, bench: bench, machine: machine}, nil
 }
 
 func (c cpuTime) sub(before cpuTime) cpuTime {
-	return cpuTime{app: c.app - before.app, machine: c.machine - before.machine}
+	return cpuTime{app: c.app - before.app, bench: c.bench - before.bench, machine: c.machine - before.machine}
 }
+
+// engines is the machine's CPU time less eventfn's and the bench's: the
+// database's, the broker's and the kernel's work for them.
+func (c cpuTime) engines() time.Duration { return c.machine - c.app - c.bench }
 
 // machineCPU is the busy time of every CPU since boot: user, nice, system,
 // irq and softirq from the first line of /proc/stat (guest time is already

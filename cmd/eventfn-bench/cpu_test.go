@@ -66,7 +66,7 @@ func TestParseMachineCPU(t *testing.T) {
 }
 
 // TestReadCPUCountsWork burns CPU in this process until /proc shows it, in
-// the process's time and the machine's.
+// the process's time (read as eventfn's and as the bench's) and the machine's.
 func TestReadCPUCountsWork(t *testing.T) {
 	if _, err := os.Stat("/proc/stat"); err != nil {
 		t.Skip("no /proc on this system: the bench prints CPU as not measured")
@@ -86,11 +86,12 @@ func TestReadCPUCountsWork(t *testing.T) {
 			t.Fatal(err)
 		}
 		d := now.sub(before)
-		if d.app >= 50*time.Millisecond && d.machine >= 50*time.Millisecond {
+		// This process is both "eventfn" (pid) and the bench here.
+		if d.app >= 50*time.Millisecond && d.bench >= 50*time.Millisecond && d.machine >= 50*time.Millisecond {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("after 10 s of spinning (%d), /proc shows %v of this process's CPU and %v of the machine's", x, d.app, d.machine)
+			t.Fatalf("after 10 s of spinning (%d), /proc shows %v and %v of this process's CPU and %v of the machine's", x, d.app, d.bench, d.machine)
 		}
 	}
 }

@@ -54,14 +54,14 @@ type phase struct {
 	CPUErr error
 }
 
-// cpuPerOrder is the phase's CPU time per accepted order, eventfn's and
-// the machine's; ok is false when it was not measured.
-func (p *phase) cpuPerOrder() (app, machine time.Duration, ok bool) {
-	n := p.accepted.Load()
+// cpuPerOrder is the phase's CPU time per accepted order; ok is false when
+// it was not measured.
+func (p *phase) cpuPerOrder() (c cpuTime, ok bool) {
+	n := time.Duration(p.accepted.Load())
 	if p.CPUErr != nil || n == 0 {
-		return 0, 0, false
+		return cpuTime{}, false
 	}
-	return p.CPU.app / time.Duration(n), p.CPU.machine / time.Duration(n), true
+	return cpuTime{app: p.CPU.app / n, bench: p.CPU.bench / n, machine: p.CPU.machine / n}, true
 }
 
 func newPhase(name string, rate float64, senders int) *phase {

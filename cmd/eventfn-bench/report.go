@@ -161,10 +161,10 @@ func (r *loadResult) print(out io.Writer) {
 // transaction ceiling cost per transaction: a comparison a noisy machine
 // disturbs far less than it disturbs throughput.
 func (r *loadResult) printCPU(p func(format string, args ...any)) {
-	p("\nCPU per accepted order, from the start of a phase until its orders completed (/proc; the machine's includes PostgreSQL, Kafka and this bench):\n")
-	p("  %-24s %12s %12s\n", "phase", "eventfn", "machine")
+	p("\nCPU per accepted order, from the start of a phase until its orders completed (/proc):\n")
+	p("  %-24s %10s %10s %10s %10s\n", "phase", "eventfn", "bench", "engines", "machine")
 	for _, ph := range r.phases {
-		app, machine, ok := ph.cpuPerOrder()
+		c, ok := ph.cpuPerOrder()
 		if !ok {
 			why := "no order accepted"
 			if ph.CPUErr != nil {
@@ -173,18 +173,19 @@ func (r *loadResult) printCPU(p func(format string, args ...any)) {
 			p("  %-24s not measured: %s\n", ph.Name, why)
 			continue
 		}
-		p("  %-24s %9.3f ms %9.3f ms\n", ph.Name, msf(app), msf(machine))
+		p("  %-24s %7.3f ms %7.3f ms %7.3f ms %7.3f ms\n", ph.Name, msf(c.app), msf(c.bench), msf(c.engines()), msf(c.machine))
 	}
+	p("  (engines: the machine less eventfn and the bench, i.e. the database, the broker and the kernel's work for them)\n")
 	txs := r.txRate * r.opts.ceilingDur.Seconds()
 	if !r.opts.ceilings || r.txErr != nil || r.txCPUErr != nil || txs < 1 {
 		return
 	}
 	perTx := r.txCPU.machine / time.Duration(txs)
-	p("  %-24s %12s %9.3f ms per transaction, %.3f ms per 4\n", "order+outbox ceiling", "", msf(perTx), 4*msf(perTx))
-	p("  ratios, 4 ceiling transactions' machine CPU ÷ an order's:\n")
+	p("  order+outbox ceiling: %.3f ms of the machine per transaction, %.3f ms per 4\n", msf(perTx), 4*msf(perTx))
+	p("  ratios, 4 ceiling transactions ÷ an order, machine CPU (and engines' CPU alone):\n")
 	for _, ph := range r.phases {
-		if _, machine, ok := ph.cpuPerOrder(); ok && machine > 0 {
-			p("    %-22s %6.3f\n", ph.Name, 4*msf(perTx)/msf(machine))
+		if c, ok := ph.cpuPerOrder(); ok && c.machine > 0 && c.engines() > 0 {
+			p("    %-22s %6.3f (%.3f)\n", ph.Name, 4*msf(perTx)/msf(c.machine), 4*msf(perTx)/msf(c.engines()))
 		}
 	}
 }
