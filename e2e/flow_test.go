@@ -58,7 +58,7 @@ func TestManyOrdersReachEmailed(t *testing.T) {
 	if got := a.Payments.Charges(); got != orders {
 		t.Errorf("gateway charges = %d, want %d", got, orders)
 	}
-	if got := len(a.Mailer.Sent()); got != orders {
+	if got := a.Mailer.Count(); got != orders {
 		t.Errorf("emails sent = %d, want %d", got, orders)
 	}
 	// /metrics reflects the traffic.

@@ -1,6 +1,8 @@
 // Package fakes stands in for the outside services of the reference flow: a
 // payment gateway and a mailer. They behave like the real kind (idempotency
 // keys, failures, latency) so the flow can be run and tested without them.
+// Their memory is bounded, so the default binary can take traffic for as
+// long as it runs.
 package fakes
 
 import (
@@ -15,24 +17,36 @@ import (
 	"github.com/eventfn/eventfn/handlers"
 )
 
+// keptKeys is how many idempotency keys the gateway remembers. A real
+// gateway forgets them too (after a day, typically); here the oldest go
+// first. Before the bound, the fake kept every key, about 250 bytes an
+// order: a gigabyte an hour at 700 orders/s.
+const keptKeys = 100_000
+
 // PaymentGateway is an in-memory payment gateway.
 type PaymentGateway struct {
 	failAttempts int
 	delay        time.Duration
 	logger       *slog.Logger
+	maxKeys      int
 
 	mu       sync.Mutex
 	attempts map[string]int
 	receipts map[string]handlers.Receipt
+	order    []string // keys, oldest first: order[head:] are remembered
+	head     int
+	charges  int
 }
 
 // NewPaymentGateway returns a gateway whose first failAttempts charges of each
-// idempotency key fail, and which takes delay per charge.
+// idempotency key fail, and which takes delay per charge. It remembers the
+// last 100,000 keys.
 func NewPaymentGateway(failAttempts int, delay time.Duration, logger *slog.Logger) *PaymentGateway {
 	return &PaymentGateway{
 		failAttempts: failAttempts,
 		delay:        delay,
 		logger:       logger,
+		maxKeys:      keptKeys,
 		attempts:     map[string]int{},
 		receipts:     map[string]handlers.Receipt{},
 	}
@@ -51,6 +65,9 @@ func (g *PaymentGateway) Charge(ctx context.Context, req handlers.ChargeRequest)
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if _, known := g.attempts[req.IdempotencyKey]; !known {
+		g.remember(req.IdempotencyKey)
+	}
 	g.attempts[req.IdempotencyKey]++
 	if n := g.attempts[req.IdempotencyKey]; n <= g.failAttempts {
 		return handlers.Receipt{}, fmt.Errorf("payment gateway unavailable (fake failure %d of %d)", n, g.failAttempts)
@@ -60,11 +77,30 @@ func (g *PaymentGateway) Charge(ctx context.Context, req handlers.ChargeRequest)
 	}
 	r := handlers.Receipt{PaymentID: "pay_" + uuid.NewString()}
 	g.receipts[req.IdempotencyKey] = r
+	g.charges++
 	g.logger.Info("payment charged", "order_id", req.OrderID, "amount_cents", req.AmountCents, "payment_id", r.PaymentID)
 	return r, nil
 }
 
-// Attempts reports how often key was charged, failures included.
+// remember adds a new key and forgets the oldest beyond maxKeys. The slice
+// of keys is compacted when its forgotten front is as long as the rest.
+func (g *PaymentGateway) remember(key string) {
+	g.order = append(g.order, key)
+	for len(g.order)-g.head > g.maxKeys {
+		old := g.order[g.head]
+		g.order[g.head] = ""
+		g.head++
+		delete(g.attempts, old)
+		delete(g.receipts, old)
+	}
+	if g.head > 0 && g.head >= len(g.order)-g.head {
+		g.order = append([]string(nil), g.order[g.head:]...)
+		g.head = 0
+	}
+}
+
+// Attempts reports how often key was charged, failures included; 0 for a
+// key the gateway has forgotten.
 func (g *PaymentGateway) Attempts(key string) int {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -75,5 +111,5 @@ func (g *PaymentGateway) Attempts(key string) int {
 func (g *PaymentGateway) Charges() int {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return len(g.receipts)
+	return g.charges
 }
