@@ -108,3 +108,30 @@ func parseProcessCPU(b []byte) (time.Duration, error) {
 	}
 	return time.Duration(ticks) * clockTick, nil
 }
+
+// peakMemory is the largest resident set process pid has had (VmHWM in
+// /proc/PID/status): a leak shows as a peak that grows with the run.
+func peakMemory(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	return parsePeakMemory(b)
+}
+
+func parsePeakMemory(b []byte) (int64, error) {
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			f := strings.Fields(rest)
+			if len(f) != 2 || f[1] != "kB" {
+				return 0, fmt.Errorf("/proc/PID/status: unexpected VmHWM line %q", line)
+			}
+			kb, err := strconv.ParseInt(f[0], 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("/proc/PID/status: VmHWM: %w", err)
+			}
+			return kb << 10, nil
+		}
+	}
+	return 0, errors.New("/proc/PID/status: no VmHWM line")
+}

@@ -95,3 +95,29 @@ func TestReadCPUCountsWork(t *testing.T) {
 		}
 	}
 }
+
+func TestParsePeakMemory(t *testing.T) {
+	for _, tc := range []struct {
+		name, status string
+		want         int64
+		wantErr      string
+	}{
+		{"present", "Name:\teventfn\nVmPeak:\t 900000 kB\nVmHWM:\t  123456 kB\nVmRSS:\t 100 kB\n", 123456 << 10, ""},
+		{"missing", "Name:\teventfn\nVmRSS:\t 100 kB\n", 0, "no VmHWM"},
+		{"odd unit", "VmHWM:\t 12 MB\n", 0, "unexpected VmHWM"},
+		{"not a number", "VmHWM:\t x kB\n", 0, "VmHWM"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := parsePeakMemory([]byte(tc.status))
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("got %d, %v; want an error containing %q", got, err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Fatalf("got %d, %v; want %d", got, err, tc.want)
+			}
+		})
+	}
+}

@@ -328,6 +328,8 @@ func runLoad(ctx context.Context, o loadOptions) (res *loadResult, err error) {
 		return res, err
 	}
 
+	res.peakRSS, res.peakRSSErr = peakMemory(res.pid)
+
 	// Every accepted order must complete; then every record of the three
 	// topics since the start is read and the per-key order checked.
 	deadline := time.Now().Add(o.drain)

@@ -26,6 +26,8 @@ type loadResult struct {
 	txErr, produceErr, consumeErr    error
 	txCPU                            cpuTime // during the transaction ceiling
 	txCPUErr                         error
+	peakRSS                          int64 // eventfn's largest resident set, bytes, after the phases
+	peakRSSErr                       error
 
 	checked, dupes int
 	violations     []string
@@ -178,6 +180,11 @@ func (r *loadResult) printCPU(p func(format string, args ...any)) {
 			engines = "in eventfn"
 		}
 		p("  %-24s %7.3f ms %7.3f ms %10s %7.3f ms\n", ph.Name, msf(c.app), msf(c.bench), engines, msf(c.machine))
+	}
+	if r.peakRSSErr != nil {
+		p("  eventfn's peak resident memory: not measured: %v\n", r.peakRSSErr)
+	} else {
+		p("  eventfn's peak resident memory (VmHWM): %.0f MiB\n", float64(r.peakRSS)/(1<<20))
 	}
 	if r.opts.real {
 		p("  (engines: the machine less eventfn and the bench: PostgreSQL, Kafka and the kernel's work for them; a difference of two tick counts, so a few per cent either way)\n")
