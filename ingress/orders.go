@@ -205,22 +205,21 @@ func (s *Server) createOrder(w http.ResponseWriter, r *http.Request) {
 		}
 		ctx = runtime.WithMetadata(ctx, runtime.Metadata{CorrelationID: id})
 	}
-	err := s.tx.Transact(ctx, func(ctx context.Context, tx runtime.Tx) error {
-		// RETURNING gives the stored timestamps, so the answer needs no second read.
-		if err := tx.QueryRowContext(ctx,
-			`INSERT INTO orders (id, customer_email, total_cents, status) VALUES ($1, $2, $3, $4) RETURNING created_at, updated_at`,
-			order.ID, order.CustomerEmail, order.TotalCents, order.Status).Scan(&order.CreatedAt, &order.UpdatedAt); err != nil {
-			return fmt.Errorf("insert order: %w", err)
-		}
-		if err := insertItems(ctx, tx, order.ID, order.Items); err != nil {
-			return err
-		}
-		return tx.Emit(ctx, handlers.OrderPlaced{
-			OrderID:       order.ID,
-			CustomerEmail: order.CustomerEmail,
-			Items:         order.Items,
-			TotalCents:    order.TotalCents,
-		})
+	// One transaction, sent in one round trip on PostgreSQL: the order, its
+	// items and order.placed commit together or not at all. RETURNING gives
+	// the stored timestamps, so the answer needs no second read.
+	err := s.tx.Write(ctx, []runtime.Statement{
+		{
+			Query:     `INSERT INTO orders (id, customer_email, total_cents, status) VALUES ($1, $2, $3, $4) RETURNING created_at, updated_at`,
+			Args:      []any{order.ID, order.CustomerEmail, order.TotalCents, order.Status},
+			Returning: []any{&order.CreatedAt, &order.UpdatedAt},
+		},
+		insertItems(order.ID, order.Items),
+	}, handlers.OrderPlaced{
+		OrderID:       order.ID,
+		CustomerEmail: order.CustomerEmail,
+		Items:         order.Items,
+		TotalCents:    order.TotalCents,
 	})
 	if runtime.IsPermanent(err) {
 		// The order cannot be stored as it is (its event would be larger than
@@ -310,7 +309,8 @@ func Sends() []string { return []string{handlers.OrderPlaced{}.EventType()} }
 // insertItems writes all of an order's items with one statement: one round
 // trip to the database however many items the order has (at most 100, so
 // at most 401 parameters).
-func insertItems(ctx context.Context, tx runtime.Tx, orderID string, items []handlers.OrderItem) error {
+// insertItems is the statement that writes an order's items, all in one.
+func insertItems(orderID string, items []handlers.OrderItem) runtime.Statement {
 	var q strings.Builder
 	q.WriteString(`INSERT INTO order_items (order_id, line, sku, quantity, price_cents) VALUES `)
 	args := make([]any, 1, 1+4*len(items))
@@ -323,8 +323,5 @@ func insertItems(ctx context.Context, tx runtime.Tx, orderID string, items []han
 		fmt.Fprintf(&q, "($1, $%d, $%d, $%d, $%d)", n+1, n+2, n+3, n+4)
 		args = append(args, i, it.SKU, it.Quantity, it.PriceCents)
 	}
-	if _, err := tx.ExecContext(ctx, q.String(), args...); err != nil {
-		return fmt.Errorf("insert the %d items of order %s: %w", len(items), orderID, err)
-	}
-	return nil
+	return runtime.Statement{Query: q.String(), Args: args}
 }

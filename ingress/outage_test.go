@@ -27,6 +27,20 @@ type faultyTransactor struct {
 }
 
 func (f *faultyTransactor) Transact(ctx context.Context, fn func(context.Context, runtime.Tx) error) error {
+	if err := f.fault(ctx); err != nil {
+		return err
+	}
+	return f.Transactor.Transact(ctx, fn)
+}
+
+func (f *faultyTransactor) Write(ctx context.Context, stmts []runtime.Statement, events ...runtime.Event) error {
+	if err := f.fault(ctx); err != nil {
+		return err
+	}
+	return f.Transactor.Write(ctx, stmts, events...)
+}
+
+func (f *faultyTransactor) fault(ctx context.Context) error {
 	switch {
 	case f.down.Load():
 		return fmt.Errorf("begin transaction: %w", driver.ErrBadConn)
@@ -34,7 +48,7 @@ func (f *faultyTransactor) Transact(ctx context.Context, fn func(context.Context
 		<-ctx.Done()
 		return fmt.Errorf("begin transaction: %w", ctx.Err())
 	}
-	return f.Transactor.Transact(ctx, fn)
+	return nil
 }
 
 // TestADatabaseOutageIsReportedNotShouted: while orders cannot be stored, 50

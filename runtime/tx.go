@@ -27,6 +27,23 @@ type Tx interface {
 // handler: an HTTP endpoint that writes an order and emits order.placed uses it.
 type Transactor interface {
 	Transact(ctx context.Context, fn func(ctx context.Context, tx Tx) error) error
+	// Write runs stmts in order and emits events in one transaction: all of
+	// it commits, or none. It is Transact for writes that do not depend on
+	// one another's results. On PostgreSQL it takes one round trip (BEGIN,
+	// the statements, the outbox rows and COMMIT sent together) where
+	// Transact takes one per statement and two more.
+	Write(ctx context.Context, stmts []Statement, events ...Event) error
+}
+
+// Statement is one SQL statement of a Transactor's Write. When Returning is
+// not nil, the row the statement returns (an INSERT ... RETURNING, say) is
+// scanned into it; a statement that returns none leaves it as it was. On
+// PostgreSQL the row is read after the commit: a Returning that does not
+// fit it is a permanent error of a transaction that committed.
+type Statement struct {
+	Query     string
+	Args      []any
+	Returning []any
 }
 
 // MaxCorrelationIDBytes bounds a correlation id: it travels in a header of

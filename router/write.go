@@ -1,0 +1,162 @@
+package router
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/eventfn/eventfn/router/relay"
+	"github.com/eventfn/eventfn/runtime"
+	"github.com/eventfn/eventfn/store"
+)
+
+// Write runs stmts in order and emits events in one transaction; see
+// runtime.Transactor. The events are encoded and checked before anything is
+// sent, so an event that could never be produced writes nothing.
+//
+// On PostgreSQL everything goes in one pipeline: BEGIN, the statements, the
+// outbox rows and COMMIT, one round trip where Transact takes one per
+// statement and two more. A statement that fails makes PostgreSQL skip the
+// rest of the pipeline, COMMIT included, and the transaction is rolled back.
+func (o *Outbox) Write(ctx context.Context, stmts []runtime.Statement, events ...runtime.Event) error {
+	meta, ok := runtime.MetadataFrom(ctx)
+	if !ok || meta.CorrelationID == "" {
+		meta.CorrelationID = uuid.NewString()
+	}
+	h, err := o.handle(nil, meta, "eventfn/ingress", nil)
+	if err != nil {
+		return err
+	}
+	if err := h.Emit(ctx, events...); err != nil {
+		return err
+	}
+	if o.db.Driver == store.Postgres {
+		err = o.writePipelined(ctx, stmts, h.staged)
+	} else {
+		_, err = inTx(ctx, o.db, nil, func(ctx context.Context, tx sqlExecutor) ([]relay.Record, error) {
+			for i, st := range stmts {
+				var err error
+				if st.Returning != nil {
+					// No row leaves Returning as it was, as on PostgreSQL.
+					if err = tx.QueryRowContext(ctx, st.Query, st.Args...).Scan(st.Returning...); errors.Is(err, sql.ErrNoRows) {
+						err = nil
+					}
+				} else {
+					_, err = tx.ExecContext(ctx, st.Query, st.Args...)
+				}
+				if err != nil {
+					return nil, statementError(i, len(stmts), err)
+				}
+			}
+			return h.staged, nil
+		})
+	}
+	if err == nil && len(h.staged) > 0 {
+		o.wake.nudge()
+	}
+	return err
+}
+
+func (o *Outbox) writePipelined(ctx context.Context, stmts []runtime.Statement, rows []relay.Record) error {
+	t, err := openPipelined(ctx, o.db)
+	if err != nil {
+		return err
+	}
+	defer t.conn.Close()
+	b := &pgx.Batch{}
+	b.Queue("BEGIN")
+	for _, st := range stmts {
+		b.Queue(st.Query, st.Args...)
+	}
+	for _, r := range rows {
+		query, args, err := relay.InsertStatement(r)
+		if err != nil {
+			return fmt.Errorf("write %s to the outbox: %w", r.Headers[HeaderType], err)
+		}
+		b.Queue(query, args...)
+	}
+	b.Queue("COMMIT")
+	return t.raw(func(pc *pgx.Conn) error {
+		err := sendWrite(ctx, pc, b, stmts, rows)
+		if err != nil {
+			// The transaction failed, or may still be open: end it before
+			// the connection goes back to the pool.
+			_ = endTransaction(pc)
+			if databaseUnavailable(err) && !isInfra(err) {
+				err = infraError{err}
+			}
+		}
+		return err
+	})
+}
+
+// sendWrite sends b (BEGIN, stmts, the outbox rows, COMMIT) and reads its
+// results in order; the first error is the one that counts, the ones after
+// it say only that the pipeline was skipped.
+func sendWrite(ctx context.Context, pc *pgx.Conn, b *pgx.Batch, stmts []runtime.Statement, rows []relay.Record) error {
+	br := pc.SendBatch(ctx, b)
+	defer br.Close()
+	if _, err := br.Exec(); err != nil {
+		// pgx prepares statements it has not seen before it sends the
+		// batch; a statement PostgreSQL cannot parse fails here, before
+		// BEGIN, and is the statement's fault, not the database's.
+		err = fmt.Errorf("prepare or begin the transaction: %w", err)
+		if databaseUnavailable(err) {
+			return infraError{err}
+		}
+		return err
+	}
+	// The server runs the whole pipeline whatever is read here, so a
+	// Returning that does not fit its row is found after the commit; it is
+	// read to the end first, to say whether it committed.
+	var scanErr error
+	for i, st := range stmts {
+		if st.Returning == nil {
+			if _, err := br.Exec(); err != nil {
+				return statementError(i, len(stmts), err)
+			}
+			continue
+		}
+		rs, err := br.Query()
+		if err == nil {
+			if rs.Next() {
+				if err := rs.Scan(st.Returning...); err != nil && scanErr == nil {
+					scanErr = statementError(i, len(stmts), err)
+				}
+			}
+			rs.Close()
+			err = rs.Err()
+		}
+		if err != nil {
+			return statementError(i, len(stmts), err)
+		}
+	}
+	for _, r := range rows {
+		if _, err := br.Exec(); err != nil {
+			return fmt.Errorf("write %s to the outbox: %w", r.Headers[HeaderType], err)
+		}
+	}
+	tag, err := br.Exec()
+	if err == nil && tag.String() != "COMMIT" {
+		err = pgx.ErrTxCommitRollback
+	}
+	if err == nil {
+		err = br.Close()
+	}
+	if err != nil {
+		return commitError(errors.Join(err, scanErr))
+	}
+	if scanErr != nil {
+		// Not to be retried: it committed, and a retry would write it twice.
+		return runtime.Permanent(fmt.Errorf("the transaction committed, but its result could not be read: %w", scanErr))
+	}
+	return nil
+}
+
+func statementError(i, n int, err error) error {
+	return fmt.Errorf("statement %d of %d: %w", i+1, n, err)
+}

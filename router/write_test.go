@@ -1,0 +1,116 @@
+package router_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/eventfn/eventfn/runtime"
+)
+
+type bulky struct {
+	S string `json:"s"`
+}
+
+func (bulky) EventType() string { return "probe.bulky" }
+
+// TestWriteCommitsStatementsAndEventsTogether: Outbox.Write, the ingress's
+// one-round-trip transaction, commits all its statements and events or
+// none, reads RETURNING rows, and leaves its connection clean after a
+// failure; on both engines.
+func TestWriteCommitsStatementsAndEventsTogether(t *testing.T) {
+	// A handler of probe.sent, so that the topic exists.
+	tr := startRuntime(t, nil, runtime.NewHandler("probe-reader", func(context.Context, runtime.Tx, probe) error { return nil }))
+	ctx := context.Background()
+	if _, err := tr.db.ExecContext(ctx, `CREATE TABLE write_probe (id TEXT PRIMARY KEY, n INTEGER NOT NULL)`); err != nil {
+		t.Fatal(err)
+	}
+	insert := func(id string, n int) runtime.Statement {
+		return runtime.Statement{Query: `INSERT INTO write_probe (id, n) VALUES ($1, $2)`, Args: []any{id, n}}
+	}
+	outboxRows := func() int {
+		return countRows(t, tr, `SELECT COUNT(*) FROM eventfn_outbox WHERE topic = $1`, tr.cfg.Kafka.Topic("probe.sent"))
+	}
+	probeRows := func(id string) int {
+		return countRows(t, tr, `SELECT COUNT(*) FROM write_probe WHERE id = $1`, id)
+	}
+
+	// All of it commits: two statements, a RETURNING row, one event.
+	var doubled int
+	err := tr.outbox.Write(ctx, []runtime.Statement{
+		insert("a", 1),
+		{Query: `INSERT INTO write_probe (id, n) VALUES ($1, $2) RETURNING n * 2`, Args: []any{"b", 21}, Returning: []any{&doubled}},
+	}, probe{N: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if doubled != 42 || probeRows("a") != 1 || probeRows("b") != 1 || outboxRows() != 1 {
+		t.Fatalf("after a Write: RETURNING gave %d (want 42), rows a %d, b %d, outbox %d (want 1 each)", doubled, probeRows("a"), probeRows("b"), outboxRows())
+	}
+	if got := tr.records(t, "probe.sent", 1); string(got[0].Value) != `{"n":1}` {
+		t.Fatalf("the event on Kafka is %s", got[0].Value)
+	}
+
+	// A RETURNING statement that returns no row leaves its target alone,
+	// and the transaction commits.
+	kept := -1
+	if err := tr.outbox.Write(ctx, []runtime.Statement{
+		{Query: `INSERT INTO write_probe (id, n) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING RETURNING n`, Args: []any{"a", 7}, Returning: []any{&kept}},
+		insert("c", 3),
+	}, probe{N: 2}); err != nil {
+		t.Fatal(err)
+	}
+	if kept != -1 || probeRows("c") != 1 || outboxRows() != 2 {
+		t.Fatalf("after a RETURNING with no row: target %d (want -1 untouched), row c %d, outbox %d (want 1 and 2)", kept, probeRows("c"), outboxRows())
+	}
+
+	for _, tc := range []struct {
+		name    string
+		stmts   []runtime.Statement
+		events  []runtime.Event
+		wantErr string
+		perm    bool
+	}{
+		{"the second statement fails", []runtime.Statement{insert("d", 4), insert("a", 5)}, []runtime.Event{probe{N: 3}}, "statement 2 of 2", false},
+		{"the first statement fails", []runtime.Statement{insert("a", 5), insert("e", 6)}, []runtime.Event{probe{N: 4}}, "statement 1 of 2", false},
+		// PostgreSQL refuses it when pgx prepares it, before BEGIN; SQLite
+		// when it runs.
+		{"a statement names no table", []runtime.Statement{insert("f", 7), {Query: `INSERT INTO no_such_table VALUES (1)`}}, nil, "no_such_table", false},
+		{"an event larger than Kafka takes", []runtime.Statement{insert("g", 8)}, []runtime.Event{probe{N: 5}, bulky{S: strings.Repeat("x", 2<<20)}}, "max_message_bytes", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// Many times: every connection of the pool meets the failure,
+			// and the writes after it find them clean.
+			for range 10 {
+				err := tr.outbox.Write(ctx, tc.stmts, tc.events...)
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("got %v, want an error containing %q", err, tc.wantErr)
+				}
+				if runtime.IsPermanent(err) != tc.perm {
+					t.Fatalf("permanent %v, want %v: %v", runtime.IsPermanent(err), tc.perm, err)
+				}
+			}
+			for _, id := range []string{"d", "e", "f", "g"} {
+				if n := probeRows(id); n != 0 {
+					t.Fatalf("row %s committed from a failed Write", id)
+				}
+			}
+			if n := outboxRows(); n != 2 {
+				t.Fatalf("outbox has %d probe events, want the 2 of the Writes that committed", n)
+			}
+			if n := countRows(t, tr, `SELECT COUNT(*) FROM eventfn_outbox WHERE topic = $1`, tr.cfg.Kafka.Topic("probe.bulky")); n != 0 {
+				t.Fatalf("outbox has %d bulky events", n)
+			}
+		})
+	}
+
+	// The connections are clean: writes after all those failures commit.
+	for i := range 20 {
+		if err := tr.outbox.Write(ctx, []runtime.Statement{insert("after-"+strings.Repeat("i", i+1), i)}); err != nil {
+			t.Fatalf("write %d after the failures: %v", i, err)
+		}
+	}
+	if n := countRows(t, tr, `SELECT COUNT(*) FROM write_probe WHERE id LIKE 'after-%'`); n != 20 {
+		t.Fatalf("%d of 20 writes after the failures committed", n)
+	}
+}
