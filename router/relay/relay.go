@@ -145,6 +145,12 @@ func (r *Relay) Run(ctx context.Context) error {
 	defer r.lease.Release()
 	backoff := r.cfg.MinBackoff
 	var inFlight *batch
+	// owed says a nudge was taken for a read ahead: the relay then reads
+	// from the lowest pending id once nothing is in flight, as that nudge
+	// would have made it. A read ahead starts above the batch in flight, and
+	// on PostgreSQL a transaction that took a lower id can commit after a
+	// higher one: without this its row waited for the poll.
+	var owed bool
 	fail := func(err error) {
 		r.failed(err)
 		sleep(ctx, backoff)
@@ -162,7 +168,12 @@ func (r *Relay) Run(ctx context.Context) error {
 		readAhead := true
 		if prev != nil {
 			after = prev.rows[len(prev.rows)-1].ID
-			readAhead = r.moreLikely(prev)
+			var nudged bool
+			readAhead, nudged = r.moreLikely(prev)
+			owed = owed || nudged
+		} else {
+			// A read from the lowest pending id covers every commit so far.
+			owed = false
 		}
 		var next *batch
 		var err error
@@ -199,7 +210,7 @@ func (r *Relay) Run(ctx context.Context) error {
 			r.recovered()
 			backoff = r.cfg.MinBackoff
 		}
-		if inFlight == nil {
+		if inFlight == nil && !owed {
 			r.idle(ctx)
 		}
 	}
@@ -208,20 +219,20 @@ func (r *Relay) Run(ctx context.Context) error {
 
 // moreLikely says whether rows above the batch in flight are likely pending,
 // so that reading them while it waits for its acks pays: the batch was full
-// (a backlog), or a commit nudged the relay since it read the batch (the
-// nudge is taken: the read covers its rows). Otherwise the read nearly
-// always finds nothing: below a backlog every batch was followed by one such
-// empty read, a third of the relay's statements at 100 orders/s. Rows that
-// other processes commit do not nudge; the poll finds them, as when idle.
-func (r *Relay) moreLikely(inFlight *batch) bool {
+// (a backlog), or a commit nudged the relay since it read the batch; nudged
+// says the nudge was taken. Otherwise the read nearly always finds nothing:
+// below a backlog every batch was followed by one such empty read, a third
+// of the relay's statements at 100 orders/s. Rows that other processes
+// commit do not nudge; the poll finds them, as when idle.
+func (r *Relay) moreLikely(inFlight *batch) (readAhead, nudged bool) {
 	if len(inFlight.rows) >= r.cfg.BatchSize {
-		return true
+		return true, false
 	}
 	select {
 	case <-r.nudges:
-		return true
+		return true, true
 	default:
-		return false
+		return false, false
 	}
 }
 

@@ -398,3 +398,81 @@ func TestACommitAloneCostsOneRead(t *testing.T) {
 		t.Fatalf("the last two records are %q and %q, want a and b", got[events].Value, got[events+1].Value)
 	}
 }
+
+// sendHook runs a function as each batch is handed to the producer.
+type sendHook struct {
+	relay.Sink
+	onSend func(recs []relay.Record)
+}
+
+func (s *sendHook) Send(ctx context.Context, recs []relay.Record) func() []error {
+	wait := s.Sink.Send(ctx, recs)
+	s.onSend(recs)
+	return wait
+}
+
+// TestALateCommitBelowTheBatchInFlightGoesAtOnce: on PostgreSQL a
+// transaction that took a lower outbox id can commit after one with a
+// higher id. When its nudge arrives while the higher row is in flight, the
+// relay's read ahead (above the batch) cannot see it; the relay must still
+// read it as soon as the batch is done, not at the next poll.
+func TestALateCommitBelowTheBatchInFlightGoesAtOnce(t *testing.T) {
+	e := open(t)
+	if e.url == "" {
+		t.Skip("SQLite's one writer commits outbox rows in id order: a lower id cannot commit after a higher one")
+	}
+	topic := e.topic(t, 1)
+	p, err := relay.NewProducer(relay.ProducerConfig{Brokers: e.brokers, MaxRecordBytes: 1_000_000, DeliveryTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	m, err := relay.NewMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	low, err := e.db.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = low.Rollback() }()
+	if err := relay.NewTable(e.db).Insert(ctx, low, relay.Record{Topic: topic, Key: []byte("low"), Payload: []byte("low")}); err != nil {
+		t.Fatal(err)
+	}
+
+	var r *relay.Relay
+	var once sync.Once
+	hook := &sendHook{Sink: p, onSend: func(recs []relay.Record) {
+		if string(recs[0].Payload) != "high" {
+			return
+		}
+		// While "high" is in flight, the lower id commits and nudges.
+		once.Do(func() {
+			if err := low.Commit(); err != nil {
+				t.Error(err)
+			}
+			r.Nudge()
+		})
+	}}
+	// No poll within the test: only nudges move the relay.
+	r = relay.New(relay.Config{BatchSize: 100, PollInterval: time.Hour}, relay.NewTable(e.db), hook, relay.NewLease(e.db), m, slog.New(slog.DiscardHandler))
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = r.Run(rctx)
+	}()
+	defer func() {
+		cancel()
+		<-done
+	}()
+
+	insert(t, e, []relay.Record{{Topic: topic, Key: []byte("high"), Payload: []byte("high")}}, 1)
+	r.Nudge()
+	waitFor(t, "both rows forwarded, the late one without a poll", 30*time.Second, func() bool { return stats(t, e).Pending == 0 })
+	got := consume(t, e, topic, 2)
+	if string(got[0].Value) != "high" || string(got[1].Value) != "low" {
+		t.Fatalf("records %q, %q; want high, then low", got[0].Value, got[1].Value)
+	}
+}
