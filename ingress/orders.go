@@ -231,8 +231,9 @@ func (s *Server) createOrder(w http.ResponseWriter, r *http.Request) {
 		// The client gave up (its timeout, say) before an answer; nobody
 		// reads one. Not a server error: during a database stall every
 		// waiting client does this, and one ERROR each would bury the
-		// outage's own report. (A transaction whose commit raced the
-		// cancel may have committed; its order then goes on as usual.)
+		// outage's own report. (The order's transaction is one round trip:
+		// once sent it runs to its COMMIT whatever the client does, so an
+		// abandoned order may have been stored; it then goes on as usual.)
 		s.logger.DebugContext(ctx, "order request abandoned by the client before its answer", "err", err)
 		return
 	}

@@ -1,13 +1,17 @@
 package router
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/eventfn/eventfn/router/relay"
 	"github.com/eventfn/eventfn/runtime"
@@ -86,6 +90,11 @@ func (o *Outbox) writePipelined(ctx context.Context, stmts []runtime.Statement, 
 			// The transaction failed, or may still be open: end it before
 			// the connection goes back to the pool.
 			_ = endTransaction(pc)
+			if ctx.Err() != nil && !runtime.IsPermanent(err) {
+				// Once sent, the pipeline runs to its COMMIT on the server
+				// whatever happens to the client: the outcome is unknown.
+				err = fmt.Errorf("the context ended while the transaction was in flight; it may have committed: %w", err)
+			}
 			if databaseUnavailable(err) && !isInfra(err) {
 				err = infraError{err}
 			}
@@ -111,9 +120,16 @@ func sendWrite(ctx context.Context, pc *pgx.Conn, b *pgx.Batch, stmts []runtime.
 		return err
 	}
 	// The server runs the whole pipeline whatever is read here, so a
-	// Returning that does not fit its row is found after the commit; it is
-	// read to the end first, to say whether it committed.
-	var scanErr error
+	// RETURNING row is kept raw and scanned into its targets only after
+	// COMMIT's answer: a target that does not fit then says the transaction
+	// committed (pgx's own Scan would have ended the batch's results
+	// before COMMIT's was read).
+	type pendingRow struct {
+		stmt   int
+		fields []pgconn.FieldDescription
+		raw    [][]byte
+	}
+	var returned []pendingRow
 	for i, st := range stmts {
 		if st.Returning == nil {
 			if _, err := br.Exec(); err != nil {
@@ -124,9 +140,11 @@ func sendWrite(ctx context.Context, pc *pgx.Conn, b *pgx.Batch, stmts []runtime.
 		rs, err := br.Query()
 		if err == nil {
 			if rs.Next() {
-				if err := rs.Scan(st.Returning...); err != nil && scanErr == nil {
-					scanErr = statementError(i, len(stmts), err)
+				row := pendingRow{stmt: i, fields: slices.Clone(rs.FieldDescriptions())}
+				for _, v := range rs.RawValues() {
+					row.raw = append(row.raw, bytes.Clone(v)) // nil stays nil: NULL
 				}
+				returned = append(returned, row)
 			}
 			rs.Close()
 			err = rs.Err()
@@ -148,11 +166,26 @@ func sendWrite(ctx context.Context, pc *pgx.Conn, b *pgx.Batch, stmts []runtime.
 		err = br.Close()
 	}
 	if err != nil {
-		return commitError(errors.Join(err, scanErr))
+		return commitError(err)
 	}
-	if scanErr != nil {
-		// Not to be retried: it committed, and a retry would write it twice.
-		return runtime.Permanent(fmt.Errorf("the transaction committed, but its result could not be read: %w", scanErr))
+	for _, row := range returned {
+		if err := scanRow(pc.TypeMap(), row.fields, row.raw, stmts[row.stmt].Returning); err != nil {
+			// Not to be retried: it committed, and a retry would write it twice.
+			return runtime.Permanent(fmt.Errorf("the transaction committed, but the row of its statement %d of %d could not be read: %w", row.stmt+1, len(stmts), err))
+		}
+	}
+	return nil
+}
+
+// scanRow scans one row's raw values into dst, as pgx's Rows.Scan does.
+func scanRow(m *pgtype.Map, fields []pgconn.FieldDescription, raw [][]byte, dst []any) error {
+	if len(dst) != len(raw) {
+		return fmt.Errorf("%d targets for a row of %d columns", len(dst), len(raw))
+	}
+	for i, d := range dst {
+		if err := m.Scan(fields[i].DataTypeOID, fields[i].Format, raw[i], d); err != nil {
+			return fmt.Errorf("column %s: %w", fields[i].Name, err)
+		}
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/eventfn/eventfn/runtime"
+	"github.com/eventfn/eventfn/store"
 )
 
 type bulky struct {
@@ -62,6 +63,33 @@ func TestWriteCommitsStatementsAndEventsTogether(t *testing.T) {
 	}
 	if kept != -1 || probeRows("c") != 1 || outboxRows() != 2 {
 		t.Fatalf("after a RETURNING with no row: target %d (want -1 untouched), row c %d, outbox %d (want 1 and 2)", kept, probeRows("c"), outboxRows())
+	}
+
+	// A RETURNING target that does not fit its row: on PostgreSQL the row
+	// is read after COMMIT, so the error says the transaction committed and
+	// is permanent (a retry would write it twice); on SQLite it is read
+	// before, and nothing commits.
+	var notANumber int
+	err = tr.outbox.Write(ctx, []runtime.Statement{
+		{Query: `INSERT INTO write_probe (id, n) VALUES ($1, $2) RETURNING id`, Args: []any{"h", 8}, Returning: []any{&notANumber}},
+	}, probe{N: 6})
+	switch {
+	case err == nil:
+		t.Fatal("a RETURNING text scanned into an int gave no error")
+	case tr.store.Driver == store.Postgres:
+		if !runtime.IsPermanent(err) || !strings.Contains(err.Error(), "committed") || probeRows("h") != 1 || outboxRows() != 3 {
+			t.Fatalf("PostgreSQL: got %v (permanent %v), row h %d, outbox %d; want a permanent error saying it committed, the row and the event stored", err, runtime.IsPermanent(err), probeRows("h"), outboxRows())
+		}
+		if _, err := tr.db.ExecContext(ctx, `DELETE FROM write_probe WHERE id = 'h'`); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tr.db.ExecContext(ctx, `DELETE FROM eventfn_outbox WHERE topic = $1 AND payload LIKE '%"n":6%'`, tr.cfg.Kafka.Topic("probe.sent")); err != nil {
+			t.Fatal(err)
+		}
+	default:
+		if runtime.IsPermanent(err) || probeRows("h") != 0 || outboxRows() != 2 {
+			t.Fatalf("SQLite: got %v (permanent %v), row h %d, outbox %d; want an error and nothing stored", err, runtime.IsPermanent(err), probeRows("h"), outboxRows())
+		}
 	}
 
 	for _, tc := range []struct {
