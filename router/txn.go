@@ -440,6 +440,12 @@ func (t *pipelinedTx) commit(ctx context.Context, rows []relay.Record) error {
 func sendCommit(ctx context.Context, pc *pgx.Conn, b *pgx.Batch, rows []relay.Record) error {
 	br := pc.SendBatch(ctx, b)
 	defer br.Close()
+	return readCommit(br, rows)
+}
+
+// readCommit reads the results of a batch's last part: the outbox rows,
+// then COMMIT.
+func readCommit(br pgx.BatchResults, rows []relay.Record) error {
 	for _, r := range rows {
 		if _, err := br.Exec(); err != nil {
 			err = fmt.Errorf("write %s to the outbox: %w", r.Headers[HeaderType], err)

@@ -153,20 +153,8 @@ func sendWrite(ctx context.Context, pc *pgx.Conn, b *pgx.Batch, stmts []runtime.
 			return statementError(i, len(stmts), err)
 		}
 	}
-	for _, r := range rows {
-		if _, err := br.Exec(); err != nil {
-			return fmt.Errorf("write %s to the outbox: %w", r.Headers[HeaderType], err)
-		}
-	}
-	tag, err := br.Exec()
-	if err == nil && tag.String() != "COMMIT" {
-		err = pgx.ErrTxCommitRollback
-	}
-	if err == nil {
-		err = br.Close()
-	}
-	if err != nil {
-		return commitError(err)
+	if err := readCommit(br, rows); err != nil {
+		return err
 	}
 	for _, row := range returned {
 		if err := scanRow(pc.TypeMap(), row.fields, row.raw, stmts[row.stmt].Returning); err != nil {

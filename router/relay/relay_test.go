@@ -320,6 +320,22 @@ func TestOneReplicaRelaysAtATimeAndAStandbyTakesOver(t *testing.T) {
 	second.Release()
 }
 
+// producerAndMetrics gives a relay's producer, closed when the test ends,
+// and fresh metrics, for a test that builds its relay itself.
+func producerAndMetrics(t *testing.T, e engines) (*relay.Producer, *relay.Metrics) {
+	t.Helper()
+	p, err := relay.NewProducer(relay.ProducerConfig{Brokers: e.brokers, MaxRecordBytes: 1_000_000, DeliveryTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	m, err := relay.NewMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, m
+}
+
 // countingSource counts the relay's reads of the outbox table.
 type countingSource struct {
 	*relay.Table
@@ -327,11 +343,14 @@ type countingSource struct {
 	reads int
 }
 
+// Pending counts a read once it returned: a test that waits for the count
+// knows the read is over, and a row it commits next cannot be in it.
 func (s *countingSource) Pending(ctx context.Context, after int64, limit int) ([]relay.Row, error) {
+	rows, err := s.Table.Pending(ctx, after, limit)
 	s.mu.Lock()
 	s.reads++
 	s.mu.Unlock()
-	return s.Table.Pending(ctx, after, limit)
+	return rows, err
 }
 
 func (s *countingSource) count() int {
@@ -347,15 +366,7 @@ func (s *countingSource) count() int {
 func TestACommitAloneCostsOneRead(t *testing.T) {
 	e := open(t)
 	topic := e.topic(t, 1)
-	p, err := relay.NewProducer(relay.ProducerConfig{Brokers: e.brokers, MaxRecordBytes: 1_000_000, DeliveryTimeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	m, err := relay.NewMetrics(prometheus.NewRegistry())
-	if err != nil {
-		t.Fatal(err)
-	}
+	p, m := producerAndMetrics(t, e)
 	src := &countingSource{Table: relay.NewTable(e.db)}
 	// No poll within the test: every read is the start's or a nudge's.
 	r := relay.New(relay.Config{BatchSize: 100, PollInterval: time.Hour}, src, p, relay.NewLease(e.db), m, slog.New(slog.DiscardHandler))
@@ -422,15 +433,7 @@ func TestALateCommitBelowTheBatchInFlightGoesAtOnce(t *testing.T) {
 		t.Skip("SQLite's one writer commits outbox rows in id order: a lower id cannot commit after a higher one")
 	}
 	topic := e.topic(t, 1)
-	p, err := relay.NewProducer(relay.ProducerConfig{Brokers: e.brokers, MaxRecordBytes: 1_000_000, DeliveryTimeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	m, err := relay.NewMetrics(prometheus.NewRegistry())
-	if err != nil {
-		t.Fatal(err)
-	}
+	p, m := producerAndMetrics(t, e)
 	ctx := context.Background()
 	low, err := e.db.BeginTx(ctx, nil)
 	if err != nil {
