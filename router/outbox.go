@@ -43,13 +43,9 @@ func (o *Outbox) Stats(ctx context.Context) (relay.Stats, error) { return o.tabl
 // serves code outside handlers, such as the HTTP ingress; any event type may be
 // emitted, and each call starts a new correlation id unless ctx carries one.
 func (o *Outbox) Transact(ctx context.Context, fn func(ctx context.Context, tx runtime.Tx) error) error {
-	meta, ok := runtime.MetadataFrom(ctx)
-	if !ok || meta.CorrelationID == "" {
-		meta.CorrelationID = uuid.NewString()
-	}
 	emitted := false
 	_, err := inTx(ctx, o.db, nil, func(ctx context.Context, tx sqlExecutor) ([]relay.Record, error) {
-		h, err := o.handle(tx, meta, "eventfn/ingress", nil)
+		h, err := o.outsideHandle(ctx, tx)
 		if err != nil {
 			return nil, err
 		}
@@ -63,6 +59,16 @@ func (o *Outbox) Transact(ctx context.Context, fn func(ctx context.Context, tx r
 		o.wake.nudge()
 	}
 	return err
+}
+
+// outsideHandle is the runtime.Tx of code outside handlers: any event type,
+// and a new correlation id unless ctx carries one.
+func (o *Outbox) outsideHandle(ctx context.Context, tx sqlExecutor) (*txHandle, error) {
+	meta, ok := runtime.MetadataFrom(ctx)
+	if !ok || meta.CorrelationID == "" {
+		meta.CorrelationID = uuid.NewString()
+	}
+	return o.handle(tx, meta, "eventfn/ingress", nil)
 }
 
 // handle wraps tx as the runtime.Tx a handler sees. allowed, when not nil, limits

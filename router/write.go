@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"slices"
 
-	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
@@ -27,11 +26,7 @@ import (
 // statement and two more. A statement that fails makes PostgreSQL skip the
 // rest of the pipeline, COMMIT included, and the transaction is rolled back.
 func (o *Outbox) Write(ctx context.Context, stmts []runtime.Statement, events ...runtime.Event) error {
-	meta, ok := runtime.MetadataFrom(ctx)
-	if !ok || meta.CorrelationID == "" {
-		meta.CorrelationID = uuid.NewString()
-	}
-	h, err := o.handle(nil, meta, "eventfn/ingress", nil)
+	h, err := o.outsideHandle(ctx, nil)
 	if err != nil {
 		return err
 	}
