@@ -2,9 +2,12 @@ package router_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/eventfn/eventfn/internal/testenv"
 	"github.com/eventfn/eventfn/runtime"
 	"github.com/eventfn/eventfn/store"
 )
@@ -140,5 +143,35 @@ func TestWriteCommitsStatementsAndEventsTogether(t *testing.T) {
 	}
 	if n := countRows(t, tr, `SELECT COUNT(*) FROM write_probe WHERE id LIKE 'after-%'`); n != 20 {
 		t.Fatalf("%d of 20 writes after the failures committed", n)
+	}
+}
+
+// TestAWriteCutShortSaysItMayHaveCommitted: a Write whose context ends while
+// PostgreSQL runs its pipeline cannot know whether it committed (once sent,
+// the pipeline may run to its COMMIT), and must say so rather than report a
+// plain failure a client would retry into a duplicate; the writes after it
+// find clean connections.
+func TestAWriteCutShortSaysItMayHaveCommitted(t *testing.T) {
+	if testenv.DatabaseURL() == "" {
+		t.Skip("needs pg_sleep: SQLite has no statement that waits without using a core, and its Write is not pipelined")
+	}
+	tr := startRuntime(t, nil, runtime.NewHandler("probe-reader", func(context.Context, runtime.Tx, probe) error { return nil }))
+	ctx := context.Background()
+	if _, err := tr.db.ExecContext(ctx, `CREATE TABLE write_probe (id TEXT PRIMARY KEY, n INTEGER NOT NULL)`); err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	err := tr.outbox.Write(short, []runtime.Statement{
+		{Query: `INSERT INTO write_probe (id, n) VALUES ('slow', 1)`},
+		{Query: `SELECT pg_sleep(1)`},
+	}, probe{N: 1})
+	if err == nil || !strings.Contains(err.Error(), "may have committed") || runtime.IsPermanent(err) {
+		t.Fatalf("got %v; want a non-permanent error saying the transaction may have committed", err)
+	}
+	for i := range 20 {
+		if err := tr.outbox.Write(ctx, []runtime.Statement{{Query: `INSERT INTO write_probe (id, n) VALUES ($1, $2)`, Args: []any{fmt.Sprint("after-", i), i}}}); err != nil {
+			t.Fatalf("write %d after the cut-short one: %v", i, err)
+		}
 	}
 }
