@@ -110,7 +110,15 @@ func start(t *testing.T, e engines, maxBytes int, lease relay.Lease) *relay.Rela
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(p.Close) // after the relay stops: cleanups run last first
 	r := relay.New(relay.Config{BatchSize: 100, PollInterval: 10 * time.Millisecond}, relay.NewTable(e.db), p, lease, m, slog.New(slog.DiscardHandler))
+	run(t, r)
+	return r
+}
+
+// run runs r until the test ends.
+func run(t *testing.T, r *relay.Relay) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
@@ -120,9 +128,7 @@ func start(t *testing.T, e engines, maxBytes int, lease relay.Lease) *relay.Rela
 	t.Cleanup(func() {
 		cancel()
 		<-done
-		p.Close()
 	})
-	return r
 }
 
 // consume reads topic from the start until want records arrived.
@@ -370,16 +376,7 @@ func TestACommitAloneCostsOneRead(t *testing.T) {
 	src := &countingSource{Table: relay.NewTable(e.db)}
 	// No poll within the test: every read is the start's or a nudge's.
 	r := relay.New(relay.Config{BatchSize: 100, PollInterval: time.Hour}, src, p, relay.NewLease(e.db), m, slog.New(slog.DiscardHandler))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = r.Run(ctx)
-	}()
-	defer func() {
-		cancel()
-		<-done
-	}()
+	run(t, r)
 	waitFor(t, "the relay's first read", 30*time.Second, func() bool { return src.count() == 1 })
 
 	const events = 5
@@ -460,16 +457,7 @@ func TestALateCommitBelowTheBatchInFlightGoesAtOnce(t *testing.T) {
 	}}
 	// No poll within the test: only nudges move the relay.
 	r = relay.New(relay.Config{BatchSize: 100, PollInterval: time.Hour}, relay.NewTable(e.db), hook, relay.NewLease(e.db), m, slog.New(slog.DiscardHandler))
-	rctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = r.Run(rctx)
-	}()
-	defer func() {
-		cancel()
-		<-done
-	}()
+	run(t, r)
 
 	insert(t, e, []relay.Record{{Topic: topic, Key: []byte("high"), Payload: []byte("high")}}, 1)
 	r.Nudge()
