@@ -67,7 +67,7 @@ type committer struct {
 type call struct {
 	ctx   context.Context
 	claim inboxClaim
-	fn    func(ctx context.Context, tx sqlExecutor) ([]relay.Record, error)
+	fn    func(ctx context.Context, tx sqlExecutor) (toCommit, error)
 	done  chan callResult
 }
 
@@ -101,7 +101,7 @@ func newCommitter(db *store.DB, maxBatch, maxBatches int, observe func(float64))
 }
 
 // run runs fn as inTx does, in a batch when calls queue up.
-func (m *committer) run(ctx context.Context, claim inboxClaim, fn func(ctx context.Context, tx sqlExecutor) ([]relay.Record, error)) (bool, error) {
+func (m *committer) run(ctx context.Context, claim inboxClaim, fn func(ctx context.Context, tx sqlExecutor) (toCommit, error)) (bool, error) {
 	if m.maxBatch <= 1 {
 		return inTx(ctx, m.db, &claim, fn)
 	}
@@ -280,7 +280,7 @@ func (m *committer) batch() {
 	}
 	commitCtx, cancelCommit := commitContext(batchCtx, committed)
 	defer cancelCommit()
-	if err := t.commit(commitCtx, staged); err != nil {
+	if err := t.commit(commitCtx, toCommit{rows: staged}); err != nil {
 		for _, c := range committed {
 			c.done <- callResult{alone: true}
 		}
@@ -311,12 +311,17 @@ func (m *committer) one(batchCtx context.Context, t sharedTxn, c *call) (res cal
 		return callResult{}, nil, nil
 	}
 	g := &guardedTx{sqlExecutor: t, read: m.db.Read}
-	rows, err = c.fn(c.ctx, g)
+	work, err := c.fn(c.ctx, g)
 	// A handler past its timeout may still run: after this none of its
 	// statements reaches the transaction the next call uses. One that is in
 	// a statement right now holds the transaction: it cannot go on.
 	if !g.end() {
 		return callResult{claimed: true, err: err}, nil, errors.New("a call that outlived its timeout is still in a statement on the transaction")
+	}
+	if err == nil {
+		// Inside the call's savepoint, under the batch's context as the
+		// claim is: the commit that follows is every call's.
+		err = runQueued(batchCtx, t, work.stmts)
 	}
 	if err != nil {
 		if uerr := t.undo(); uerr != nil {
@@ -324,7 +329,7 @@ func (m *committer) one(batchCtx context.Context, t sharedTxn, c *call) (res cal
 		}
 		return callResult{claimed: true, err: err}, nil, broken
 	}
-	return callResult{claimed: true}, rows, nil
+	return callResult{claimed: true}, work.rows, nil
 }
 
 // open takes a connection (waiting no longer than the first call's

@@ -71,23 +71,23 @@ func queueCalls(t *testing.T, m *committer, calls []batchCall) ([]callResult, []
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			meta := runtime.Metadata{ID: c.name, Source: "test", Type: "test.called"}
-			claimed, err := m.run(ctx, inboxClaim{handler: "batch", meta: meta}, func(ctx context.Context, tx sqlExecutor) ([]relay.Record, error) {
+			claimed, err := m.run(ctx, inboxClaim{handler: "batch", meta: meta}, func(ctx context.Context, tx sqlExecutor) (toCommit, error) {
 				atomic.AddInt32(&runs[i], 1)
 				if i == 0 {
 					<-release
 				}
 				if _, err := tx.ExecContext(ctx, `INSERT INTO written (name, parent) VALUES ($1, $2)`, c.name, sql.NullString{String: c.parent, Valid: c.parent != ""}); err != nil {
-					return nil, err
+					return toCommit{}, err
 				}
 				if c.sqlFail {
 					if _, err := tx.ExecContext(ctx, `INSERT INTO no_such_table (x) VALUES (1)`); err != nil {
-						return nil, err
+						return toCommit{}, err
 					}
 				}
 				if c.fail {
-					return nil, errors.New("refused " + c.name)
+					return toCommit{}, errors.New("refused " + c.name)
 				}
-				return []relay.Record{{Topic: "t", Key: []byte(c.name), Headers: map[string]string{HeaderType: "test.done"}, Payload: []byte(c.name)}}, nil
+				return toCommit{rows: []relay.Record{{Topic: "t", Key: []byte(c.name), Headers: map[string]string{HeaderType: "test.done"}, Payload: []byte(c.name)}}}, nil
 			})
 			results[i] = callResult{claimed: claimed, err: err}
 		}()
@@ -246,7 +246,7 @@ func TestACallPastItsTimeoutCannotWriteIntoTheNextCalls(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), timeout)
 			defer cancel()
 			_, _ = m.run(ctx, inboxClaim{handler: "batch", meta: runtime.Metadata{ID: name, Source: "test", Type: "t"}},
-				func(ctx context.Context, tx sqlExecutor) ([]relay.Record, error) { return nil, fn(ctx, tx) })
+				func(ctx context.Context, tx sqlExecutor) (toCommit, error) { return toCommit{}, fn(ctx, tx) })
 		}()
 	}
 	started := make(chan struct{})
@@ -293,9 +293,9 @@ func TestASlowCallDoesNotHoldUpTheCallsQueuedBehindIt(t *testing.T) {
 	slow := make(chan error, 1)
 	go func() {
 		_, err := m.run(context.Background(), inboxClaim{handler: "batch", meta: runtime.Metadata{ID: "slow", Source: "test", Type: "t"}},
-			func(ctx context.Context, tx sqlExecutor) ([]relay.Record, error) {
+			func(ctx context.Context, tx sqlExecutor) (toCommit, error) {
 				<-release
-				return nil, nil
+				return toCommit{}, nil
 			})
 		slow <- err
 	}()
@@ -307,7 +307,7 @@ func TestASlowCallDoesNotHoldUpTheCallsQueuedBehindIt(t *testing.T) {
 	for i := range 5 {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		claimed, err := m.run(ctx, inboxClaim{handler: "batch", meta: runtime.Metadata{ID: fmt.Sprint("quick-", i), Source: "test", Type: "t"}},
-			func(ctx context.Context, tx sqlExecutor) ([]relay.Record, error) { return nil, nil })
+			func(ctx context.Context, tx sqlExecutor) (toCommit, error) { return toCommit{}, nil })
 		cancel()
 		if err != nil || !claimed {
 			t.Fatalf("quick call %d behind a slow one: claimed %v, err %v", i, claimed, err)
@@ -348,9 +348,9 @@ func TestAQueuedCallWhoseContextEndsReturns(t *testing.T) {
 	first := make(chan error, 1)
 	go func() {
 		_, err := m.run(context.Background(), inboxClaim{handler: "batch", meta: runtime.Metadata{ID: "first", Source: "test", Type: "t"}},
-			func(ctx context.Context, tx sqlExecutor) ([]relay.Record, error) {
+			func(ctx context.Context, tx sqlExecutor) (toCommit, error) {
 				<-release
-				return nil, nil
+				return toCommit{}, nil
 			})
 		first <- err
 	}()
@@ -363,9 +363,9 @@ func TestAQueuedCallWhoseContextEndsReturns(t *testing.T) {
 	defer cancel()
 	ran := false
 	_, err := m.run(ctx, inboxClaim{handler: "batch", meta: runtime.Metadata{ID: "late", Source: "test", Type: "t"}},
-		func(ctx context.Context, tx sqlExecutor) ([]relay.Record, error) {
+		func(ctx context.Context, tx sqlExecutor) (toCommit, error) {
 			ran = true
-			return nil, nil
+			return toCommit{}, nil
 		})
 	if !isInfra(err) || !errors.Is(err, context.DeadlineExceeded) || ran {
 		t.Fatalf("queued call past its deadline: err %v (infrastructure %v), ran %v", err, isInfra(err), ran)

@@ -16,7 +16,6 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/eventfn/eventfn/internal/tracing"
-	"github.com/eventfn/eventfn/router/relay"
 	"github.com/eventfn/eventfn/runtime"
 )
 
@@ -105,18 +104,19 @@ func (i *invoker) attempt(msg *message.Message) (bool, error) {
 		return false, err
 	}
 	emitted := false
-	claimed, err := i.committer.run(ctx, inboxClaim{handler: name, meta: meta}, func(ctx context.Context, tx sqlExecutor) ([]relay.Record, error) {
+	claimed, err := i.committer.run(ctx, inboxClaim{handler: name, meta: meta}, func(ctx context.Context, tx sqlExecutor) (toCommit, error) {
 		h, err := i.outbox.handle(tx, meta, "eventfn/"+name, i.handler.MayEmit)
 		if err != nil {
-			return nil, err
+			return toCommit{}, err
 		}
 		h.chainStarted = msg.Metadata.Get(HeaderChainStarted)
 		if err := callBounded(ctx, i.logger, name, func() error { return i.handler.Invoke(ctx, h, msg.Payload) }); err != nil {
 			// A handler past its timeout may still run: h is not read again.
-			return nil, err
+			return toCommit{}, err
 		}
-		emitted = len(h.staged) > 0
-		return h.staged, nil
+		work, err := h.done()
+		emitted = len(work.rows) > 0
+		return work, err
 	})
 	duplicate := err == nil && !claimed
 	err = classifyFailure(i.outbox.db.Read, err)

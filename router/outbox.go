@@ -3,8 +3,11 @@ package router
 import (
 	"cmp"
 	"context"
+	"database/sql"
 	"encoding/json"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -44,16 +47,17 @@ func (o *Outbox) Stats(ctx context.Context) (relay.Stats, error) { return o.tabl
 // emitted, and each call starts a new correlation id unless ctx carries one.
 func (o *Outbox) Transact(ctx context.Context, fn func(ctx context.Context, tx runtime.Tx) error) error {
 	emitted := false
-	_, err := inTx(ctx, o.db, nil, func(ctx context.Context, tx sqlExecutor) ([]relay.Record, error) {
+	_, err := inTx(ctx, o.db, nil, func(ctx context.Context, tx sqlExecutor) (toCommit, error) {
 		h, err := o.outsideHandle(ctx, tx)
 		if err != nil {
-			return nil, err
+			return toCommit{}, err
 		}
 		if err := fn(ctx, h); err != nil {
-			return nil, err
+			return toCommit{}, err
 		}
-		emitted = len(h.staged) > 0
-		return h.staged, nil
+		work, err := h.done()
+		emitted = len(work.rows) > 0
+		return work, err
 	})
 	if err == nil && emitted {
 		o.wake.nudge()
@@ -90,6 +94,13 @@ type txHandle struct {
 	// staged are the events emitted, in order; they are written to the
 	// outbox with the commit (on PostgreSQL in the same round trip).
 	staged []relay.Record
+	// queued are the statements of Queue not run yet: they run with the
+	// commit, or before a statement the handler runs itself. queueErr is
+	// the first failure of Queue or of running what it queued: the call
+	// fails with it even if the handler ignored it, since on SQLite the
+	// transaction would otherwise commit without the statement.
+	queued   []runtime.Statement
+	queueErr error
 	// chainStarted is the HeaderChainStarted of the event being handled;
 	// empty outside handlers, where each emitted event starts its chain.
 	chainStarted string
@@ -149,4 +160,73 @@ func (t *txHandle) Emit(ctx context.Context, events ...runtime.Event) error {
 		t.staged = append(t.staged, rec)
 	}
 	return nil
+}
+
+// Queue adds statements to run with the commit; see runtime.Tx.
+func (t *txHandle) Queue(_ context.Context, stmts ...runtime.Statement) error {
+	for i, st := range stmts {
+		var err error
+		switch {
+		case strings.TrimSpace(st.Query) == "":
+			err = fmt.Errorf("queue statement %d of %d: the query is empty", i+1, len(stmts))
+		case st.Returning != nil:
+			err = fmt.Errorf("queue statement %d of %d (%s): a queued statement runs after the handler has returned, so nothing would read its Returning; run it with QueryRowContext", i+1, len(stmts), boundText(strings.Join(strings.Fields(st.Query), " "), 80))
+		}
+		if err != nil {
+			t.queueErr = cmp.Or(t.queueErr, runtime.Permanent(err))
+			return t.queueErr
+		}
+	}
+	for _, st := range stmts {
+		// The handler may reuse its argument slice once Queue returns.
+		t.queued = append(t.queued, runtime.Statement{Query: st.Query, Args: slices.Clone(st.Args)})
+	}
+	return nil
+}
+
+// flush runs what is queued before a statement the handler runs itself.
+func (t *txHandle) flush(ctx context.Context) error {
+	if t.queueErr != nil {
+		return t.queueErr
+	}
+	if len(t.queued) == 0 {
+		return nil
+	}
+	stmts := t.queued
+	t.queued = nil
+	if err := runQueued(ctx, t.sqlExecutor, stmts); err != nil {
+		t.queueErr = err
+		return err
+	}
+	return nil
+}
+
+func (t *txHandle) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	if err := t.flush(ctx); err != nil {
+		return nil, err
+	}
+	return t.sqlExecutor.ExecContext(ctx, query, args...)
+}
+
+func (t *txHandle) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	if err := t.flush(ctx); err != nil {
+		return nil, err
+	}
+	return t.sqlExecutor.QueryContext(ctx, query, args...)
+}
+
+// QueryRowContext runs the query even when what was queued failed (a
+// *sql.Row cannot carry another error); the call fails with that failure
+// at its end all the same.
+func (t *txHandle) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
+	_ = t.flush(ctx)
+	return t.sqlExecutor.QueryRowContext(ctx, query, args...)
+}
+
+// done is what the transaction commits once the handler returned nil.
+func (t *txHandle) done() (toCommit, error) {
+	if t.queueErr != nil {
+		return toCommit{}, t.queueErr
+	}
+	return toCommit{stmts: t.queued, rows: t.staged}, nil
 }

@@ -30,10 +30,18 @@ type sqlExecutor interface {
 // outside handlers such as the HTTP ingress.
 type txn interface {
 	sqlExecutor
-	// commit writes rows to the outbox and commits.
-	commit(ctx context.Context, rows []relay.Record) error
+	// commit runs the queued statements, writes the outbox rows and commits.
+	commit(ctx context.Context, work toCommit) error
 	// rollback ends the transaction if it has not ended; it may be called twice.
 	rollback()
+}
+
+// toCommit is what a transaction's function leaves for its commit: the
+// statements it queued (runtime.Tx's Queue), which run first, and the rows
+// for the outbox.
+type toCommit struct {
+	stmts []runtime.Statement
+	rows  []relay.Record
 }
 
 // inboxClaim names the event a handler call claims in the inbox before
@@ -57,7 +65,7 @@ const claimSQL = `INSERT INTO eventfn_inbox (handler, source, event_id, event_ty
 // outbox rows fn returns when fn returns nil. With claim set the transaction
 // first claims the event in the inbox; when the inbox had it already, fn is
 // not called and claimed is false.
-func inTx(ctx context.Context, db *store.DB, claim *inboxClaim, fn func(ctx context.Context, tx sqlExecutor) ([]relay.Record, error)) (claimed bool, err error) {
+func inTx(ctx context.Context, db *store.DB, claim *inboxClaim, fn func(ctx context.Context, tx sqlExecutor) (toCommit, error)) (claimed bool, err error) {
 	t, claimed, err := beginTx(ctx, db, claim)
 	if err != nil {
 		return false, err
@@ -66,12 +74,12 @@ func inTx(ctx context.Context, db *store.DB, claim *inboxClaim, fn func(ctx cont
 		t.rollback() // nothing was written
 		return false, nil
 	}
-	rows, err := fn(ctx, t)
+	work, err := fn(ctx, t)
 	if err != nil {
 		t.rollback()
 		return true, err
 	}
-	return true, t.commit(ctx, rows)
+	return true, t.commit(ctx, work)
 }
 
 // beginTx begins a transaction and makes the claim, if any.
@@ -164,7 +172,7 @@ func (t *sqlTx) undo() error {
 	return nil
 }
 
-func (t *sqlTx) commit(ctx context.Context, rows []relay.Record) error {
+func (t *sqlTx) commit(ctx context.Context, work toCommit) error {
 	defer t.release()
 	if t.savepoint {
 		// SQLite rolls a whole transaction back by itself on some failures
@@ -177,7 +185,11 @@ func (t *sqlTx) commit(ctx context.Context, rows []relay.Record) error {
 			return fmt.Errorf("commit: the transaction ended before its commit (a statement in it failed and SQLite rolled it back): %w", err)
 		}
 	}
-	for _, r := range rows {
+	if err := runQueued(ctx, t, work.stmts); err != nil {
+		_ = t.Rollback()
+		return err
+	}
+	for _, r := range work.rows {
 		query, args, err := relay.InsertStatement(r)
 		if err == nil {
 			_, err = t.ExecContext(ctx, query, args...)
@@ -401,7 +413,7 @@ func (t *pipelinedTx) closeRows() {
 	}
 }
 
-func (t *pipelinedTx) commit(ctx context.Context, rows []relay.Record) error {
+func (t *pipelinedTx) commit(ctx context.Context, work toCommit) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.ended {
@@ -411,7 +423,10 @@ func (t *pipelinedTx) commit(ctx context.Context, rows []relay.Record) error {
 	defer t.conn.Close()
 	t.closeRows()
 	b := &pgx.Batch{}
-	for _, r := range rows {
+	for _, st := range work.stmts {
+		b.Queue(st.Query, st.Args...)
+	}
+	for _, r := range work.rows {
 		query, args, err := relay.InsertStatement(r)
 		if err != nil {
 			_ = t.raw(endTransaction)
@@ -427,7 +442,7 @@ func (t *pipelinedTx) commit(ctx context.Context, rows []relay.Record) error {
 			_ = endTransaction(pc)
 			return fmt.Errorf("commit: a statement of the transaction failed and aborted it, though the handler returned no error: %w", pgx.ErrTxCommitRollback)
 		}
-		err := sendCommit(ctx, pc, b, rows)
+		err := sendCommit(ctx, pc, b, work)
 		if err != nil {
 			// The transaction failed or may still be open: end it before the
 			// connection goes back to the pool.
@@ -437,25 +452,34 @@ func (t *pipelinedTx) commit(ctx context.Context, rows []relay.Record) error {
 	})
 }
 
-func sendCommit(ctx context.Context, pc *pgx.Conn, b *pgx.Batch, rows []relay.Record) error {
+func sendCommit(ctx context.Context, pc *pgx.Conn, b *pgx.Batch, work toCommit) error {
 	br := pc.SendBatch(ctx, b)
 	defer br.Close()
-	return readCommit(br, rows)
+	return readCommit(br, work)
 }
 
-// readCommit reads the results of a batch's last part: the outbox rows,
-// then COMMIT.
-func readCommit(br pgx.BatchResults, rows []relay.Record) error {
-	for _, r := range rows {
+// readCommit reads the results of a batch's last part: the queued
+// statements, the outbox rows, then COMMIT. PostgreSQL skips what follows
+// a statement that fails, COMMIT included, so the first error is the one
+// that counts.
+func readCommit(br pgx.BatchResults, work toCommit) error {
+	step := func(err error) error {
+		if connBusy(err) {
+			return rowLeftOpen(err)
+		}
+		if databaseUnavailable(err) {
+			return infraError{err}
+		}
+		return err
+	}
+	for i := range work.stmts {
 		if _, err := br.Exec(); err != nil {
-			err = fmt.Errorf("write %s to the outbox: %w", r.Headers[HeaderType], err)
-			if connBusy(err) {
-				return rowLeftOpen(err)
-			}
-			if databaseUnavailable(err) {
-				return infraError{err}
-			}
-			return err
+			return step(queuedError(i, work.stmts, err))
+		}
+	}
+	for _, r := range work.rows {
+		if _, err := br.Exec(); err != nil {
+			return step(fmt.Errorf("write %s to the outbox: %w", r.Headers[HeaderType], err))
 		}
 	}
 	tag, err := br.Exec()
@@ -528,4 +552,26 @@ func connBusy(err error) bool {
 
 func rowLeftOpen(err error) error {
 	return fmt.Errorf("commit: a row of the handler's QueryRowContext was never scanned, and the connection is still reading it: %w", err)
+}
+
+// runQueued runs queued statements one after another: at the commit on
+// SQLite, and where a pipeline cannot carry them (a statement the handler
+// runs itself after Queue, a call of a shared transaction).
+func runQueued(ctx context.Context, tx sqlExecutor, stmts []runtime.Statement) error {
+	for i, st := range stmts {
+		if _, err := tx.ExecContext(ctx, st.Query, st.Args...); err != nil {
+			err = queuedError(i, stmts, err)
+			if databaseUnavailable(err) {
+				return infraError{err}
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// queuedError says which queued statement failed, with the start of its
+// text: it fails after the handler has returned, away from its own context.
+func queuedError(i int, stmts []runtime.Statement, err error) error {
+	return fmt.Errorf("queued statement %d of %d (%s): %w", i+1, len(stmts), boundText(strings.Join(strings.Fields(stmts[i].Query), " "), 80), err)
 }

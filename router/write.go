@@ -36,7 +36,7 @@ func (o *Outbox) Write(ctx context.Context, stmts []runtime.Statement, events ..
 	if o.db.Driver == store.Postgres {
 		err = o.writePipelined(ctx, stmts, h.staged)
 	} else {
-		_, err = inTx(ctx, o.db, nil, func(ctx context.Context, tx sqlExecutor) ([]relay.Record, error) {
+		_, err = inTx(ctx, o.db, nil, func(ctx context.Context, tx sqlExecutor) (toCommit, error) {
 			for i, st := range stmts {
 				var err error
 				if st.Returning != nil {
@@ -48,10 +48,10 @@ func (o *Outbox) Write(ctx context.Context, stmts []runtime.Statement, events ..
 					_, err = tx.ExecContext(ctx, st.Query, st.Args...)
 				}
 				if err != nil {
-					return nil, statementError(i, len(stmts), err)
+					return toCommit{}, statementError(i, len(stmts), err)
 				}
 			}
-			return h.staged, nil
+			return toCommit{rows: h.staged}, nil
 		})
 	}
 	if err == nil && len(h.staged) > 0 {
@@ -148,7 +148,7 @@ func sendWrite(ctx context.Context, pc *pgx.Conn, b *pgx.Batch, stmts []runtime.
 			return statementError(i, len(stmts), err)
 		}
 	}
-	if err := readCommit(br, rows); err != nil {
+	if err := readCommit(br, toCommit{rows: rows}); err != nil {
 		return err
 	}
 	for _, row := range returned {

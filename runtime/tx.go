@@ -21,6 +21,16 @@ type Tx interface {
 	// if the transaction commits. A handler may emit only the event types it
 	// declared with Emits.
 	Emit(ctx context.Context, events ...Event) error
+	// Queue adds statements whose results the handler does not need. They
+	// run in this transaction when the handler returns nil, in order, after
+	// every statement it ran itself and before its events are written; on
+	// PostgreSQL they travel with the commit, so they cost no round trip of
+	// their own. One that fails rolls the whole call back and fails it with
+	// its error, as if the handler had returned it. A statement the handler
+	// runs itself after Queue (ExecContext, QueryContext, QueryRowContext)
+	// first runs what is queued, so statements always run in the order they
+	// were issued. A queued Statement may not set Returning.
+	Queue(ctx context.Context, stmts ...Statement) error
 }
 
 // Transactor runs a function in one transaction with an outbox, outside any
@@ -35,7 +45,7 @@ type Transactor interface {
 	Write(ctx context.Context, stmts []Statement, events ...Event) error
 }
 
-// Statement is one SQL statement of a Transactor's Write. When Returning is
+// Statement is one SQL statement of a Transactor's Write or a Tx's Queue. When Returning is
 // not nil, the row the statement returns (an INSERT ... RETURNING, say) is
 // scanned into it; a statement that returns none leaves it as it was. On
 // PostgreSQL the row is read after the commit: a Returning that does not
