@@ -2,7 +2,6 @@ package handlers
 
 import (
 	"context"
-	"fmt"
 
 	"github.com/eventfn/eventfn/runtime"
 )
@@ -11,12 +10,11 @@ import (
 func MarkOrderEmailed() runtime.Handler {
 	return runtime.NewHandler("mark-order-emailed",
 		func(ctx context.Context, tx runtime.Tx, ev EmailSent) error {
-			if _, err := tx.ExecContext(ctx,
-				`UPDATE orders SET status = 'emailed', updated_at = CURRENT_TIMESTAMP WHERE id = $1`,
-				ev.OrderID); err != nil {
-				return fmt.Errorf("mark order %s emailed: %w", ev.OrderID, err)
-			}
-			return nil
+			// Queued: it runs with the commit, in the same round trip.
+			return tx.Queue(ctx, runtime.Statement{
+				Query: `UPDATE orders SET status = 'emailed', updated_at = CURRENT_TIMESTAMP WHERE id = $1`,
+				Args:  []any{ev.OrderID},
+			})
 		},
 	)
 }
