@@ -43,6 +43,10 @@ type sharedTxn interface {
 	start(ctx context.Context, claim *inboxClaim, savepoint bool) (claimed bool, err error)
 	// undo rolls back to the current call's savepoint.
 	undo() error
+	// alive fails when the database ended the transaction by itself:
+	// SQLite does on some failures, and goes on in autocommit, where a
+	// call's queued statements would commit on their own.
+	alive(ctx context.Context) error
 }
 
 // committer runs one handler's calls, in shared transactions when they queue.
@@ -318,10 +322,21 @@ func (m *committer) one(batchCtx context.Context, t sharedTxn, c *call) (res cal
 	if !g.end() {
 		return callResult{claimed: true, err: err}, nil, errors.New("a call that outlived its timeout is still in a statement on the transaction")
 	}
-	if err == nil {
-		// Inside the call's savepoint, under the batch's context as the
-		// claim is: the commit that follows is every call's.
-		err = runQueued(batchCtx, t, work.stmts)
+	if err == nil && len(work.stmts) > 0 {
+		if err := t.alive(batchCtx); err != nil {
+			return callResult{claimed: true, err: err}, nil, err
+		}
+		// Inside the call's savepoint, within the call's time but not under
+		// its context: a statement cut short there would take the
+		// connection, and every call's work on it, down with it. One that
+		// runs out of time breaks the batch all the same (pgx drops the
+		// connection), and the others run again alone.
+		qctx, cancel := callDeadline(batchCtx, c.ctx)
+		err = runQueued(qctx, t, work.stmts)
+		cancel()
+		if err != nil && qctx.Err() != nil {
+			return callResult{claimed: true, err: err}, nil, err
+		}
 	}
 	if err != nil {
 		if uerr := t.undo(); uerr != nil {
@@ -348,6 +363,14 @@ func (m *committer) open(callCtx, batchCtx context.Context) (sharedTxn, error) {
 		return nil, infraError{fmt.Errorf("begin transaction: %w", err)}
 	}
 	return &sqlTx{Tx: tx, conn: conn}, nil
+}
+
+// callDeadline is batchCtx with the call's deadline, if it has one.
+func callDeadline(batchCtx, callCtx context.Context) (context.Context, context.CancelFunc) {
+	if d, ok := callCtx.Deadline(); ok {
+		return context.WithDeadline(batchCtx, d)
+	}
+	return context.WithCancel(batchCtx)
 }
 
 // commitContext bounds a batch's commit by the latest deadline of its calls.

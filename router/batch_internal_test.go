@@ -3,6 +3,7 @@ package router
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -12,6 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/eventfn/eventfn/internal/testenv"
 	"github.com/eventfn/eventfn/router/relay"
@@ -376,5 +379,137 @@ func TestAQueuedCallWhoseContextEndsReturns(t *testing.T) {
 	}
 	if got := column(t, db, `SELECT event_id FROM eventfn_inbox WHERE handler = 'batch' ORDER BY event_id`); fmt.Sprint(got) != "[first]" {
 		t.Fatalf("inbox: %v, want [first]", got)
+	}
+}
+
+// TestQueuedStatementsNeverRunInAutocommit: SQLite rolls a whole
+// transaction back by itself on some failures (here ON CONFLICT ROLLBACK)
+// and goes on in autocommit. A call whose handler ignored such a failure
+// must not have its queued statements commit on their own, in a
+// transaction of its own or in a shared one (where, found by a review,
+// they did, once per retry); a good call after it commits them. SQLite
+// only, whatever the engines of the run: PostgreSQL keeps a failed
+// transaction, aborted, until it is rolled back.
+func TestQueuedStatementsNeverRunInAutocommit(t *testing.T) {
+	for _, maxBatch := range []int{1, 4} {
+		t.Run(fmt.Sprintf("max_batch=%d", maxBatch), func(t *testing.T) {
+			ctx := context.Background()
+			db, err := store.Open(ctx, store.Config{Driver: store.SQLite, SQLitePath: filepath.Join(t.TempDir(), "queued.db")})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = db.Close() })
+			for _, q := range []string{
+				`CREATE TABLE taken (id INTEGER PRIMARY KEY ON CONFLICT ROLLBACK)`,
+				`INSERT INTO taken (id) VALUES (1)`,
+				`CREATE TABLE effects (event TEXT NOT NULL)`,
+			} {
+				if _, err := db.ExecContext(ctx, q); err != nil {
+					t.Fatal(err)
+				}
+			}
+			m := newCommitter(db, maxBatch, 1, nil)
+			call := func(event string, id int) error {
+				cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				defer cancel()
+				_, err := m.run(cctx, inboxClaim{handler: "h", meta: runtime.Metadata{ID: event, Source: "s", Type: "t"}},
+					func(ctx context.Context, tx sqlExecutor) (toCommit, error) {
+						h := &txHandle{sqlExecutor: tx}
+						_, _ = h.ExecContext(ctx, `INSERT INTO taken (id) VALUES ($1)`, id) // an error ignored
+						if err := h.Queue(ctx, runtime.Statement{Query: `INSERT INTO effects (event) VALUES ($1)`, Args: []any{event}}); err != nil {
+							return toCommit{}, err
+						}
+						return h.done()
+					})
+				return err
+			}
+			effects := func(event string) int {
+				var n int
+				if err := db.Read.QueryRowContext(ctx, `SELECT COUNT(*) FROM effects WHERE event = $1`, event).Scan(&n); err != nil {
+					t.Fatal(err)
+				}
+				return n
+			}
+			for attempt := 1; attempt <= 3; attempt++ {
+				if err := call("bad", 1); err == nil {
+					t.Fatalf("attempt %d: a call whose transaction SQLite rolled back succeeded", attempt)
+				}
+			}
+			if n := effects("bad"); n != 0 {
+				t.Fatalf("every call failed, yet %d of their queued statements committed", n)
+			}
+			if err := call("good", 2); err != nil {
+				t.Fatal(err)
+			}
+			if n := effects("good"); n != 1 {
+				t.Fatalf("a good call committed %d queued statements, want 1", n)
+			}
+		})
+	}
+}
+
+// TestAQueuedStatementPastItsCallsDeadline: in a shared transaction a
+// call's queued statements run after the handler returned, but within the
+// call's time, not without end; the call fails with a retryable error (not
+// an infrastructure one, which would wait without end), and the calls after
+// it find clean connections.
+func TestAQueuedStatementPastItsCallsDeadline(t *testing.T) {
+	if testenv.DatabaseURL() == "" {
+		t.Skip("needs pg_sleep: SQLite has no statement that waits without using a core")
+	}
+	db := openBatchDB(t)
+	m := newCommitter(db, 4, 2, nil)
+	call := func(event string, timeout time.Duration, stmt string) error {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		_, err := m.run(ctx, inboxClaim{handler: "h", meta: runtime.Metadata{ID: event, Source: "s", Type: "t"}},
+			func(ctx context.Context, tx sqlExecutor) (toCommit, error) {
+				h := &txHandle{sqlExecutor: tx}
+				if err := h.Queue(ctx, runtime.Statement{Query: stmt}); err != nil {
+					return toCommit{}, err
+				}
+				return h.done()
+			})
+		return err
+	}
+	start := time.Now()
+	err := call("slow", 300*time.Millisecond, `SELECT pg_sleep(10)`)
+	if err == nil || isInfra(err) || !strings.Contains(err.Error(), "queued statement 1 of 1") {
+		t.Fatalf("got %v; want a retryable error of the queued statement", err)
+	}
+	if waited := time.Since(start); waited > 8*time.Second {
+		t.Fatalf("the call returned after %v: its queued statement ran past its deadline", waited)
+	}
+	for i := range 10 {
+		if err := call(fmt.Sprint("after-", i), 10*time.Second, `SELECT 1`); err != nil {
+			t.Fatalf("call %d after it: %v", i, err)
+		}
+	}
+}
+
+// TestQueuedErrorClasses: a queued statement that fails because the
+// database is gone waits for it like any infrastructure failure; one that
+// ran out of its call's time, or that the database refused, is the call's
+// and uses up a retry.
+func TestQueuedErrorClasses(t *testing.T) {
+	stmts := []runtime.Statement{{Query: "UPDATE orders\n   SET status = 'paid' WHERE id = $1"}}
+	for _, c := range []struct {
+		name  string
+		err   error
+		infra bool
+	}{
+		{"connection lost", driver.ErrBadConn, true},
+		{"deadline", context.DeadlineExceeded, false},
+		{"connect", &pgconn.ConnectError{}, true},
+		{"refused", &pgconn.PgError{Code: "23505", Message: "duplicate key"}, false},
+		{"admin shutdown", &pgconn.PgError{Code: "57P01"}, true},
+	} {
+		err := queuedError(0, stmts, c.err)
+		if isInfra(err) != c.infra {
+			t.Errorf("%s: infrastructure %v, want %v (%v)", c.name, isInfra(err), c.infra, err)
+		}
+		if !errors.Is(err, c.err) || !strings.Contains(err.Error(), "queued statement 1 of 1 (UPDATE orders SET status = 'paid' WHERE id = $1)") {
+			t.Errorf("%s: %v does not say which statement failed, or lost its cause", c.name, err)
+		}
 	}
 }

@@ -111,8 +111,12 @@ func (i *invoker) attempt(msg *message.Message) (bool, error) {
 		}
 		h.chainStarted = msg.Metadata.Get(HeaderChainStarted)
 		if err := callBounded(ctx, i.logger, name, func() error { return i.handler.Invoke(ctx, h, msg.Payload) }); err != nil {
-			// A handler past its timeout may still run: h is not read again.
-			return toCommit{}, err
+			var overran *overranError
+			if errors.As(err, &overran) {
+				// A handler past its timeout may still run: h is not read again.
+				return toCommit{}, err
+			}
+			return toCommit{}, h.failed(err)
 		}
 		work, err := h.done()
 		emitted = len(work.rows) > 0
@@ -202,9 +206,16 @@ func callBounded(ctx context.Context, logger *slog.Logger, name string, fn func(
 			logger.Warn("handler returned after its timeout; its transaction had been rolled back",
 				"handler", name, "after", time.Since(start).Round(time.Millisecond), "err", err)
 		}()
-		return fmt.Errorf("handler %s did not return before its context ended (timeout or shutdown deadline); its transaction was rolled back: %w", name, context.Cause(ctx))
+		return &overranError{fmt.Errorf("handler %s did not return before its context ended (timeout or shutdown deadline); its transaction was rolled back: %w", name, context.Cause(ctx))}
 	}
 }
+
+// overranError is callBounded's error when the handler had not returned:
+// it may still be running, and what it holds must not be read.
+type overranError struct{ err error }
+
+func (e *overranError) Error() string { return e.err.Error() }
+func (e *overranError) Unwrap() error { return e.err }
 
 // maxAttributeBytes bounds ce_id, ce_source and ce_type: they are inbox keys.
 const maxAttributeBytes = 1024

@@ -5,6 +5,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -53,7 +54,7 @@ func (o *Outbox) Transact(ctx context.Context, fn func(ctx context.Context, tx r
 			return toCommit{}, err
 		}
 		if err := fn(ctx, h); err != nil {
-			return toCommit{}, err
+			return toCommit{}, h.failed(err)
 		}
 		work, err := h.done()
 		emitted = len(work.rows) > 0
@@ -221,6 +222,19 @@ func (t *txHandle) QueryContext(ctx context.Context, query string, args ...any) 
 func (t *txHandle) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
 	_ = t.flush(ctx)
 	return t.sqlExecutor.QueryRowContext(ctx, query, args...)
+}
+
+// failed is the error of a call whose handler returned err. A failure of
+// what it queued comes first: the handler's error is most likely its
+// consequence (on PostgreSQL, "current transaction is aborted" from a
+// QueryRowContext whose flush failed), and it decides how the call is
+// retried (a deadlock is the database's trouble, a refused Queue is
+// permanent).
+func (t *txHandle) failed(err error) error {
+	if t.queueErr == nil || errors.Is(err, t.queueErr) {
+		return err
+	}
+	return fmt.Errorf("%w (the handler then returned: %v)", t.queueErr, err)
 }
 
 // done is what the transaction commits once the handler returned nil.

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/stdlib"
 
 	"github.com/eventfn/eventfn/router/relay"
@@ -159,7 +160,28 @@ func (t *sqlTx) start(ctx context.Context, claim *inboxClaim, savepoint bool) (b
 	if err != nil {
 		return false, fmt.Errorf("inbox rows affected: %w", err)
 	}
+	if n == 1 && savepoint {
+		// See alive: the call's savepoint cannot serve, since releasing it
+		// would leave nothing to roll the call back to.
+		if _, err := t.ExecContext(ctx, `SAVEPOINT eventfn_guard`); err != nil {
+			return false, fmt.Errorf("savepoint: %w", err)
+		}
+	}
 	return n == 1, nil
+}
+
+// alive releases the savepoint start made after the claim: that fails once
+// SQLite has rolled the transaction back by itself and gone on in
+// autocommit (an interrupted write, ON CONFLICT ROLLBACK, after a failure
+// the handler ignored).
+func (t *sqlTx) alive(ctx context.Context) error {
+	if !t.savepoint {
+		return nil
+	}
+	if _, err := t.ExecContext(ctx, `RELEASE SAVEPOINT eventfn_guard`); err != nil {
+		return fmt.Errorf("the transaction ended before the call's queued statements (a statement in it failed and SQLite rolled it back): %w", err)
+	}
+	return nil
 }
 
 // undo rolls the transaction back to the current call's savepoint.
@@ -303,6 +325,10 @@ func (t *pipelinedTx) start(ctx context.Context, claim *inboxClaim, savepoint bo
 	t.savepoint = t.savepoint || savepoint
 	return claimed, nil
 }
+
+// alive is always true: PostgreSQL keeps a transaction that a statement
+// failed in, aborted, until it is rolled back.
+func (t *pipelinedTx) alive(context.Context) error { return nil }
 
 // undo rolls the transaction back to the current call's savepoint.
 func (t *pipelinedTx) undo() error {
@@ -474,7 +500,10 @@ func readCommit(br pgx.BatchResults, work toCommit) error {
 	}
 	for i := range work.stmts {
 		if _, err := br.Exec(); err != nil {
-			return step(queuedError(i, work.stmts, err))
+			if connBusy(err) {
+				return rowLeftOpen(err)
+			}
+			return queuedError(i, work.stmts, err)
 		}
 	}
 	for _, r := range work.rows {
@@ -558,13 +587,9 @@ func rowLeftOpen(err error) error {
 // SQLite, and where a pipeline cannot carry them (a statement the handler
 // runs itself after Queue, a call of a shared transaction).
 func runQueued(ctx context.Context, tx sqlExecutor, stmts []runtime.Statement) error {
-	for i, st := range stmts {
-		if _, err := tx.ExecContext(ctx, st.Query, st.Args...); err != nil {
-			err = queuedError(i, stmts, err)
-			if databaseUnavailable(err) {
-				return infraError{err}
-			}
-			return err
+	for i := range stmts {
+		if _, err := tx.ExecContext(ctx, stmts[i].Query, stmts[i].Args...); err != nil {
+			return queuedError(i, stmts, err)
 		}
 	}
 	return nil
@@ -572,6 +597,13 @@ func runQueued(ctx context.Context, tx sqlExecutor, stmts []runtime.Statement) e
 
 // queuedError says which queued statement failed, with the start of its
 // text: it fails after the handler has returned, away from its own context.
+// A lost connection is the database's trouble, but a statement that ran
+// out of the call's time (waiting for a lock, say) is the call's, as it is
+// when the handler runs it itself: it uses up a retry.
 func queuedError(i int, stmts []runtime.Statement, err error) error {
-	return fmt.Errorf("queued statement %d of %d (%s): %w", i+1, len(stmts), boundText(strings.Join(strings.Fields(stmts[i].Query), " "), 80), err)
+	err = fmt.Errorf("queued statement %d of %d (%s): %w", i+1, len(stmts), boundText(strings.Join(strings.Fields(stmts[i].Query), " "), 80), err)
+	if databaseUnavailable(err) && !pgconn.Timeout(err) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
+		return infraError{err}
+	}
+	return err
 }

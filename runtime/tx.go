@@ -45,11 +45,13 @@ type Transactor interface {
 	Write(ctx context.Context, stmts []Statement, events ...Event) error
 }
 
-// Statement is one SQL statement of a Transactor's Write or a Tx's Queue. When Returning is
-// not nil, the row the statement returns (an INSERT ... RETURNING, say) is
-// scanned into it; a statement that returns none leaves it as it was. On
-// PostgreSQL the row is read after the commit: a Returning that does not
-// fit it is a permanent error of a transaction that committed.
+// Statement is one SQL statement of a Transactor's Write or a Tx's Queue:
+// one, since PostgreSQL prepares it, and a prepared statement cannot hold
+// several. Args are read when it runs. When Returning is not nil, the row
+// the statement returns (an INSERT ... RETURNING, say) is scanned into it;
+// a statement that returns none leaves it as it was. On PostgreSQL the row
+// is read after the commit: a Returning that does not fit it is a
+// permanent error of a transaction that committed.
 type Statement struct {
 	Query     string
 	Args      []any
