@@ -43,10 +43,12 @@ type sharedTxn interface {
 	start(ctx context.Context, claim *inboxClaim, savepoint bool) (claimed bool, err error)
 	// undo rolls back to the current call's savepoint.
 	undo() error
-	// alive fails when the database ended the transaction by itself:
-	// SQLite does on some failures, and goes on in autocommit, where a
-	// call's queued statements would commit on their own.
-	alive(ctx context.Context) error
+	// settle readies the transaction for the current call's queued
+	// statements. It fails when the database ended the transaction by
+	// itself: SQLite does on some failures, and goes on in autocommit,
+	// where they would commit on their own. undoable says whether undo can
+	// still roll the call back alone after them.
+	settle(ctx context.Context) (undoable bool, err error)
 }
 
 // committer runs one handler's calls, in shared transactions when they queue.
@@ -323,18 +325,19 @@ func (m *committer) one(batchCtx context.Context, t sharedTxn, c *call) (res cal
 		return callResult{claimed: true, err: err}, nil, errors.New("a call that outlived its timeout is still in a statement on the transaction")
 	}
 	if err == nil && len(work.stmts) > 0 {
-		if err := t.alive(batchCtx); err != nil {
-			return callResult{claimed: true, err: err}, nil, err
+		undoable, serr := t.settle(batchCtx)
+		if serr != nil {
+			return callResult{claimed: true, err: serr}, nil, serr
 		}
-		// Inside the call's savepoint, within the call's time but not under
-		// its context: a statement cut short there would take the
-		// connection, and every call's work on it, down with it. One that
-		// runs out of time breaks the batch all the same (pgx drops the
-		// connection), and the others run again alone.
+		// Within the call's time but not under its context: a statement cut
+		// short there would take the connection, and every call's work on
+		// it, down with it. One that runs out of time breaks the batch all
+		// the same (pgx drops the connection), as one that fails where the
+		// call cannot be undone alone does; the other calls run again alone.
 		qctx, cancel := callDeadline(batchCtx, c.ctx)
 		err = runQueued(qctx, t, work.stmts)
 		cancel()
-		if err != nil && qctx.Err() != nil {
+		if err != nil && (!undoable || qctx.Err() != nil) {
 			return callResult{claimed: true, err: err}, nil, err
 		}
 	}

@@ -160,28 +160,24 @@ func (t *sqlTx) start(ctx context.Context, claim *inboxClaim, savepoint bool) (b
 	if err != nil {
 		return false, fmt.Errorf("inbox rows affected: %w", err)
 	}
-	if n == 1 && savepoint {
-		// See alive: the call's savepoint cannot serve, since releasing it
-		// would leave nothing to roll the call back to.
-		if _, err := t.ExecContext(ctx, `SAVEPOINT eventfn_guard`); err != nil {
-			return false, fmt.Errorf("savepoint: %w", err)
-		}
-	}
 	return n == 1, nil
 }
 
-// alive releases the savepoint start made after the claim: that fails once
-// SQLite has rolled the transaction back by itself and gone on in
-// autocommit (an interrupted write, ON CONFLICT ROLLBACK, after a failure
-// the handler ignored).
-func (t *sqlTx) alive(ctx context.Context) error {
+// settle releases the call's savepoint, which fails once SQLite has rolled
+// the transaction back by itself and gone on in autocommit (an interrupted
+// write, ON CONFLICT ROLLBACK, after a failure the handler ignored). The
+// release is the one the next call's start would have made, so the check
+// costs no statement; but the call can no longer be undone alone, and a
+// queued statement that fails ends the batch.
+func (t *sqlTx) settle(ctx context.Context) (bool, error) {
 	if !t.savepoint {
-		return nil
+		return false, nil
 	}
-	if _, err := t.ExecContext(ctx, `RELEASE SAVEPOINT eventfn_guard`); err != nil {
-		return fmt.Errorf("the transaction ended before the call's queued statements (a statement in it failed and SQLite rolled it back): %w", err)
+	t.savepoint = false
+	if _, err := t.ExecContext(ctx, `RELEASE SAVEPOINT eventfn_call`); err != nil {
+		return false, fmt.Errorf("the transaction ended before the call's queued statements (a statement in it failed and SQLite rolled it back): %w", err)
 	}
-	return nil
+	return false, nil
 }
 
 // undo rolls the transaction back to the current call's savepoint.
@@ -326,9 +322,10 @@ func (t *pipelinedTx) start(ctx context.Context, claim *inboxClaim, savepoint bo
 	return claimed, nil
 }
 
-// alive is always true: PostgreSQL keeps a transaction that a statement
-// failed in, aborted, until it is rolled back.
-func (t *pipelinedTx) alive(context.Context) error { return nil }
+// settle has nothing to do: PostgreSQL keeps a transaction that a
+// statement failed in, aborted, until it is rolled back, and the call's
+// savepoint stays to roll it back to.
+func (t *pipelinedTx) settle(context.Context) (bool, error) { return true, nil }
 
 // undo rolls the transaction back to the current call's savepoint.
 func (t *pipelinedTx) undo() error {
