@@ -343,9 +343,10 @@ func (e {{.Go}}) EventKey() string { return e.ID }          // Kafka key: one ke
 func {{.Func}}() runtime.Handler {
 	return runtime.NewHandler("{{.Name}}",
 		func(ctx context.Context, tx runtime.Tx, ev {{.On.Go}}) error {
-			// Write the effect with tx.ExecContext: it commits together with the
-			// events emitted here, and the inbox keeps a redelivery of ev from
-			// repeating it.
+			// Write the effect with tx.ExecContext, or with tx.Queue when you do
+			// not need its result (it then travels with the commit, one round
+			// trip fewer): it commits together with the events emitted here,
+			// and the inbox keeps a redelivery of ev from repeating it.
 {{- range .Emits}}
 {{- if .New}}
 			if err := tx.Emit(ctx, {{.Go}}{ID: {{$.KeyExpr}}}); err != nil {
