@@ -196,3 +196,43 @@ func testQueuedStatements(t *testing.T, maxBatch int) {
 		}
 	}
 }
+
+// TestQueuedStatementsOutsideHandlers: Transact (the HTTP ingress's kind
+// of transaction) commits what its function queued with its events, and
+// a queued statement that fails makes Transact fail with nothing written.
+func TestQueuedStatementsOutsideHandlers(t *testing.T) {
+	tr := startRuntime(t, nil, runtime.NewHandler("probe-reader", func(context.Context, runtime.Tx, probe) error { return nil }))
+	ctx := context.Background()
+	if _, err := tr.db.ExecContext(ctx, `CREATE TABLE queue_outside (id TEXT PRIMARY KEY)`); err != nil {
+		t.Fatal(err)
+	}
+	insert := func(id string) runtime.Statement {
+		return runtime.Statement{Query: `INSERT INTO queue_outside (id) VALUES ($1)`, Args: []any{id}}
+	}
+	outboxRows := func() int {
+		return countRows(t, tr, `SELECT COUNT(*) FROM eventfn_outbox WHERE topic = $1`, tr.cfg.Kafka.Topic("probe.sent"))
+	}
+	if err := tr.outbox.Transact(ctx, func(ctx context.Context, tx runtime.Tx) error {
+		if err := tx.Queue(ctx, insert("a")); err != nil {
+			return err
+		}
+		return tx.Emit(ctx, probe{N: 1})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if n := countRows(t, tr, `SELECT COUNT(*) FROM queue_outside WHERE id = 'a'`); n != 1 || outboxRows() != 1 {
+		t.Fatalf("after a Transact that queued a statement: %d rows, %d outbox rows, want 1 and 1", n, outboxRows())
+	}
+	err := tr.outbox.Transact(ctx, func(ctx context.Context, tx runtime.Tx) error {
+		if err := tx.Queue(ctx, insert("b"), insert("a")); err != nil {
+			return err
+		}
+		return tx.Emit(ctx, probe{N: 2})
+	})
+	if err == nil || !strings.Contains(err.Error(), "queued statement 2 of 2") {
+		t.Fatalf("a Transact whose queued statement fails: %v, want the statement's error", err)
+	}
+	if n := countRows(t, tr, `SELECT COUNT(*) FROM queue_outside WHERE id = 'b'`); n != 0 || outboxRows() != 1 {
+		t.Fatalf("a failed Transact left %d of its rows and %d outbox rows, want 0 and 1", n, outboxRows())
+	}
+}
