@@ -19,14 +19,19 @@ import (
 // by a third from one hour to the next, its CPU per order by a few per cent.
 type cpuTime struct {
 	app, bench, machine time.Duration
+	// postgres and kafka are the real engines' process trees, when they
+	// run on this machine (engineProcs); the rest of engines() is the
+	// kernel's work outside any process, and other processes'.
+	postgres, kafka time.Duration
 }
 
 // clockTick is Linux's USER_HZ, the unit of /proc's CPU times: 100 on
 // every architecture Go supports.
 const clockTick = 10 * time.Millisecond
 
-// readCPU reads eventfn's, the bench's and the machine's CPU time from /proc.
-func readCPU(pid int) (cpuTime, error) {
+// readCPU reads eventfn's, the bench's, the machine's and, when eng found
+// them, the engines' CPU time from /proc.
+func readCPU(pid int, eng engineProcs) (cpuTime, error) {
 	machine, err := machineCPU()
 	if err != nil {
 		return cpuTime{}, err
@@ -39,11 +44,26 @@ func readCPU(pid int) (cpuTime, error) {
 	if err != nil {
 		return cpuTime{}, err
 	}
-	return cpuTime{app: app, bench: bench, machine: machine}, nil
+	c := cpuTime{app: app, bench: bench, machine: machine}
+	if eng.found() {
+		stats, err := procStats()
+		if err != nil {
+			return cpuTime{}, err
+		}
+		c.postgres, c.kafka = sumTrees(stats, eng.postgres), sumTrees(stats, eng.kafka)
+	}
+	return c, nil
 }
 
 func (c cpuTime) sub(before cpuTime) cpuTime {
-	return cpuTime{app: c.app - before.app, bench: c.bench - before.bench, machine: c.machine - before.machine}
+	return cpuTime{app: c.app - before.app, bench: c.bench - before.bench, machine: c.machine - before.machine,
+		postgres: c.postgres - before.postgres, kafka: c.kafka - before.kafka}
+}
+
+// per is c divided among n orders.
+func (c cpuTime) per(n int64) cpuTime {
+	d := time.Duration(n)
+	return cpuTime{app: c.app / d, bench: c.bench / d, machine: c.machine / d, postgres: c.postgres / d, kafka: c.kafka / d}
 }
 
 // engines is the machine's CPU time less eventfn's and the bench's: the
@@ -84,29 +104,8 @@ func processCPU(pid int) (time.Duration, error) {
 	if err != nil {
 		return 0, err
 	}
-	return parseProcessCPU(b)
-}
-
-func parseProcessCPU(b []byte) (time.Duration, error) {
-	// The command name, in parentheses, may hold spaces; the fields after
-	// it are fixed: utime and stime are the 12th and 13th.
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0, errors.New("/proc/PID/stat: no command name")
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 13 {
-		return 0, fmt.Errorf("/proc/PID/stat: %d fields after the command name, want at least 13", len(f))
-	}
-	var ticks int64
-	for _, s := range f[11:13] {
-		n, err := strconv.ParseInt(s, 10, 64)
-		if err != nil {
-			return 0, fmt.Errorf("/proc/PID/stat: utime or stime: %w", err)
-		}
-		ticks += n
-	}
-	return time.Duration(ticks) * clockTick, nil
+	s, err := parseProcStat(b)
+	return s.own, err
 }
 
 // peakMemory is the largest resident set process pid has had (VmHWM in

@@ -22,23 +22,25 @@ func checkParsed[T comparable](t *testing.T, got T, err error, want T, wantErr s
 	}
 }
 
-func TestParseProcessCPU(t *testing.T) {
+func TestParseProcStat(t *testing.T) {
 	// Fields after the command name: state, ppid, pgrp, session, tty_nr,
-	// tpgid, flags, minflt, cminflt, majflt, cmajflt, utime, stime, ...
-	rest := " S 1 1 1 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 12 0"
+	// tpgid, flags, minflt, cminflt, majflt, cmajflt, utime, stime, cutime,
+	// cstime, ...
+	rest := " S 77 1 1 0 -1 4194560 100 0 0 0 250 75 30 10 20 0 12 0"
+	want := procStat{ppid: 77, own: 3250 * time.Millisecond, reaped: 400 * time.Millisecond}
 	for _, tc := range []struct {
 		name, stat string
-		want       time.Duration
+		want       procStat
 		wantErr    string
 	}{
-		{"plain name", "4242 (eventfn)" + rest, 3250 * time.Millisecond, ""},
-		{"name with spaces and parentheses", "4242 (a (b) c) )" + rest, 3250 * time.Millisecond, ""},
-		{"no command name", "4242 eventfn S 1", 0, "no command name"},
-		{"truncated", "4242 (eventfn) S 1 1", 0, "fields after the command name"},
-		{"not a number", "4242 (eventfn) S 1 1 1 0 -1 4194560 100 0 0 0 x 75", 0, "utime or stime"},
+		{"plain name", "4242 (eventfn)" + rest, want, ""},
+		{"name with spaces and parentheses", "4242 (a (b) c) )" + rest, want, ""},
+		{"no command name", "4242 eventfn S 1", procStat{}, "no command name"},
+		{"truncated", "4242 (eventfn) S 1 1", procStat{}, "fields after the command name"},
+		{"not a number", "4242 (eventfn) S 1 1 1 0 -1 4194560 100 0 0 0 x 75 0 0", procStat{}, "field 14"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := parseProcessCPU([]byte(tc.stat))
+			got, err := parseProcStat([]byte(tc.stat))
 			checkParsed(t, got, err, tc.want, tc.wantErr)
 		})
 	}
@@ -70,7 +72,7 @@ func TestReadCPUCountsWork(t *testing.T) {
 	if _, err := os.Stat("/proc/stat"); err != nil {
 		t.Skip("no /proc on this system: the bench prints CPU as not measured")
 	}
-	before, err := readCPU(os.Getpid())
+	before, err := readCPU(os.Getpid(), engineProcs{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,7 +82,7 @@ func TestReadCPUCountsWork(t *testing.T) {
 		for i := 0; i < 1_000_000; i++ {
 			x = x*6364136223846793005 + 1442695040888963407
 		}
-		now, err := readCPU(os.Getpid())
+		now, err := readCPU(os.Getpid(), engineProcs{})
 		if err != nil {
 			t.Fatal(err)
 		}

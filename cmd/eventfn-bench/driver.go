@@ -61,7 +61,7 @@ func (p *phase) cpuPerOrder() (c cpuTime, ok bool) {
 	if p.CPUErr != nil || n == 0 {
 		return cpuTime{}, false
 	}
-	return cpuTime{app: p.CPU.app / n, bench: p.CPU.bench / n, machine: p.CPU.machine / n}, true
+	return p.CPU.per(int64(n)), true
 }
 
 func newPhase(name string, rate float64, senders int) *phase {

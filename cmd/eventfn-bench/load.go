@@ -219,6 +219,7 @@ func runLoad(ctx context.Context, o loadOptions) (res *loadResult, err error) {
 		env["EVENTFN_KAFKA_TOPIC_PREFIX"] = "load" + suffix + "."
 		txDriver, txDSN = "pgx", url
 		res.engines = fmt.Sprintf("real: Kafka %s, PostgreSQL %s (schema %s)", brokers, redactURL(dbURL), schema)
+		res.engineProcs, res.engineProcsErr = findEngines(dbURL, strings.Split(brokers, ","))
 	} else {
 		kafkaAddr, err := freeAddr()
 		if err != nil {
@@ -263,9 +264,9 @@ func runLoad(ctx context.Context, o loadOptions) (res *loadResult, err error) {
 	// derives from it.
 	if o.ceilings {
 		fmt.Fprintf(os.Stderr, "load: order+outbox transaction ceiling, %d clients, %s\n", ceilingClients, o.ceilingDur)
-		cpuBefore, cpuErr := readCPU(res.pid)
+		cpuBefore, cpuErr := readCPU(res.pid, res.engineProcs)
 		res.txRate, res.txErr = txCeiling(ctx, txDriver, txDSN, o.ceilingDur, 10_000_000)
-		res.txCPU, res.txCPUErr = cpuSince(res.pid, cpuBefore, cpuErr)
+		res.txCPU, res.txCPUErr = cpuSince(res.pid, res.engineProcs, cpuBefore, cpuErr)
 	}
 
 	var plan []*phase
@@ -306,7 +307,7 @@ func runLoad(ctx context.Context, o loadOptions) (res *loadResult, err error) {
 			rep.close()
 			return res, err
 		}
-		cpuBefore, cpuErr := readCPU(res.pid)
+		cpuBefore, cpuErr := readCPU(res.pid, res.engineProcs)
 		p.Start = time.Now()
 		p.End = p.Start.Add(o.duration)
 		rep.set(p, "sending")
@@ -317,7 +318,7 @@ func runLoad(ctx context.Context, o loadOptions) (res *loadResult, err error) {
 		}
 		rep.set(p, "draining")
 		p.finish(ctx, w, o.drain)
-		p.CPU, p.CPUErr = cpuSince(res.pid, cpuBefore, cpuErr)
+		p.CPU, p.CPUErr = cpuSince(res.pid, res.engineProcs, cpuBefore, cpuErr)
 		res.phases = append(res.phases, p)
 	}
 	rep.close()
@@ -383,11 +384,11 @@ func runLoad(ctx context.Context, o loadOptions) (res *loadResult, err error) {
 }
 
 // cpuSince is the CPU time spent since before was read.
-func cpuSince(pid int, before cpuTime, beforeErr error) (cpuTime, error) {
+func cpuSince(pid int, eng engineProcs, before cpuTime, beforeErr error) (cpuTime, error) {
 	if beforeErr != nil {
 		return cpuTime{}, beforeErr
 	}
-	now, err := readCPU(pid)
+	now, err := readCPU(pid, eng)
 	if err != nil {
 		return cpuTime{}, err
 	}

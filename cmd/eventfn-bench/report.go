@@ -11,9 +11,12 @@ import (
 
 // loadResult is everything one load run measured.
 type loadResult struct {
-	opts              loadOptions
-	app               string
-	pid               int
+	opts loadOptions
+	app  string
+	pid  int
+	// engineProcs are the real engines' processes, when found on this machine.
+	engineProcs       engineProcs
+	engineProcsErr    error
 	engines           string
 	env               map[string]string
 	started, finished time.Time
@@ -164,7 +167,12 @@ func (r *loadResult) print(out io.Writer) {
 // disturbs far less than it disturbs throughput.
 func (r *loadResult) printCPU(p func(format string, args ...any)) {
 	p("\nCPU per accepted order, from the start of a phase until its orders completed (/proc):\n")
-	p("  %-24s %10s %10s %10s %10s\n", "phase", "eventfn", "bench", "engines", "machine")
+	split := r.opts.real && r.engineProcs.found()
+	if split {
+		p("  %-24s %10s %10s %10s %10s %10s %10s\n", "phase", "eventfn", "bench", "engines", "PostgreSQL", "Kafka", "machine")
+	} else {
+		p("  %-24s %10s %10s %10s %10s\n", "phase", "eventfn", "bench", "engines", "machine")
+	}
 	for _, ph := range r.phases {
 		c, ok := ph.cpuPerOrder()
 		if !ok {
@@ -179,6 +187,10 @@ func (r *loadResult) printCPU(p func(format string, args ...any)) {
 		if !r.opts.real {
 			engines = "in eventfn"
 		}
+		if split {
+			p("  %-24s %7.3f ms %7.3f ms %10s %7.3f ms %7.3f ms %7.3f ms\n", ph.Name, msf(c.app), msf(c.bench), engines, msf(c.postgres), msf(c.kafka), msf(c.machine))
+			continue
+		}
 		p("  %-24s %7.3f ms %7.3f ms %10s %7.3f ms\n", ph.Name, msf(c.app), msf(c.bench), engines, msf(c.machine))
 	}
 	if r.peakRSSErr != nil {
@@ -188,6 +200,14 @@ func (r *loadResult) printCPU(p func(format string, args ...any)) {
 	}
 	if r.opts.real {
 		p("  (engines: the machine less eventfn and the bench: PostgreSQL, Kafka and the kernel's work for them; a difference of two tick counts, so a few per cent either way)\n")
+		switch {
+		case split:
+			p("  (PostgreSQL, Kafka: their process trees, postmaster pid %v, Kafka pid %v; what is left of engines is the kernel's work outside any process, and other processes')\n", r.engineProcs.postgres, r.engineProcs.kafka)
+		case r.engineProcsErr != nil:
+			p("  (PostgreSQL and Kafka not told apart: %v)\n", r.engineProcsErr)
+		default:
+			p("  (PostgreSQL and Kafka not told apart: no process of this machine listens on both their ports; they run elsewhere)\n")
+		}
 	}
 	txs := r.txRate * r.opts.ceilingDur.Seconds()
 	if !r.opts.ceilings || r.txErr != nil || r.txCPUErr != nil || txs < 1 {
