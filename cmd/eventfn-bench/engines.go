@@ -124,23 +124,19 @@ func parseListening(b []byte, ports map[int]string) (map[uint64]int, error) {
 	return out, sc.Err()
 }
 
-// socketOwners finds, for each socket inode, a process holding it open,
-// and returns it by port. Processes that end during the scan, or whose
+// socketOwners finds, for each socket inode, the process holding it open
+// (the lowest pid, when several do), and returns it by port. Processes that end during the scan, or whose
 // descriptors this user may not read, are passed over.
 func socketOwners(inodes map[uint64]int) (map[int]int, error) {
 	owners := map[int]int{}
 	if len(inodes) == 0 {
 		return owners, nil
 	}
-	dirs, err := filepath.Glob("/proc/[0-9]*/fd")
+	dirs, err := perProcess("fd")
 	if err != nil {
 		return nil, err
 	}
-	for _, dir := range dirs {
-		pid, err := strconv.Atoi(filepath.Base(filepath.Dir(dir)))
-		if err != nil {
-			continue
-		}
+	for pid, dir := range dirs {
 		fds, err := os.ReadDir(dir)
 		if err != nil {
 			continue
@@ -158,8 +154,10 @@ func socketOwners(inodes map[uint64]int) (map[int]int, error) {
 			if err != nil {
 				continue
 			}
+			// A socket a child inherited belongs to the parent's tree:
+			// the lowest pid holding it is the one to follow.
 			if port, ok := inodes[inode]; ok {
-				if _, seen := owners[port]; !seen {
+				if cur, seen := owners[port]; !seen || pid < cur {
 					owners[port] = pid
 				}
 			}
@@ -200,16 +198,12 @@ func parseProcStat(b []byte) (procStat, error) {
 
 // procStats reads /proc/PID/stat of every process.
 func procStats() (map[int]procStat, error) {
-	paths, err := filepath.Glob("/proc/[0-9]*/stat")
+	paths, err := perProcess("stat")
 	if err != nil {
 		return nil, err
 	}
 	stats := make(map[int]procStat, len(paths))
-	for _, p := range paths {
-		pid, err := strconv.Atoi(filepath.Base(filepath.Dir(p)))
-		if err != nil {
-			continue
-		}
+	for pid, p := range paths {
 		b, err := os.ReadFile(p)
 		if err != nil {
 			continue // ended meanwhile
@@ -253,4 +247,19 @@ func sumTrees(stats map[int]procStat, roots []int) time.Duration {
 		}
 	}
 	return total
+}
+
+// perProcess is /proc/PID/name of every process, by PID.
+func perProcess(name string) (map[int]string, error) {
+	paths, err := filepath.Glob("/proc/[0-9]*/" + name)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[int]string, len(paths))
+	for _, p := range paths {
+		if pid, err := strconv.Atoi(filepath.Base(filepath.Dir(p))); err == nil {
+			out[pid] = p
+		}
+	}
+	return out, nil
 }
