@@ -171,7 +171,7 @@ func (t *txHandle) Queue(_ context.Context, stmts ...runtime.Statement) error {
 		case strings.TrimSpace(st.Query) == "":
 			err = fmt.Errorf("queue statement %d of %d: the query is empty", i+1, len(stmts))
 		case st.Returning != nil:
-			err = fmt.Errorf("queue statement %d of %d (%s): a queued statement runs after the handler has returned, so nothing would read its Returning; run it with QueryRowContext", i+1, len(stmts), boundText(strings.Join(strings.Fields(st.Query), " "), 80))
+			err = fmt.Errorf("queue statement %d of %d (%s): a queued statement runs after the handler has returned, so nothing would read its Returning; run it with QueryRowContext", i+1, len(stmts), statementText(st.Query))
 		}
 		if err != nil {
 			t.queueErr = cmp.Or(t.queueErr, runtime.Permanent(err))

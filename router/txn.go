@@ -598,9 +598,15 @@ func runQueued(ctx context.Context, tx sqlExecutor, stmts []runtime.Statement) e
 // out of the call's time (waiting for a lock, say) is the call's, as it is
 // when the handler runs it itself: it uses up a retry.
 func queuedError(i int, stmts []runtime.Statement, err error) error {
-	err = fmt.Errorf("queued statement %d of %d (%s): %w", i+1, len(stmts), boundText(strings.Join(strings.Fields(stmts[i].Query), " "), 80), err)
+	err = fmt.Errorf("queued statement %d of %d (%s): %w", i+1, len(stmts), statementText(stmts[i].Query), err)
 	if databaseUnavailable(err) && !pgconn.Timeout(err) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
 		return infraError{err}
 	}
 	return err
+}
+
+// statementText is the start of a statement on one line, to say in an
+// error which of several it was.
+func statementText(query string) string {
+	return boundText(strings.Join(strings.Fields(query), " "), 80)
 }
