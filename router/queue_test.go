@@ -165,21 +165,7 @@ func testQueuedStatements(t *testing.T, maxBatch int) {
 	}
 	for n := 1; n <= len(cases); n++ {
 		c := cases[n]
-		var rows []string
-		got, err := tr.db.Read.Query(`SELECT tag FROM queue_probe WHERE n = $1 ORDER BY tag`, n)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for got.Next() {
-			var tag string
-			if err := got.Scan(&tag); err != nil {
-				t.Fatal(err)
-			}
-			rows = append(rows, tag)
-		}
-		if err := got.Close(); err != nil {
-			t.Fatal(err)
-		}
+		rows := textRows(t, tr, `SELECT tag FROM queue_probe WHERE n = $1 ORDER BY tag`, n)
 		if strings.Join(rows, ",") != strings.Join(c.rows, ",") {
 			t.Errorf("%d, %s: rows %q, want %q", n, c.what, rows, c.rows)
 		}
