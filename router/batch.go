@@ -15,11 +15,12 @@ import (
 
 // Group commit: when one handler's calls queue up faster than transactions
 // commit, the calls waiting share a transaction. Each call still claims its
-// event, runs its handler and stages its events inside a savepoint of its
-// own, so a call that fails is rolled back to its savepoint alone and the
-// others go on; the transaction commits once for all of them, with every
-// staged event. Nothing waits to fill a batch: a call that finds no batch
-// running starts one at once, so one call at a time runs exactly as alone.
+// event, runs its handler and stages its events, on SQLite inside a
+// savepoint of its own, so a call that fails is rolled back to its
+// savepoint alone and the others go on (on PostgreSQL, see newCommitter);
+// the transaction commits once for all of them, with every staged event.
+// Nothing waits to fill a batch: a call that finds no batch running starts
+// one at once, so one call at a time runs exactly as alone.
 //
 // What it saves is per call: BEGIN and COMMIT (each a round trip on
 // PostgreSQL, and a commit record, a lock and a snapshot on the server;
@@ -35,7 +36,7 @@ const (
 	batchWait   = time.Millisecond
 )
 
-// sharedTxn is a transaction that calls can share, each in a savepoint.
+// sharedTxn is a transaction that calls can share, each in a savepoint or not.
 type sharedTxn interface {
 	txn
 	// start makes a call's claim, after a savepoint of its own when
@@ -49,6 +50,11 @@ type sharedTxn interface {
 	// where they would commit on their own. undoable says whether undo can
 	// still roll the call back alone after them.
 	settle(ctx context.Context) (undoable bool, err error)
+	// deferLater, when it reports true, has taken the current call's
+	// queued statements to send with the next call's start or with the
+	// commit, whichever comes first, saving them a round trip. Their
+	// failure there is a *laterError.
+	deferLater(callCtx context.Context, stmts []runtime.Statement) bool
 }
 
 // committer runs one handler's calls, in shared transactions when they queue.
@@ -59,6 +65,10 @@ type committer struct {
 	maxBatch, maxBatches int
 	// budget and wait are batchBudget and batchWait (tests change them).
 	budget, wait time.Duration
+	// savepoints says whether each call of a batch runs in a savepoint of
+	// its own (SQLite), or calls share the transaction bare (PostgreSQL).
+	// See newCommitter.
+	savepoints bool
 	// observe, when set, hears how many calls each transaction committed.
 	observe func(calls float64)
 
@@ -89,8 +99,11 @@ type callResult struct {
 // maxBatch is the policy's MaxBatch, or when it leaves the choice to the
 // database: calls share transactions on SQLite, where they wait for its one
 // writer anyway (the load benchmark's capacity rose by about 40 %), and not
-// on PostgreSQL, where calls serialised on one connection were slower than
-// calls side by side on several (docs/BENCHMARKS.md).
+// on PostgreSQL, where sharing (even without savepoints) took 15 % of the
+// server's CPU per order away but nothing measurable from the whole
+// machine's, and made latency no better (docs/BENCHMARKS.md). Where
+// PostgreSQL runs on a machine of its own and is what limits, MaxBatch is
+// worth setting.
 func maxBatch(p runtime.Policy, driver store.Driver) int {
 	switch {
 	case p.MaxBatch > 0:
@@ -102,13 +115,23 @@ func maxBatch(p runtime.Policy, driver store.Driver) int {
 	}
 }
 
+// newCommitter runs calls in batches of up to maxBatch, maxBatches at once.
+//
+// On PostgreSQL the calls of a batch share its transaction without a
+// savepoint each: a savepoint and its release are two statements per call,
+// which cost the server as much as the BEGIN and COMMIT that sharing saves
+// (docs/BENCHMARKS.md). A call that fails there takes the transaction down
+// with it; it fails with its own error, and the other calls run again, each
+// alone. So that a call that keeps failing cannot do that again and again,
+// a retry (an attempt after the first) always runs alone.
 func newCommitter(db *store.DB, maxBatch, maxBatches int, observe func(float64)) *committer {
-	return &committer{db: db, maxBatch: maxBatch, maxBatches: max(maxBatches, 1), budget: batchBudget, wait: batchWait, observe: observe}
+	return &committer{db: db, maxBatch: maxBatch, maxBatches: max(maxBatches, 1), budget: batchBudget, wait: batchWait, observe: observe,
+		savepoints: db.Driver != store.Postgres}
 }
 
 // run runs fn as inTx does, in a batch when calls queue up.
 func (m *committer) run(ctx context.Context, claim inboxClaim, fn func(ctx context.Context, tx sqlExecutor) (toCommit, error)) (bool, error) {
-	if m.maxBatch <= 1 {
+	if m.maxBatch <= 1 || (!m.savepoints && claim.meta.Attempt > 1) {
 		return inTx(ctx, m.db, &claim, fn)
 	}
 	c := &call{ctx: ctx, claim: claim, fn: fn, done: make(chan callResult, 1)}
@@ -251,6 +274,14 @@ func (m *committer) batch() {
 		broken    error
 		began     = time.Now()
 	)
+	// failLast answers the last committed call with the failure of its
+	// queued statements, sent after it returned (deferLater), and takes it
+	// out of the batch.
+	failLast := func(err error) {
+		last := committed[len(committed)-1]
+		committed = committed[:len(committed)-1]
+		last.done <- callResult{claimed: true, err: err}
+	}
 	for n := 0; n < m.maxBatch && broken == nil && (n == 0 || time.Since(began) < m.budget); n++ {
 		c := m.take()
 		if c == nil {
@@ -261,7 +292,13 @@ func (m *committer) batch() {
 			continue
 		}
 		res, rows, brk := m.one(batchCtx, t, c)
+		var later *laterError
 		switch {
+		case errors.As(brk, &later):
+			// The call before this one failed; this one was not started.
+			failLast(later.err)
+			broken = brk
+			res = callResult{alone: true}
 		case brk != nil:
 			broken = brk
 		case res.err == nil && res.claimed:
@@ -287,6 +324,10 @@ func (m *committer) batch() {
 	commitCtx, cancelCommit := commitContext(batchCtx, committed)
 	defer cancelCommit()
 	if err := t.commit(commitCtx, toCommit{rows: staged}); err != nil {
+		var later *laterError
+		if errors.As(err, &later) {
+			failLast(later.err)
+		}
 		for _, c := range committed {
 			c.done <- callResult{alone: true}
 		}
@@ -300,14 +341,18 @@ func (m *committer) batch() {
 	}
 }
 
-// one runs a call in a savepoint of its own in t. broken is set when t
+// errCallFailed breaks a batch whose calls have no savepoints when one of
+// them fails: the transaction holds that call's work and cannot drop it.
+var errCallFailed = errors.New("a call of the batch failed, and its calls have no savepoints to roll it back alone")
+
+// one runs a call in t, in a savepoint of its own when m.savepoints. broken is set when t
 // cannot go on: the savepoint could not be made, or rolled back to.
 //
 // The savepoint and the claim run under the batch's context, not the
 // call's: a call whose context ends in the middle of them would take the
 // transaction, and every call's work in it, down with it.
 func (m *committer) one(batchCtx context.Context, t sharedTxn, c *call) (res callResult, rows []relay.Record, broken error) {
-	claimed, err := t.start(batchCtx, &c.claim, true)
+	claimed, err := t.start(batchCtx, &c.claim, m.savepoints)
 	if err != nil {
 		// Whether the savepoint was made is not known: rolling back to "the
 		// current savepoint" might undo the previous call's work.
@@ -323,6 +368,9 @@ func (m *committer) one(batchCtx context.Context, t sharedTxn, c *call) (res cal
 	// a statement right now holds the transaction: it cannot go on.
 	if !g.end() {
 		return callResult{claimed: true, err: err}, nil, errors.New("a call that outlived its timeout is still in a statement on the transaction")
+	}
+	if err == nil && len(work.stmts) > 0 && t.deferLater(c.ctx, work.stmts) {
+		return callResult{claimed: true}, work.rows, nil
 	}
 	if err == nil && len(work.stmts) > 0 {
 		undoable, serr := t.settle(batchCtx)
@@ -340,6 +388,10 @@ func (m *committer) one(batchCtx context.Context, t sharedTxn, c *call) (res cal
 		if err != nil && (!undoable || qctx.Err() != nil) {
 			return callResult{claimed: true, err: err}, nil, err
 		}
+	}
+	if err != nil && !m.savepoints {
+		// Nothing to roll back to: the call fails, and the batch with it.
+		return callResult{claimed: true, err: err}, nil, errCallFailed
 	}
 	if err != nil {
 		if uerr := t.undo(); uerr != nil {

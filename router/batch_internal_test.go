@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -55,6 +56,14 @@ type batchCall struct {
 	// fail makes the call fail after its write; sqlFail, after a statement
 	// that fails.
 	fail, sqlFail bool
+	// sqlIgnored makes the call run a statement that fails and return no
+	// error all the same.
+	sqlIgnored bool
+	// attempt is the call's attempt (1 when zero).
+	attempt int
+	// queued makes the call queue a statement that records it in parents
+	// as "q-<name>"; queuedFail, a statement that fails.
+	queued, queuedFail bool
 }
 
 // queueCalls submits calls to m one after another, each in a goroutine of
@@ -67,13 +76,14 @@ func queueCalls(t *testing.T, m *committer, calls []batchCall) ([]callResult, []
 	results := make([]callResult, len(calls))
 	runs := make([]int32, len(calls))
 	var wg sync.WaitGroup
+	queued := 0
 	for i, c := range calls {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			meta := runtime.Metadata{ID: c.name, Source: "test", Type: "test.called"}
+			meta := runtime.Metadata{ID: c.name, Source: "test", Type: "test.called", Attempt: max(c.attempt, 1)}
 			claimed, err := m.run(ctx, inboxClaim{handler: "batch", meta: meta}, func(ctx context.Context, tx sqlExecutor) (toCommit, error) {
 				atomic.AddInt32(&runs[i], 1)
 				if i == 0 {
@@ -87,10 +97,20 @@ func queueCalls(t *testing.T, m *committer, calls []batchCall) ([]callResult, []
 						return toCommit{}, err
 					}
 				}
+				if c.sqlIgnored {
+					_, _ = tx.ExecContext(ctx, `INSERT INTO no_such_table (x) VALUES (1)`)
+				}
 				if c.fail {
 					return toCommit{}, errors.New("refused " + c.name)
 				}
-				return toCommit{rows: []relay.Record{{Topic: "t", Key: []byte(c.name), Headers: map[string]string{HeaderType: "test.done"}, Payload: []byte(c.name)}}}, nil
+				work := toCommit{rows: []relay.Record{{Topic: "t", Key: []byte(c.name), Headers: map[string]string{HeaderType: "test.done"}, Payload: []byte(c.name)}}}
+				if c.queued {
+					work.stmts = append(work.stmts, runtime.Statement{Query: `INSERT INTO parents (id) VALUES ($1)`, Args: []any{"q-" + c.name}})
+				}
+				if c.queuedFail {
+					work.stmts = append(work.stmts, runtime.Statement{Query: `INSERT INTO no_such_table (x) VALUES ($1)`, Args: []any{c.name}})
+				}
+				return work, nil
 			})
 			results[i] = callResult{claimed: claimed, err: err}
 		}()
@@ -99,10 +119,16 @@ func queueCalls(t *testing.T, m *committer, calls []batchCall) ([]callResult, []
 			waitFor(t, func() bool { return atomic.LoadInt32(&runs[0]) == 1 })
 			continue
 		}
+		if c.attempt > 1 && !m.savepoints {
+			// A retry runs alone, at once.
+			waitFor(t, func() bool { return atomic.LoadInt32(&runs[i]) == 1 })
+			continue
+		}
+		queued++
 		waitFor(t, func() bool {
 			m.mu.Lock()
 			defer m.mu.Unlock()
-			return len(m.queue) == i
+			return len(m.queue) == queued
 		})
 	}
 	close(release)
@@ -152,8 +178,11 @@ func serialCommitter(db *store.DB, observe func(float64)) *committer {
 
 // TestQueuedCallsShareATransactionEachWithItsOwnOutcome: calls that queue
 // behind a running one commit together, in one transaction; a call that
-// fails, with its own error or a failed statement, is rolled back alone;
-// an event the inbox has is acknowledged without running.
+// fails, with its own error or a failed statement, fails alone; an event
+// the inbox has is acknowledged without running. On SQLite each call has a
+// savepoint, and one that fails is rolled back to it; on PostgreSQL calls
+// share the transaction bare, so one that fails takes it down, and the
+// calls before it run again alone (see newCommitter).
 func TestQueuedCallsShareATransactionEachWithItsOwnOutcome(t *testing.T) {
 	db := openBatchDB(t)
 	if _, err := db.ExecContext(context.Background(), `INSERT INTO eventfn_inbox (handler, source, event_id, event_type) VALUES ('batch', 'test', 'seen', 'test.called')`); err != nil {
@@ -163,9 +192,18 @@ func TestQueuedCallsShareATransactionEachWithItsOwnOutcome(t *testing.T) {
 	m := serialCommitter(db, func(n float64) { sizes = append(sizes, n) })
 	calls := []batchCall{{name: "a"}, {name: "b"}, {name: "c", fail: true}, {name: "d", sqlFail: true}, {name: "e"}, {name: "seen"}, {name: "f"}}
 	results, runs := queueCalls(t, m, calls)
-
+	// a, b, e and f commit in one transaction; without savepoints c breaks
+	// the batch of a and b, which run again alone, and d its own.
+	wantSizes := "[4]"
+	if !m.savepoints {
+		wantSizes = "[2]"
+	}
 	for i, c := range calls {
 		r := results[i]
+		want := int32(1)
+		if !m.savepoints && (c.name == "a" || c.name == "b") {
+			want = 2
+		}
 		switch {
 		case c.name == "seen":
 			if r.claimed || r.err != nil || runs[i] != 0 {
@@ -176,8 +214,8 @@ func TestQueuedCallsShareATransactionEachWithItsOwnOutcome(t *testing.T) {
 				t.Errorf("%s: no error", c.name)
 			}
 		default:
-			if !r.claimed || r.err != nil || runs[i] != 1 {
-				t.Errorf("%s: claimed %v, err %v, ran %d times; want committed once", c.name, r.claimed, r.err, runs[i])
+			if !r.claimed || r.err != nil || runs[i] != want {
+				t.Errorf("%s: claimed %v, err %v, ran %d times; want committed, having run %d times", c.name, r.claimed, r.err, runs[i], want)
 			}
 		}
 	}
@@ -187,12 +225,66 @@ func TestQueuedCallsShareATransactionEachWithItsOwnOutcome(t *testing.T) {
 	if got := strings.Join(column(t, db, `SELECT event_id FROM eventfn_inbox WHERE handler = 'batch' ORDER BY event_id`), ","); got != "a,b,e,f,seen" {
 		t.Errorf("inbox: %s, want a,b,e,f,seen", got)
 	}
-	if got := strings.Join(column(t, db, `SELECT key FROM eventfn_outbox ORDER BY id`), ","); got != "a,b,e,f" {
-		t.Errorf("outbox, in order: %s, want a,b,e,f", got)
+	// In order where they committed together; a and b, sent back alone on
+	// PostgreSQL, commit side by side.
+	outbox := column(t, db, `SELECT key FROM eventfn_outbox ORDER BY id`)
+	if m.savepoints && strings.Join(outbox, ",") != "a,b,e,f" {
+		t.Errorf("outbox, in order: %v, want a,b,e,f", outbox)
 	}
-	// a, b, e and f committed in one transaction.
-	if fmt.Sprint(sizes) != "[4]" {
-		t.Errorf("calls per committed transaction: %v, want [4]", sizes)
+	if !m.savepoints && slices.Index(outbox, "e") > slices.Index(outbox, "f") {
+		t.Errorf("outbox, in order: %v; e and f committed together, in order", outbox)
+	}
+	if got := strings.Join(column(t, db, `SELECT key FROM eventfn_outbox ORDER BY key`), ","); got != "a,b,e,f" {
+		t.Errorf("outbox: %s, want a,b,e,f", got)
+	}
+	if fmt.Sprint(sizes) != wantSizes {
+		t.Errorf("calls per committed transaction: %v, want %s", sizes, wantSizes)
+	}
+}
+
+// TestWithoutSavepointsARetryRunsAloneAndAnIgnoredFailureIsTheCallers: on
+// PostgreSQL, where a batch's calls share its transaction bare, a call
+// whose handler ignored a failed statement (which aborted the
+// transaction) fails with that, not the call after it; and a retry never
+// joins a batch, where failing again it would send the others back alone.
+// On SQLite the ignored failure aborts nothing, and the call commits.
+func TestWithoutSavepointsARetryRunsAloneAndAnIgnoredFailureIsTheCallers(t *testing.T) {
+	db := openBatchDB(t)
+	var sizes []float64
+	var mu sync.Mutex
+	m := serialCommitter(db, func(n float64) { mu.Lock(); sizes = append(sizes, n); mu.Unlock() })
+	calls := []batchCall{{name: "first"}, {name: "ignores", sqlIgnored: true}, {name: "a"}, {name: "retry", attempt: 2}, {name: "b"}}
+	results, runs := queueCalls(t, m, calls)
+	for i, c := range calls {
+		r := results[i]
+		if c.name == "ignores" && !m.savepoints {
+			if r.err == nil || !strings.Contains(r.err.Error(), "aborted the transaction") {
+				t.Errorf("ignores: %v; want the failure it ignored", r.err)
+			}
+			continue
+		}
+		if !r.claimed || r.err != nil {
+			t.Errorf("%s: claimed %v, err %v; want committed", c.name, r.claimed, r.err)
+		}
+	}
+	want := "a,b,first,ignores,retry"
+	if !m.savepoints {
+		want = "a,b,first,retry"
+		// "retry" ran alone while "first" held its batch.
+		if runs[3] != 1 {
+			t.Errorf("the retry ran %d times, want once, alone", runs[3])
+		}
+		// "ignores" fails at "a"'s start, which sends "first" and "a" back
+		// alone; "b" then has a batch of its own.
+		mu.Lock()
+		got := fmt.Sprint(sizes)
+		mu.Unlock()
+		if got != "[1]" {
+			t.Errorf("calls per committed transaction: %v, want [1]", got)
+		}
+	}
+	if got := strings.Join(column(t, db, `SELECT name FROM written ORDER BY name`), ","); got != want {
+		t.Errorf("rows committed: %s, want %s", got, want)
 	}
 }
 
@@ -230,6 +322,42 @@ func TestACommitThatFailsSendsEveryCallBackAlone(t *testing.T) {
 	}
 	if got := strings.Join(column(t, db, `SELECT event_id FROM eventfn_inbox WHERE handler = 'batch' ORDER BY event_id`), ","); got != "a,b,first" {
 		t.Errorf("inbox: %s, want a,b,first", got)
+	}
+}
+
+// TestAQueuedStatementThatFailsInABatchFailsOnlyItsCall: a call's queued
+// statements may run after its handler returned (on PostgreSQL, with the
+// next call's start or with the commit); one that fails there fails its
+// call with its own error, in the middle of a batch and at its end, and
+// every other call commits once, its queued statement with it.
+func TestAQueuedStatementThatFailsInABatchFailsOnlyItsCall(t *testing.T) {
+	db := openBatchDB(t)
+	m := serialCommitter(db, nil)
+	calls := []batchCall{{name: "first", queued: true}, {name: "a", queued: true}, {name: "bad", queuedFail: true}, {name: "b", queued: true}, {name: "last", queued: true, queuedFail: true}}
+	results, _ := queueCalls(t, m, calls)
+	for i, c := range calls {
+		r := results[i]
+		if c.queuedFail {
+			if r.err == nil || isInfra(r.err) || !strings.Contains(r.err.Error(), "queued statement") || !strings.Contains(r.err.Error(), "no_such_table") {
+				t.Errorf("%s: %v; want its own queued statement's error, not the database's trouble", c.name, r.err)
+			}
+			continue
+		}
+		if !r.claimed || r.err != nil {
+			t.Errorf("%s: claimed %v, err %v; want committed", c.name, r.claimed, r.err)
+		}
+	}
+	if got := strings.Join(column(t, db, `SELECT name FROM written ORDER BY name`), ","); got != "a,b,first" {
+		t.Errorf("rows committed: %s, want a,b,first", got)
+	}
+	if got := strings.Join(column(t, db, `SELECT id FROM parents ORDER BY id`), ","); got != "q-a,q-b,q-first" {
+		t.Errorf("queued statements committed: %s, want q-a,q-b,q-first", got)
+	}
+	if got := strings.Join(column(t, db, `SELECT event_id FROM eventfn_inbox WHERE handler = 'batch' ORDER BY event_id`), ","); got != "a,b,first" {
+		t.Errorf("inbox: %s, want a,b,first", got)
+	}
+	if got := strings.Join(column(t, db, `SELECT key FROM eventfn_outbox ORDER BY key`), ","); got != "a,b,first" {
+		t.Errorf("outbox: %s, want a,b,first", got)
 	}
 }
 

@@ -180,6 +180,10 @@ func (t *sqlTx) settle(ctx context.Context) (bool, error) {
 	return false, nil
 }
 
+// deferLater does not take a call's queued statements: on SQLite they run
+// at once, where settle has checked the transaction is still there.
+func (t *sqlTx) deferLater(context.Context, []runtime.Statement) bool { return false }
+
 // undo rolls the transaction back to the current call's savepoint.
 func (t *sqlTx) undo() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -252,6 +256,12 @@ type pipelinedTx struct {
 	// begun says whether BEGIN was sent; savepoint, whether a call's
 	// savepoint is open.
 	begun, savepoint bool
+	// later are the last call's queued statements, which go to the server
+	// with what the transaction sends next (the next call's start, or the
+	// commit) instead of in a round trip of their own; laterBy is that
+	// call's deadline, if it has one, which bounds them there.
+	later   []runtime.Statement
+	laterBy time.Time
 	// open are the handler's queries, closed before the transaction ends:
 	// pgx cannot send COMMIT while a result is being read, and on a
 	// *sql.Conn (unlike a *sql.Tx) nothing else closes them.
@@ -269,15 +279,28 @@ func openPipelined(ctx context.Context, db *store.DB) (*pipelinedTx, error) {
 	return &pipelinedTx{conn: conn}, nil
 }
 
-// start sends, in one round trip: BEGIN unless the transaction has begun;
-// when savepoint is set, a savepoint for the next call (releasing the
-// previous call's); and the call's claim, if any.
+// start sends, in one round trip: the last call's queued statements, if
+// any (see later); BEGIN unless the transaction has begun; when savepoint
+// is set, a savepoint for the next call (releasing the previous call's);
+// and the call's claim, if any. A failure of the queued statements is a
+// *laterError: the last call's, not this one's.
 func (t *pipelinedTx) start(ctx context.Context, claim *inboxClaim, savepoint bool) (bool, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	later := t.takeLater()
+	ctx, cancel := later.bound(ctx)
+	defer cancel()
 	claimed := true
 	err := t.raw(func(pc *pgx.Conn) error {
+		if pc.PgConn().TxStatus() == 'E' {
+			// A statement of the last call failed and aborted the
+			// transaction, and its handler went on as if it had not.
+			return &laterError{fmt.Errorf("a statement of the call failed and aborted the transaction, though the handler returned no error: %w", pgx.ErrTxCommitRollback)}
+		}
 		b := &pgx.Batch{}
+		for _, st := range later.stmts {
+			b.Queue(st.Query, st.Args...)
+		}
 		var steps []string
 		if !t.begun {
 			b.Queue("BEGIN")
@@ -296,6 +319,11 @@ func (t *pipelinedTx) start(ctx context.Context, claim *inboxClaim, savepoint bo
 		}
 		br := pc.SendBatch(ctx, b)
 		defer br.Close()
+		for i := range later.stmts {
+			if _, err := br.Exec(); err != nil {
+				return &laterError{queuedError(i, later.stmts, err)}
+			}
+		}
 		for _, step := range steps {
 			if _, err := br.Exec(); err != nil {
 				err = fmt.Errorf("%s: %w", step, err)
@@ -321,6 +349,50 @@ func (t *pipelinedTx) start(ctx context.Context, claim *inboxClaim, savepoint bo
 	t.savepoint = t.savepoint || savepoint
 	return claimed, nil
 }
+
+// deferLater keeps a call's queued statements to send with what the
+// transaction sends next. Only a call in a shared transaction does this:
+// alone, its statements go with its own commit. A call whose queued
+// statements fail there fails, and only the calls after it in the batch
+// run again alone.
+func (t *pipelinedTx) deferLater(callCtx context.Context, stmts []runtime.Statement) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.later = stmts
+	t.laterBy, _ = callCtx.Deadline()
+	return true
+}
+
+// laterStmts are queued statements deferred to the transaction's next
+// round trip, and the deadline of the call they belong to.
+type laterStmts struct {
+	stmts []runtime.Statement
+	by    time.Time
+}
+
+// takeLater returns and forgets what deferLater kept. The caller holds t.mu.
+func (t *pipelinedTx) takeLater() laterStmts {
+	l := laterStmts{stmts: t.later, by: t.laterBy}
+	t.later, t.laterBy = nil, time.Time{}
+	return l
+}
+
+// bound is ctx within the deadline of the call the statements belong to:
+// they must not run longer than that call could have.
+func (l laterStmts) bound(ctx context.Context) (context.Context, context.CancelFunc) {
+	if len(l.stmts) == 0 || l.by.IsZero() {
+		return context.WithCancel(ctx)
+	}
+	return context.WithDeadline(ctx, l.by)
+}
+
+// laterError is the failure of a call's queued statements sent after the
+// call had returned: that call's failure, not the one being started or the
+// batch being committed.
+type laterError struct{ err error }
+
+func (e *laterError) Error() string { return e.err.Error() }
+func (e *laterError) Unwrap() error { return e.err }
 
 // settle has nothing to do: PostgreSQL keeps a transaction that a
 // statement failed in, aborted, until it is rolled back, and the call's
@@ -445,7 +517,13 @@ func (t *pipelinedTx) commit(ctx context.Context, work toCommit) error {
 	t.ended = true
 	defer t.conn.Close()
 	t.closeRows()
+	later := t.takeLater()
+	ctx, cancel := later.bound(ctx)
+	defer cancel()
 	b := &pgx.Batch{}
+	for _, st := range later.stmts {
+		b.Queue(st.Query, st.Args...)
+	}
 	for _, st := range work.stmts {
 		b.Queue(st.Query, st.Args...)
 	}
@@ -465,7 +543,7 @@ func (t *pipelinedTx) commit(ctx context.Context, work toCommit) error {
 			_ = endTransaction(pc)
 			return fmt.Errorf("commit: a statement of the transaction failed and aborted it, though the handler returned no error: %w", pgx.ErrTxCommitRollback)
 		}
-		err := sendCommit(ctx, pc, b, work)
+		err := sendCommit(ctx, pc, b, later, work)
 		if err != nil {
 			// The transaction failed or may still be open: end it before the
 			// connection goes back to the pool.
@@ -475,9 +553,17 @@ func (t *pipelinedTx) commit(ctx context.Context, work toCommit) error {
 	})
 }
 
-func sendCommit(ctx context.Context, pc *pgx.Conn, b *pgx.Batch, work toCommit) error {
+func sendCommit(ctx context.Context, pc *pgx.Conn, b *pgx.Batch, later laterStmts, work toCommit) error {
 	br := pc.SendBatch(ctx, b)
 	defer br.Close()
+	for i := range later.stmts {
+		if _, err := br.Exec(); err != nil {
+			if connBusy(err) {
+				return rowLeftOpen(err)
+			}
+			return &laterError{queuedError(i, later.stmts, err)}
+		}
+	}
 	return readCommit(br, work)
 }
 
