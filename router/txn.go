@@ -548,6 +548,11 @@ func (t *pipelinedTx) commit(ctx context.Context, work toCommit) error {
 			// The transaction failed or may still be open: end it before the
 			// connection goes back to the pool.
 			_ = endTransaction(pc)
+			if ctx.Err() != nil && !runtime.IsPermanent(err) {
+				// Once sent, the pipeline runs to its COMMIT on the server
+				// whatever happens to the client: the outcome is unknown.
+				err = fmt.Errorf("the context ended while the commit was in flight; it may have committed: %w", err)
+			}
 		}
 		return err
 	})

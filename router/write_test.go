@@ -175,3 +175,30 @@ func TestAWriteCutShortSaysItMayHaveCommitted(t *testing.T) {
 		}
 	}
 }
+
+// TestATransactCutShortSaysItMayHaveCommitted: the same for Transact, whose
+// queued statements and outbox rows go to PostgreSQL in one pipeline with
+// its COMMIT.
+func TestATransactCutShortSaysItMayHaveCommitted(t *testing.T) {
+	if testenv.DatabaseURL() == "" {
+		t.Skip("needs pg_sleep: SQLite has no statement that waits without using a core, and its commit is not pipelined")
+	}
+	tr := startRuntime(t, nil, runtime.NewHandler("probe-reader", func(context.Context, runtime.Tx, probe) error { return nil }))
+	ctx := context.Background()
+	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	err := tr.outbox.Transact(short, func(ctx context.Context, tx runtime.Tx) error {
+		if err := tx.Queue(ctx, runtime.Statement{Query: `SELECT pg_sleep(1)`}); err != nil {
+			return err
+		}
+		return tx.Emit(ctx, probe{N: 1})
+	})
+	if err == nil || !strings.Contains(err.Error(), "may have committed") || runtime.IsPermanent(err) {
+		t.Fatalf("got %v; want a non-permanent error saying the transaction may have committed", err)
+	}
+	for i := range 20 {
+		if err := tr.outbox.Transact(ctx, func(ctx context.Context, tx runtime.Tx) error { return tx.Emit(ctx, probe{N: i}) }); err != nil {
+			t.Fatalf("transaction %d after the cut-short one: %v", i, err)
+		}
+	}
+}
