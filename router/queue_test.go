@@ -221,4 +221,15 @@ func TestQueuedStatementsOutsideHandlers(t *testing.T) {
 	if n := countRows(t, tr, `SELECT COUNT(*) FROM queue_outside WHERE id = 'b'`); n != 0 || outboxRows() != 1 {
 		t.Fatalf("a failed Transact left %d of its rows and %d outbox rows, want 0 and 1", n, outboxRows())
 	}
+	// A statement the server cannot even prepare: PostgreSQL's pipeline is
+	// prepared whole before it runs, and the error still names the second.
+	err = tr.outbox.Transact(ctx, func(ctx context.Context, tx runtime.Tx) error {
+		return tx.Queue(ctx, insert("c"), runtime.Statement{Query: `INSERT INTO no_such_table (id) VALUES ($1)`, Args: []any{"c"}})
+	})
+	if err == nil || !strings.Contains(err.Error(), "queued statement 2 of 2 (INSERT INTO no_such_table") {
+		t.Fatalf("a Transact whose second queued statement cannot be prepared: %v, want that statement named", err)
+	}
+	if n := countRows(t, tr, `SELECT COUNT(*) FROM queue_outside WHERE id = 'c'`); n != 0 {
+		t.Fatalf("a failed Transact left %d of its rows", n)
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -689,6 +690,14 @@ func runQueued(ctx context.Context, tx sqlExecutor, stmts []runtime.Statement) e
 // out of the call's time (waiting for a lock, say) is the call's, as it is
 // when the handler runs it itself: it uses up a retry.
 func queuedError(i int, stmts []runtime.Statement, err error) error {
+	var unprepared pgx.ErrPreprocessingBatch
+	if errors.As(err, &unprepared) {
+		// pgx prepares a whole pipeline before it sends it, and reports a
+		// statement it could not prepare at the pipeline's first result.
+		if j := slices.IndexFunc(stmts, func(st runtime.Statement) bool { return st.Query == unprepared.SQL() }); j >= 0 {
+			i = j
+		}
+	}
 	err = fmt.Errorf("queued statement %d of %d (%s): %w", i+1, len(stmts), statementText(stmts[i].Query), err)
 	if databaseUnavailable(err) && !pgconn.Timeout(err) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
 		return infraError{err}
