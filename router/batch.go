@@ -39,10 +39,10 @@ const (
 // sharedTxn is a transaction that calls can share, each in a savepoint or not.
 type sharedTxn interface {
 	txn
-	// start makes a call's claim, after a savepoint of its own when
-	// savepoint is set.
-	start(ctx context.Context, claim *inboxClaim, savepoint bool) (claimed bool, err error)
-	// undo rolls back to the current call's savepoint.
+	// start makes a call's claim, after a savepoint of its own on SQLite.
+	start(ctx context.Context, claim *inboxClaim) (claimed bool, err error)
+	// undo rolls back to the current call's savepoint; on PostgreSQL, which
+	// has none, it fails, and the batch with it.
 	undo() error
 	// settle readies the transaction for the current call's queued
 	// statements. It fails when the database ended the transaction by
@@ -65,10 +65,9 @@ type committer struct {
 	maxBatch, maxBatches int
 	// budget and wait are batchBudget and batchWait (tests change them).
 	budget, wait time.Duration
-	// savepoints says whether each call of a batch runs in a savepoint of
-	// its own (SQLite), or calls share the transaction bare (PostgreSQL).
-	// See newCommitter.
-	savepoints bool
+	// retriesAlone says that a retry never joins a batch: on PostgreSQL,
+	// where calls share a transaction without savepoints. See newCommitter.
+	retriesAlone bool
 	// observe, when set, hears how many calls each transaction committed.
 	observe func(calls float64)
 
@@ -126,12 +125,12 @@ func maxBatch(p runtime.Policy, driver store.Driver) int {
 // a retry (an attempt after the first) always runs alone.
 func newCommitter(db *store.DB, maxBatch, maxBatches int, observe func(float64)) *committer {
 	return &committer{db: db, maxBatch: maxBatch, maxBatches: max(maxBatches, 1), budget: batchBudget, wait: batchWait, observe: observe,
-		savepoints: db.Driver != store.Postgres}
+		retriesAlone: db.Driver == store.Postgres}
 }
 
 // run runs fn as inTx does, in a batch when calls queue up.
 func (m *committer) run(ctx context.Context, claim inboxClaim, fn func(ctx context.Context, tx sqlExecutor) (toCommit, error)) (bool, error) {
-	if m.maxBatch <= 1 || (!m.savepoints && claim.meta.Attempt > 1) {
+	if m.maxBatch <= 1 || (m.retriesAlone && claim.meta.Attempt > 1) {
 		return inTx(ctx, m.db, &claim, fn)
 	}
 	c := &call{ctx: ctx, claim: claim, fn: fn, done: make(chan callResult, 1)}
@@ -341,18 +340,15 @@ func (m *committer) batch() {
 	}
 }
 
-// errCallFailed breaks a batch whose calls have no savepoints when one of
-// them fails: the transaction holds that call's work and cannot drop it.
-var errCallFailed = errors.New("a call of the batch failed, and its calls have no savepoints to roll it back alone")
-
-// one runs a call in t, in a savepoint of its own when m.savepoints. broken is set when t
-// cannot go on: the savepoint could not be made, or rolled back to.
+// one runs a call in t, in a savepoint of its own on SQLite. broken is set
+// when t cannot go on: the savepoint could not be made, or rolled back to
+// (on PostgreSQL, a call that failed).
 //
 // The savepoint and the claim run under the batch's context, not the
 // call's: a call whose context ends in the middle of them would take the
 // transaction, and every call's work in it, down with it.
 func (m *committer) one(batchCtx context.Context, t sharedTxn, c *call) (res callResult, rows []relay.Record, broken error) {
-	claimed, err := t.start(batchCtx, &c.claim, m.savepoints)
+	claimed, err := t.start(batchCtx, &c.claim)
 	if err != nil {
 		// Whether the savepoint was made is not known: rolling back to "the
 		// current savepoint" might undo the previous call's work.
@@ -388,10 +384,6 @@ func (m *committer) one(batchCtx context.Context, t sharedTxn, c *call) (res cal
 		if err != nil && (!undoable || qctx.Err() != nil) {
 			return callResult{claimed: true, err: err}, nil, err
 		}
-	}
-	if err != nil && !m.savepoints {
-		// Nothing to roll back to: the call fails, and the batch with it.
-		return callResult{claimed: true, err: err}, nil, errCallFailed
 	}
 	if err != nil {
 		if uerr := t.undo(); uerr != nil {

@@ -87,7 +87,6 @@ func inTx(ctx context.Context, db *store.DB, claim *inboxClaim, fn func(ctx cont
 // beginTx begins a transaction and makes the claim, if any.
 func beginTx(ctx context.Context, db *store.DB, claim *inboxClaim) (txn, bool, error) {
 	var t sharedTxn
-	savepoint := false
 	if db.Driver == store.Postgres {
 		p, err := openPipelined(ctx, db)
 		if err != nil {
@@ -102,11 +101,8 @@ func beginTx(ctx context.Context, db *store.DB, claim *inboxClaim) (txn, bool, e
 			return nil, false, infraError{fmt.Errorf("begin transaction: %w", err)}
 		}
 		t = &sqlTx{Tx: tx}
-		// The savepoint lets commit see whether SQLite ended the
-		// transaction by itself (see sqlTx.commit).
-		savepoint = true
 	}
-	claimed, err := t.start(ctx, claim, savepoint)
+	claimed, err := t.start(ctx, claim)
 	if err != nil {
 		t.rollback()
 		return nil, false, err
@@ -136,20 +132,20 @@ type sqlTx struct {
 	savepoint bool
 }
 
-// start makes the next call's claim, after a savepoint of its own when
-// savepoint is set (releasing the previous call's).
-func (t *sqlTx) start(ctx context.Context, claim *inboxClaim, savepoint bool) (bool, error) {
-	if savepoint {
-		if t.savepoint {
-			if _, err := t.ExecContext(ctx, `RELEASE SAVEPOINT eventfn_call`); err != nil {
-				return false, fmt.Errorf("release savepoint: %w", err)
-			}
+// start makes the next call's claim after a savepoint of its own
+// (releasing the previous call's). The savepoint lets a call of a shared
+// transaction be rolled back alone, and lets commit see whether SQLite
+// ended the transaction by itself (see sqlTx.commit).
+func (t *sqlTx) start(ctx context.Context, claim *inboxClaim) (bool, error) {
+	if t.savepoint {
+		if _, err := t.ExecContext(ctx, `RELEASE SAVEPOINT eventfn_call`); err != nil {
+			return false, fmt.Errorf("release savepoint: %w", err)
 		}
-		if _, err := t.ExecContext(ctx, `SAVEPOINT eventfn_call`); err != nil {
-			return false, fmt.Errorf("savepoint: %w", err)
-		}
-		t.savepoint = true
 	}
+	if _, err := t.ExecContext(ctx, `SAVEPOINT eventfn_call`); err != nil {
+		return false, fmt.Errorf("savepoint: %w", err)
+	}
+	t.savepoint = true
 	if claim == nil {
 		return true, nil
 	}
@@ -254,15 +250,12 @@ type pipelinedTx struct {
 	// hold it shared; commit and rollback hold it alone.
 	mu    sync.RWMutex
 	ended bool
-	// begun says whether BEGIN was sent; savepoint, whether a call's
-	// savepoint is open.
-	begun, savepoint bool
+	// begun says whether BEGIN was sent.
+	begun bool
 	// later are the last call's queued statements, which go to the server
 	// with what the transaction sends next (the next call's start, or the
-	// commit) instead of in a round trip of their own; laterBy is that
-	// call's deadline, if it has one, which bounds them there.
-	later   []runtime.Statement
-	laterBy time.Time
+	// commit) instead of in a round trip of their own.
+	later laterStmts
 	// open are the handler's queries, closed before the transaction ends:
 	// pgx cannot send COMMIT while a result is being read, and on a
 	// *sql.Conn (unlike a *sql.Tx) nothing else closes them.
@@ -281,11 +274,11 @@ func openPipelined(ctx context.Context, db *store.DB) (*pipelinedTx, error) {
 }
 
 // start sends, in one round trip: the last call's queued statements, if
-// any (see later); BEGIN unless the transaction has begun; when savepoint
-// is set, a savepoint for the next call (releasing the previous call's);
-// and the call's claim, if any. A failure of the queued statements is a
-// *laterError: the last call's, not this one's.
-func (t *pipelinedTx) start(ctx context.Context, claim *inboxClaim, savepoint bool) (bool, error) {
+// any (see later); BEGIN unless the transaction has begun; and the call's
+// claim, if any. A failure of the queued statements is a *laterError: the
+// last call's, not this one's. There is no savepoint per call (see
+// newCommitter).
+func (t *pipelinedTx) start(ctx context.Context, claim *inboxClaim) (bool, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	later := t.takeLater()
@@ -302,18 +295,9 @@ func (t *pipelinedTx) start(ctx context.Context, claim *inboxClaim, savepoint bo
 		for _, st := range later.stmts {
 			b.Queue(st.Query, st.Args...)
 		}
-		var steps []string
-		if !t.begun {
+		begin := !t.begun
+		if begin {
 			b.Queue("BEGIN")
-			steps = append(steps, "begin transaction")
-		}
-		if savepoint {
-			if t.savepoint {
-				b.Queue("RELEASE SAVEPOINT eventfn_call")
-				steps = append(steps, "release savepoint")
-			}
-			b.Queue("SAVEPOINT eventfn_call")
-			steps = append(steps, "savepoint")
 		}
 		if claim != nil {
 			b.Queue(claimSQL, claim.handler, claim.meta.Source, claim.meta.ID, claim.meta.Type)
@@ -325,13 +309,9 @@ func (t *pipelinedTx) start(ctx context.Context, claim *inboxClaim, savepoint bo
 				return &laterError{queuedError(i, later.stmts, err)}
 			}
 		}
-		for _, step := range steps {
+		if begin {
 			if _, err := br.Exec(); err != nil {
-				err = fmt.Errorf("%s: %w", step, err)
-				if step == "begin transaction" || databaseUnavailable(err) {
-					return infraError{err}
-				}
-				return err
+				return infraError{fmt.Errorf("begin transaction: %w", err)}
 			}
 		}
 		if claim != nil {
@@ -347,20 +327,19 @@ func (t *pipelinedTx) start(ctx context.Context, claim *inboxClaim, savepoint bo
 		return false, err
 	}
 	t.begun = true
-	t.savepoint = t.savepoint || savepoint
 	return claimed, nil
 }
 
 // deferLater keeps a call's queued statements to send with what the
-// transaction sends next. Only a call in a shared transaction does this:
-// alone, its statements go with its own commit. A call whose queued
-// statements fail there fails, and only the calls after it in the batch
-// run again alone.
+// transaction sends next, within the call's deadline. Only a call in a
+// shared transaction does this: alone, its statements go with its own
+// commit. A call whose queued statements fail there fails, and the other
+// calls of the batch run again alone.
 func (t *pipelinedTx) deferLater(callCtx context.Context, stmts []runtime.Statement) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.later = stmts
-	t.laterBy, _ = callCtx.Deadline()
+	t.later.stmts = stmts
+	t.later.by, _ = callCtx.Deadline()
 	return true
 }
 
@@ -373,8 +352,8 @@ type laterStmts struct {
 
 // takeLater returns and forgets what deferLater kept. The caller holds t.mu.
 func (t *pipelinedTx) takeLater() laterStmts {
-	l := laterStmts{stmts: t.later, by: t.laterBy}
-	t.later, t.laterBy = nil, time.Time{}
+	l := t.later
+	t.later = laterStmts{}
 	return l
 }
 
@@ -395,24 +374,15 @@ type laterError struct{ err error }
 func (e *laterError) Error() string { return e.err.Error() }
 func (e *laterError) Unwrap() error { return e.err }
 
-// settle has nothing to do: PostgreSQL keeps a transaction that a
-// statement failed in, aborted, until it is rolled back, and the call's
-// savepoint stays to roll it back to.
-func (t *pipelinedTx) settle(context.Context) (bool, error) { return true, nil }
+// settle is never needed: deferLater takes every call's queued statements.
+func (t *pipelinedTx) settle(context.Context) (bool, error) { return false, nil }
 
-// undo rolls the transaction back to the current call's savepoint.
-func (t *pipelinedTx) undo() error {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.raw(func(pc *pgx.Conn) error {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if _, err := pc.Exec(ctx, "ROLLBACK TO SAVEPOINT eventfn_call"); err != nil {
-			return fmt.Errorf("roll back to savepoint: %w", err)
-		}
-		return nil
-	})
-}
+// errNoSavepoint: a call of a shared transaction on PostgreSQL that fails
+// cannot be rolled back alone, and takes the batch down (see newCommitter).
+var errNoSavepoint = errors.New("a call of the shared transaction failed, and calls on PostgreSQL have no savepoint to roll it back alone")
+
+// undo cannot roll a call back alone: there is no savepoint per call.
+func (t *pipelinedTx) undo() error { return errNoSavepoint }
 
 // raw runs fn on the pgx connection under database/sql's lock of it. A
 // connection that fn left closed is reported to database/sql as bad, so the
