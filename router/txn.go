@@ -304,10 +304,8 @@ func (t *pipelinedTx) start(ctx context.Context, claim *inboxClaim) (bool, error
 		}
 		br := pc.SendBatch(ctx, b)
 		defer br.Close()
-		for i := range later.stmts {
-			if _, err := br.Exec(); err != nil {
-				return &laterError{queuedError(i, later.stmts, err)}
-			}
+		if err := readQueued(br, later.stmts); err != nil {
+			return &laterError{err}
 		}
 		if begin {
 			if _, err := br.Exec(); err != nil {
@@ -361,7 +359,7 @@ func (t *pipelinedTx) takeLater() laterStmts {
 // they must not run longer than that call could have.
 func (l laterStmts) bound(ctx context.Context) (context.Context, context.CancelFunc) {
 	if len(l.stmts) == 0 || l.by.IsZero() {
-		return context.WithCancel(ctx)
+		return ctx, func() {}
 	}
 	return context.WithDeadline(ctx, l.by)
 }
@@ -532,13 +530,8 @@ func (t *pipelinedTx) commit(ctx context.Context, work toCommit) error {
 func sendCommit(ctx context.Context, pc *pgx.Conn, b *pgx.Batch, later laterStmts, work toCommit) error {
 	br := pc.SendBatch(ctx, b)
 	defer br.Close()
-	for i := range later.stmts {
-		if _, err := br.Exec(); err != nil {
-			if connBusy(err) {
-				return rowLeftOpen(err)
-			}
-			return &laterError{queuedError(i, later.stmts, err)}
-		}
+	if err := readQueued(br, later.stmts); err != nil {
+		return &laterError{err}
 	}
 	return readCommit(br, work)
 }
@@ -557,13 +550,8 @@ func readCommit(br pgx.BatchResults, work toCommit) error {
 		}
 		return err
 	}
-	for i := range work.stmts {
-		if _, err := br.Exec(); err != nil {
-			if connBusy(err) {
-				return rowLeftOpen(err)
-			}
-			return queuedError(i, work.stmts, err)
-		}
+	if err := readQueued(br, work.stmts); err != nil {
+		return err
 	}
 	for _, r := range work.rows {
 		if _, err := br.Exec(); err != nil {
@@ -640,6 +628,19 @@ func connBusy(err error) bool {
 
 func rowLeftOpen(err error) error {
 	return fmt.Errorf("commit: a row of the handler's QueryRowContext was never scanned, and the connection is still reading it: %w", err)
+}
+
+// readQueued reads the results of queued statements sent in a pipeline.
+func readQueued(br pgx.BatchResults, stmts []runtime.Statement) error {
+	for i := range stmts {
+		if _, err := br.Exec(); err != nil {
+			if connBusy(err) {
+				return rowLeftOpen(err)
+			}
+			return queuedError(i, stmts, err)
+		}
+	}
+	return nil
 }
 
 // runQueued runs queued statements one after another: at the commit on
