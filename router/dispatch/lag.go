@@ -1,6 +1,12 @@
 package dispatch
 
-import "github.com/twmb/franz-go/pkg/kgo"
+import (
+	"context"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
 
 // noteHighWatermarks keeps the newest high watermark each fetch reports for
 // the partitions being dispatched; it runs after the fetch's records were
@@ -31,4 +37,64 @@ func (s *Subscriber) Lag() map[int32]int64 {
 		out[tp.partition] = max(p.highWatermark-p.next, 0)
 	}
 	return out
+}
+
+// Unfinished reports how many records of the partitions this subscriber
+// dispatches are not handled yet: Lag, less the records that finished out of
+// order behind an unfinished one. A key being retried counts itself and what
+// waits behind it on that key, not the other keys that went past it.
+func (s *Subscriber) Unfinished() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var n int64
+	for _, p := range s.parts {
+		n += max(p.highWatermark-p.next-int64(len(p.done)), 0)
+	}
+	return n
+}
+
+// endOffsetsLoop asks for the ends of topic's partitions every
+// EndOffsetsInterval and keeps them as the high watermarks Lag counts from.
+// The fetches report ends too, but only as fresh as the fetch: while
+// MaxBuffered events wait, fetching pauses, and a backlog in Kafka beyond the
+// last fetch would not be counted. One small request per interval.
+func (s *Subscriber) endOffsetsLoop(topic string) {
+	defer close(s.endsDone)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-s.closing:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	adm := kadm.NewClient(s.client)
+	tick := time.NewTicker(s.cfg.EndOffsetsInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		askCtx, done := context.WithTimeout(ctx, s.cfg.EndOffsetsInterval)
+		ends, err := adm.ListEndOffsets(askCtx, topic)
+		done()
+		if err != nil {
+			// A broker that is away shows in the fetches' errors; the ends
+			// are asked for again on the next tick.
+			continue
+		}
+		s.mu.Lock()
+		ends.Each(func(o kadm.ListedOffset) {
+			if o.Err != nil {
+				return
+			}
+			if p := s.parts[topicPartition{o.Topic, o.Partition}]; p != nil && o.Offset > p.highWatermark {
+				p.highWatermark = o.Offset
+			}
+		})
+		s.mu.Unlock()
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/eventfn/eventfn/internal/testenv"
+	"github.com/eventfn/eventfn/router/dispatch"
 )
 
 // TestLagCountsUnfinishedRecordsAndFallsToZero: while the handler holds the
@@ -28,4 +29,65 @@ func TestLagCountsUnfinishedRecordsAndFallsToZero(t *testing.T) {
 	waitFor(t, "lag 10 while the first record is held", 30*time.Second, func() bool { return lagOf() == "map[0:10]" })
 	close(release)
 	waitFor(t, "lag 0 once every record finished", 30*time.Second, func() bool { return lagOf() == "map[0:0]" })
+}
+
+// TestUnfinishedLeavesOutKeysThatWentPast: of 10 records, five of key a and
+// five of key b, the handler holds a's first; b's five finish past it. Lag
+// still counts 10 (offsets commit only up to a's first), Unfinished counts
+// a's five alone, and both fall to 0 once a's are let go.
+func TestUnfinishedLeavesOutKeysThatWentPast(t *testing.T) {
+	addrs := brokers(t)
+	topic := createTopic(t, addrs, 1)
+	produce(t, addrs, topic, []string{"a", "b"}, 5)
+
+	release := make(chan struct{})
+	sub := newSubscriber(t, addrs, testenv.UniqueName("g-"), 4)
+	runRouter(t, topic, sub, func(msg *message.Message) error {
+		if msg.Metadata.Get("key") == "a" {
+			<-release
+		}
+		return nil
+	})
+	state := func() string { return fmt.Sprintf("lag %v, unfinished %d", sub.Lag(), sub.Unfinished()) }
+	want := "lag map[0:10], unfinished 5"
+	waitFor(t, want, 30*time.Second, func() bool { return state() == want })
+	close(release)
+	want = "lag map[0:0], unfinished 0"
+	waitFor(t, want, 30*time.Second, func() bool { return state() == want })
+}
+
+// TestLagCountsPastAPausedFetch: with MaxBuffered events waiting behind a
+// held one, fetching pauses; records produced after that are still counted,
+// from the partition's end asked for every EndOffsetsInterval.
+func TestLagCountsPastAPausedFetch(t *testing.T) {
+	addrs := brokers(t)
+	topic := createTopic(t, addrs, 1)
+	produce(t, addrs, topic, []string{"k"}, 10)
+
+	sub, err := dispatch.NewSubscriber(dispatch.Config{
+		Brokers:            addrs,
+		Group:              testenv.UniqueName("g-"),
+		Unmarshal:          unmarshal,
+		MaxInFlight:        1,
+		MaxBuffered:        4,
+		EndOffsetsInterval: 50 * time.Millisecond,
+		DrainTimeout:       10 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	release := make(chan struct{})
+	runRouter(t, topic, sub, func(msg *message.Message) error {
+		<-release
+		return nil
+	})
+	state := func() string { return fmt.Sprintf("lag %v, unfinished %d", sub.Lag(), sub.Unfinished()) }
+	want := "lag map[0:10], unfinished 10"
+	waitFor(t, want, 30*time.Second, func() bool { return state() == want })
+	produce(t, addrs, topic, []string{"k"}, 90)
+	want = "lag map[0:100], unfinished 100"
+	waitFor(t, want, 30*time.Second, func() bool { return state() == want })
+	close(release)
+	want = "lag map[0:0], unfinished 0"
+	waitFor(t, want, 30*time.Second, func() bool { return state() == want })
 }

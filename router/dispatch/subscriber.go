@@ -55,6 +55,11 @@ type Config struct {
 	NackResendSleep time.Duration
 	// CommitInterval is how often finished offsets are committed.
 	CommitInterval time.Duration
+	// EndOffsetsInterval is how often the partitions' ends are asked for, so
+	// that Lag and Unfinished count what the fetches have not reached: with
+	// MaxBuffered events waiting, fetching pauses, and the ends the fetches
+	// report fall behind.
+	EndOffsetsInterval time.Duration
 	// DrainTimeout bounds how long Close and a rebalance wait for calls in flight.
 	DrainTimeout time.Duration
 	// Logger receives state changes (never one line per event).
@@ -75,6 +80,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.CommitInterval <= 0 {
 		c.CommitInterval = 200 * time.Millisecond
+	}
+	if c.EndOffsetsInterval <= 0 {
+		c.EndOffsetsInterval = time.Second
 	}
 	if c.DrainTimeout <= 0 {
 		c.DrainTimeout = 30 * time.Second
@@ -136,6 +144,7 @@ type Subscriber struct {
 	closeOnce  sync.Once
 	pollDone   chan struct{}
 	commitDone chan struct{}
+	endsDone   chan struct{}
 	msgCtx     context.Context
 	cancelMsgs context.CancelFunc
 	delivering sync.WaitGroup
@@ -157,6 +166,7 @@ func NewSubscriber(cfg Config) (*Subscriber, error) {
 		closing:    make(chan struct{}),
 		pollDone:   make(chan struct{}),
 		commitDone: make(chan struct{}),
+		endsDone:   make(chan struct{}),
 		msgCtx:     msgCtx,
 		cancelMsgs: cancel,
 		errors:     &errorReport{logger: cfg.Logger, every: 30 * time.Second},
@@ -201,6 +211,7 @@ func (s *Subscriber) Subscribe(_ context.Context, topic string) (<-chan *message
 	s.out = make(chan *message.Message)
 	go s.poll()
 	go s.commitLoop()
+	go s.endOffsetsLoop(topic)
 	return s.out, nil
 }
 
@@ -512,6 +523,7 @@ func (s *Subscriber) Close() error {
 		}
 		<-s.pollDone
 		<-s.commitDone
+		<-s.endsDone
 		if !waitGroup(&s.delivering, s.cfg.DrainTimeout) {
 			s.cfg.Logger.Warn("calls still running at the drain deadline; cancelling them", "group", s.cfg.Group)
 			s.cancelMsgs()
