@@ -111,6 +111,13 @@ type HTTP struct {
 	// MetricsAddr is host:port for GET /metrics alone, so that it need not be
 	// exposed with the API; empty serves it on Addr with the API.
 	MetricsAddr string `koanf:"metrics_addr"`
+	// MaxBacklog is how many events this process's handlers may have waiting
+	// before a new order is held at the door: more orders than the chain can
+	// handle would only take the CPU and the database it needs. 0 never holds.
+	MaxBacklog int64 `koanf:"max_backlog"`
+	// BacklogWait is how long an order is held for the backlog to fall below
+	// MaxBacklog before it is answered 503 with Retry-After.
+	BacklogWait time.Duration `koanf:"backlog_wait"`
 }
 
 // Kafka configures the broker connection.
@@ -289,6 +296,8 @@ func defaults() map[string]any {
 		"http.max_header_bytes":          64 << 10,
 		"http.max_connections":           1024,
 		"http.metrics_addr":              "",
+		"http.max_backlog":               int64(5000),
+		"http.backlog_wait":              "5s",
 		"kafka.embedded":                 true,
 		"kafka.brokers":                  []string{"127.0.0.1:9092"},
 		"kafka.version":                  "3.6.0",
@@ -560,6 +569,16 @@ func (c Config) Validate() error {
 		} else if c.HTTP.MetricsAddr == c.HTTP.Addr && port != "0" {
 			bad("http.metrics_addr", "%q is http.addr; leave it empty to serve /metrics with the API", c.HTTP.MetricsAddr)
 		}
+	}
+	if c.HTTP.MaxBacklog < 0 {
+		bad("http.max_backlog", "%d: must not be negative; 0 never holds an order", c.HTTP.MaxBacklog)
+	}
+	if c.HTTP.BacklogWait < 0 {
+		bad("http.backlog_wait", "%s: must not be negative; 0 answers 503 at once", c.HTTP.BacklogWait)
+	} else if c.HTTP.WriteTimeout > 0 && c.HTTP.BacklogWait >= c.HTTP.WriteTimeout {
+		// The hold counts against the write deadline: an order held that
+		// long could not be answered at all, not even with its 503.
+		bad("http.backlog_wait", "%s is not shorter than http.write_timeout (%s): a held order could not be answered", c.HTTP.BacklogWait, c.HTTP.WriteTimeout)
 	}
 	if len(c.Kafka.Brokers) == 0 {
 		bad("kafka.brokers", "empty: name at least one host:port")

@@ -89,6 +89,9 @@ func TestInvalidValuesNameTheKey(t *testing.T) {
 		{"EVENTFN_HTTP_MAX_HEADER_BYTES=10", "http.max_header_bytes (EVENTFN_HTTP_MAX_HEADER_BYTES): 10: must be between 1024 and 1048576"},
 		{"EVENTFN_HTTP_MAX_HEADER_BYTES=1GB", "http.max_header_bytes"},
 		{"EVENTFN_HTTP_MAX_CONNECTIONS=0", "http.max_connections (EVENTFN_HTTP_MAX_CONNECTIONS): 0: must be at least 1"},
+		{"EVENTFN_HTTP_MAX_BACKLOG=-1", "http.max_backlog (EVENTFN_HTTP_MAX_BACKLOG): -1: must not be negative"},
+		{"EVENTFN_HTTP_BACKLOG_WAIT=-1s", "http.backlog_wait (EVENTFN_HTTP_BACKLOG_WAIT): -1s: must not be negative"},
+		{"EVENTFN_HTTP_BACKLOG_WAIT=30s", "http.backlog_wait (EVENTFN_HTTP_BACKLOG_WAIT): 30s is not shorter than http.write_timeout (30s)"},
 		{"EVENTFN_HTTP_METRICS_ADDR=9090", "http.metrics_addr (EVENTFN_HTTP_METRICS_ADDR): \"9090\" is not host:port"},
 		{"EVENTFN_HTTP_METRICS_ADDR=127.0.0.1:8080", "http.metrics_addr (EVENTFN_HTTP_METRICS_ADDR): \"127.0.0.1:8080\" is http.addr"},
 		{"EVENTFN_RUN_START_POSITION=newest", `run.start_position (EVENTFN_RUN_START_POSITION): "newest": accepted: earliest, latest`},
@@ -113,7 +116,7 @@ func TestHTTPServerBounds(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := configs.HTTP{Addr: "127.0.0.1:8080", MaxBodyBytes: 1 << 20, ReadTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second,
-		IdleTimeout: 60 * time.Second, MaxHeaderBytes: 64 << 10, MaxConnections: 1024}
+		IdleTimeout: 60 * time.Second, MaxHeaderBytes: 64 << 10, MaxConnections: 1024, MaxBacklog: 5000, BacklogWait: 5 * time.Second}
 	if cfg.HTTP != want {
 		t.Errorf("defaults: %+v, want %+v", cfg.HTTP, want)
 	}
@@ -124,12 +127,14 @@ func TestHTTPServerBounds(t *testing.T) {
 		"EVENTFN_HTTP_MAX_HEADER_BYTES=8192",
 		"EVENTFN_HTTP_MAX_CONNECTIONS=50",
 		"EVENTFN_HTTP_METRICS_ADDR=127.0.0.1:9090",
+		"EVENTFN_HTTP_MAX_BACKLOG=100",
+		"EVENTFN_HTTP_BACKLOG_WAIT=1s",
 	}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	want = configs.HTTP{Addr: "127.0.0.1:8080", MaxBodyBytes: 1 << 20, ReadTimeout: 2 * time.Second, WriteTimeout: 3 * time.Second,
-		IdleTimeout: 4 * time.Second, MaxHeaderBytes: 8192, MaxConnections: 50, MetricsAddr: "127.0.0.1:9090"}
+		IdleTimeout: 4 * time.Second, MaxHeaderBytes: 8192, MaxConnections: 50, MetricsAddr: "127.0.0.1:9090", MaxBacklog: 100, BacklogWait: time.Second}
 	if cfg.HTTP != want {
 		t.Errorf("overrides: %+v, want %+v", cfg.HTTP, want)
 	}

@@ -44,6 +44,8 @@ type Server struct {
 	// logged, not once per request.
 	storing *outage.Reporter
 	tracer  trace.Tracer
+	// backpressure holds orders while the handlers are behind; nil holds none.
+	backpressure *Backpressure
 }
 
 // ServerOption configures a Server.
@@ -204,6 +206,19 @@ func (s *Server) createOrder(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		ctx = runtime.WithMetadata(ctx, runtime.Metadata{CorrelationID: id})
+	}
+	if err := s.backpressure.admit(ctx); err != nil {
+		var behind behindError
+		if errors.As(err, &behind) {
+			span.SetStatus(codes.Error, "held: the handlers are behind")
+			w.Header().Set("Retry-After", "1")
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": behind.Error()})
+			return
+		}
+		// The client gave up while its order was held: nothing was stored,
+		// and nobody reads an answer.
+		s.logger.DebugContext(ctx, "order request abandoned by the client while held for the backlog", "err", err)
+		return
 	}
 	// One transaction, sent in one round trip on PostgreSQL: the order, its
 	// items and order.placed commit together or not at all. RETURNING gives

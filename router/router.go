@@ -188,6 +188,9 @@ type Runtime struct {
 	infra infraWatch
 	// dlqHealth says whether dead letters can be written.
 	dlqHealth *outage.Reporter
+	// unfinished counts, per handler, its records not handled yet (see
+	// Backlog); filled before Run, read only after.
+	unfinished []func() int64
 }
 
 // outageReportInterval is how often a lasting failure (dead letters that
@@ -287,11 +290,24 @@ func (r *Runtime) buildHandlers(handlers []runtime.Handler) error {
 		}
 		rh.AddMiddleware(mws...)
 		r.metrics.ops.lag.add(h.Name(), sub.Lag)
+		r.unfinished = append(r.unfinished, sub.Unfinished)
 		r.started = append(r.started, rh)
 	}
 	r.metrics.instrument(router)
 	r.handlers = router
 	return nil
+}
+
+// Backlog is how many events the handlers of this process have not handled
+// yet: on the partitions each was given, records not finished, fetched or not.
+// It counts only this process's handlers and their partitions; events still
+// in the outbox are not in it.
+func (r *Runtime) Backlog() int64 {
+	var n int64
+	for _, unfinished := range r.unfinished {
+		n += unfinished()
+	}
+	return n
 }
 
 // Handlers describes the subscribed handlers.

@@ -166,13 +166,19 @@ func ProvideReadiness(rt *router.Runtime, logger *slog.Logger) *ingress.Readines
 }
 
 // ProvideIngress is a Wire provider function for the HTTP API, with /metrics
-// unless http.metrics_addr gives it an address of its own.
-func ProvideIngress(cfg configs.Config, outbox *router.Outbox, db *store.DB, ready *ingress.Readiness, metrics MetricsHandler, tp trace.TracerProvider, logger *slog.Logger) *ingress.Server {
+// unless http.metrics_addr gives it an address of its own. It holds new
+// orders while the runtime's handlers are behind (http.max_backlog).
+func ProvideIngress(cfg configs.Config, outbox *router.Outbox, db *store.DB, rt *router.Runtime, ready *ingress.Readiness, metrics MetricsHandler, reg prometheus.Registerer, tp trace.TracerProvider, logger *slog.Logger) (*ingress.Server, error) {
 	var m http.Handler
 	if cfg.HTTP.MetricsAddr == "" {
 		m = metrics.Handler
 	}
-	return ingress.NewServer(outbox, readPool(db), ready.Ready, m, cfg.HTTP.MaxBodyBytes, logger.With("component", "http"), ingress.WithTracerProvider(tp))
+	bp, err := ingress.NewBackpressure(rt.Backlog, cfg.HTTP.MaxBacklog, cfg.HTTP.BacklogWait, reg)
+	if err != nil {
+		return nil, err
+	}
+	return ingress.NewServer(outbox, readPool(db), ready.Ready, m, cfg.HTTP.MaxBodyBytes, logger.With("component", "http"),
+		ingress.WithTracerProvider(tp), ingress.WithBackpressure(bp)), nil
 }
 
 // ProvideRuntime is a Wire provider function for the runtime, traced with tp.

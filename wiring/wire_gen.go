@@ -56,7 +56,13 @@ func BuildApp(ctx context.Context, base BaseConfig, logger *slog.Logger) (*App, 
 	}
 	readiness := ProvideReadiness(runtime, logger)
 	metricsHandler := ProvideMetricsHandler(registry)
-	server := ProvideIngress(config, outbox, db, readiness, metricsHandler, tracerProvider, logger)
+	server, err := ProvideIngress(config, outbox, db, runtime, readiness, metricsHandler, registry, tracerProvider, logger)
+	if err != nil {
+		cleanup3()
+		cleanup2()
+		cleanup()
+		return nil, nil, err
+	}
 	app := NewApp(config, broker, db, runtime, server, metricsHandler, readiness, paymentGateway, logMailer, logger)
 	return app, func() {
 		cleanup3()
@@ -97,7 +103,12 @@ func BuildAppTraced(ctx context.Context, base BaseConfig, logger *slog.Logger, t
 	}
 	readiness := ProvideReadiness(runtime, logger)
 	metricsHandler := ProvideMetricsHandler(registry)
-	server := ProvideIngress(config, outbox, db, readiness, metricsHandler, tp, logger)
+	server, err := ProvideIngress(config, outbox, db, runtime, readiness, metricsHandler, registry, tp, logger)
+	if err != nil {
+		cleanup2()
+		cleanup()
+		return nil, nil, err
+	}
 	app := NewApp(config, broker, db, runtime, server, metricsHandler, readiness, paymentGateway, logMailer, logger)
 	return app, func() {
 		cleanup2()
