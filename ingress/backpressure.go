@@ -12,8 +12,8 @@ import (
 // behind. Past what the chain can handle, every order taken costs the CPU and
 // the database the chain needs: with nothing holding them, a closed loop of
 // 32 clients had orders taken at twice the rate their chains completed, and
-// the chains completed at three quarters of what an open loop at capacity
-// sustains (docs/BENCHMARKS.md, "Overload"). Held, an order waits for the
+// the chains completed fewer than an open loop near capacity sustains
+// (docs/BENCHMARKS.md, "Broker requests, and overload"). Held, an order waits for the
 // backlog to fall below the limit; one that waits out the hold is answered
 // 503 with Retry-After and is not stored, so the client knows to send it
 // again.
