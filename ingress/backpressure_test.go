@@ -5,21 +5,17 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/eventfn/eventfn/configs"
 	"github.com/eventfn/eventfn/ingress"
-	"github.com/eventfn/eventfn/router"
 	"github.com/eventfn/eventfn/store"
 )
 
@@ -29,26 +25,13 @@ const anOrder = `{"customer_email": "a@example.com", "items": [{"sku": "SKU-1", 
 // backlog reports limit or more events, for up to wait.
 func heldServer(t *testing.T, backlog func() int64, limit int64, wait time.Duration) (*httptest.Server, *store.DB, *prometheus.Registry) {
 	t.Helper()
-	ctx := context.Background()
-	db, err := store.Open(ctx, store.Config{Driver: store.SQLite, SQLitePath: filepath.Join(t.TempDir(), "api.db")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = db.Close() })
-	cfg, err := configs.Load(configs.Options{Profile: "test"})
-	if err != nil {
-		t.Fatal(err)
-	}
 	reg := prometheus.NewRegistry()
 	bp, err := ingress.NewBackpressure(backlog, limit, wait, reg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	outbox := router.NewOutbox(db, cfg, watermill.NopLogger{})
-	ready := func(context.Context) error { return nil }
-	srv := httptest.NewServer(ingress.NewServer(outbox, db.Read, ready, http.NotFoundHandler(), 1<<20,
-		slog.New(slog.DiscardHandler), ingress.WithBackpressure(bp)).Handler())
-	t.Cleanup(srv.Close)
+	srv, db, _ := newUnstartedServer(t, 1<<20, func(*configs.Config) {}, ingress.WithBackpressure(bp))
+	srv.Start()
 	return srv, db, reg
 }
 

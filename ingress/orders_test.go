@@ -35,7 +35,7 @@ func newServerWith(t *testing.T, maxBody int64, edit func(*configs.Config)) (*ht
 
 // newUnstartedServer is newServerWith before Start, for a test that sets the
 // HTTP server's own limits first.
-func newUnstartedServer(t *testing.T, maxBody int64, edit func(*configs.Config)) (*httptest.Server, *store.DB, *router.Outbox) {
+func newUnstartedServer(t *testing.T, maxBody int64, edit func(*configs.Config), opts ...ingress.ServerOption) (*httptest.Server, *store.DB, *router.Outbox) {
 	t.Helper()
 	ctx := context.Background()
 	db, err := store.Open(ctx, store.Config{Driver: store.SQLite, SQLitePath: filepath.Join(t.TempDir(), "api.db")})
@@ -50,7 +50,7 @@ func newUnstartedServer(t *testing.T, maxBody int64, edit func(*configs.Config))
 	edit(&cfg)
 	outbox := router.NewOutbox(db, cfg, watermill.NopLogger{})
 	ready := func(context.Context) error { return nil }
-	srv := httptest.NewUnstartedServer(ingress.NewServer(outbox, db.Read, ready, http.NotFoundHandler(), maxBody, slog.New(slog.DiscardHandler)).Handler())
+	srv := httptest.NewUnstartedServer(ingress.NewServer(outbox, db.Read, ready, http.NotFoundHandler(), maxBody, slog.New(slog.DiscardHandler), opts...).Handler())
 	t.Cleanup(srv.Close)
 	return srv, db, outbox
 }

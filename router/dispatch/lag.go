@@ -60,15 +60,8 @@ func (s *Subscriber) Unfinished() int64 {
 // last fetch would not be counted. One small request per interval.
 func (s *Subscriber) endOffsetsLoop(topic string) {
 	defer close(s.endsDone)
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := s.untilClosing()
 	defer cancel()
-	go func() {
-		select {
-		case <-s.closing:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 	adm := kadm.NewClient(s.client)
 	tick := time.NewTicker(s.cfg.EndOffsetsInterval)
 	defer tick.Stop()

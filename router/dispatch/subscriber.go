@@ -223,10 +223,10 @@ func (s *Subscriber) resetOffset() kgo.Offset {
 	return kgo.NewOffset().AtStart()
 }
 
-func (s *Subscriber) poll() {
-	defer close(s.pollDone)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+// untilClosing returns a context that ends when the subscriber starts
+// closing, or when cancel is called.
+func (s *Subscriber) untilClosing() (ctx context.Context, cancel context.CancelFunc) {
+	ctx, cancel = context.WithCancel(context.Background())
 	go func() {
 		select {
 		case <-s.closing:
@@ -234,6 +234,13 @@ func (s *Subscriber) poll() {
 		case <-ctx.Done():
 		}
 	}()
+	return ctx, cancel
+}
+
+func (s *Subscriber) poll() {
+	defer close(s.pollDone)
+	ctx, cancel := s.untilClosing()
+	defer cancel()
 	for {
 		free := s.waitSpace()
 		if free == 0 {
