@@ -13,17 +13,15 @@ import (
 // the database the chain needs: with nothing holding them, a closed loop of
 // 32 clients had orders taken at twice the rate their chains completed, and
 // the chains completed fewer than an open loop near capacity sustains
-// (docs/BENCHMARKS.md, "Broker requests, and overload"). Held, an order waits for the
-// backlog to fall below the limit; one that waits out the hold is answered
-// 503 with Retry-After and is not stored, so the client knows to send it
-// again.
+// (docs/BENCHMARKS.md, "Broker requests, and overload"). Held, an order
+// waits for the backlog to fall below the limit; one that waits out the hold
+// is answered 503 with Retry-After and is not stored, so the client knows to
+// send it again.
 type Backpressure struct {
 	backlog func() int64
 	limit   int64
 	wait    time.Duration
-	// poll is how often a held order looks at the backlog again.
-	poll time.Duration
-	held *prometheus.CounterVec
+	held    *prometheus.CounterVec
 }
 
 // backlogPoll is how often a held order looks at the backlog again: often
@@ -45,7 +43,7 @@ func NewBackpressure(backlog func() int64, limit int64, wait time.Duration, reg 
 	if err := reg.Register(held); err != nil {
 		return nil, fmt.Errorf("register eventfn_http_orders_held_total: %w", err)
 	}
-	return &Backpressure{backlog: backlog, limit: limit, wait: wait, poll: backlogPoll, held: held}, nil
+	return &Backpressure{backlog: backlog, limit: limit, wait: wait, held: held}, nil
 }
 
 // WithBackpressure holds orders while the handlers are behind (see
@@ -74,7 +72,7 @@ func (b *Backpressure) admit(ctx context.Context) error {
 	}
 	deadline := time.NewTimer(b.wait)
 	defer deadline.Stop()
-	tick := time.NewTicker(b.poll)
+	tick := time.NewTicker(backlogPoll)
 	defer tick.Stop()
 	for {
 		select {
