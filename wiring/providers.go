@@ -173,12 +173,19 @@ func ProvideIngress(cfg configs.Config, outbox *router.Outbox, db *store.DB, rt 
 	if cfg.HTTP.MetricsAddr == "" {
 		m = metrics.Handler
 	}
-	bp, err := ingress.NewBackpressure(rt.Backlog, cfg.HTTP.MaxBacklog, cfg.HTTP.BacklogWait, reg)
+	bp, err := ingress.NewBackpressure(rt.Backlog, cfg.HTTP.MaxBacklog, holdFor(cfg.HTTP), reg)
 	if err != nil {
 		return nil, err
 	}
 	return ingress.NewServer(outbox, readPool(db), ready.Ready, m, cfg.HTTP.MaxBodyBytes, logger.With("component", "http"),
 		ingress.WithTracerProvider(tp), ingress.WithBackpressure(bp)), nil
+}
+
+// holdFor is how long an order may be held for the backlog: http.backlog_wait,
+// but at most half of http.write_timeout. The hold counts against the write
+// deadline, and past it not even the 503 could be written.
+func holdFor(c configs.HTTP) time.Duration {
+	return min(c.BacklogWait, c.WriteTimeout/2)
 }
 
 // ProvideRuntime is a Wire provider function for the runtime, traced with tp.
