@@ -297,7 +297,7 @@ func defaults() map[string]any {
 		"http.max_header_bytes":          64 << 10,
 		"http.max_connections":           1024,
 		"http.metrics_addr":              "",
-		"http.max_backlog":               int64(5000),
+		"http.max_backlog":               int64(1000),
 		"http.backlog_wait":              "5s",
 		"kafka.embedded":                 true,
 		"kafka.brokers":                  []string{"127.0.0.1:9092"},

@@ -115,7 +115,7 @@ func TestHTTPServerBounds(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := configs.HTTP{Addr: "127.0.0.1:8080", MaxBodyBytes: 1 << 20, ReadTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second,
-		IdleTimeout: 60 * time.Second, MaxHeaderBytes: 64 << 10, MaxConnections: 1024, MaxBacklog: 5000, BacklogWait: 5 * time.Second}
+		IdleTimeout: 60 * time.Second, MaxHeaderBytes: 64 << 10, MaxConnections: 1024, MaxBacklog: 1000, BacklogWait: 5 * time.Second}
 	if cfg.HTTP != want {
 		t.Errorf("defaults: %+v, want %+v", cfg.HTTP, want)
 	}
