@@ -44,6 +44,24 @@ func storedOrders(t *testing.T, db *store.DB) int {
 	return n
 }
 
+// heldCounts reads eventfn_http_orders_held_total, the registry's only
+// family, by outcome.
+func heldCounts(t *testing.T, reg *prometheus.Registry) map[string]float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(mfs) != 1 {
+		t.Fatalf("%d metric families, want eventfn_http_orders_held_total alone", len(mfs))
+	}
+	out := map[string]float64{}
+	for _, m := range mfs[0].GetMetric() {
+		out[m.GetLabel()[0].GetValue()] = m.GetCounter().GetValue()
+	}
+	return out
+}
+
 // TestOrdersAreHeldWhileTheHandlersAreBehind: an order is taken at once below
 // the limit, or with a limit of 0; held and then taken when the backlog falls
 // within the wait; and answered 503 with Retry-After, and not stored, when it
@@ -102,16 +120,8 @@ func TestOrdersAreHeldWhileTheHandlersAreBehind(t *testing.T) {
 			if tt.limit == 0 {
 				return // nothing is held, and nothing looks at the backlog
 			}
-			mfs, err := reg.Gather()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if len(mfs) != 1 {
-				t.Fatalf("%d metric families, want eventfn_http_orders_held_total alone", len(mfs))
-			}
-			for _, m := range mfs[0].GetMetric() {
-				outcome := m.GetLabel()[0].GetValue()
-				if got := m.GetCounter().GetValue(); got != want[outcome] {
+			for outcome, got := range heldCounts(t, reg) {
+				if got != want[outcome] {
 					t.Errorf("held %s = %v, want %v", outcome, got, want[outcome])
 				}
 			}
@@ -151,18 +161,7 @@ func TestAnOrderAbandonedWhileHeldIsNotStored(t *testing.T) {
 	if err := <-errs; !errors.Is(err, context.Canceled) {
 		t.Fatalf("client: %v, want its own cancellation", err)
 	}
-	abandoned := func() float64 {
-		mfs, err := reg.Gather()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, m := range mfs[0].GetMetric() {
-			if m.GetLabel()[0].GetValue() == "abandoned" {
-				return m.GetCounter().GetValue()
-			}
-		}
-		return -1
-	}
+	abandoned := func() float64 { return heldCounts(t, reg)["abandoned"] }
 	for abandoned() != 1 {
 		if time.Now().After(deadline) {
 			t.Fatalf("abandoned = %v, want 1", abandoned())
