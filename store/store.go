@@ -17,7 +17,6 @@ import (
 
 	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" driver
 	"github.com/pressly/goose/v3"
-	_ "modernc.org/sqlite" // registers the "sqlite" driver
 )
 
 //go:embed migrations
@@ -134,7 +133,7 @@ func openSQLite(path, txlock string, conns int) (*sql.DB, error) {
 		q.Add("_pragma", p)
 	}
 	q.Set("_txlock", txlock)
-	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
+	db, err := OpenSQLite("file:" + path + "?" + q.Encode())
 	if err != nil {
 		return nil, fmt.Errorf("open SQLite %s: %w", path, err)
 	}
