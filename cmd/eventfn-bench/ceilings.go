@@ -13,6 +13,8 @@ import (
 	"github.com/google/uuid"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/eventfn/eventfn/store"
 )
 
 // The engines' ceilings, taken in the same run as the load figures: what the
@@ -33,9 +35,15 @@ var (
 // clients for d (at most maxTx in all): each inserts one order row and one
 // outbox row into scratch tables of its own. On SQLite the clients share one
 // writer connection of a separate WAL file, as eventfn's writers do; on
-// PostgreSQL each has its own connection.
+// PostgreSQL each has its own connection. Statements are prepared once on
+// both: pgx keeps them by default, and on SQLite the connection keeps them
+// through store.OpenSQLite, as eventfn's do.
 func txCeiling(ctx context.Context, driverName, dsn string, d time.Duration, maxTx int64) (float64, error) {
-	db, err := sql.Open(driverName, dsn)
+	open := sql.Open
+	if driverName == "sqlite" {
+		open = func(_, dsn string) (*sql.DB, error) { return store.OpenSQLite(dsn) }
+	}
+	db, err := open(driverName, dsn)
 	if err != nil {
 		return 0, err
 	}
