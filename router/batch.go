@@ -78,10 +78,13 @@ type committer struct {
 	timer   *time.Timer
 }
 
-// call is one handler call waiting for, or in, a batch.
+// call is one handler call (or one write from outside handlers) waiting
+// for, or in, a batch.
 type call struct {
-	ctx   context.Context
-	claim inboxClaim
+	ctx context.Context
+	// claim is the inbox claim of a handler call; nil for a write from
+	// outside handlers.
+	claim *inboxClaim
 	fn    func(ctx context.Context, tx sqlExecutor) (toCommit, error)
 	done  chan callResult
 }
@@ -129,9 +132,9 @@ func newCommitter(db *store.DB, maxBatch, maxBatches int, observe func(float64))
 }
 
 // run runs fn as inTx does, in a batch when calls queue up.
-func (m *committer) run(ctx context.Context, claim inboxClaim, fn func(ctx context.Context, tx sqlExecutor) (toCommit, error)) (bool, error) {
-	if m.maxBatch <= 1 || (m.retriesAlone && claim.meta.Attempt > 1) {
-		return inTx(ctx, m.db, &claim, fn)
+func (m *committer) run(ctx context.Context, claim *inboxClaim, fn func(ctx context.Context, tx sqlExecutor) (toCommit, error)) (bool, error) {
+	if m.maxBatch <= 1 || (m.retriesAlone && claim != nil && claim.meta.Attempt > 1) {
+		return inTx(ctx, m.db, claim, fn)
 	}
 	c := &call{ctx: ctx, claim: claim, fn: fn, done: make(chan callResult, 1)}
 	m.enqueue(c)
@@ -147,7 +150,7 @@ func (m *committer) run(ctx context.Context, claim inboxClaim, fn func(ctx conte
 		r = <-c.done // a batch has it: it answers at the call's end
 	}
 	if r.alone {
-		return inTx(ctx, m.db, &claim, fn)
+		return inTx(ctx, m.db, claim, fn)
 	}
 	return r.claimed, r.err
 }
@@ -348,7 +351,7 @@ func (m *committer) batch() {
 // call's: a call whose context ends in the middle of them would take the
 // transaction, and every call's work in it, down with it.
 func (m *committer) one(batchCtx context.Context, t sharedTxn, c *call) (res callResult, rows []relay.Record, broken error) {
-	claimed, err := t.start(batchCtx, &c.claim)
+	claimed, err := t.start(batchCtx, c.claim)
 	if err != nil {
 		// Whether the savepoint was made is not known: rolling back to "the
 		// current savepoint" might undo the previous call's work.

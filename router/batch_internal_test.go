@@ -84,7 +84,7 @@ func queueCalls(t *testing.T, m *committer, calls []batchCall) ([]callResult, []
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			meta := runtime.Metadata{ID: c.name, Source: "test", Type: "test.called", Attempt: max(c.attempt, 1)}
-			claimed, err := m.run(ctx, inboxClaim{handler: "batch", meta: meta}, func(ctx context.Context, tx sqlExecutor) (toCommit, error) {
+			claimed, err := m.run(ctx, &inboxClaim{handler: "batch", meta: meta}, func(ctx context.Context, tx sqlExecutor) (toCommit, error) {
 				atomic.AddInt32(&runs[i], 1)
 				if i == 0 {
 					<-release
@@ -378,7 +378,7 @@ func TestACallPastItsTimeoutCannotWriteIntoTheNextCalls(t *testing.T) {
 			defer wg.Done()
 			ctx, cancel := context.WithTimeout(context.Background(), timeout)
 			defer cancel()
-			_, _ = m.run(ctx, inboxClaim{handler: "batch", meta: runtime.Metadata{ID: name, Source: "test", Type: "t"}},
+			_, _ = m.run(ctx, &inboxClaim{handler: "batch", meta: runtime.Metadata{ID: name, Source: "test", Type: "t"}},
 				func(ctx context.Context, tx sqlExecutor) (toCommit, error) { return toCommit{}, fn(ctx, tx) })
 		}()
 	}
@@ -425,7 +425,7 @@ func TestASlowCallDoesNotHoldUpTheCallsQueuedBehindIt(t *testing.T) {
 	release := make(chan struct{})
 	slow := make(chan error, 1)
 	go func() {
-		_, err := m.run(context.Background(), inboxClaim{handler: "batch", meta: runtime.Metadata{ID: "slow", Source: "test", Type: "t"}},
+		_, err := m.run(context.Background(), &inboxClaim{handler: "batch", meta: runtime.Metadata{ID: "slow", Source: "test", Type: "t"}},
 			func(ctx context.Context, tx sqlExecutor) (toCommit, error) {
 				<-release
 				return toCommit{}, nil
@@ -439,7 +439,7 @@ func TestASlowCallDoesNotHoldUpTheCallsQueuedBehindIt(t *testing.T) {
 	})
 	for i := range 5 {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		claimed, err := m.run(ctx, inboxClaim{handler: "batch", meta: runtime.Metadata{ID: fmt.Sprint("quick-", i), Source: "test", Type: "t"}},
+		claimed, err := m.run(ctx, &inboxClaim{handler: "batch", meta: runtime.Metadata{ID: fmt.Sprint("quick-", i), Source: "test", Type: "t"}},
 			func(ctx context.Context, tx sqlExecutor) (toCommit, error) { return toCommit{}, nil })
 		cancel()
 		if err != nil || !claimed {
@@ -480,7 +480,7 @@ func TestAQueuedCallWhoseContextEndsReturns(t *testing.T) {
 	release := make(chan struct{})
 	first := make(chan error, 1)
 	go func() {
-		_, err := m.run(context.Background(), inboxClaim{handler: "batch", meta: runtime.Metadata{ID: "first", Source: "test", Type: "t"}},
+		_, err := m.run(context.Background(), &inboxClaim{handler: "batch", meta: runtime.Metadata{ID: "first", Source: "test", Type: "t"}},
 			func(ctx context.Context, tx sqlExecutor) (toCommit, error) {
 				<-release
 				return toCommit{}, nil
@@ -495,7 +495,7 @@ func TestAQueuedCallWhoseContextEndsReturns(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	ran := false
-	_, err := m.run(ctx, inboxClaim{handler: "batch", meta: runtime.Metadata{ID: "late", Source: "test", Type: "t"}},
+	_, err := m.run(ctx, &inboxClaim{handler: "batch", meta: runtime.Metadata{ID: "late", Source: "test", Type: "t"}},
 		func(ctx context.Context, tx sqlExecutor) (toCommit, error) {
 			ran = true
 			return toCommit{}, nil
@@ -542,7 +542,7 @@ func TestQueuedStatementsNeverRunInAutocommit(t *testing.T) {
 			call := func(event string, id int) error {
 				cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 				defer cancel()
-				_, err := m.run(cctx, inboxClaim{handler: "h", meta: runtime.Metadata{ID: event, Source: "s", Type: "t"}},
+				_, err := m.run(cctx, &inboxClaim{handler: "h", meta: runtime.Metadata{ID: event, Source: "s", Type: "t"}},
 					func(ctx context.Context, tx sqlExecutor) (toCommit, error) {
 						h := &txHandle{sqlExecutor: tx}
 						_, _ = h.ExecContext(ctx, `INSERT INTO taken (id) VALUES ($1)`, id) // an error ignored
@@ -592,7 +592,7 @@ func TestAQueuedStatementPastItsCallsDeadline(t *testing.T) {
 	call := func(event string, timeout time.Duration, stmt string) error {
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()
-		_, err := m.run(ctx, inboxClaim{handler: "h", meta: runtime.Metadata{ID: event, Source: "s", Type: "t"}},
+		_, err := m.run(ctx, &inboxClaim{handler: "h", meta: runtime.Metadata{ID: event, Source: "s", Type: "t"}},
 			func(ctx context.Context, tx sqlExecutor) (toCommit, error) {
 				h := &txHandle{sqlExecutor: tx}
 				if err := h.Queue(ctx, runtime.Statement{Query: stmt}); err != nil {

@@ -104,7 +104,7 @@ func (i *invoker) attempt(msg *message.Message) (bool, error) {
 		return false, err
 	}
 	emitted := false
-	claimed, err := i.committer.run(ctx, inboxClaim{handler: name, meta: meta}, func(ctx context.Context, tx sqlExecutor) (toCommit, error) {
+	claimed, err := i.committer.run(ctx, &inboxClaim{handler: name, meta: meta}, func(ctx context.Context, tx sqlExecutor) (toCommit, error) {
 		h, err := i.outbox.handle(tx, meta, "eventfn/"+name, i.handler.MayEmit)
 		if err != nil {
 			return toCommit{}, err

@@ -36,7 +36,7 @@ func (o *Outbox) Write(ctx context.Context, stmts []runtime.Statement, events ..
 	if o.db.Driver == store.Postgres {
 		err = o.writePipelined(ctx, stmts, h.staged)
 	} else {
-		_, err = inTx(ctx, o.db, nil, func(ctx context.Context, tx sqlExecutor) (toCommit, error) {
+		_, err = o.writes.run(ctx, nil, func(ctx context.Context, tx sqlExecutor) (toCommit, error) {
 			for i, st := range stmts {
 				var err error
 				if st.Returning != nil {
