@@ -42,6 +42,9 @@ type Config struct {
 	MinBackoff, MaxBackoff time.Duration
 	// OutageReportInterval is how often a lasting outage is summarised in the log.
 	OutageReportInterval time.Duration
+	// LateCommitWait bounds how long a row whose transaction committed after
+	// a higher id's waits while batches stream (see Run).
+	LateCommitWait time.Duration
 	// Tracer makes one span per record sent, a child of the span that emitted
 	// it; nil traces nothing.
 	Tracer trace.Tracer
@@ -62,6 +65,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.OutageReportInterval <= 0 {
 		c.OutageReportInterval = 30 * time.Second
+	}
+	if c.LateCommitWait <= 0 {
+		c.LateCommitWait = 100 * time.Millisecond
 	}
 	if c.Tracer == nil {
 		c.Tracer = tracing.Tracer(nil)
@@ -141,6 +147,14 @@ type batch struct {
 // partition's records in the order they were handed over, so this keeps one
 // key's order. Once nothing is in flight, reads start again from the lowest
 // pending id, which picks up rows whose transaction committed late.
+//
+// Under steady load a batch is always in flight, so reads would never start
+// from the lowest id again: a row whose transaction took its id before a
+// higher one's and committed after it waited until the load paused (up to
+// 20 s at 650 orders/s). So once reads have gone on ahead for
+// LateCommitWait, the relay lets the batch in flight finish and reads from
+// the lowest pending id: one pause in the pipeline per LateCommitWait, and
+// only while it streams.
 func (r *Relay) Run(ctx context.Context) error {
 	defer r.lease.Release()
 	backoff := r.cfg.MinBackoff
@@ -151,6 +165,8 @@ func (r *Relay) Run(ctx context.Context) error {
 	// on PostgreSQL a transaction that took a lower id can commit after a
 	// higher one: without this its row waited for the poll.
 	var owed bool
+	// fromLowest is when the last read from the lowest pending id began.
+	fromLowest := time.Now()
 	fail := func(err error) {
 		r.failed(err)
 		sleep(ctx, backoff)
@@ -171,9 +187,14 @@ func (r *Relay) Run(ctx context.Context) error {
 			var nudged bool
 			readAhead, nudged = r.moreLikely(prev)
 			owed = owed || nudged
+			if readAhead && time.Since(fromLowest) >= r.cfg.LateCommitWait {
+				// Let prev finish, then read from the lowest pending id.
+				readAhead, owed = false, true
+			}
 		} else {
 			// A read from the lowest pending id covers every commit so far.
 			owed = false
+			fromLowest = time.Now()
 		}
 		var next *batch
 		var err error

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -465,5 +466,54 @@ func TestALateCommitBelowTheBatchInFlightGoesAtOnce(t *testing.T) {
 	got := consume(t, e, topic, 2)
 	if string(got[0].Value) != "high" || string(got[1].Value) != "low" {
 		t.Fatalf("records %q, %q; want high, then low", got[0].Value, got[1].Value)
+	}
+}
+
+// TestALateCommitGoesWhileBatchesStream: under steady load a batch is
+// always in flight and the relay reads ahead of it, never from the lowest
+// pending id. A row whose transaction took a lower id and committed while
+// a backlog streams must still go within LateCommitWait, not after the
+// backlog (at 650 orders/s such rows waited up to 20 s).
+func TestALateCommitGoesWhileBatchesStream(t *testing.T) {
+	e := open(t)
+	if e.url == "" {
+		t.Skip("SQLite's one writer commits outbox rows in id order: a lower id cannot commit after a higher one")
+	}
+	topic := e.topic(t, 1)
+	p, m := producerAndMetrics(t, e)
+	ctx := context.Background()
+	low, err := e.db.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = low.Rollback() }()
+	if err := relay.NewTable(e.db).Insert(ctx, low, relay.Record{Topic: topic, Key: []byte("low"), Payload: []byte("low")}); err != nil {
+		t.Fatal(err)
+	}
+	// A backlog of full batches above it, committed.
+	const backlog, batch = 3000, 10
+	recs := make([]relay.Record, backlog)
+	for i := range recs {
+		recs[i] = relay.Record{Topic: topic, Key: []byte(strconv.Itoa(i)), Payload: []byte(strconv.Itoa(i))}
+	}
+	insert(t, e, recs, 500)
+
+	var once sync.Once
+	hook := &sendHook{Sink: p, onSend: func([]relay.Record) {
+		// The lower id commits while the first batch is in flight.
+		once.Do(func() {
+			if err := low.Commit(); err != nil {
+				t.Error(err)
+			}
+		})
+	}}
+	r := relay.New(relay.Config{BatchSize: batch, PollInterval: time.Hour, LateCommitWait: 10 * time.Millisecond},
+		relay.NewTable(e.db), hook, relay.NewLease(e.db), m, slog.New(slog.DiscardHandler))
+	run(t, r)
+	waitFor(t, "every row forwarded", time.Minute, func() bool { return stats(t, e).Pending == 0 })
+	got := consume(t, e, topic, backlog+1)
+	at := slices.IndexFunc(got, func(rec *kgo.Record) bool { return string(rec.Value) == "low" })
+	if at < 0 || at > backlog/2 {
+		t.Fatalf("the late row went as record %d of %d: it waited for the backlog to drain", at, backlog+1)
 	}
 }
