@@ -130,12 +130,7 @@ func TestAStatementWhoseRowsAreOpenRunsUncached(t *testing.T) {
 	}
 	var ids []int
 	for outer.Next() {
-		var id int
-		var v string
-		if err := outer.Scan(&id, &v); err != nil {
-			t.Fatal(err)
-		}
-		ids = append(ids, id)
+		ids = append(ids, scanID(t, outer))
 		// The same text, while outer is open.
 		var n int
 		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM (`+q+`)`, 1).Scan(&n); err != nil {
@@ -147,12 +142,7 @@ func TestAStatementWhoseRowsAreOpenRunsUncached(t *testing.T) {
 		}
 		var innerIDs []int
 		for inner.Next() {
-			var id int
-			var v string
-			if err := inner.Scan(&id, &v); err != nil {
-				t.Fatal(err)
-			}
-			innerIDs = append(innerIDs, id)
+			innerIDs = append(innerIDs, scanID(t, inner))
 		}
 		if err := inner.Close(); err != nil {
 			t.Fatal(err)
@@ -187,6 +177,17 @@ func TestAStatementWhoseRowsAreOpenRunsUncached(t *testing.T) {
 	if err := rows.Close(); err != nil || n != 2 {
 		t.Fatalf("read %d rows (%v), want 2", n, err)
 	}
+}
+
+// scanID scans a row of (id, v) and returns its id.
+func scanID(t *testing.T, rows *sql.Rows) int {
+	t.Helper()
+	var id int
+	var v string
+	if err := rows.Scan(&id, &v); err != nil {
+		t.Fatal(err)
+	}
+	return id
 }
 
 // TestFailuresThroughTheCacheAreTheStatementsOwn: a statement that does not

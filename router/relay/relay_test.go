@@ -420,6 +420,23 @@ func (s *sendHook) Send(ctx context.Context, recs []relay.Record) func() []error
 	return wait
 }
 
+// lowRow inserts a row "low" into topic in a transaction left open: it
+// takes an outbox id below every row inserted after it, and commits when the
+// test commits it (it is rolled back at the test's end otherwise).
+func lowRow(t *testing.T, e engines, topic string) *sql.Tx {
+	t.Helper()
+	ctx := context.Background()
+	low, err := e.db.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = low.Rollback() })
+	if err := relay.NewTable(e.db).Insert(ctx, low, relay.Record{Topic: topic, Key: []byte("low"), Payload: []byte("low")}); err != nil {
+		t.Fatal(err)
+	}
+	return low
+}
+
 // TestALateCommitBelowTheBatchInFlightGoesAtOnce: on PostgreSQL a
 // transaction that took a lower outbox id can commit after one with a
 // higher id. When its nudge arrives while the higher row is in flight, the
@@ -432,15 +449,7 @@ func TestALateCommitBelowTheBatchInFlightGoesAtOnce(t *testing.T) {
 	}
 	topic := e.topic(t, 1)
 	p, m := producerAndMetrics(t, e)
-	ctx := context.Background()
-	low, err := e.db.BeginTx(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = low.Rollback() }()
-	if err := relay.NewTable(e.db).Insert(ctx, low, relay.Record{Topic: topic, Key: []byte("low"), Payload: []byte("low")}); err != nil {
-		t.Fatal(err)
-	}
+	low := lowRow(t, e, topic)
 
 	var r *relay.Relay
 	var once sync.Once
@@ -481,15 +490,7 @@ func TestALateCommitGoesWhileBatchesStream(t *testing.T) {
 	}
 	topic := e.topic(t, 1)
 	p, m := producerAndMetrics(t, e)
-	ctx := context.Background()
-	low, err := e.db.BeginTx(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = low.Rollback() }()
-	if err := relay.NewTable(e.db).Insert(ctx, low, relay.Record{Topic: topic, Key: []byte("low"), Payload: []byte("low")}); err != nil {
-		t.Fatal(err)
-	}
+	low := lowRow(t, e, topic)
 	// A backlog of full batches above it, committed.
 	const backlog, batch = 3000, 10
 	recs := make([]relay.Record, backlog)
