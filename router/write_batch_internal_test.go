@@ -3,6 +3,7 @@ package router
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -25,8 +26,10 @@ func (written) EventType() string { return "test.written" }
 // TestWritesThatQueueShareATransactionAndFailAlone: Outbox.Write's
 // transactions (the ingress's orders) that queue for SQLite's writer commit
 // together, and one whose statement fails fails alone: it writes nothing,
-// says why, and every other write commits its row and its event once. On
-// PostgreSQL each write is a transaction of its own, with the same outcome.
+// says why, and every other write commits its row and its event once. A
+// write whose caller gives up while it waits (a client gone) stores
+// nothing and takes no other write down. On PostgreSQL each write is a
+// transaction of its own, with the same outcome.
 func TestWritesThatQueueShareATransactionAndFailAlone(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -47,7 +50,9 @@ func TestWritesThatQueueShareATransactionAndFailAlone(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	const writes, failing = 12, 5
+	const writes, failing, abandoned = 12, 5, 8
+	abandon, giveUp := context.WithCancel(ctx)
+	defer giveUp()
 	var hold *sql.Tx
 	if db.Driver == store.SQLite {
 		// Hold the one writer, so that the writes below queue for it.
@@ -66,7 +71,11 @@ func TestWritesThatQueueShareATransactionAndFailAlone(t *testing.T) {
 			if i == failing {
 				stmts = append(stmts, runtime.Statement{Query: `INSERT INTO parents (id) VALUES ($1)`, Args: []any{"taken"}})
 			}
-			errs[i] = o.Write(ctx, stmts, written{Name: name})
+			wctx := ctx
+			if i == abandoned {
+				wctx = abandon
+			}
+			errs[i] = o.Write(wctx, stmts, written{Name: name})
 		}()
 	}
 	if hold != nil {
@@ -74,6 +83,12 @@ func TestWritesThatQueueShareATransactionAndFailAlone(t *testing.T) {
 			o.writes.mu.Lock()
 			defer o.writes.mu.Unlock()
 			return len(o.writes.queue) == writes
+		})
+		giveUp()
+		waitFor(t, func() bool {
+			o.writes.mu.Lock()
+			defer o.writes.mu.Unlock()
+			return len(o.writes.queue) == writes-1
 		})
 		if err := hold.Rollback(); err != nil {
 			t.Fatal(err)
@@ -83,9 +98,15 @@ func TestWritesThatQueueShareATransactionAndFailAlone(t *testing.T) {
 
 	for i, err := range errs {
 		switch {
-		case i == failing && (err == nil || !strings.Contains(err.Error(), "statement 2 of 2")):
-			t.Errorf("the write with a duplicate key: %v, want its statement's failure", err)
-		case i != failing && err != nil:
+		case i == failing:
+			if err == nil || !strings.Contains(err.Error(), "statement 2 of 2") {
+				t.Errorf("the write with a duplicate key: %v, want its statement's failure", err)
+			}
+		case i == abandoned && hold != nil:
+			if !errors.Is(err, context.Canceled) {
+				t.Errorf("the write whose caller gave up: %v, want context.Canceled", err)
+			}
+		case err != nil:
 			t.Errorf("write %d: %v", i, err)
 		}
 	}
@@ -96,12 +117,22 @@ func TestWritesThatQueueShareATransactionAndFailAlone(t *testing.T) {
 	if err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM eventfn_outbox WHERE topic = $1`, cfg.Kafka.Topic("test.written")).Scan(&events); err != nil {
 		t.Fatal(err)
 	}
-	var failed int
-	if err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM written WHERE name = $1`, fmt.Sprint("w", failing)).Scan(&failed); err != nil {
-		t.Fatal(err)
+	notStored := []int{failing}
+	if hold != nil {
+		notStored = append(notStored, abandoned)
 	}
-	if rows != writes-1 || events != writes-1 || failed != 0 {
-		t.Fatalf("%d rows and %d events, the failed write's row %d times; want %d, %d and 0", rows, events, failed, writes-1, writes-1)
+	for _, i := range notStored {
+		var n int
+		if err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM written WHERE name = $1`, fmt.Sprint("w", i)).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n != 0 {
+			t.Errorf("write %d, which failed, stored its row", i)
+		}
+	}
+	want := writes - len(notStored)
+	if rows != want || events != want {
+		t.Fatalf("%d rows and %d events; want %d of each", rows, events, want)
 	}
 
 	mu.Lock()
@@ -117,7 +148,7 @@ func TestWritesThatQueueShareATransactionAndFailAlone(t *testing.T) {
 		total += n
 		most = max(most, n)
 	}
-	if total != writes-1 || most < 2 {
-		t.Fatalf("transactions committed %v writes: want %d in all, some shared", sizes, writes-1)
+	if total != float64(want) || most < 2 {
+		t.Fatalf("transactions committed %v writes: want %d in all, some shared", sizes, want)
 	}
 }
