@@ -71,6 +71,14 @@ func (s *Subscriber) endOffsetsLoop(topic string) {
 			return
 		case <-tick.C:
 		}
+		s.mu.Lock()
+		assigned := len(s.parts) > 0
+		s.mu.Unlock()
+		if !assigned {
+			// A replica without partitions has no lag to count: a request
+			// per handler per second saved, with many replicas.
+			continue
+		}
 		askCtx, done := context.WithTimeout(ctx, s.cfg.EndOffsetsInterval)
 		ends, err := adm.ListEndOffsets(askCtx, topic)
 		done()
