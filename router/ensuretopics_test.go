@@ -14,7 +14,8 @@ import (
 )
 
 // TestEnsureTopicsCreatesOnlyWhatIsMissing: start-up creates the topics that
-// are not there with the configured partitions, leaves a topic an operator
+// are not there with the configured partitions, returns once the brokers
+// serve them, leaves a topic an operator
 // made (with other settings) as it is, and a second start finds all of them.
 // It asks the cluster about these topics only; it used to list every topic of
 // the cluster with its configuration, seconds of start-up on a broker with
@@ -45,6 +46,11 @@ func TestEnsureTopicsCreatesOnlyWhatIsMissing(t *testing.T) {
 	}
 	for range 2 { // the second start finds both
 		if err := router.EnsureTopics(ctx, cfg.Kafka, []string{operators, missing}); err != nil {
+			t.Fatal(err)
+		}
+		// What start-up does next: a topic just created is served at once
+		// (its retention was once read before the broker had it).
+		if _, err := router.TopicRetentions(ctx, cfg.Kafka, []string{operators, missing}); err != nil {
 			t.Fatal(err)
 		}
 	}

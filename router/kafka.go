@@ -71,6 +71,7 @@ func EnsureTopics(ctx context.Context, k configs.Kafka, topics []string) error {
 	for _, d := range described {
 		existing[d.Name] = errors.Is(d.Err, sarama.ErrNoError)
 	}
+	created := false
 	for _, t := range topics {
 		if existing[t] {
 			continue
@@ -82,8 +83,56 @@ func EnsureTopics(ctx context.Context, k configs.Kafka, topics []string) error {
 		if err != nil && !errors.Is(err, sarama.ErrTopicAlreadyExists) {
 			return fmt.Errorf("create topic %s (%d partitions, replication %d): %w", t, k.Partitions, k.ReplicationFactor, err)
 		}
+		created = true
 	}
-	return nil
+	if !created {
+		return nil
+	}
+	return awaitTopics(ctx, admin, topics, topicsVisibleWithin)
+}
+
+// topicsVisibleWithin bounds how long start-up waits for topics it created
+// to be served.
+const topicsVisibleWithin = 30 * time.Second
+
+// awaitTopics waits until the brokers serve every topic with a leader for
+// each partition. The controller answers CreateTopics once the topic is
+// decided; a broker serves it once it has applied that, a moment later or,
+// on a loaded machine, a second or more. Start-up read the new topics'
+// retention.ms at once and failed ("does not exist on this broker"), and the
+// relay's first produce failed and backed off for seconds (CI, two suites
+// side by side).
+func awaitTopics(ctx context.Context, admin sarama.ClusterAdmin, topics []string, within time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, within)
+	defer cancel()
+	for {
+		described, err := admin.DescribeTopics(topics)
+		missing := err
+		for _, d := range described {
+			if missing != nil {
+				break
+			}
+			switch {
+			case !errors.Is(d.Err, sarama.ErrNoError):
+				missing = fmt.Errorf("topic %s: %w", d.Name, d.Err)
+			case len(d.Partitions) == 0:
+				missing = fmt.Errorf("topic %s: no partitions yet", d.Name)
+			}
+			for _, p := range d.Partitions {
+				if missing == nil && (!errors.Is(p.Err, sarama.ErrNoError) || p.Leader < 0) {
+					missing = fmt.Errorf("topic %s partition %d: no leader yet (%v)", d.Name, p.ID, p.Err)
+				}
+			}
+		}
+		if missing == nil && len(described) == len(topics) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("topics created, but the brokers did not serve them within %s: %w", within, errors.Join(missing, ctx.Err()))
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // closedAtOnceLimit is how many connection attempts in a row, 200 ms apart,
