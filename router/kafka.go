@@ -108,23 +108,10 @@ func awaitTopics(ctx context.Context, admin sarama.ClusterAdmin, topics []string
 	for {
 		described, err := admin.DescribeTopics(topics)
 		missing := err
-		for _, d := range described {
-			if missing != nil {
-				break
-			}
-			switch {
-			case !errors.Is(d.Err, sarama.ErrNoError):
-				missing = fmt.Errorf("topic %s: %w", d.Name, d.Err)
-			case len(d.Partitions) == 0:
-				missing = fmt.Errorf("topic %s: no partitions yet", d.Name)
-			}
-			for _, p := range d.Partitions {
-				if missing == nil && (!errors.Is(p.Err, sarama.ErrNoError) || p.Leader < 0) {
-					missing = fmt.Errorf("topic %s partition %d: no leader yet (%v)", d.Name, p.ID, p.Err)
-				}
-			}
+		if missing == nil {
+			missing = unserved(described, len(topics))
 		}
-		if missing == nil && len(described) == len(topics) {
+		if missing == nil {
 			return nil
 		}
 		select {
@@ -133,6 +120,28 @@ func awaitTopics(ctx context.Context, admin sarama.ClusterAdmin, topics []string
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// unserved says which of want topics the brokers do not serve yet, with a
+// leader for each partition; nil when they serve all of them.
+func unserved(described []*sarama.TopicMetadata, want int) error {
+	if len(described) != want {
+		return fmt.Errorf("%d of %d topics described", len(described), want)
+	}
+	for _, d := range described {
+		if !errors.Is(d.Err, sarama.ErrNoError) {
+			return fmt.Errorf("topic %s: %w", d.Name, d.Err)
+		}
+		if len(d.Partitions) == 0 {
+			return fmt.Errorf("topic %s: no partitions yet", d.Name)
+		}
+		for _, p := range d.Partitions {
+			if !errors.Is(p.Err, sarama.ErrNoError) || p.Leader < 0 {
+				return fmt.Errorf("topic %s partition %d: no leader yet (%v)", d.Name, p.ID, p.Err)
+			}
+		}
+	}
+	return nil
 }
 
 // closedAtOnceLimit is how many connection attempts in a row, 200 ms apart,
