@@ -66,6 +66,10 @@ func Open(ctx context.Context, cfg Config) (*DB, error) {
 		_ = db.Close()
 		return nil, fmt.Errorf("reach %s database %s: %w", db.Driver, db.Where, err)
 	}
+	if err := checkSchema(ctx, db); err != nil {
+		_ = db.Close()
+		return nil, err
+	}
 	if err := migrate(ctx, db); err != nil {
 		_ = db.Close()
 		return nil, err
@@ -161,6 +165,25 @@ func (db *DB) Close() error {
 		err = errors.Join(err, db.Read.Close())
 	}
 	return err
+}
+
+// checkSchema fails when PostgreSQL has no schema to create eventfn's tables
+// in: every schema the URL's search_path names is missing (a typo, or a
+// schema not yet created). The migration would fail too, but with "relation
+// goose_db_version does not exist", which does not say why.
+func checkSchema(ctx context.Context, db *DB) error {
+	if db.Driver != Postgres {
+		return nil
+	}
+	var schema sql.NullString
+	var path string
+	if err := db.QueryRowContext(ctx, `SELECT current_schema(), current_setting('search_path')`).Scan(&schema, &path); err != nil {
+		return fmt.Errorf("read the search_path of PostgreSQL database %s: %w", db.Where, err)
+	}
+	if !schema.Valid {
+		return fmt.Errorf("PostgreSQL database %s: no schema in its search_path (%s) exists, so eventfn has nowhere to create its tables: create the schema (CREATE SCHEMA name) or correct search_path in database.url", db.Where, path)
+	}
+	return nil
 }
 
 func migrate(ctx context.Context, db *DB) error {
