@@ -2,6 +2,9 @@ package router_test
 
 import (
 	"context"
+	"log/slog"
+	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -45,7 +48,7 @@ func TestEnsureTopicsCreatesOnlyWhatIsMissing(t *testing.T) {
 		t.Fatal(err)
 	}
 	for range 2 { // the second start finds both
-		if err := router.EnsureTopics(ctx, cfg.Kafka, []string{operators, missing}); err != nil {
+		if err := router.EnsureTopics(ctx, cfg.Kafka, []string{operators, missing}, nil); err != nil {
 			t.Fatal(err)
 		}
 		// What start-up does next: a topic just created is served at once
@@ -66,5 +69,49 @@ func TestEnsureTopicsCreatesOnlyWhatIsMissing(t *testing.T) {
 		case len(d.Partitions) != want:
 			t.Errorf("topic %s has %d partitions, want %d", topic, len(d.Partitions), want)
 		}
+	}
+}
+
+// TestStartUpSaysItWaitsForBrokersThatDoNotAnswer: with a typo in
+// kafka.brokers start-up waits for the broker as it would for one still
+// booting, but it says so at once, naming the brokers and the error, and when
+// it gives up the error says how long it tried and why, on one line.
+func TestStartUpSaysItWaitsForBrokersThatDoNotAnswer(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := l.Addr().String()
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := configs.Load(configs.Options{Profile: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Kafka.Brokers = []string{refused}
+	var logs testenv.LogBuffer
+	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+	defer cancel()
+	err = router.EnsureTopics(ctx, cfg.Kafka, []string{"never-created"}, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err == nil {
+		t.Fatal("EnsureTopics reached a broker on a closed port")
+	}
+	for _, want := range []string{refused, "no answer in", "connection refused", context.DeadlineExceeded.Error()} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not say %q", err, want)
+		}
+	}
+	if strings.Contains(err.Error(), "\n") {
+		t.Errorf("error %q spans lines", err)
+	}
+	out := logs.String()
+	for _, want := range []string{"level=WARN", "Kafka does not answer yet", refused, "connection refused"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("start-up's log %q does not say %q", out, want)
+		}
+	}
+	if n := strings.Count(out, "Kafka does not answer yet"); n != 1 {
+		t.Errorf("start-up warned %d times in 1.5 s, want once (then every %s)", n, "10s")
 	}
 }

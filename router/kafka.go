@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"strconv"
 	"time"
 
@@ -50,13 +51,14 @@ func SaramaConfig(k configs.Kafka) (*sarama.Config, error) {
 	return c, nil
 }
 
-// EnsureTopics creates the topics that do not exist yet.
-func EnsureTopics(ctx context.Context, k configs.Kafka, topics []string) error {
+// EnsureTopics creates the topics that do not exist yet. It waits for the
+// brokers until ctx ends, saying so in logger's output (nil: silently).
+func EnsureTopics(ctx context.Context, k configs.Kafka, topics []string, logger *slog.Logger) error {
 	sc, err := SaramaConfig(k)
 	if err != nil {
 		return err
 	}
-	admin, err := connectAdmin(ctx, k, sc)
+	admin, err := connectAdmin(ctx, k, sc, logger)
 	if err != nil {
 		return err
 	}
@@ -148,13 +150,22 @@ func unserved(described []*sarama.TopicMetadata, want int) error {
 // the brokers may close before start-up gives up on the security settings.
 const closedAtOnceLimit = 15
 
+// kafkaWaitReportInterval is how often start-up says that it still waits for
+// the brokers.
+const kafkaWaitReportInterval = 10 * time.Second
+
 // connectAdmin retries until the cluster answers or ctx ends: a broker that is
 // still starting is normal at boot. Settings the broker refuses (a wrong
 // password, an untrusted certificate) end it at once, naming the key to fix.
-func connectAdmin(ctx context.Context, k configs.Kafka, sc *sarama.Config) (sarama.ClusterAdmin, error) {
+// While it retries it warns in logger's output (nil: it does not) at the
+// first failure and every kafkaWaitReportInterval: with a typo in
+// kafka.brokers, start-up would otherwise say nothing until it gives up.
+func connectAdmin(ctx context.Context, k configs.Kafka, sc *sarama.Config, logger *slog.Logger) (sarama.ClusterAdmin, error) {
 	brokers := k.Brokers
 	var last error
 	closedAtOnce := 0
+	start := time.Now()
+	var reported time.Time
 	for {
 		if err := probeTLS(ctx, k); err != nil {
 			return nil, fmt.Errorf("reach Kafka at %v: %w", brokers, err)
@@ -183,9 +194,14 @@ func connectAdmin(ctx context.Context, k configs.Kafka, sc *sarama.Config) (sara
 				brokers, errKafkaSetup, k.TLS.Enabled, k.SASL.Mechanism, hint, err)
 		}
 		last = err
+		if logger != nil && time.Since(reported) >= kafkaWaitReportInterval {
+			reported = time.Now()
+			logger.WarnContext(ctx, "Kafka does not answer yet; start-up keeps trying", "brokers", brokers,
+				"waited", time.Since(start).Round(time.Second).String(), "error", err)
+		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("reach Kafka at %v: %w", brokers, errors.Join(ctx.Err(), last))
+			return nil, fmt.Errorf("reach Kafka at %v: no answer in %s: %w (%w)", brokers, time.Since(start).Round(time.Millisecond), last, ctx.Err())
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
@@ -228,7 +244,7 @@ func TopicRetentions(ctx context.Context, k configs.Kafka, topics []string) (map
 	if err != nil {
 		return nil, err
 	}
-	admin, err := connectAdmin(ctx, k, sc)
+	admin, err := connectAdmin(ctx, k, sc, nil)
 	if err != nil {
 		return nil, err
 	}

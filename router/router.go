@@ -342,7 +342,7 @@ func (r *Runtime) Run(ctx context.Context, extraTopics ...string) error {
 	defer cancel()
 	// Every handler's topics, not only those of the handlers run here: the
 	// relay of every replica forwards whatever the outbox holds.
-	if err := EnsureTopics(setupCtx, r.cfg.Kafka, append(Topics(r.cfg, r.all), extraTopics...)); err != nil {
+	if err := EnsureTopics(setupCtx, r.cfg.Kafka, append(Topics(r.cfg, r.all), extraTopics...), r.logger); err != nil {
 		return err
 	}
 	if r.cfg.Retention.Inbox > 0 {

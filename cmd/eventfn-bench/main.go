@@ -173,7 +173,7 @@ func run(ctx context.Context, o benchOptions) error {
 		return err
 	}
 	trigger := cfg.Kafka.Topic(benchEvent{}.EventType())
-	if err := router.EnsureTopics(ctx, cfg.Kafka, []string{trigger, cfg.Kafka.Topic(relayedEvent{}.EventType())}); err != nil {
+	if err := router.EnsureTopics(ctx, cfg.Kafka, []string{trigger, cfg.Kafka.Topic(relayedEvent{}.EventType())}, nil); err != nil {
 		return err
 	}
 	// Events are put on the trigger topic with a plain synchronous producer;

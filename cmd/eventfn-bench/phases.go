@@ -53,7 +53,7 @@ func relayPhase(ctx context.Context, cfg configs.Config, db *store.DB, n int) (r
 		done += k
 	}
 	topic := cfg.Kafka.Topic(relayedEvent{}.EventType())
-	if err := router.EnsureTopics(ctx, cfg.Kafka, []string{topic}); err != nil {
+	if err := router.EnsureTopics(ctx, cfg.Kafka, []string{topic}, nil); err != nil {
 		return f, err
 	}
 
