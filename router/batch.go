@@ -92,6 +92,10 @@ type call struct {
 type callResult struct {
 	claimed bool
 	err     error
+	// panicked is the value of a panic in the call's function, which ran on
+	// the batch's goroutine: run raises it again on the caller's, where it
+	// would have been raised had the call run alone.
+	panicked any
 	// alone says that the shared transaction failed around the call (a
 	// commit that did not go through, a connection lost because of another
 	// call): the call runs again in a transaction of its own.
@@ -148,6 +152,9 @@ func (m *committer) run(ctx context.Context, claim *inboxClaim, fn func(ctx cont
 			return false, infraError{fmt.Errorf("begin transaction: waited for a transaction until the call's context ended: %w", context.Cause(ctx))}
 		}
 		r = <-c.done // a batch has it: it answers at the call's end
+	}
+	if r.panicked != nil {
+		panic(r.panicked)
 	}
 	if r.alone {
 		return inTx(ctx, m.db, claim, fn)
@@ -361,7 +368,17 @@ func (m *committer) one(batchCtx context.Context, t sharedTxn, c *call) (res cal
 		return callResult{}, nil, nil
 	}
 	g := &guardedTx{sqlExecutor: t, read: m.db.Read}
-	work, err := c.fn(c.ctx, g)
+	work, panicked, err := callFn(c, g)
+	if panicked != nil {
+		// Uncaught here, it would end the process: nothing above the
+		// batch's goroutine recovers. The call is undone like one that
+		// failed, and its caller hears the panic.
+		res := callResult{claimed: true, err: fmt.Errorf("panic: %v", panicked), panicked: panicked}
+		if !g.end() {
+			return res, nil, errors.New("a call that panicked is still in a statement on the transaction")
+		}
+		return res, nil, t.undo()
+	}
 	// A handler past its timeout may still run: after this none of its
 	// statements reaches the transaction the next call uses. One that is in
 	// a statement right now holds the transaction: it cannot go on.
@@ -395,6 +412,18 @@ func (m *committer) one(batchCtx context.Context, t sharedTxn, c *call) (res cal
 		return callResult{claimed: true, err: err}, nil, broken
 	}
 	return callResult{claimed: true}, work.rows, nil
+}
+
+// callFn runs c's function on tx, and returns the value of a panic in it
+// instead of letting it go on up the batch's goroutine.
+func callFn(c *call, tx sqlExecutor) (work toCommit, panicked any, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			panicked = p
+		}
+	}()
+	work, err = c.fn(c.ctx, tx)
+	return work, nil, err
 }
 
 // open takes a connection (waiting no longer than the first call's

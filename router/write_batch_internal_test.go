@@ -3,6 +3,7 @@ package router
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"strings"
@@ -17,6 +18,12 @@ import (
 	"github.com/eventfn/eventfn/store"
 )
 
+// panickingValue is an argument whose driver.Valuer panics: user code that
+// database/sql calls inside a write's transaction.
+type panickingValue struct{}
+
+func (panickingValue) Value() (driver.Value, error) { panic("a broken driver.Valuer") }
+
 type written struct {
 	Name string `json:"name"`
 }
@@ -28,8 +35,12 @@ func (written) EventType() string { return "test.written" }
 // together, and one whose statement fails fails alone: it writes nothing,
 // says why, and every other write commits its row and its event once. A
 // write whose caller gives up while it waits (a client gone) stores
-// nothing and takes no other write down. On PostgreSQL each write is a
-// transaction of its own, with the same outcome.
+// nothing and takes no other write down. A write whose statement panics (a
+// broken driver.Valuer) panics in its caller's goroutine, as it would have
+// alone, stores nothing and takes neither the process nor the other writes
+// down: on SQLite the panic happens on the committer's goroutine, where it
+// once ended the process. On PostgreSQL each write is a transaction of its
+// own, with the same outcome.
 func TestWritesThatQueueShareATransactionAndFailAlone(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -50,7 +61,7 @@ func TestWritesThatQueueShareATransactionAndFailAlone(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	const writes, failing, abandoned = 12, 5, 8
+	const writes, failing, abandoned, panicking = 12, 5, 8, 3
 	abandon, giveUp := context.WithCancel(ctx)
 	defer giveUp()
 	var hold *sql.Tx
@@ -68,13 +79,21 @@ func TestWritesThatQueueShareATransactionAndFailAlone(t *testing.T) {
 			defer wg.Done()
 			name := fmt.Sprint("w", i)
 			stmts := []runtime.Statement{{Query: `INSERT INTO written (name) VALUES ($1)`, Args: []any{name}}}
-			if i == failing {
+			switch i {
+			case failing:
 				stmts = append(stmts, runtime.Statement{Query: `INSERT INTO parents (id) VALUES ($1)`, Args: []any{"taken"}})
+			case panicking:
+				stmts = append(stmts, runtime.Statement{Query: `INSERT INTO parents (id) VALUES ($1)`, Args: []any{panickingValue{}}})
 			}
 			wctx := ctx
 			if i == abandoned {
 				wctx = abandon
 			}
+			defer func() {
+				if p := recover(); p != nil {
+					errs[i] = fmt.Errorf("panicked: %v", p)
+				}
+			}()
 			errs[i] = o.Write(wctx, stmts, written{Name: name})
 		}()
 	}
@@ -102,6 +121,10 @@ func TestWritesThatQueueShareATransactionAndFailAlone(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), "statement 2 of 2") {
 				t.Errorf("the write with a duplicate key: %v, want its statement's failure", err)
 			}
+		case i == panicking:
+			if err == nil || !strings.Contains(err.Error(), "panicked: a broken driver.Valuer") {
+				t.Errorf("the write whose Valuer panics: %v, want its panic in the caller", err)
+			}
 		case i == abandoned && hold != nil:
 			if !errors.Is(err, context.Canceled) {
 				t.Errorf("the write whose caller gave up: %v, want context.Canceled", err)
@@ -117,7 +140,7 @@ func TestWritesThatQueueShareATransactionAndFailAlone(t *testing.T) {
 	if err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM eventfn_outbox WHERE topic = $1`, cfg.Kafka.Topic("test.written")).Scan(&events); err != nil {
 		t.Fatal(err)
 	}
-	notStored := []int{failing}
+	notStored := []int{failing, panicking}
 	if hold != nil {
 		notStored = append(notStored, abandoned)
 	}
