@@ -48,7 +48,9 @@ func TestEnsureTopicsCreatesOnlyWhatIsMissing(t *testing.T) {
 		t.Fatal(err)
 	}
 	for range 2 { // the second start finds both
-		if err := router.EnsureTopics(ctx, cfg.Kafka, []string{operators, missing}, nil); err != nil {
+		// A name given twice is one topic (the brokers describe it once;
+		// start-up once waited 30 s for a second description and failed).
+		if err := router.EnsureTopics(ctx, cfg.Kafka, []string{operators, missing, missing}, nil); err != nil {
 			t.Fatal(err)
 		}
 		// What start-up does next: a topic just created is served at once

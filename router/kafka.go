@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strconv"
 	"time"
 
@@ -63,6 +64,8 @@ func EnsureTopics(ctx context.Context, k configs.Kafka, topics []string, logger 
 		return err
 	}
 	defer admin.Close()
+	// A name given twice is one topic: the brokers describe it once.
+	topics = slices.Compact(slices.Sorted(slices.Values(topics)))
 	// Metadata of these topics only: listing the cluster's topics reads the
 	// configuration of every one, seconds on a cluster with thousands.
 	described, err := admin.DescribeTopics(topics)
@@ -73,7 +76,7 @@ func EnsureTopics(ctx context.Context, k configs.Kafka, topics []string, logger 
 	for _, d := range described {
 		existing[d.Name] = errors.Is(d.Err, sarama.ErrNoError)
 	}
-	created := false
+	var created []string
 	for _, t := range topics {
 		if existing[t] {
 			continue
@@ -85,12 +88,15 @@ func EnsureTopics(ctx context.Context, k configs.Kafka, topics []string, logger 
 		if err != nil && !errors.Is(err, sarama.ErrTopicAlreadyExists) {
 			return fmt.Errorf("create topic %s (%d partitions, replication %d): %w", t, k.Partitions, k.ReplicationFactor, err)
 		}
-		created = true
+		created = append(created, t)
 	}
-	if !created {
+	if len(created) == 0 {
 		return nil
 	}
-	return awaitTopics(ctx, admin, topics, topicsVisibleWithin)
+	// Only the topics created here: one that existed is served already, and
+	// a partition of it without a leader (a broker down) is the consumers'
+	// and the relay's to wait out, as before, not a reason not to start.
+	return awaitTopics(ctx, admin, created, topicsVisibleWithin)
 }
 
 // topicsVisibleWithin bounds how long start-up waits for topics it created
@@ -111,7 +117,7 @@ func awaitTopics(ctx context.Context, admin sarama.ClusterAdmin, topics []string
 		described, err := admin.DescribeTopics(topics)
 		missing := err
 		if missing == nil {
-			missing = unserved(described, len(topics))
+			missing = unserved(described, topics)
 		}
 		if missing == nil {
 			return nil
@@ -124,13 +130,18 @@ func awaitTopics(ctx context.Context, admin sarama.ClusterAdmin, topics []string
 	}
 }
 
-// unserved says which of want topics the brokers do not serve yet, with a
-// leader for each partition; nil when they serve all of them.
-func unserved(described []*sarama.TopicMetadata, want int) error {
-	if len(described) != want {
-		return fmt.Errorf("%d of %d topics described", len(described), want)
-	}
+// unserved says which of the want topics the brokers do not serve yet,
+// with a leader for each partition; nil when they serve all of them.
+func unserved(described []*sarama.TopicMetadata, want []string) error {
+	byName := make(map[string]*sarama.TopicMetadata, len(described))
 	for _, d := range described {
+		byName[d.Name] = d
+	}
+	for _, name := range want {
+		d, ok := byName[name]
+		if !ok {
+			return fmt.Errorf("topic %s: not described", name)
+		}
 		if !errors.Is(d.Err, sarama.ErrNoError) {
 			return fmt.Errorf("topic %s: %w", d.Name, d.Err)
 		}
