@@ -194,12 +194,18 @@ func (r *Relay) Run(ctx context.Context) error {
 		} else {
 			// A read from the lowest pending id covers every commit so far.
 			owed = false
-			fromLowest = time.Now()
 		}
 		var next *batch
 		var err error
 		if readAhead {
 			next, err = r.send(ctx, after)
+		}
+		if prev == nil {
+			// Reads go on ahead from here. Timed from the read's end: timed
+			// from its start, a read slower than LateCommitWait (a loaded
+			// database) left no time to read ahead at all, and the relay
+			// forwarded one batch at a time just when the database was slow.
+			fromLowest = time.Now()
 		}
 		var doneErr error
 		if prev != nil {

@@ -518,3 +518,61 @@ func TestALateCommitGoesWhileBatchesStream(t *testing.T) {
 		t.Fatalf("the late row went as record %d of %d: it waited for the backlog to drain", at, backlog+1)
 	}
 }
+
+// slowLowestSource makes every read from the lowest pending id (after 0)
+// slow, as on a loaded database, and counts reads of each kind.
+type slowLowestSource struct {
+	*relay.Table
+	slow time.Duration
+	mu   sync.Mutex
+	// fromLowest and ahead count the reads from the lowest pending id and
+	// those above a batch in flight.
+	fromLowest, ahead int
+}
+
+func (s *slowLowestSource) Pending(ctx context.Context, after int64, limit int) ([]relay.Row, error) {
+	if after == 0 {
+		time.Sleep(s.slow)
+	}
+	s.mu.Lock()
+	if after == 0 {
+		s.fromLowest++
+	} else {
+		s.ahead++
+	}
+	s.mu.Unlock()
+	return s.Table.Pending(ctx, after, limit)
+}
+
+// TestReadsGoOnAheadAfterASlowReadFromTheLowestId: once reads have gone on
+// ahead of the batch in flight for LateCommitWait, the relay reads from the
+// lowest pending id again. When that read itself took longer than
+// LateCommitWait (a loaded database), the relay still reads ahead after it:
+// it once counted the wait from the read's start, never read ahead again,
+// and forwarded one batch at a time just when the database was slow.
+func TestReadsGoOnAheadAfterASlowReadFromTheLowestId(t *testing.T) {
+	e := open(t)
+	topic := e.topic(t, 1)
+	p, m := producerAndMetrics(t, e)
+	const backlog, batch = 1000, 10
+	recs := make([]relay.Record, backlog)
+	for i := range recs {
+		recs[i] = relay.Record{Topic: topic, Key: []byte(strconv.Itoa(i)), Payload: []byte(strconv.Itoa(i))}
+	}
+	insert(t, e, recs, 500)
+	const lateCommitWait = 100 * time.Millisecond
+	src := &slowLowestSource{Table: relay.NewTable(e.db), slow: lateCommitWait + 50*time.Millisecond}
+	r := relay.New(relay.Config{BatchSize: batch, PollInterval: time.Hour, LateCommitWait: lateCommitWait},
+		src, p, relay.NewLease(e.db), m, slog.New(slog.DiscardHandler))
+	run(t, r)
+	waitFor(t, "every row forwarded", time.Minute, func() bool { return stats(t, e).Pending == 0 })
+	src.mu.Lock()
+	fromLowest, ahead := src.fromLowest, src.ahead
+	src.mu.Unlock()
+	if ahead <= fromLowest {
+		t.Fatalf("%d reads from the lowest pending id and %d ahead of a batch in flight: the relay stopped reading ahead", fromLowest, ahead)
+	}
+	if got := consume(t, e, topic, backlog); string(got[backlog-1].Value) != strconv.Itoa(backlog-1) {
+		t.Fatalf("the last record is %q, want %d", got[backlog-1].Value, backlog-1)
+	}
+}
