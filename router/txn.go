@@ -409,6 +409,7 @@ func (t *pipelinedTx) raw(fn func(pc *pgx.Conn) error) error {
 }
 
 func (t *pipelinedTx) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	valueFirst(args) // panicsafe.go
 	t.mu.RLock()
 	defer t.mu.RUnlock()
 	if t.ended {
@@ -418,6 +419,7 @@ func (t *pipelinedTx) ExecContext(ctx context.Context, query string, args ...any
 }
 
 func (t *pipelinedTx) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	valueFirst(args) // panicsafe.go
 	t.mu.RLock()
 	defer t.mu.RUnlock()
 	if t.ended {
@@ -435,6 +437,7 @@ func (t *pipelinedTx) QueryContext(ctx context.Context, query string, args ...an
 // QueryRowContext after the end of the transaction goes to the closed
 // connection, whose *sql.Row reports sql.ErrConnDone.
 func (t *pipelinedTx) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
+	valueFirst(args) // panicsafe.go
 	t.mu.RLock()
 	defer t.mu.RUnlock()
 	// A *sql.Row's rows close when it is scanned; one never scanned closes

@@ -41,7 +41,12 @@ func (o *Outbox) Write(ctx context.Context, stmts []runtime.Statement, events ..
 				var err error
 				if st.Returning != nil {
 					// No row leaves Returning as it was, as on PostgreSQL.
-					if err = tx.QueryRowContext(ctx, st.Query, st.Args...).Scan(st.Returning...); errors.Is(err, sql.ErrNoRows) {
+					// Its Scanners under a recover, as sqlTx's Valuers
+					// (panicsafe.go): a panic in Row.Scan deadlocks there.
+					var p userPanic
+					err = tx.QueryRowContext(ctx, st.Query, st.Args...).Scan(guardDests(st.Returning, &p)...)
+					p.raise()
+					if errors.Is(err, sql.ErrNoRows) {
 						err = nil
 					}
 				} else {

@@ -24,6 +24,11 @@ type panickingValue struct{}
 
 func (panickingValue) Value() (driver.Value, error) { panic("a broken driver.Valuer") }
 
+// panickingScanner is a RETURNING target whose sql.Scanner panics.
+type panickingScanner struct{}
+
+func (*panickingScanner) Scan(any) error { panic("a broken sql.Scanner") }
+
 type written struct {
 	Name string `json:"name"`
 }
@@ -39,8 +44,11 @@ func (written) EventType() string { return "test.written" }
 // broken driver.Valuer) panics in its caller's goroutine, as it would have
 // alone, stores nothing and takes neither the process nor the other writes
 // down: on SQLite the panic happens on the committer's goroutine, where it
-// once ended the process. On PostgreSQL each write is a transaction of its
-// own, with the same outcome.
+// once ended the process, and inside database/sql, whose locks a panic in a
+// query's Valuer or a RETURNING target's Scanner leaves held (the shared
+// transaction then never ended, and the one writer with it). On PostgreSQL
+// each write is a transaction of its own, with the same outcome, but for a
+// panicking Scanner: its RETURNING row is scanned after the commit.
 func TestWritesThatQueueShareATransactionAndFailAlone(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -61,7 +69,7 @@ func TestWritesThatQueueShareATransactionAndFailAlone(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	const writes, failing, abandoned, panicking = 12, 5, 8, 3
+	const writes, failing, abandoned, panicking, panickingInQuery, panickingScan = 14, 5, 8, 3, 10, 12
 	abandon, giveUp := context.WithCancel(ctx)
 	defer giveUp()
 	var hold *sql.Tx
@@ -84,6 +92,11 @@ func TestWritesThatQueueShareATransactionAndFailAlone(t *testing.T) {
 				stmts = append(stmts, runtime.Statement{Query: `INSERT INTO parents (id) VALUES ($1)`, Args: []any{"taken"}})
 			case panicking:
 				stmts = append(stmts, runtime.Statement{Query: `INSERT INTO parents (id) VALUES ($1)`, Args: []any{panickingValue{}}})
+			case panickingInQuery:
+				var id string
+				stmts = append(stmts, runtime.Statement{Query: `INSERT INTO parents (id) VALUES ($1) RETURNING id`, Args: []any{panickingValue{}}, Returning: []any{&id}})
+			case panickingScan:
+				stmts = append(stmts, runtime.Statement{Query: `INSERT INTO parents (id) VALUES ($1) RETURNING id`, Args: []any{name}, Returning: []any{&panickingScanner{}}})
 			}
 			wctx := ctx
 			if i == abandoned {
@@ -121,9 +134,13 @@ func TestWritesThatQueueShareATransactionAndFailAlone(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), "statement 2 of 2") {
 				t.Errorf("the write with a duplicate key: %v, want its statement's failure", err)
 			}
-		case i == panicking:
+		case i == panicking || i == panickingInQuery:
 			if err == nil || !strings.Contains(err.Error(), "panicked: a broken driver.Valuer") {
-				t.Errorf("the write whose Valuer panics: %v, want its panic in the caller", err)
+				t.Errorf("write %d, whose Valuer panics: %v, want its panic in the caller", i, err)
+			}
+		case i == panickingScan:
+			if err == nil || !strings.Contains(err.Error(), "panicked: a broken sql.Scanner") {
+				t.Errorf("write %d, whose Scanner panics: %v, want its panic in the caller", i, err)
 			}
 		case i == abandoned && hold != nil:
 			if !errors.Is(err, context.Canceled) {
@@ -140,7 +157,12 @@ func TestWritesThatQueueShareATransactionAndFailAlone(t *testing.T) {
 	if err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM eventfn_outbox WHERE topic = $1`, cfg.Kafka.Topic("test.written")).Scan(&events); err != nil {
 		t.Fatal(err)
 	}
-	notStored := []int{failing, panicking}
+	notStored := []int{failing, panicking, panickingInQuery}
+	if db.Driver == store.SQLite {
+		// On PostgreSQL RETURNING rows are scanned after COMMIT's answer
+		// (Write): the write whose Scanner panics has committed.
+		notStored = append(notStored, panickingScan)
+	}
 	if hold != nil {
 		notStored = append(notStored, abandoned)
 	}

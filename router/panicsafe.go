@@ -1,0 +1,169 @@
+package router
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"reflect"
+)
+
+// database/sql does not survive a panic in the user code it calls: a
+// driver.Valuer panicking in a query leaves the transaction's lock held
+// (Go 1.26, DB.queryDC releases the connection without defer), and a
+// sql.Scanner panicking in Rows.Scan leaves the rows' lock held, so the
+// deferred Close deadlocks in the panic itself. The transaction can then
+// never commit or roll back, and on SQLite its connection is the one
+// writer: every later write would wait for it forever. So on SQLite user
+// code that database/sql calls runs under a recover of ours: the call
+// fails cleanly inside database/sql, and the panic is raised again once
+// the statement has returned, where it unwinds through eventfn's code only.
+
+// errUserCodePanicked is what database/sql hears from a guarded Valuer or
+// Scanner that panicked; the caller hears the panic.
+var errUserCodePanicked = errors.New("a driver.Valuer or sql.Scanner panicked")
+
+// userPanic holds the value of a panic caught in user code.
+type userPanic struct {
+	value any
+	set   bool
+}
+
+// raise panics again with the caught value, if there is one.
+func (p *userPanic) raise() {
+	if p.set {
+		panic(p.value)
+	}
+}
+
+func (p *userPanic) catch(err *error) {
+	if v := recover(); v != nil {
+		p.value, p.set = v, true
+		*err = errUserCodePanicked
+	}
+}
+
+var valuerType = reflect.TypeFor[driver.Valuer]()
+
+// guardedValuer calls a driver.Valuer under p's recover.
+type guardedValuer struct {
+	v driver.Valuer
+	p *userPanic
+}
+
+func (g guardedValuer) Value() (v driver.Value, err error) {
+	// A nil pointer whose type has Value on the value receiver is NULL to
+	// database/sql (callValuerValue), not a call on nil.
+	if rv := reflect.ValueOf(g.v); rv.Kind() == reflect.Pointer && rv.IsNil() && rv.Type().Elem().Implements(valuerType) {
+		return nil, nil
+	}
+	defer g.p.catch(&err)
+	return g.v.Value()
+}
+
+// guardArgs returns args with every driver.Valuer (also in a sql.NamedArg)
+// called under p's recover; args itself when there is none.
+func guardArgs(args []any, p *userPanic) []any {
+	var out []any
+	for i, a := range args {
+		var guarded any
+		switch v := a.(type) {
+		case driver.Valuer:
+			guarded = guardedValuer{v: v, p: p}
+		case sql.NamedArg:
+			if vr, ok := v.Value.(driver.Valuer); ok {
+				v.Value = guardedValuer{v: vr, p: p}
+				guarded = v
+			}
+		}
+		if guarded == nil {
+			continue
+		}
+		if out == nil {
+			out = append([]any(nil), args...)
+		}
+		out[i] = guarded
+	}
+	if out == nil {
+		return args
+	}
+	return out
+}
+
+// guardedScanner calls a sql.Scanner under p's recover.
+type guardedScanner struct {
+	s sql.Scanner
+	p *userPanic
+}
+
+func (g guardedScanner) Scan(src any) (err error) {
+	defer g.p.catch(&err)
+	return g.s.Scan(src)
+}
+
+// guardDests returns dests with every sql.Scanner called under p's recover.
+func guardDests(dests []any, p *userPanic) []any {
+	var out []any
+	for i, d := range dests {
+		s, ok := d.(sql.Scanner)
+		if !ok {
+			continue
+		}
+		if out == nil {
+			out = append([]any(nil), dests...)
+		}
+		out[i] = guardedScanner{s: s, p: p}
+	}
+	if out == nil {
+		return dests
+	}
+	return out
+}
+
+// valueFirst calls every driver.Valuer of args (also in a sql.NamedArg)
+// once before database/sql does, so that one that panics panics here, on
+// the caller's goroutine, before database/sql holds a lock. It is for
+// PostgreSQL, where pgx, not database/sql, calls Valuers, and prefers its own
+// encoders for types that have them: guardArgs's wrapper would hide those.
+// A Valuer is called twice then; Value has no business having effects.
+func valueFirst(args []any) {
+	for _, a := range args {
+		if na, ok := a.(sql.NamedArg); ok {
+			a = na.Value
+		}
+		v, ok := a.(driver.Valuer)
+		if !ok {
+			continue
+		}
+		if rv := reflect.ValueOf(v); rv.Kind() == reflect.Pointer && rv.IsNil() {
+			continue // pgx sends a nil pointer as NULL
+		}
+		_, _ = v.Value()
+	}
+}
+
+// ExecContext runs a statement of the transaction with its Valuers guarded.
+func (t *sqlTx) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	var p userPanic
+	res, err := t.Tx.ExecContext(ctx, query, guardArgs(args, &p)...)
+	p.raise()
+	return res, err
+}
+
+// QueryContext runs a query of the transaction with its Valuers guarded.
+// The Scanners the caller's Scan calls are not: a handler's own Scan is out
+// of reach (docs/architecture.md).
+func (t *sqlTx) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	var p userPanic
+	rows, err := t.Tx.QueryContext(ctx, query, guardArgs(args, &p)...)
+	p.raise()
+	return rows, err
+}
+
+// QueryRowContext runs a query of the transaction with its Valuers guarded.
+func (t *sqlTx) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
+	var p userPanic
+	row := t.Tx.QueryRowContext(ctx, query, guardArgs(args, &p)...)
+	p.raise()
+	return row
+}
