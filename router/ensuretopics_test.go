@@ -79,19 +79,21 @@ func TestEnsureTopicsCreatesOnlyWhatIsMissing(t *testing.T) {
 // booting, but it says so at once, naming the brokers and the error, and when
 // it gives up the error says how long it tried and why, on one line.
 func TestStartUpSaysItWaitsForBrokersThatDoNotAnswer(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	closedPort := func() string {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		return l.Addr().String()
 	}
-	refused := l.Addr().String()
-	if err := l.Close(); err != nil {
-		t.Fatal(err)
-	}
+	// Two brokers: sarama puts a newline between their errors.
+	refused, refusedToo := closedPort(), closedPort()
 	cfg, err := configs.Load(configs.Options{Profile: "test"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.Kafka.Brokers = []string{refused}
+	cfg.Kafka.Brokers = []string{refused, refusedToo}
 	var logs testenv.LogBuffer
 	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
 	defer cancel()
@@ -99,7 +101,7 @@ func TestStartUpSaysItWaitsForBrokersThatDoNotAnswer(t *testing.T) {
 	if err == nil {
 		t.Fatal("EnsureTopics reached a broker on a closed port")
 	}
-	for _, want := range []string{refused, "no answer in", "connection refused", context.DeadlineExceeded.Error()} {
+	for _, want := range []string{refused, refusedToo, "no answer in", "connection refused", context.DeadlineExceeded.Error()} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not say %q", err, want)
 		}

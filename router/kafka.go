@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/IBM/sarama"
@@ -157,6 +158,13 @@ func unserved(described []*sarama.TopicMetadata, want []string) error {
 	return nil
 }
 
+// oneLineError is err on one line: sarama joins the errors of several
+// brokers with newlines, and start-up's last error is printed as it is.
+type oneLineError struct{ err error }
+
+func (e oneLineError) Error() string { return strings.ReplaceAll(e.err.Error(), "\n", "; ") }
+func (e oneLineError) Unwrap() error { return e.err }
+
 // closedAtOnceLimit is how many connection attempts in a row, 200 ms apart,
 // the brokers may close before start-up gives up on the security settings.
 const closedAtOnceLimit = 15
@@ -212,7 +220,7 @@ func connectAdmin(ctx context.Context, k configs.Kafka, sc *sarama.Config, logge
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("reach Kafka at %v: no answer in %s: %w (%w)", brokers, time.Since(start).Round(time.Millisecond), last, ctx.Err())
+			return nil, fmt.Errorf("reach Kafka at %v: no answer in %s: %w (%w)", brokers, time.Since(start).Round(time.Millisecond), oneLineError{last}, ctx.Err())
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
