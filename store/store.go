@@ -169,7 +169,8 @@ func (db *DB) Close() error {
 
 // checkSchema fails when PostgreSQL has no schema to create eventfn's tables
 // in: every schema the URL's search_path names is missing (a typo, or a
-// schema not yet created). The migration would fail too, but with "relation
+// schema not yet created) or not usable by the role (current_schema()
+// skips schemas without USAGE). The migration would fail too, but with "relation
 // goose_db_version does not exist", which does not say why.
 func checkSchema(ctx context.Context, db *DB) error {
 	if db.Driver != Postgres {
@@ -181,7 +182,7 @@ func checkSchema(ctx context.Context, db *DB) error {
 		return fmt.Errorf("read the search_path of PostgreSQL database %s: %w", db.Where, err)
 	}
 	if !schema.Valid {
-		return fmt.Errorf("PostgreSQL database %s: no schema in its search_path (%s) exists, so eventfn has nowhere to create its tables: create the schema (CREATE SCHEMA name) or correct search_path in database.url", db.Where, path)
+		return fmt.Errorf("PostgreSQL database %s: no schema in its search_path (%s) exists that this role may use, so eventfn has nowhere to create its tables: create the schema (CREATE SCHEMA name), grant the role USAGE and CREATE on it, or correct search_path in database.url", db.Where, path)
 	}
 	return nil
 }
