@@ -6,6 +6,7 @@ import (
 	"database/sql/driver"
 	"errors"
 	"reflect"
+	"slices"
 )
 
 // database/sql does not survive a panic in the user code it calls: a
@@ -64,28 +65,36 @@ func (g guardedValuer) Value() (v driver.Value, err error) {
 // guardArgs returns args with every driver.Valuer (also in a sql.NamedArg)
 // called under p's recover; args itself when there is none.
 func guardArgs(args []any, p *userPanic) []any {
-	var out []any
-	for i, a := range args {
-		var guarded any
+	return replaced(args, func(a any) (any, bool) {
 		switch v := a.(type) {
 		case driver.Valuer:
-			guarded = guardedValuer{v: v, p: p}
+			return guardedValuer{v: v, p: p}, true
 		case sql.NamedArg:
 			if vr, ok := v.Value.(driver.Valuer); ok {
 				v.Value = guardedValuer{v: vr, p: p}
-				guarded = v
+				return v, true
 			}
 		}
-		if guarded == nil {
+		return nil, false
+	})
+}
+
+// replaced returns xs with the elements f replaces (reporting true), in a
+// copy; xs itself when f replaces none, as for most statements.
+func replaced(xs []any, f func(any) (any, bool)) []any {
+	var out []any
+	for i, x := range xs {
+		y, ok := f(x)
+		if !ok {
 			continue
 		}
 		if out == nil {
-			out = append([]any(nil), args...)
+			out = slices.Clone(xs)
 		}
-		out[i] = guarded
+		out[i] = y
 	}
 	if out == nil {
-		return args
+		return xs
 	}
 	return out
 }
@@ -103,21 +112,12 @@ func (g guardedScanner) Scan(src any) (err error) {
 
 // guardDests returns dests with every sql.Scanner called under p's recover.
 func guardDests(dests []any, p *userPanic) []any {
-	var out []any
-	for i, d := range dests {
-		s, ok := d.(sql.Scanner)
-		if !ok {
-			continue
+	return replaced(dests, func(d any) (any, bool) {
+		if s, ok := d.(sql.Scanner); ok {
+			return guardedScanner{s: s, p: p}, true
 		}
-		if out == nil {
-			out = append([]any(nil), dests...)
-		}
-		out[i] = guardedScanner{s: s, p: p}
-	}
-	if out == nil {
-		return dests
-	}
-	return out
+		return nil, false
+	})
 }
 
 // valueFirst calls every driver.Valuer of args (also in a sql.NamedArg)
