@@ -167,6 +167,18 @@ func run(ctx context.Context, o benchOptions) error {
 	if err != nil {
 		return err
 	}
+	// What the consumer path costs before a handler's decode and transaction,
+	// at the default Concurrency and at four times it: target 4's room.
+	floors := []consumeFloor{
+		{inFlight: runtime.DefaultPolicy().Concurrency},
+		{inFlight: runtime.DefaultPolicy().Concurrency, viaRouter: true},
+		{inFlight: 4 * runtime.DefaultPolicy().Concurrency, viaRouter: true},
+	}
+	for i, f := range floors {
+		if floors[i].rate, err = consumePathFloor(ctx, cfg, o.noopN, f.inFlight, f.viaRouter); err != nil {
+			return fmt.Errorf("consumer path floor (%s): %w", f, err)
+		}
+	}
 
 	sc, err := router.SaramaConfig(cfg.Kafka)
 	if err != nil {
@@ -328,6 +340,9 @@ func run(ctx context.Context, o benchOptions) error {
 	}
 	row(fmt.Sprintf("relay: pre-filled outbox of %d -> Kafka", relayFig.n), relayFig.relay, minName(relayFig), relayFig.ceiling())
 	row("handler that does nothing (inbox + commit)", noopRate, "cons", consumeRate)
+	for _, f := range floors {
+		row("  floor: "+f.String(), f.rate, "cons", consumeRate)
+	}
 	row("handler that writes one row", handlerRate, "tx", txRate)
 	row("outbox: transactions that emit one event", emitRate, "tx", txRate)
 	fmt.Println()
@@ -468,4 +483,19 @@ func minName(f relayFigures) string {
 		return "prod"
 	}
 	return "mark"
+}
+
+// consumeFloor is one measurement of the consumer path without a handler's
+// work: see consumePathFloor.
+type consumeFloor struct {
+	inFlight  int
+	viaRouter bool
+	rate      float64
+}
+
+func (f consumeFloor) String() string {
+	if f.viaRouter {
+		return fmt.Sprintf("dispatch + router, ack only, %d in flight", f.inFlight)
+	}
+	return fmt.Sprintf("dispatch alone, ack only, %d in flight", f.inFlight)
 }

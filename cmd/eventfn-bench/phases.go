@@ -9,11 +9,14 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/eventfn/eventfn/configs"
 	"github.com/eventfn/eventfn/router"
+	"github.com/eventfn/eventfn/router/dispatch"
 	"github.com/eventfn/eventfn/router/relay"
 	"github.com/eventfn/eventfn/runtime"
 	"github.com/eventfn/eventfn/store"
@@ -201,4 +204,81 @@ func noopPhase(ctx context.Context, cfg configs.Config, db *store.DB, n int) (ha
 		return nil
 	})
 	return rate(n, time.Since(start)), consume, err
+}
+
+// consumePathFloor measures the part of a handler's path that has nothing to
+// do with the database or the event's type, on the n records noopPhase read:
+// the dispatch subscriber (franz-go consumer group, per-key hand-out, offset
+// commits) with one loop that acknowledges each event as it arrives, or, with
+// viaRouter, the same subscriber under a Watermill router whose one handler
+// only acknowledges. No CloudEvents mapping, no decode, no inbox, no
+// transaction: whatever a handler does, eventfn's consumer path runs no faster
+// than this.
+func consumePathFloor(ctx context.Context, cfg configs.Config, n, inFlight int, viaRouter bool) (float64, error) {
+	topic := cfg.Kafka.Topic(noopEvent{}.EventType())
+	sub, err := dispatch.NewSubscriber(dispatch.Config{
+		Brokers:     cfg.Kafka.Brokers,
+		ClientID:    "eventfn-bench-floor",
+		Group:       cfg.Kafka.Topic(fmt.Sprintf("bench-floor-%d-%t", inFlight, viaRouter)),
+		Unmarshal:   func(r *kgo.Record) *message.Message { return message.NewMessage(string(r.Key), r.Value) },
+		MaxInFlight: inFlight,
+	})
+	if err != nil {
+		return 0, err
+	}
+	var handled atomic.Int64
+	start := time.Now()
+	stop, err := runFloorConsumer(ctx, sub, topic, viaRouter, func() { handled.Add(1) })
+	if err != nil {
+		_ = sub.Close()
+		return 0, err
+	}
+	err = waitFor(10*time.Minute, func() error {
+		if got := handled.Load(); got < int64(n) {
+			return fmt.Errorf("%d of %d acknowledged", got, n)
+		}
+		return nil
+	})
+	took := time.Since(start)
+	if serr := stop(); err == nil && serr != nil {
+		err = serr
+	}
+	return rate(n, took), err
+}
+
+// runFloorConsumer starts acknowledging sub's events on topic, calling
+// handled once for each; stop ends it and closes sub.
+func runFloorConsumer(ctx context.Context, sub *dispatch.Subscriber, topic string, viaRouter bool, handled func()) (stop func() error, err error) {
+	if !viaRouter {
+		msgs, err := sub.Subscribe(ctx, topic)
+		if err != nil {
+			return nil, err
+		}
+		go func() {
+			for m := range msgs {
+				handled()
+				m.Ack()
+			}
+		}()
+		return sub.Close, nil
+	}
+	wr, err := message.NewRouter(message.RouterConfig{CloseTimeout: 30 * time.Second}, watermill.NopLogger{})
+	if err != nil {
+		return nil, err
+	}
+	wr.AddConsumerHandler("bench-floor", topic, sub, func(*message.Message) error {
+		handled()
+		return nil
+	})
+	done := make(chan error, 1)
+	go func() { done <- wr.Run(ctx) }()
+	return func() error {
+		// Run returns only after Close (a cancelled context does not end
+		// it); Close also closes the subscriber.
+		err := wr.Close()
+		if rerr := <-done; err == nil {
+			err = rerr
+		}
+		return err
+	}, nil
 }
