@@ -119,3 +119,71 @@ func TestStartUpSaysItWaitsForBrokersThatDoNotAnswer(t *testing.T) {
 		t.Errorf("start-up warned %d times in 1.5 s, want once (then every %s)", n, "10s")
 	}
 }
+
+// TestStartUpSaysItWaitsForABrokerThatNeverAnswers: an address that takes
+// the connection and never answers (a filtered port, another service) holds
+// one sarama attempt for its 30 s timeouts. Start-up says it waits after a
+// few seconds, not after the first attempt, and gives up when its deadline
+// ends, not when the attempt does.
+func TestStartUpSaysItWaitsForABrokerThatNeverAnswers(t *testing.T) {
+	silent, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := make(chan net.Conn, 16)
+	t.Cleanup(func() {
+		silent.Close()
+		for {
+			select {
+			case c := <-held:
+				c.Close()
+			default:
+				return
+			}
+		}
+	})
+	go func() {
+		for {
+			c, err := silent.Accept()
+			if err != nil {
+				return
+			}
+			select {
+			case held <- c:
+			default:
+				c.Close()
+			}
+		}
+	}()
+	cfg, err := configs.Load(configs.Options{Profile: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Kafka.Brokers = []string{silent.Addr().String()}
+	var logs testenv.LogBuffer
+	const deadline = 5 * time.Second
+	ctx, cancel := context.WithTimeout(context.Background(), deadline)
+	defer cancel()
+	start := time.Now()
+	err = router.EnsureTopics(ctx, cfg.Kafka, []string{"never-created"}, slog.New(slog.NewTextHandler(&logs, nil)))
+	took := time.Since(start)
+	if err == nil {
+		t.Fatal("EnsureTopics reached a broker that never answers")
+	}
+	for _, want := range []string{silent.Addr().String(), "no answer in", "has had no answer", context.DeadlineExceeded.Error()} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not say %q", err, want)
+		}
+	}
+	// sarama's own timeouts would hold it 30 s; the bound here is loose
+	// for a loaded machine and still far below that.
+	if took > deadline+10*time.Second {
+		t.Errorf("EnsureTopics returned %s after its deadline of %s", took-deadline, deadline)
+	}
+	out := logs.String()
+	for _, want := range []string{"level=WARN", "Kafka does not answer yet", silent.Addr().String(), "has had no answer"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("start-up's log %q does not say %q", out, want)
+		}
+	}
+}

@@ -186,12 +186,27 @@ func connectAdmin(ctx context.Context, k configs.Kafka, sc *sarama.Config, logge
 	start := time.Now()
 	var reported time.Time
 	for {
-		if err := probeTLS(ctx, k); err != nil {
-			return nil, fmt.Errorf("reach Kafka at %v: %w", brokers, err)
-		}
-		admin, err := sarama.NewClusterAdmin(brokers, sc)
+		admin, err := newClusterAdmin(ctx, k, sc, func() {
+			// A filtered address or a listener that never answers holds
+			// one attempt for sarama's dial and read timeouts (30 s each,
+			// per broker); say so long before that.
+			if logger != nil && time.Since(reported) >= kafkaWaitReportInterval {
+				reported = time.Now()
+				logger.WarnContext(ctx, "Kafka does not answer yet; start-up keeps trying", "brokers", brokers,
+					"waited", time.Since(start).Round(time.Second).String(), "error", errAttemptUnanswered)
+			}
+		})
 		if err == nil {
 			return admin, nil
+		}
+		if errors.As(err, new(probeError)) {
+			return nil, fmt.Errorf("reach Kafka at %v: %w", brokers, err)
+		}
+		if ctx.Err() != nil {
+			if last == nil {
+				last = err
+			}
+			return nil, fmt.Errorf("reach Kafka at %v: no answer in %s: %w (%w)", brokers, time.Since(start).Round(time.Millisecond), oneLineError{last}, ctx.Err())
 		}
 		if e := explainKafkaError(err, k); errors.Is(e, errKafkaSetup) {
 			return nil, fmt.Errorf("reach Kafka at %v: %w", brokers, e)
@@ -222,6 +237,59 @@ func connectAdmin(ctx context.Context, k configs.Kafka, sc *sarama.Config, logge
 		case <-ctx.Done():
 			return nil, fmt.Errorf("reach Kafka at %v: no answer in %s: %w (%w)", brokers, time.Since(start).Round(time.Millisecond), oneLineError{last}, ctx.Err())
 		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// slowAttemptAfter is how long one connection attempt may go unanswered
+// before start-up says that it waits.
+const slowAttemptAfter = 3 * time.Second
+
+// errAttemptUnanswered is why start-up waits while an attempt has no answer.
+var errAttemptUnanswered = fmt.Errorf("a connection attempt has had no answer for %s: the address may be filtered by a firewall, or not be a Kafka listener", slowAttemptAfter)
+
+// probeError is what probeTLS found: settings that cannot work. It reads as
+// the error it wraps.
+type probeError struct{ err error }
+
+func (e probeError) Error() string { return e.err.Error() }
+func (e probeError) Unwrap() error { return e.err }
+
+// newClusterAdmin probes the brokers' security protocol (probeTLS) and then
+// makes a sarama.ClusterAdmin, bounded by ctx, which sarama does not take:
+// when ctx ends first the attempt is left to finish on its own (an admin it
+// makes then is closed) and the error is errAttemptUnanswered. slow is called
+// once if the attempt takes longer than slowAttemptAfter. A probe's error is
+// a probeError.
+func newClusterAdmin(ctx context.Context, k configs.Kafka, sc *sarama.Config, slow func()) (sarama.ClusterAdmin, error) {
+	type result struct {
+		admin sarama.ClusterAdmin
+		err   error
+	}
+	done := make(chan result, 1)
+	go func() {
+		if err := probeTLS(ctx, k); err != nil {
+			done <- result{nil, probeError{err}}
+			return
+		}
+		admin, err := sarama.NewClusterAdmin(k.Brokers, sc)
+		done <- result{admin, err}
+	}()
+	slowTimer := time.NewTimer(slowAttemptAfter)
+	defer slowTimer.Stop()
+	for {
+		select {
+		case r := <-done:
+			return r.admin, r.err
+		case <-slowTimer.C:
+			slow()
+		case <-ctx.Done():
+			go func() {
+				if r := <-done; r.err == nil {
+					_ = r.admin.Close()
+				}
+			}()
+			return nil, errAttemptUnanswered
 		}
 	}
 }
