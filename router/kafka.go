@@ -185,17 +185,21 @@ func connectAdmin(ctx context.Context, k configs.Kafka, sc *sarama.Config, logge
 	closedAtOnce := 0
 	start := time.Now()
 	var reported time.Time
+	warn := func(err error) {
+		if logger != nil && time.Since(reported) >= kafkaWaitReportInterval {
+			reported = time.Now()
+			logger.WarnContext(ctx, "Kafka does not answer yet; start-up keeps trying", "brokers", brokers,
+				"waited", time.Since(start).Round(time.Second).String(), "error", err)
+		}
+	}
+	giveUp := func() error {
+		return fmt.Errorf("reach Kafka at %v: no answer in %s: %w (%w)", brokers, time.Since(start).Round(time.Millisecond), oneLineError{last}, ctx.Err())
+	}
 	for {
-		admin, err := newClusterAdmin(ctx, k, sc, func() {
-			// A filtered address or a listener that never answers holds
-			// one attempt for sarama's dial and read timeouts (30 s each,
-			// per broker); say so long before that.
-			if logger != nil && time.Since(reported) >= kafkaWaitReportInterval {
-				reported = time.Now()
-				logger.WarnContext(ctx, "Kafka does not answer yet; start-up keeps trying", "brokers", brokers,
-					"waited", time.Since(start).Round(time.Second).String(), "error", errAttemptUnanswered)
-			}
-		})
+		// A filtered address or a listener that never answers holds one
+		// attempt for sarama's dial and read timeouts (30 s each, per
+		// broker); say so long before that.
+		admin, err := newClusterAdmin(ctx, k, sc, func() { warn(errAttemptUnanswered) })
 		if err == nil {
 			return admin, nil
 		}
@@ -206,7 +210,7 @@ func connectAdmin(ctx context.Context, k configs.Kafka, sc *sarama.Config, logge
 			if last == nil {
 				last = err
 			}
-			return nil, fmt.Errorf("reach Kafka at %v: no answer in %s: %w (%w)", brokers, time.Since(start).Round(time.Millisecond), oneLineError{last}, ctx.Err())
+			return nil, giveUp()
 		}
 		if e := explainKafkaError(err, k); errors.Is(e, errKafkaSetup) {
 			return nil, fmt.Errorf("reach Kafka at %v: %w", brokers, e)
@@ -228,14 +232,10 @@ func connectAdmin(ctx context.Context, k configs.Kafka, sc *sarama.Config, logge
 				brokers, errKafkaSetup, k.TLS.Enabled, k.SASL.Mechanism, hint, err)
 		}
 		last = err
-		if logger != nil && time.Since(reported) >= kafkaWaitReportInterval {
-			reported = time.Now()
-			logger.WarnContext(ctx, "Kafka does not answer yet; start-up keeps trying", "brokers", brokers,
-				"waited", time.Since(start).Round(time.Second).String(), "error", err)
-		}
+		warn(err)
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("reach Kafka at %v: no answer in %s: %w (%w)", brokers, time.Since(start).Round(time.Millisecond), oneLineError{last}, ctx.Err())
+			return nil, giveUp()
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
