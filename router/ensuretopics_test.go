@@ -2,6 +2,7 @@ package router_test
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
 	"strings"
@@ -9,7 +10,9 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/eventfn/eventfn/configs"
 	"github.com/eventfn/eventfn/internal/testenv"
@@ -186,4 +189,95 @@ func TestStartUpSaysItWaitsForABrokerThatNeverAnswers(t *testing.T) {
 			t.Errorf("start-up's log %q does not say %q", out, want)
 		}
 	}
+}
+
+// TestEnsureTopicsReturnsOnceEveryBrokerServesThem: on a cluster of several
+// brokers the controller answers CreateTopics once a topic is decided, and
+// each broker serves it once it has applied that, tens of milliseconds apart
+// on a loaded machine. Start-up goes on to read retention.ms from any broker,
+// and the relay and the consumers ask any broker for metadata: every one of
+// them must serve the new topics when EnsureTopics returns. On one broker
+// this holds trivially; ci/faults.sh runs it on three.
+func TestEnsureTopicsReturnsOnceEveryBrokerServesThem(t *testing.T) {
+	brokers := testBrokers(t)
+	prefix := testenv.UniqueName("ensure-all-") + "."
+	testenv.DeleteTopicsAtCleanup(t, prefix)
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cluster, err := kadm.NewClient(cl).BrokerMetadata(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := configs.Load(configs.Options{Profile: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Kafka.Brokers = brokers
+	cfg.Kafka.Partitions = 3
+	cfg.Kafka.ReplicationFactor = min(3, len(cluster.Brokers))
+	t.Logf("%d broker(s), replication %d", len(cluster.Brokers), cfg.Kafka.ReplicationFactor)
+
+	// Each round is a race between the brokers applying the new topics and
+	// the asks below; rounds make a broker that lags likely to be seen.
+	const rounds = 15
+	for round := range rounds {
+		topics := make([]string, 3)
+		for i := range topics {
+			topics[i] = fmt.Sprintf("%sr%d.t%d", prefix, round, i)
+		}
+		if err := router.EnsureTopics(ctx, cfg.Kafka, topics, nil); err != nil {
+			t.Fatal(err)
+		}
+		// Every broker at once, straight after the return.
+		errs := make(chan error, len(cluster.Brokers))
+		for _, b := range cluster.Brokers {
+			go func() { errs <- brokerServes(ctx, cl, b.NodeID, topics, cfg.Kafka.Partitions) }()
+		}
+		for range cluster.Brokers {
+			if err := <-errs; err != nil {
+				t.Errorf("round %d: EnsureTopics returned, but %v", round, err)
+			}
+		}
+	}
+}
+
+// brokerServes asks one broker, and only it, for the topics' metadata: nil
+// when it serves each of them with a leader for every partition.
+func brokerServes(ctx context.Context, cl *kgo.Client, node int32, topics []string, partitions int) error {
+	req := kmsg.NewPtrMetadataRequest()
+	for _, name := range topics {
+		rt := kmsg.NewMetadataRequestTopic()
+		rt.Topic = kmsg.StringPtr(name)
+		req.Topics = append(req.Topics, rt)
+	}
+	resp, err := req.RequestWith(ctx, cl.Broker(int(node)))
+	if err != nil {
+		return fmt.Errorf("broker %d: metadata: %w", node, err)
+	}
+	for _, rt := range resp.Topics {
+		var name string
+		if rt.Topic != nil {
+			name = *rt.Topic
+		}
+		if err := kerr.ErrorForCode(rt.ErrorCode); err != nil {
+			return fmt.Errorf("broker %d does not serve topic %s: %w", node, name, err)
+		}
+		if len(rt.Partitions) != partitions {
+			return fmt.Errorf("broker %d serves topic %s with %d partitions, want %d", node, name, len(rt.Partitions), partitions)
+		}
+		for _, p := range rt.Partitions {
+			if err := kerr.ErrorForCode(p.ErrorCode); err != nil || p.Leader < 0 {
+				return fmt.Errorf("broker %d: topic %s partition %d has no leader (%v)", node, name, p.Partition, err)
+			}
+		}
+	}
+	if len(resp.Topics) != len(topics) {
+		return fmt.Errorf("broker %d described %d of %d topics", node, len(resp.Topics), len(topics))
+	}
+	return nil
 }

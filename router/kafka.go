@@ -9,9 +9,14 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/IBM/sarama"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/eventfn/eventfn/configs"
 )
@@ -97,29 +102,40 @@ func EnsureTopics(ctx context.Context, k configs.Kafka, topics []string, logger 
 	// Only the topics created here: one that existed is served already, and
 	// a partition of it without a leader (a broker down) is the consumers'
 	// and the relay's to wait out, as before, not a reason not to start.
-	return awaitTopics(ctx, admin, created, topicsVisibleWithin)
+	return awaitTopics(ctx, k, created, topicsVisibleWithin)
 }
 
 // topicsVisibleWithin bounds how long start-up waits for topics it created
 // to be served.
 const topicsVisibleWithin = 30 * time.Second
 
-// awaitTopics waits until the brokers serve every topic with a leader for
-// each partition. The controller answers CreateTopics once the topic is
-// decided; a broker serves it once it has applied that, a moment later or,
-// on a loaded machine, a second or more. Start-up read the new topics'
-// retention.ms at once and failed ("does not exist on this broker"), and the
-// relay's first produce failed and backed off for seconds (CI, two suites
-// side by side).
-func awaitTopics(ctx context.Context, admin sarama.ClusterAdmin, topics []string, within time.Duration) error {
+// awaitTopics waits until every broker of the cluster serves every topic
+// with a leader for each partition. The controller answers CreateTopics once
+// the topic is decided; each broker serves it once it has applied that, a
+// moment later or, on a loaded machine, a second or more, and on a cluster
+// the brokers apply it tens of milliseconds apart. Start-up reads the new
+// topics' retention.ms from any broker, and the relay and the consumers ask
+// any broker for metadata: one that did not serve a topic yet failed
+// start-up ("does not exist on this broker") or made the relay's first
+// produce back off for seconds. Asking one broker was not enough: on three
+// brokers another one did not serve a new topic yet in most starts
+// (TestEnsureTopicsReturnsOnceEveryBrokerServesThem). The brokers are listed
+// afresh on every look: one that stopped leaves the list once the
+// controller fences it.
+func awaitTopics(ctx context.Context, k configs.Kafka, topics []string, within time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, within)
 	defer cancel()
+	opts, err := KafkaClientOpts(k)
+	if err != nil {
+		return err
+	}
+	cl, err := kgo.NewClient(append(opts, kgo.SeedBrokers(k.Brokers...))...)
+	if err != nil {
+		return fmt.Errorf("kafka %v: %w", k.Brokers, err)
+	}
+	defer cl.Close()
 	for {
-		described, err := admin.DescribeTopics(topics)
-		missing := err
-		if missing == nil {
-			missing = unserved(described, topics)
-		}
+		missing := unserved(ctx, cl, topics)
 		if missing == nil {
 			return nil
 		}
@@ -131,27 +147,63 @@ func awaitTopics(ctx context.Context, admin sarama.ClusterAdmin, topics []string
 	}
 }
 
-// unserved says which of the want topics the brokers do not serve yet,
-// with a leader for each partition; nil when they serve all of them.
-func unserved(described []*sarama.TopicMetadata, want []string) error {
-	byName := make(map[string]*sarama.TopicMetadata, len(described))
-	for _, d := range described {
-		byName[d.Name] = d
+// unserved says which of the topics a broker of the cluster does not serve
+// yet, with a leader for each partition; nil when every broker serves all
+// of them.
+func unserved(ctx context.Context, cl *kgo.Client, topics []string) error {
+	cluster, err := kadm.NewClient(cl).BrokerMetadata(ctx)
+	if err != nil {
+		return fmt.Errorf("list the brokers: %w", err)
+	}
+	req := kmsg.NewPtrMetadataRequest()
+	for _, name := range topics {
+		t := kmsg.NewMetadataRequestTopic()
+		t.Topic = kmsg.StringPtr(name)
+		req.Topics = append(req.Topics, t)
+	}
+	// Each broker answers for itself, so each is asked; at once, since a
+	// start waits for the slowest.
+	errs := make([]error, len(cluster.Brokers))
+	var wg sync.WaitGroup
+	for i, b := range cluster.Brokers {
+		wg.Go(func() {
+			resp, err := req.RequestWith(ctx, cl.Broker(int(b.NodeID)))
+			if err != nil {
+				errs[i] = fmt.Errorf("broker %d (%s:%d): %w", b.NodeID, b.Host, b.Port, err)
+				return
+			}
+			if err := servesAll(resp, topics); err != nil {
+				errs[i] = fmt.Errorf("broker %d (%s:%d): %w", b.NodeID, b.Host, b.Port, err)
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// servesAll says which of the want topics a broker's metadata answer does
+// not serve, with a leader for each partition; nil when it serves all.
+func servesAll(resp *kmsg.MetadataResponse, want []string) error {
+	byName := make(map[string]*kmsg.MetadataResponseTopic, len(resp.Topics))
+	for i, t := range resp.Topics {
+		if t.Topic != nil {
+			byName[*t.Topic] = &resp.Topics[i]
+		}
 	}
 	for _, name := range want {
-		d, ok := byName[name]
+		t, ok := byName[name]
 		if !ok {
 			return fmt.Errorf("topic %s: not described", name)
 		}
-		if !errors.Is(d.Err, sarama.ErrNoError) {
-			return fmt.Errorf("topic %s: %w", d.Name, d.Err)
+		if err := kerr.ErrorForCode(t.ErrorCode); err != nil {
+			return fmt.Errorf("topic %s: %w", name, err)
 		}
-		if len(d.Partitions) == 0 {
-			return fmt.Errorf("topic %s: no partitions yet", d.Name)
+		if len(t.Partitions) == 0 {
+			return fmt.Errorf("topic %s: no partitions yet", name)
 		}
-		for _, p := range d.Partitions {
-			if !errors.Is(p.Err, sarama.ErrNoError) || p.Leader < 0 {
-				return fmt.Errorf("topic %s partition %d: no leader yet (%v)", d.Name, p.ID, p.Err)
+		for _, p := range t.Partitions {
+			if err := kerr.ErrorForCode(p.ErrorCode); err != nil || p.Leader < 0 {
+				return fmt.Errorf("topic %s partition %d: no leader yet (%v)", name, p.Partition, err)
 			}
 		}
 	}
