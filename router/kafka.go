@@ -155,18 +155,19 @@ func unserved(ctx context.Context, cl *kgo.Client, topics []string) error {
 	if err != nil {
 		return fmt.Errorf("list the brokers: %w", err)
 	}
-	req := kmsg.NewPtrMetadataRequest()
-	for _, name := range topics {
-		t := kmsg.NewMetadataRequestTopic()
-		t.Topic = kmsg.StringPtr(name)
-		req.Topics = append(req.Topics, t)
-	}
 	// Each broker answers for itself, so each is asked; at once, since a
 	// start waits for the slowest.
 	errs := make([]error, len(cluster.Brokers))
 	var wg sync.WaitGroup
 	for i, b := range cluster.Brokers {
 		wg.Go(func() {
+			// A request of its own: the client sets its version as it sends.
+			req := kmsg.NewPtrMetadataRequest()
+			for _, name := range topics {
+				t := kmsg.NewMetadataRequestTopic()
+				t.Topic = kmsg.StringPtr(name)
+				req.Topics = append(req.Topics, t)
+			}
 			resp, err := req.RequestWith(ctx, cl.Broker(int(b.NodeID)))
 			if err != nil {
 				errs[i] = fmt.Errorf("broker %d (%s:%d): %w", b.NodeID, b.Host, b.Port, err)
