@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/url"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"sort"
 	"strings"
@@ -415,6 +416,7 @@ func Load(opts Options) (Config, error) {
 		Tag: "koanf",
 		DecoderConfig: &mapstructure.DecoderConfig{
 			DecodeHook: mapstructure.ComposeDecodeHookFunc(
+				refuseLooseNumbers,
 				mapstructure.StringToTimeDurationHookFunc(),
 				mapstructure.StringToSliceHookFunc(","),
 			),
@@ -438,6 +440,52 @@ func Load(opts Options) (Config, error) {
 		return Config{}, err
 	}
 	return cfg, nil
+}
+
+// durationType is the type of every duration key.
+var durationType = reflect.TypeFor[time.Duration]()
+
+// refuseLooseNumbers refuses what weakly typed decoding (which variables,
+// all text, need) would otherwise turn silently into something else: a YAML
+// number for a duration (timeout: 30 became 30 ns, and a handler whose
+// calls could never begin looked like a database outage; the same text in a
+// variable is refused for its missing unit), a fraction for a whole number
+// (concurrency: 0.5 became 0, the default) and true or false for a number.
+// 0 is a duration without a unit.
+func refuseLooseNumbers(from, to reflect.Type, data any) (any, error) {
+	v := reflect.ValueOf(data)
+	switch {
+	case to == durationType && from != durationType:
+		switch from.Kind() {
+		case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+			reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64,
+			reflect.Float32, reflect.Float64:
+			if !v.IsZero() {
+				return nil, fmt.Errorf("%v: a duration needs a unit, such as %vs or %vms", data, data, data)
+			}
+		case reflect.Bool:
+			return nil, fmt.Errorf("%v: not a duration (such as 30s)", data)
+		}
+	case isWholeNumber(to.Kind()):
+		switch from.Kind() {
+		case reflect.Float32, reflect.Float64:
+			if f := v.Float(); f != float64(int64(f)) {
+				return nil, fmt.Errorf("%v: must be a whole number", data)
+			}
+		case reflect.Bool:
+			return nil, fmt.Errorf("%v: must be a number", data)
+		}
+	}
+	return data, nil
+}
+
+func isWholeNumber(k reflect.Kind) bool {
+	switch k {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return true
+	}
+	return false
 }
 
 // notConfiguration are EVENTFN_* variables that are not configuration: the

@@ -107,6 +107,44 @@ func TestInvalidValuesNameTheKey(t *testing.T) {
 	}
 }
 
+// TestLooseValuesInAFileAreRefused: YAML gives numbers and booleans types of
+// their own, which weakly typed decoding (which variables, all text, need)
+// turned silently into something else: "timeout: 30" became 30 ns, and a
+// handler whose calls could never begin looked like a database outage;
+// "concurrency: 0.5" became 0, the default. Each is refused naming its key;
+// what means what it says is taken.
+func TestLooseValuesInAFileAreRefused(t *testing.T) {
+	cases := []struct {
+		yaml string
+		want string // "" means accepted
+	}{
+		{"handlers:\n  charge-payment:\n    timeout: 30\n", "'handlers[charge-payment].timeout' 30: a duration needs a unit, such as 30s"},
+		{"handlers:\n  charge-payment:\n    initial_backoff: 1.5\n", "'handlers[charge-payment].initial_backoff' 1.5: a duration needs a unit"},
+		{"shutdown:\n  timeout: 30\n", "'shutdown.timeout' 30: a duration needs a unit"},
+		{"relay:\n  poll_interval: true\n", "'relay.poll_interval' true: not a duration"},
+		{"handlers:\n  charge-payment:\n    concurrency: 0.5\n", "'handlers[charge-payment].concurrency' 0.5: must be a whole number"},
+		{"handlers:\n  charge-payment:\n    max_batch: true\n", "'handlers[charge-payment].max_batch' true: must be a number"},
+		{"kafka:\n  partitions: 2.5\n", "'kafka.partitions' 2.5: must be a whole number"},
+		{"handlers:\n  charge-payment:\n    timeout: 30s\n    concurrency: 4.0\n", ""},
+		{"retention:\n  inbox: 0\n", ""},
+	}
+	for _, c := range cases {
+		t.Run(c.yaml, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "eventfn.yaml")
+			if err := os.WriteFile(path, []byte(c.yaml), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			_, err := configs.Load(configs.Options{Profile: "test", File: path})
+			switch {
+			case c.want == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
+				t.Fatalf("err = %v, want it to mention %q", err, c.want)
+			}
+		})
+	}
+}
+
 // TestHTTPServerBounds: the API server's bounds are configuration with
 // defaults that bound every wait, each with its variable.
 func TestHTTPServerBounds(t *testing.T) {
