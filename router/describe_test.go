@@ -55,6 +55,16 @@ func TestDescribeRefusesBadSetups(t *testing.T) {
 			configs.Config{Kafka: configs.Kafka{TopicPrefix: "p.", DeadLetterTopic: "ping"}}, `kafka.dead_letter_topic "ping" is the topic handler a consumes`},
 		{"dead letters to an emitted topic", []runtime.Handler{runtime.NewHandler("a", func(context.Context, runtime.Tx, ping) error { return nil }, runtime.Emits(pong{}))},
 			configs.Config{Kafka: configs.Kafka{DeadLetterTopic: "pong"}}, `is the topic of pong, which handler a emits`},
+		// Each attempt writes a run record: one record grew by about 20 a
+		// second on the runs topic, without end.
+		{"runs to a trigger topic", []runtime.Handler{handler("a", runtime.Policy{})},
+			configs.Config{Kafka: configs.Kafka{TopicPrefix: "p.", DeadLetterTopic: "dead", RunsTopic: "ping"}}, `kafka.runs_topic "ping" is the topic handler a consumes`},
+		{"runs to an emitted topic", []runtime.Handler{runtime.NewHandler("a", func(context.Context, runtime.Tx, ping) error { return nil }, runtime.Emits(pong{}))},
+			configs.Config{Kafka: configs.Kafka{DeadLetterTopic: "dead", RunsTopic: "pong"}}, `kafka.runs_topic "pong" is the topic of pong, which handler a emits`},
+		{"a timeout too short to begin a transaction", []runtime.Handler{handler("a", runtime.Policy{Timeout: time.Microsecond})}, configs.Config{},
+			`handler "a" policy: timeout 1µs is shorter than 1ms`},
+		{"a configured timeout too short to begin a transaction", []runtime.Handler{handler("a", runtime.Policy{})},
+			configs.Config{Handlers: map[string]configs.HandlerPolicy{"a": {Timeout: 30}}}, "handlers.a: timeout 30ns is shorter than 1ms"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -66,17 +66,26 @@ func Describe(cfg configs.Config, handlers []runtime.Handler) ([]HandlerInfo, er
 			Policy:  p,
 		})
 	}
-	// A dead-letter topic that a handler reads (or writes) would feed dead
-	// letters back into handlers: one malformed record once looped into
-	// 429,362 records in 11 minutes.
-	dlq := cfg.Kafka.Topic(cfg.Kafka.DeadLetterTopic)
-	for _, info := range infos {
-		if info.Topic == dlq {
-			return nil, fmt.Errorf("kafka.dead_letter_topic %q is the topic handler %s consumes: dead letters would be handled, fail and be dead-lettered again without end; name another topic", cfg.Kafka.DeadLetterTopic, info.Name)
+	// A topic eventfn writes for itself that a handler reads (or writes)
+	// would feed back into handlers: one malformed record once looped into
+	// 429,362 dead letters in 11 minutes, and every attempt of a handler on
+	// the runs topic writes a run record that it then handles.
+	for _, own := range []struct{ key, topic, loop string }{
+		{"kafka.dead_letter_topic", cfg.Kafka.DeadLetterTopic, "dead letters would be handled, fail and be dead-lettered again without end"},
+		{"kafka.runs_topic", cfg.Kafka.RunsTopic, "each attempt writes a run record there, which the handler would handle, without end"},
+	} {
+		if own.topic == "" {
+			continue
 		}
-		for _, e := range info.Emits {
-			if cfg.Kafka.Topic(e) == dlq {
-				return nil, fmt.Errorf("kafka.dead_letter_topic %q is the topic of %s, which handler %s emits; name another topic", cfg.Kafka.DeadLetterTopic, e, info.Name)
+		topic := cfg.Kafka.Topic(own.topic)
+		for _, info := range infos {
+			if info.Topic == topic {
+				return nil, fmt.Errorf("%s %q is the topic handler %s consumes: %s; name another topic", own.key, own.topic, info.Name, own.loop)
+			}
+			for _, e := range info.Emits {
+				if cfg.Kafka.Topic(e) == topic {
+					return nil, fmt.Errorf("%s %q is the topic of %s, which handler %s emits; name another topic", own.key, own.topic, e, info.Name)
+				}
 			}
 		}
 	}

@@ -37,6 +37,9 @@ type Policy struct {
 	MaxBatch int
 }
 
+// MinTimeout is the shortest Timeout a policy may set.
+const MinTimeout = time.Millisecond
+
 // DefaultPolicy is the policy of a handler that declares none.
 func DefaultPolicy() Policy {
 	return Policy{
@@ -82,6 +85,10 @@ func (p Policy) Validate() error {
 		return fmt.Errorf("initial backoff %s exceeds max backoff %s", p.InitialBackoff, p.MaxBackoff)
 	case p.Timeout < 0:
 		return errors.New("timeout must not be negative")
+	case p.Timeout > 0 && p.Timeout < MinTimeout:
+		// A call that cannot even begin its transaction would wait as if
+		// the database were down, and never run.
+		return fmt.Errorf("timeout %s is shorter than %s: a call could not even begin its transaction", p.Timeout, MinTimeout)
 	case p.Concurrency < 0:
 		return errors.New("concurrency must not be negative")
 	case p.MaxBatch < 0:
