@@ -125,6 +125,9 @@ type txHandle struct {
 	// transaction would otherwise commit without the statement.
 	queued   []runtime.Statement
 	queueErr error
+	// emitErr is the first refusal of Emit: the call fails with it even if
+	// the handler ignored it.
+	emitErr error
 	// chainStarted is the HeaderChainStarted of the event being handled;
 	// empty outside handlers, where each emitted event starts its chain.
 	chainStarted string
@@ -134,8 +137,19 @@ var _ runtime.Tx = (*txHandle)(nil)
 
 // Emit stages events for the outbox of this transaction. An event that could
 // never be produced (larger than kafka.max_message_bytes) is refused here, with
-// a permanent error, rather than accepted and stuck in the outbox.
+// a permanent error, rather than accepted and stuck in the outbox. A refusal
+// fails the call even if the handler goes on and returns nil, as a refused
+// Queue does: its writes would otherwise commit without the event, the one
+// thing the outbox promises never happens.
 func (t *txHandle) Emit(ctx context.Context, events ...runtime.Event) error {
+	if err := t.emit(ctx, events); err != nil {
+		t.emitErr = cmp.Or(t.emitErr, err)
+		return err
+	}
+	return nil
+}
+
+func (t *txHandle) emit(ctx context.Context, events []runtime.Event) error {
 	for _, ev := range events {
 		typ := ev.EventType()
 		if err := runtime.ValidateEventType(typ); err != nil {
@@ -264,6 +278,9 @@ func (t *txHandle) failed(err error) error {
 func (t *txHandle) done() (toCommit, error) {
 	if t.queueErr != nil {
 		return toCommit{}, t.queueErr
+	}
+	if t.emitErr != nil {
+		return toCommit{}, fmt.Errorf("%w (the handler went on and returned nil; nothing of the call was committed)", t.emitErr)
 	}
 	return toCommit{stmts: t.queued, rows: t.staged}, nil
 }

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/eventfn/eventfn/router"
 	"github.com/eventfn/eventfn/runtime"
 	"github.com/eventfn/eventfn/store"
 )
@@ -149,6 +150,59 @@ func TestAStatementErrorTheHandlerIgnores(t *testing.T) {
 	}
 	if n := countRows(t, tr, `SELECT COUNT(*) FROM eventfn_outbox WHERE topic = $1`, tr.cfg.Kafka.Topic("probe.handled")); n != 0 {
 		t.Errorf("%d outbox rows of a rolled-back call committed", n)
+	}
+}
+
+// TestARefusedEmitTheHandlerIgnores: a handler that emits an event it did
+// not declare, and one too large for Kafka, without checking Emit's error,
+// and returns nil: nothing of the call commits (its write, the events
+// staged before the refused one) and the event is dead-lettered at once
+// with the refusal, which is permanent. Before, the write committed and the
+// event was gone, with nothing logged or dead-lettered.
+func TestARefusedEmitTheHandlerIgnores(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		refuse func(ctx context.Context, tx runtime.Tx) error
+		reason string
+	}{
+		{"undeclared", func(ctx context.Context, tx runtime.Tx) error { return tx.Emit(ctx, probe{N: 2}) }, "did not declare it"},
+		{"too large", func(ctx context.Context, tx runtime.Tx) error {
+			return tx.Emit(ctx, probed{N: 1}, bulky{S: strings.Repeat("x", 2<<20)})
+		}, "kafka.max_message_bytes"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			h := runtime.NewHandler("careless", func(ctx context.Context, tx runtime.Tx, ev probe) error {
+				if _, err := tx.ExecContext(ctx, `INSERT INTO eventfn_inbox (handler, event_id, event_type) VALUES ('probe', $1, 'x')`, fmt.Sprint(ev.N)); err != nil {
+					return err
+				}
+				_ = c.refuse(ctx, tx)
+				return nil
+			}, runtime.WithPolicy(runtime.Policy{MaxRetries: 3, InitialBackoff: time.Millisecond, MaxBackoff: time.Millisecond}), runtime.Emits(probed{}, bulky{}))
+			tr := startRuntime(t, nil, h)
+			tr.emit(t, probe{N: 1})
+			dead := tr.records(t, tr.cfg.Kafka.DeadLetterTopic, 1)
+			var reason, attempts string
+			for _, h := range dead[0].Headers {
+				switch h.Key {
+				case "reason_poisoned":
+					reason = string(h.Value)
+				case router.HeaderAttempts:
+					attempts = string(h.Value)
+				}
+			}
+			if !strings.Contains(reason, c.reason) || !strings.Contains(reason, "returned nil") {
+				t.Errorf("dead-letter reason %q does not give the refusal (%q) and that the handler went on", reason, c.reason)
+			}
+			if attempts != "1" {
+				t.Errorf("dead-lettered after %s attempts, want 1: the refusal is permanent", attempts)
+			}
+			if n := countRows(t, tr, `SELECT COUNT(*) FROM eventfn_inbox WHERE handler = 'probe'`); n != 0 {
+				t.Errorf("the write of a call whose Emit was refused committed (%d rows)", n)
+			}
+			if n := countRows(t, tr, `SELECT COUNT(*) FROM eventfn_outbox WHERE topic = $1`, tr.cfg.Kafka.Topic("probe.handled")); n != 0 {
+				t.Errorf("%d events of a call whose Emit was refused committed", n)
+			}
+		})
 	}
 }
 

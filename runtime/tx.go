@@ -19,7 +19,10 @@ type Tx interface {
 	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
 	// Emit writes events to the outbox in this transaction. They reach Kafka only
 	// if the transaction commits. A handler may emit only the event types it
-	// declared with Emits.
+	// declared with Emits. An event Emit refuses (undeclared, not encodable as
+	// JSON, larger than kafka.max_message_bytes) fails the call with a
+	// permanent error even if the handler ignores it and returns nil: the
+	// call's writes never commit without its events.
 	Emit(ctx context.Context, events ...Event) error
 	// Queue adds statements whose results the handler does not need. They
 	// run in this transaction when the handler returns nil, in order, after
