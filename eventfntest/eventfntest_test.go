@@ -75,6 +75,25 @@ func TestAFailedAttemptRollsBack(t *testing.T) {
 	}
 }
 
+// TestAnErrorThatWrapsCanceledIsRetried: a handler's own error that wraps
+// context.Canceled (a call it cancelled) is retried as in the runtime; it
+// was dead-lettered on the first attempt.
+func TestAnErrorThatWrapsCanceledIsRetried(t *testing.T) {
+	env := eventfntest.New(t)
+	calls := 0
+	h := runtime.NewHandler("cancels", func(ctx context.Context, tx runtime.Tx, ev ping) error {
+		if calls++; calls < 3 {
+			call, cancel := context.WithCancel(ctx)
+			cancel()
+			return fmt.Errorf("call the refund service: %w", call.Err())
+		}
+		return nil
+	}, runtime.WithPolicy(runtime.Policy{MaxRetries: 3}))
+	if res := env.Call(t, h, ping{}); res.Err != nil || res.Attempts != 3 {
+		t.Fatalf("err %v after %d attempts, want success on the third", res.Err, res.Attempts)
+	}
+}
+
 // TestAPanicIsAFailureNotACrash: a handler that panics fails its attempt, as
 // the runtime's recovery makes it.
 func TestAPanicIsAFailureNotACrash(t *testing.T) {

@@ -86,7 +86,9 @@ func (d *Direct) Deliver(ctx context.Context, h runtime.Handler, ev DirectEvent,
 	// Innermost last, as the runtime's middlewares: retry, timeout, recovery.
 	retry := retryingWith(backoffSchedule{Initial: p.InitialBackoff, Max: p.MaxBackoff}, p.MaxRetries,
 		func(err error) bool {
-			return !runtime.IsPermanent(err) && !isInfra(err) && !errors.Is(err, context.Canceled)
+			// Not once the caller gave up; a handler's own error that wraps
+			// context.Canceled is retried, as in the runtime.
+			return !runtime.IsPermanent(err) && !isInfra(err) && ctx.Err() == nil
 		},
 		sleep, func() float64 { return 0.5 }, d.logger)
 	for _, mw := range []message.HandlerMiddleware{middleware.Recoverer, middleware.Timeout(p.Timeout), counted, retry} {

@@ -1,8 +1,6 @@
 package router
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sync/atomic"
@@ -69,9 +67,13 @@ func middlewares(p runtime.Policy, dlq message.Publisher, dlqTopic string, closi
 		return nil, fmt.Errorf("dead-letter middleware: %w", err)
 	}
 	// Infrastructure failures go up to waitOutInfrastructure, which retries
-	// them without using the handler's retries.
+	// them without using the handler's retries. An attempt that shutdown
+	// cut short is not retried (closing, and the retry's wait ends with the
+	// message's context); a handler's own error that wraps
+	// context.Canceled is a failure like any other, and was dead-lettered
+	// on its first attempt while this also refused to retry those.
 	retry := retrying(p, func(err error) bool {
-		return !runtime.IsPermanent(err) && !isInfra(err) && !closing.Load() && !errors.Is(err, context.Canceled)
+		return !runtime.IsPermanent(err) && !isInfra(err) && !closing.Load()
 	}, ops.retrying, slogger)
 	return []message.HandlerMiddleware{
 		grownStack,

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -203,6 +204,31 @@ func TestARefusedEmitTheHandlerIgnores(t *testing.T) {
 				t.Errorf("%d events of a call whose Emit was refused committed", n)
 			}
 		})
+	}
+}
+
+// TestAHandlerErrorThatWrapsCanceledIsRetried: a handler's own error that
+// wraps context.Canceled (a client library's call it cancelled, say) is a
+// failure like any other, retried on the policy's schedule. It was taken for
+// a shutdown and dead-lettered on the first attempt, retries unused.
+func TestAHandlerErrorThatWrapsCanceledIsRetried(t *testing.T) {
+	var calls atomic.Int32
+	h := runtime.NewHandler("cancels", func(ctx context.Context, tx runtime.Tx, ev probe) error {
+		if calls.Add(1) <= 2 {
+			call, cancel := context.WithCancel(ctx)
+			cancel()
+			return fmt.Errorf("call the refund service: %w", call.Err())
+		}
+		return tx.Emit(ctx, probed(ev))
+	}, runtime.WithPolicy(runtime.Policy{MaxRetries: 3, InitialBackoff: time.Millisecond, MaxBackoff: time.Millisecond}), runtime.Emits(probed{}))
+	tr := startRuntime(t, nil, h)
+	tr.emit(t, probe{N: 1})
+	tr.records(t, "probe.handled", 1)
+	if n := calls.Load(); n != 3 {
+		t.Errorf("the handler ran %d times, want 3 (two failures, then success)", n)
+	}
+	if n := tr.metric(t, "eventfn_dead_lettered_total"); n != 0 {
+		t.Errorf("%v events dead-lettered", n)
 	}
 }
 
