@@ -13,6 +13,7 @@ import (
 	"go/parser"
 	"go/printer"
 	"go/token"
+	"go/types"
 	"os"
 	"path/filepath"
 	"sort"
@@ -189,17 +190,26 @@ func typeString(fset *token.FileSet, expr ast.Expr, fileImports, used map[string
 }
 
 func render(pkg string, ctors []constructor, events []string, imports map[string]string) ([]byte, error) {
-	// One Registry parameter per distinct type, named after the type.
+	// One Registry parameter per distinct type, named after the type, but
+	// never a keyword (*sync.Map gave map), a predeclared name, or a package
+	// Registry's body uses (a port type named Runtime gave a parameter
+	// runtime, and the body's runtime.Handler no longer compiled).
 	var params []param
 	byType := map[string]string{}
-	taken := map[string]bool{"ctx": true}
+	taken := map[string]bool{"ctx": true, "runtime": true}
+	for n := range imports {
+		taken[n] = true
+	}
+	free := func(name string) bool {
+		return !taken[name] && !token.IsKeyword(name) && types.Universe.Lookup(name) == nil
+	}
 	for _, c := range ctors {
 		for _, t := range c.params {
 			if _, ok := byType[t]; ok {
 				continue
 			}
 			name := paramName(t)
-			for i := 2; taken[name]; i++ {
+			for i := 2; !free(name); i++ {
 				name = paramName(t) + strconv.Itoa(i)
 			}
 			taken[name] = true

@@ -2,6 +2,7 @@ package registrygen_test
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -111,5 +112,64 @@ func TestGeneratorErrors(t *testing.T) {
 	}
 	if _, err := registrygen.Generate(t.TempDir()); err == nil {
 		t.Error("an empty directory must be an error")
+	}
+}
+
+// TestTheRegistryCompilesWhateverTheDependencies: a handler package that
+// compiles on its own compiles with its generated registry too. Registry's
+// parameters are named after their types, and a type named after a keyword
+// (*sync.Map gave "map") or after a package the registry uses (a port named
+// Runtime gave "runtime") made a registry that did not compile.
+func TestTheRegistryCompilesWhateverTheDependencies(t *testing.T) {
+	const events = `package handlers
+type Ping struct{}
+func (Ping) EventType() string { return "ping" }
+`
+	cases := map[string]string{
+		"a *sync.Map": `package handlers
+import (
+	"context"
+	"sync"
+	"github.com/eventfn/eventfn/runtime"
+)
+func CountPings(seen *sync.Map) runtime.Handler {
+	return runtime.NewHandler("count-pings", func(ctx context.Context, tx runtime.Tx, ev Ping) error { seen.Store("x", 1); return nil })
+}
+`,
+		"a port named Runtime": `package handlers
+import (
+	"context"
+	"github.com/eventfn/eventfn/runtime"
+)
+type Runtime interface{ Run(string) error }
+func RunScript(r Runtime) runtime.Handler {
+	return runtime.NewHandler("run-script", func(ctx context.Context, tx runtime.Tx, ev Ping) error { return r.Run("x") })
+}
+`,
+	}
+	for name, src := range cases {
+		t.Run(name, func(t *testing.T) {
+			// Inside this module, so the package resolves eventfn's runtime;
+			// "_" keeps it out of ./... for anything running beside.
+			dir, err := os.MkdirTemp(".", "_gen")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = os.RemoveAll(dir) })
+			for file, src := range map[string]string{"events.go": events, "h.go": src} {
+				if err := os.WriteFile(filepath.Join(dir, file), []byte(src), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := registrygen.Write(dir); err != nil {
+				t.Fatal(err)
+			}
+			cmd := exec.Command("go", "build", ".")
+			cmd.Dir = dir
+			if out, err := cmd.CombinedOutput(); err != nil {
+				gen, _ := os.ReadFile(filepath.Join(dir, registrygen.OutputFile))
+				t.Fatalf("the package with its registry does not build: %v\n%s\n%s", err, out, gen)
+			}
+		})
 	}
 }
