@@ -322,7 +322,7 @@ func defaults() map[string]any {
 		"kafka.tls.insecure_skip_verify": false,
 		"database.url":                   "",
 		"database.max_open_conns":        16,
-		"relay.poll_interval":            "10ms",
+		"relay.poll_interval":            "1s",
 		"relay.batch_size":               500,
 		"retention.outbox":               "1h",
 		"retention.outbox_archive":       false,
@@ -659,7 +659,7 @@ func (c Config) Validate() error {
 		bad("database.max_open_conns", "%d: must be at least 1", c.Database.MaxOpenConns)
 	}
 	if c.Relay.PollInterval <= 0 {
-		bad("relay.poll_interval", "%s: must be a positive duration such as 10ms", c.Relay.PollInterval)
+		bad("relay.poll_interval", "%s: must be a positive duration such as 1s", c.Relay.PollInterval)
 	}
 	if c.Relay.BatchSize < 1 {
 		bad("relay.batch_size", "%d: must be at least 1", c.Relay.BatchSize)

@@ -194,6 +194,11 @@ func ReplayDeadLetters(ctx context.Context, cfg configs.Config, db *store.DB, dl
 		}
 		res.Sent = append(res.Sent, d)
 	}
+	if len(res.Sent) > 0 && !dryRun {
+		// The rows committed; without the notification the leading relay
+		// finds them at its next poll.
+		_ = relay.Notify(ctx, db)
+	}
 	return res, nil
 }
 

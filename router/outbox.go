@@ -37,7 +37,7 @@ type Outbox struct {
 
 // NewOutbox builds the outbox of db.
 func NewOutbox(db *store.DB, cfg configs.Config, logger watermill.LoggerAdapter) *Outbox {
-	return &Outbox{db: db, table: relay.NewTable(db), kafka: cfg.Kafka, logger: logger, wake: &relayWake{},
+	return &Outbox{db: db, table: relay.NewTable(db), kafka: cfg.Kafka, logger: logger, wake: &relayWake{notifier: relay.NewNotifier(db)},
 		writes: newOutsideCommitter(db)}
 }
 

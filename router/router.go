@@ -379,6 +379,19 @@ func (r *Runtime) Run(ctx context.Context, extraTopics ...string) error {
 	go func() { relayDone <- r.relay.Run(relayCtx) }()
 	cleanerDone := make(chan struct{})
 	go func() { r.cleaner.run(relayCtx); close(cleanerDone) }()
+	// Commits of other processes wake this relay, and this process's wake
+	// the leader of another when this relay does not lead (PostgreSQL).
+	wakeDone := make(chan struct{}, 2)
+	go func() {
+		relay.Listen(relayCtx, r.db, r.relay.Nudge, r.logger.With("component", "relay"))
+		wakeDone <- struct{}{}
+	}()
+	go func() {
+		if n := r.outbox.wake.notifier; n != nil {
+			n.Run(relayCtx, r.logger.With("component", "relay"))
+		}
+		wakeDone <- struct{}{}
+	}()
 	go func() { handlersDone <- r.handlers.Run(handlersCtx) }()
 	r.running.Store(true)
 
@@ -396,6 +409,8 @@ func (r *Runtime) Run(ctx context.Context, extraTopics ...string) error {
 	err := errors.Join(runErr, r.shutdown(handlersDone, relayDone, stopRelay))
 	stopRelay()
 	<-cleanerDone // a sweep in flight ends with the relay's context
+	<-wakeDone
+	<-wakeDone
 	return err
 }
 
@@ -420,12 +435,16 @@ func (r *Runtime) shutdown(handlersDone, relayDone <-chan error, stopRelay func(
 	return errors.Join(errs...)
 }
 
+// drainCheckInterval is how often shutdown counts the rows the relay has
+// still to forward.
+const drainCheckInterval = 10 * time.Millisecond
+
 // drainOutbox waits until the relay has forwarded every committed outbox row.
 // Rows left at the deadline stay in the outbox and go out after a restart.
 func (r *Runtime) drainOutbox(deadline time.Time) error {
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
-	tick := time.NewTicker(r.cfg.Relay.PollInterval)
+	tick := time.NewTicker(drainCheckInterval)
 	defer tick.Stop()
 	for {
 		n, err := r.outbox.Pending(ctx)

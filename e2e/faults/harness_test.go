@@ -204,6 +204,10 @@ func (d *deployment) start(t *testing.T, name string) *proc {
 		"EVENTFN_HTTP_ADDR=" + addr,
 		"EVENTFN_DATA_DIR=" + cmd.Dir,
 		"EVENTFN_SHUTDOWN_TIMEOUT=30s",
+		// The default poll, not the test profile's 5 ms: replicas wake the
+		// leading relay by notifications, and the outages must show that
+		// nothing waits on the poll.
+		"EVENTFN_RELAY_POLL_INTERVAL=1s",
 	}
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {

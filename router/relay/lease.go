@@ -6,6 +6,7 @@ import (
 	"database/sql/driver"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/eventfn/eventfn/store"
@@ -26,6 +27,7 @@ type soleLease struct{}
 func (soleLease) Acquire(context.Context) error { return nil }
 func (soleLease) Held(context.Context) bool     { return true }
 func (soleLease) Release()                      {}
+func (soleLease) Leading() bool                 { return true }
 
 // pgLeaseKey is the first half of the advisory lock key; the second is the
 // hash of the schema, so eventfn deployments in different schemas of one
@@ -49,7 +51,14 @@ type pgLease struct {
 	mu      sync.Mutex
 	conn    *sql.Conn
 	checked time.Time
+	// leading mirrors conn != nil for Leading, which commits call and
+	// which must not wait for a check of the session in progress.
+	leading atomic.Bool
 }
+
+// Leading reports, without a round trip, whether this lease was held at its
+// last check.
+func (l *pgLease) Leading() bool { return l.leading.Load() }
 
 func (l *pgLease) Acquire(ctx context.Context) error {
 	l.mu.Lock()
@@ -67,6 +76,7 @@ func (l *pgLease) Acquire(ctx context.Context) error {
 		return fmt.Errorf("relay lease: take the advisory lock: %w", err)
 	}
 	l.conn, l.checked = conn, time.Now()
+	l.leading.Store(true)
 	return nil
 }
 
@@ -98,6 +108,7 @@ func (l *pgLease) Release() {
 	_, _ = l.conn.ExecContext(ctx, `SELECT pg_advisory_unlock($1, hashtext(current_schema()))`, pgLeaseKey)
 	_ = l.conn.Close()
 	l.conn = nil
+	l.leading.Store(false)
 }
 
 // dropLocked discards the lock connection rather than returning it to the
@@ -106,6 +117,7 @@ func (l *pgLease) dropLocked() {
 	_ = l.conn.Raw(func(any) error { return dropConn })
 	_ = l.conn.Close()
 	l.conn = nil
+	l.leading.Store(false)
 }
 
 // dropConn, returned from sql.Conn.Raw, makes database/sql discard the

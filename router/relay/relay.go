@@ -8,7 +8,8 @@
 // the relay retries them in order with a capped backoff.
 //
 // A commit in this process wakes the relay at once (Nudge); commits of other
-// processes are found by polling every PollInterval. A backlog is drained with
+// processes wake it through PostgreSQL's LISTEN/NOTIFY (Listen, Notifier), and
+// an idle relay also polls every PollInterval, for what a notification missed. A backlog is drained with
 // no sleep between batches. Only one relay of all replicas on one database
 // forwards at a time (a PostgreSQL advisory lock): that keeps one key's events
 // in order across replicas, and a replica that dies hands over in seconds.
@@ -94,6 +95,9 @@ type Lease interface {
 	Acquire(ctx context.Context) error
 	Held(ctx context.Context) bool
 	Release()
+	// Leading reports, at once and without a round trip, whether this relay
+	// held the lease when it last knew.
+	Leading() bool
 }
 
 // Relay forwards the outbox to Kafka.
@@ -124,6 +128,10 @@ func (r *Relay) Nudge() {
 	default:
 	}
 }
+
+// Leading says whether this relay forwards: a commit in this process then
+// nudges it, and otherwise notifies the leader of another process.
+func (r *Relay) Leading() bool { return r.lease.Leading() }
 
 // Healthy reports nil, or why the relay cannot forward now and since when.
 func (r *Relay) Healthy() error {

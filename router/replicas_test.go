@@ -1,0 +1,85 @@
+package router_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/eventfn/eventfn/configs"
+	"github.com/eventfn/eventfn/internal/testenv"
+	"github.com/eventfn/eventfn/runtime"
+)
+
+// TestAReplicasCommitsWakeTheLeadingRelayOfAnother: of two replicas on one
+// PostgreSQL schema one relay forwards. Events committed in the other
+// replica reach Kafka through a notification to the leader, not its poll:
+// the poll here is an hour, and before notifications the leader found them
+// only by polling (every 10 ms by default, at a cost while idle). The
+// leader's listening connection is then cut, as a restart of PostgreSQL
+// would: it listens again by itself, and what was committed meanwhile goes
+// out too.
+func TestAReplicasCommitsWakeTheLeadingRelayOfAnother(t *testing.T) {
+	testenv.RequirePostgres(t)
+	reader := func() runtime.Handler {
+		return runtime.NewHandler("probe-reader", func(context.Context, runtime.Tx, probe) error { return nil })
+	}
+	hourlyPoll := func(c *configs.Config) { c.Relay.PollInterval = time.Hour }
+	leader := startRuntime(t, hourlyPoll, reader())
+	// Forwarded by the first replica: its relay holds the lease, and the
+	// second one's will wait for it.
+	leader.emit(t, probe{N: 0})
+	leader.records(t, "probe.sent", 1)
+	other := startRuntime(t, func(c *configs.Config) {
+		hourlyPoll(c)
+		c.Kafka.TopicPrefix = leader.cfg.Kafka.TopicPrefix
+		c.Database.URL = leader.cfg.Database.URL
+	}, reader())
+
+	const each = 5
+	for i := 1; i <= each; i++ {
+		other.emit(t, probe{N: i})
+	}
+	leader.records(t, "probe.sent", 1+each)
+
+	// The listener's session ends (pg_terminate_backend, as a restart of
+	// the server ends it); the events of the other replica still go out.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	// Both replicas listen on the channel of their schema; other tests'
+	// listeners, on channels of their own schemas, are left alone.
+	var channel string
+	if err := leader.db.QueryRowContext(ctx, `SELECT 'eventfn_outbox_' || hashtext(current_schema())::text`).Scan(&channel); err != nil {
+		t.Fatal(err)
+	}
+	var pids []int
+	listening := func() bool {
+		rows, err := leader.db.QueryContext(ctx, `SELECT pid FROM pg_stat_activity
+			WHERE datname = current_database() AND query LIKE 'LISTEN %' AND position($1 in query) > 0`, channel)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		pids = pids[:0]
+		for rows.Next() {
+			var pid int
+			if err := rows.Scan(&pid); err != nil {
+				t.Fatal(err)
+			}
+			pids = append(pids, pid)
+		}
+		if err := rows.Err(); err != nil {
+			t.Fatal(err)
+		}
+		return len(pids) == 2
+	}
+	waitUntil(t, "one listening session per replica", time.Minute, listening)
+	for _, pid := range pids {
+		if _, err := leader.db.ExecContext(ctx, `SELECT pg_terminate_backend($1)`, pid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := each + 1; i <= 2*each; i++ {
+		other.emit(t, probe{N: i})
+	}
+	leader.records(t, "probe.sent", 1+2*each)
+}
