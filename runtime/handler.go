@@ -62,7 +62,13 @@ func (p Policy) WithDefaults() Policy {
 		p.MaxRetries = 0
 	}
 	if p.InitialBackoff == 0 {
+		// A policy that sets only MaxBackoff below the default first wait
+		// means no wait longer than that one: it was refused, for an
+		// initial backoff it never set.
 		p.InitialBackoff = def.InitialBackoff
+		if p.MaxBackoff > 0 {
+			p.InitialBackoff = min(p.InitialBackoff, p.MaxBackoff)
+		}
 	}
 	if p.MaxBackoff == 0 {
 		p.MaxBackoff = def.MaxBackoff

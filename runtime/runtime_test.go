@@ -87,6 +87,11 @@ func TestPolicyDefaultsAndValidation(t *testing.T) {
 	if got := (runtime.Policy{MaxRetries: -1}).WithDefaults().MaxRetries; got != 0 {
 		t.Errorf("negative MaxRetries means none, got %d", got)
 	}
+	// Only a MaxBackoff below the default first wait: no wait is longer
+	// (it was refused for an initial backoff the policy never set).
+	if p := (runtime.Policy{MaxBackoff: 50 * time.Millisecond}).WithDefaults(); p.InitialBackoff != 50*time.Millisecond || p.Validate() != nil {
+		t.Errorf("MaxBackoff 50ms alone: %+v, %v", p, p.Validate())
+	}
 	bad := []runtime.Policy{
 		{InitialBackoff: time.Second, MaxBackoff: time.Millisecond},
 		{Timeout: -time.Second},
