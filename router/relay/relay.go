@@ -8,9 +8,9 @@
 // the relay retries them in order with a capped backoff.
 //
 // A commit in this process wakes the relay at once (Nudge); commits of other
-// processes wake it through PostgreSQL's LISTEN/NOTIFY (Listen, Notifier), and
-// an idle relay also polls every PollInterval, for what a notification missed. A backlog is drained with
-// no sleep between batches. Only one relay of all replicas on one database
+// processes wake it through PostgreSQL's LISTEN/NOTIFY (Listen, Notifier),
+// and an idle relay also polls every PollInterval, for what a notification
+// missed. A backlog is drained with no sleep between batches. Only one relay of all replicas on one database
 // forwards at a time (a PostgreSQL advisory lock): that keeps one key's events
 // in order across replicas, and a replica that dies hands over in seconds.
 package relay
