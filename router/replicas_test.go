@@ -2,11 +2,13 @@ package router_test
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/eventfn/eventfn/configs"
 	"github.com/eventfn/eventfn/internal/testenv"
+	"github.com/eventfn/eventfn/router/relay"
 	"github.com/eventfn/eventfn/runtime"
 )
 
@@ -82,4 +84,65 @@ func TestAReplicasCommitsWakeTheLeadingRelayOfAnother(t *testing.T) {
 		other.emit(t, probe{N: i})
 	}
 	leader.records(t, "probe.sent", 1+2*each)
+}
+
+// leaseHolder is the PostgreSQL backend that holds the relay lease of tr's
+// schema, or 0.
+func leaseHolder(t *testing.T, tr *testRuntime) int {
+	t.Helper()
+	var pid int
+	if err := tr.db.QueryRowContext(context.Background(), `SELECT COALESCE(MAX(pid), 0) FROM pg_locks
+		WHERE locktype = 'advisory' AND granted AND classid = $1
+		AND objid::bigint = (hashtext(current_schema())::bigint & 4294967295)
+		AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`, relay.LeaseKey).Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	return pid
+}
+
+// TestALeaderThatLostItsLeaseWhileIdleHandsOver: the leader's lock session
+// ends while its process is idle (a restart of PostgreSQL ends it, so does
+// idle_session_timeout) and the other replica takes the lease. The old
+// leader does not know until it finds rows of its own to send: its next
+// commit nudged only itself. It then tells the new leader, which forwards
+// the event at once (the poll here is an hour), and it stands by without
+// reporting an outage: before, the event waited for the new leader's poll,
+// and the old leader logged an ERROR and answered /readyz with 503 until it
+// led again.
+func TestALeaderThatLostItsLeaseWhileIdleHandsOver(t *testing.T) {
+	testenv.RequirePostgres(t)
+	reader := func() runtime.Handler {
+		return runtime.NewHandler("probe-reader", func(context.Context, runtime.Tx, probe) error { return nil })
+	}
+	hourlyPoll := func(c *configs.Config) { c.Relay.PollInterval = time.Hour }
+	old := startRuntime(t, hourlyPoll, reader())
+	old.emit(t, probe{N: 0})
+	old.records(t, "probe.sent", 1)
+	lastBatch := time.Now()
+	holder := leaseHolder(t, old)
+	if holder == 0 {
+		t.Fatal("no replica holds the relay lease")
+	}
+	other := startRuntime(t, func(c *configs.Config) {
+		hourlyPoll(c)
+		c.Kafka.TopicPrefix = old.cfg.Kafka.TopicPrefix
+		c.Database.URL = old.cfg.Database.URL
+	}, reader())
+	if _, err := old.db.ExecContext(context.Background(), `SELECT pg_terminate_backend($1)`, holder); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the other replica to take the lease", time.Minute, func() bool {
+		p := leaseHolder(t, old)
+		return p != 0 && p != holder
+	})
+	// The old leader checks its lock session at most once a second before a
+	// batch; within a second of its last one it would still forward itself.
+	waitUntil(t, "the old leader's session check to be due", time.Minute, func() bool { return time.Since(lastBatch) > 1500*time.Millisecond })
+	old.emit(t, probe{N: 1})
+	old.records(t, "probe.sent", 2)
+	waitUntil(t, "the old leader ready as a standby", time.Minute, func() bool { return old.rt.Ready(context.Background()) == nil })
+	if strings.Contains(old.logs.String(), "level=ERROR") {
+		t.Errorf("the hand-over was logged as an error:\n%s", old.logs.String())
+	}
+	_ = other
 }

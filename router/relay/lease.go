@@ -24,7 +24,7 @@ func NewLease(db *store.DB) Lease {
 
 type soleLease struct{}
 
-func (soleLease) Acquire(context.Context) error { return nil }
+func (soleLease) Acquire(context.Context, func()) error { return nil }
 func (soleLease) Held(context.Context) bool     { return true }
 func (soleLease) Release()                      {}
 func (soleLease) Leading() bool                 { return true }
@@ -60,7 +60,7 @@ type pgLease struct {
 // last check.
 func (l *pgLease) Leading() bool { return l.leading.Load() }
 
-func (l *pgLease) Acquire(ctx context.Context) error {
+func (l *pgLease) Acquire(ctx context.Context, standby func()) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.conn != nil {
@@ -70,10 +70,25 @@ func (l *pgLease) Acquire(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("relay lease: connect: %w", err)
 	}
-	if _, err := conn.ExecContext(ctx, `SELECT pg_advisory_lock($1, hashtext(current_schema()))`, pgLeaseKey); err != nil {
+	fail := func(err error) error {
 		_ = conn.Raw(func(any) error { return dropConn })
 		_ = conn.Close()
 		return fmt.Errorf("relay lease: take the advisory lock: %w", err)
+	}
+	// Try first: a lock another relay holds means the database answers and
+	// this relay stands by, which the wait inside pg_advisory_lock below
+	// cannot say while it lasts.
+	var got bool
+	if err := conn.QueryRowContext(ctx, `SELECT pg_try_advisory_lock($1, hashtext(current_schema()))`, pgLeaseKey).Scan(&got); err != nil {
+		return fail(err)
+	}
+	if !got {
+		if standby != nil {
+			standby()
+		}
+		if _, err := conn.ExecContext(ctx, `SELECT pg_advisory_lock($1, hashtext(current_schema()))`, pgLeaseKey); err != nil {
+			return fail(err)
+		}
 	}
 	l.conn, l.checked = conn, time.Now()
 	l.leading.Store(true)

@@ -126,3 +126,43 @@ func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	}
 	return -1
 }
+
+// awayThenStandby is a lease whose database is away for its first attempts,
+// and then held by another relay: Acquire stands by until ctx ends.
+type awayThenStandby struct{ away int }
+
+func (l *awayThenStandby) Acquire(ctx context.Context, standby func()) error {
+	if l.away > 0 {
+		l.away--
+		return fmt.Errorf("relay lease: connect: %w", net.ErrClosed)
+	}
+	standby()
+	<-ctx.Done()
+	return ctx.Err()
+}
+func (*awayThenStandby) Held(context.Context) bool { return false }
+func (*awayThenStandby) Release()                  {}
+func (*awayThenStandby) Leading() bool             { return false }
+
+// TestAStandbyIsHealthyOnceTheDatabaseAnswers: a replica that waits for the
+// lease while another forwards reported the database outage it saw before
+// (a restart of PostgreSQL) until it led again, and /readyz said 503
+// meanwhile; it is healthy once the database answers and it stands by.
+func TestAStandbyIsHealthyOnceTheDatabaseAnswers(t *testing.T) {
+	e := open(t)
+	m, err := relay.NewMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &testenv.LogBuffer{}
+	r := relay.New(relay.Config{MinBackoff: time.Millisecond, MaxBackoff: time.Millisecond}, relay.NewTable(e.db), nil,
+		&awayThenStandby{away: 3}, m, slog.New(slog.NewTextHandler(logs, nil)))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = r.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	waitFor(t, "the outage seen and then the standby healthy", 30*time.Second, func() bool {
+		return strings.Contains(logs.String(), "level=ERROR") && r.Healthy() == nil &&
+			strings.Contains(logs.String(), "this one waits to take over")
+	})
+}

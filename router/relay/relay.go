@@ -49,6 +49,11 @@ type Config struct {
 	// Tracer makes one span per record sent, a child of the span that emitted
 	// it; nil traces nothing.
 	Tracer trace.Tracer
+	// LostLease is called when this relay finds pending rows but no longer
+	// holds the lease: another replica's relay leads, and must hear of rows
+	// this process committed while it believed it led itself (its commits
+	// nudged only it). nil calls nothing.
+	LostLease func()
 }
 
 func (c *Config) setDefaults() {
@@ -89,10 +94,11 @@ type Sink interface {
 }
 
 // Lease decides which relay of several replicas forwards. Acquire blocks until
-// this relay holds the lease or ctx ends; Held reports, cheaply, whether it still
+// this relay holds the lease or ctx ends, calling standby (when not nil) once
+// it finds another relay holding it; Held reports, cheaply, whether it still
 // does.
 type Lease interface {
-	Acquire(ctx context.Context) error
+	Acquire(ctx context.Context, standby func()) error
 	Held(ctx context.Context) bool
 	Release()
 	// Leading reports, at once and without a round trip, whether this relay
@@ -181,7 +187,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		backoff = min(2*backoff, r.cfg.MaxBackoff)
 	}
 	for ctx.Err() == nil {
-		if err := r.lease.Acquire(ctx); err != nil {
+		if err := r.lease.Acquire(ctx, r.standingBy); err != nil {
 			if ctx.Err() == nil {
 				fail(err)
 			}
@@ -207,6 +213,14 @@ func (r *Relay) Run(ctx context.Context) error {
 		var err error
 		if readAhead {
 			next, err = r.send(ctx, after)
+		}
+		// Another replica leads now (this one's lock session ended: a
+		// restart of PostgreSQL, say). Not a failure of the relay: it was
+		// logged as an outage that lasted, with /readyz at 503, until this
+		// replica led again.
+		lost := errors.Is(err, errLeaseLost)
+		if lost {
+			err = nil
 		}
 		if prev == nil {
 			// Reads go on ahead from here. Timed from the read's end: timed
@@ -237,6 +251,12 @@ func (r *Relay) Run(ctx context.Context) error {
 			}
 			continue
 		}
+		if lost {
+			if r.cfg.LostLease != nil {
+				r.cfg.LostLease()
+			}
+			continue
+		}
 		if prev != nil || next == nil {
 			// A batch was acked and marked, or nothing is left to forward:
 			// the relay works. A batch merely handed to the producer proves
@@ -250,6 +270,15 @@ func (r *Relay) Run(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// standingBy is called when another replica's relay holds the lease and
+// this one starts to wait for it: the database answers, and a standby is
+// healthy. A failure before (the database away, at a restart) was otherwise
+// reported until this replica led again, with /readyz at 503 meanwhile.
+func (r *Relay) standingBy() {
+	r.logger.Info("another replica's relay forwards the outbox; this one waits to take over")
+	r.recovered()
 }
 
 // moreLikely says whether rows above the batch in flight are likely pending,
@@ -271,6 +300,10 @@ func (r *Relay) moreLikely(inFlight *batch) (readAhead, nudged bool) {
 	}
 }
 
+// errLeaseLost says that the relay found rows to send but another replica's
+// relay holds the lease now.
+var errLeaseLost = errors.New("lost the relay lease to another replica")
+
 // send reads up to BatchSize pending rows above after and hands them to the
 // producer; nil when there are none.
 func (r *Relay) send(ctx context.Context, after int64) (*batch, error) {
@@ -279,7 +312,7 @@ func (r *Relay) send(ctx context.Context, after int64) (*batch, error) {
 		return nil, err
 	}
 	if !r.lease.Held(ctx) {
-		return nil, errors.New("lost the relay lease to another replica")
+		return nil, errLeaseLost
 	}
 	recs := make([]Record, len(rows))
 	spans := make([]trace.Span, len(rows))

@@ -288,14 +288,14 @@ func TestOneReplicaRelaysAtATimeAndAStandbyTakesOver(t *testing.T) {
 	e := open(t)
 	ctx := context.Background()
 	first, second := relay.NewLease(e.db), relay.NewLease(e.db)
-	if err := first.Acquire(ctx); err != nil {
+	if err := first.Acquire(ctx, nil); err != nil {
 		t.Fatal(err)
 	}
 	var mu sync.Mutex
 	acquired := false
 	done := make(chan error, 1)
 	go func() {
-		err := second.Acquire(ctx)
+		err := second.Acquire(ctx, nil)
 		mu.Lock()
 		acquired = err == nil
 		mu.Unlock()
