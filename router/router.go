@@ -443,18 +443,28 @@ const drainCheckInterval = 10 * time.Millisecond
 // drainOutbox waits until the relay has forwarded every committed outbox row.
 // Rows left at the deadline stay in the outbox and go out after a restart.
 func (r *Runtime) drainOutbox(deadline time.Time) error {
+	return drainUntil(deadline, r.outbox.Pending)
+}
+
+// drainUntil waits until pending counts no rows, or the deadline passes.
+func drainUntil(deadline time.Time, pending func(context.Context) (int64, error)) error {
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
 	tick := time.NewTicker(drainCheckInterval)
 	defer tick.Stop()
 	for {
-		n, err := r.outbox.Pending(ctx)
+		n, err := pending(ctx)
 		if err == nil && n == 0 {
 			return nil
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("outbox not flushed by the shutdown deadline (%d events wait for the next start): %w", n, errors.Join(err, ctx.Err()))
+			if err != nil {
+				// The last count failed (the database did not answer in
+				// time): a 0 here said the outbox was empty when it was not.
+				return fmt.Errorf("outbox not flushed by the shutdown deadline; the events still pending could not be counted, and wait for the next start: %w", errors.Join(err, ctx.Err()))
+			}
+			return fmt.Errorf("outbox not flushed by the shutdown deadline (%d events wait for the next start): %w", n, ctx.Err())
 		case <-tick.C:
 		}
 	}
