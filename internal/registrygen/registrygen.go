@@ -214,7 +214,13 @@ func render(pkg string, ctors []constructor, events []string, imports map[string
 			}
 			taken[name] = true
 			byType[t] = name
-			params = append(params, param{typ: t, name: name})
+			typ := t
+			if rest, ok := strings.CutPrefix(t, "..."); ok {
+				// Registry cannot take a variadic parameter beside others:
+				// it takes the slice and spreads it in the call.
+				typ = "[]" + rest
+			}
+			params = append(params, param{typ: typ, name: name})
 		}
 	}
 	var b bytes.Buffer
@@ -252,6 +258,9 @@ func render(pkg string, ctors []constructor, events []string, imports map[string
 		args := make([]string, len(c.params))
 		for i, t := range c.params {
 			args[i] = byType[t]
+			if strings.HasPrefix(t, "...") {
+				args[i] += "..."
+			}
 		}
 		fmt.Fprintf(&b, "\t\t%s(%s),\n", c.name, strings.Join(args, ", "))
 	}
@@ -278,7 +287,8 @@ func paramName(typ string) string {
 	}
 	var clean []rune
 	for _, r := range t {
-		if unicode.IsLetter(r) || unicode.IsDigit(r) {
+		// Not a digit first: [32]byte would give 32byte.
+		if unicode.IsLetter(r) || (len(clean) > 0 && unicode.IsDigit(r)) {
 			clean = append(clean, r)
 		}
 	}

@@ -118,8 +118,10 @@ func TestGeneratorErrors(t *testing.T) {
 // TestTheRegistryCompilesWhateverTheDependencies: a handler package that
 // compiles on its own compiles with its generated registry too. Registry's
 // parameters are named after their types, and a type named after a keyword
-// (*sync.Map gave "map") or after a package the registry uses (a port named
-// Runtime gave "runtime") made a registry that did not compile.
+// (*sync.Map gave "map"), after a package the registry uses (a port named
+// Runtime gave "runtime") or starting with a digit ([32]byte gave "32byte")
+// made a registry that did not compile; so did a variadic parameter, which
+// Registry took as one beside others.
 func TestTheRegistryCompilesWhateverTheDependencies(t *testing.T) {
 	const events = `package handlers
 type Ping struct{}
@@ -134,6 +136,29 @@ import (
 )
 func CountPings(seen *sync.Map) runtime.Handler {
 	return runtime.NewHandler("count-pings", func(ctx context.Context, tx runtime.Tx, ev Ping) error { seen.Store("x", 1); return nil })
+}
+`,
+		"a [32]byte key": `package handlers
+import (
+	"context"
+	"github.com/eventfn/eventfn/runtime"
+)
+func SignPings(key [32]byte) runtime.Handler {
+	return runtime.NewHandler("sign-pings", func(ctx context.Context, tx runtime.Tx, ev Ping) error { _ = key; return nil })
+}
+`,
+		"options beside a logger": `package handlers
+import (
+	"context"
+	"log/slog"
+	"github.com/eventfn/eventfn/runtime"
+)
+type Option func()
+func A(opts ...Option) runtime.Handler {
+	return runtime.NewHandler("a", func(ctx context.Context, tx runtime.Tx, ev Ping) error { return nil })
+}
+func B(l *slog.Logger) runtime.Handler {
+	return runtime.NewHandler("b", func(ctx context.Context, tx runtime.Tx, ev Ping) error { return nil })
 }
 `,
 		"a port named Runtime": `package handlers
