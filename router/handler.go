@@ -119,6 +119,12 @@ func (i *invoker) attempt(msg *message.Message) (bool, error) {
 			return toCommit{}, h.failed(err)
 		}
 		work, err := h.done()
+		if err == nil && len(h.tooLarge) > 0 {
+			// The handler may have emitted something smaller instead; if it
+			// ignored the refusal, this is where it shows.
+			i.logger.WarnContext(ctx, "the handler returned nil after Emit refused events too large for Kafka; the call commits without them",
+				"handler", name, "event_id", meta.ID, "refused", h.tooLarge)
+		}
 		emitted = len(work.rows) > 0
 		return work, err
 	})

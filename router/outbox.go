@@ -125,9 +125,11 @@ type txHandle struct {
 	// transaction would otherwise commit without the statement.
 	queued   []runtime.Statement
 	queueErr error
-	// emitErr is the first refusal of Emit: the call fails with it even if
-	// the handler ignored it.
-	emitErr error
+	// emitErr is the first refusal of Emit for a mistake of the code: the
+	// call fails with it even if the handler ignored it. tooLarge are the
+	// refusals for size, which the handler may have handled.
+	emitErr  error
+	tooLarge []string
 	// chainStarted is the HeaderChainStarted of the event being handled;
 	// empty outside handlers, where each emitted event starts its chain.
 	chainStarted string
@@ -138,15 +140,20 @@ var _ runtime.Tx = (*txHandle)(nil)
 // Emit stages events for the outbox of this transaction. An event that could
 // never be produced (larger than kafka.max_message_bytes) is refused here, with
 // a permanent error, rather than accepted and stuck in the outbox. A refusal
-// fails the call even if the handler goes on and returns nil, as a refused
-// Queue does: its writes would otherwise commit without the event, the one
-// thing the outbox promises never happens.
+// for a mistake of the code (an undeclared type, say) fails the call even if
+// the handler goes on and returns nil, as a refused Queue does: its writes
+// would otherwise commit without the event, silently. A refusal for the
+// event's size depends on the data and may be handled (by emitting a
+// reference instead), so it is not kept; tooLarge names it for a warning.
 func (t *txHandle) Emit(ctx context.Context, events ...runtime.Event) error {
-	if err := t.emit(ctx, events); err != nil {
+	err := t.emit(ctx, events)
+	switch {
+	case errors.Is(err, runtime.ErrEventTooLarge):
+		t.tooLarge = append(t.tooLarge, err.Error())
+	case err != nil:
 		t.emitErr = cmp.Or(t.emitErr, err)
-		return err
 	}
-	return nil
+	return err
 }
 
 func (t *txHandle) emit(ctx context.Context, events []runtime.Event) error {
@@ -193,7 +200,7 @@ func (t *txHandle) emit(ctx context.Context, events []runtime.Event) error {
 		// event is its parent: the relay and the next handler continue the trace.
 		tracing.Inject(ctx, rec.Headers)
 		if size := rec.Size(); size > t.kafka.MaxMessageBytes {
-			return runtime.Permanent(fmt.Errorf("emit %s: the event takes %d bytes on Kafka, more than kafka.max_message_bytes (%d); send less, or a reference to the data", typ, size, t.kafka.MaxMessageBytes))
+			return runtime.Permanent(fmt.Errorf("emit %s: %w: it takes %d bytes on Kafka, more than kafka.max_message_bytes (%d); send less, or a reference to the data", typ, runtime.ErrEventTooLarge, size, t.kafka.MaxMessageBytes))
 		}
 		t.staged = append(t.staged, rec)
 	}

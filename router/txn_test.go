@@ -162,41 +162,58 @@ func nothingCommitted(t *testing.T, tr *testRuntime) {
 }
 
 // TestARefusedEmitTheHandlerIgnores: a handler that emits an event it did
-// not declare, and one too large for Kafka, without checking Emit's error,
-// and returns nil: nothing of the call commits (its write, the events
-// staged before the refused one) and the event is dead-lettered at once
-// with the refusal, which is permanent. Before, the write committed and the
-// event was gone, with nothing logged or dead-lettered.
+// not declare (a mistake of its code) without checking Emit's error, and
+// returns nil: nothing of the call commits (its write, the event staged
+// before the refused one) and the event is dead-lettered at once with the
+// refusal, which is permanent. Before, the write committed and the event
+// was gone, with nothing logged or dead-lettered.
 func TestARefusedEmitTheHandlerIgnores(t *testing.T) {
-	for _, c := range []struct {
-		name   string
-		refuse func(ctx context.Context, tx runtime.Tx) error
-		reason string
-	}{
-		{"undeclared", func(ctx context.Context, tx runtime.Tx) error { return tx.Emit(ctx, probe{N: 2}) }, "did not declare it"},
-		{"too large", func(ctx context.Context, tx runtime.Tx) error {
-			return tx.Emit(ctx, probed{N: 1}, bulky{S: strings.Repeat("x", 2<<20)})
-		}, "kafka.max_message_bytes"},
-	} {
-		t.Run(c.name, func(t *testing.T) {
-			h := runtime.NewHandler("careless", func(ctx context.Context, tx runtime.Tx, ev probe) error {
-				if _, err := tx.ExecContext(ctx, `INSERT INTO eventfn_inbox (handler, event_id, event_type) VALUES ('probe', $1, 'x')`, fmt.Sprint(ev.N)); err != nil {
-					return err
-				}
-				_ = c.refuse(ctx, tx)
-				return nil
-			}, runtime.WithPolicy(runtime.Policy{MaxRetries: 3, InitialBackoff: time.Millisecond, MaxBackoff: time.Millisecond}), runtime.Emits(probed{}, bulky{}))
-			tr := startRuntime(t, nil, h)
-			tr.emit(t, probe{N: 1})
-			dead := tr.records(t, tr.cfg.Kafka.DeadLetterTopic, 1)
-			if reason := chainHeader(dead[0], "reason_poisoned"); !strings.Contains(reason, c.reason) || !strings.Contains(reason, "returned nil") {
-				t.Errorf("dead-letter reason %q does not give the refusal (%q) and that the handler went on", reason, c.reason)
-			}
-			if attempts := chainHeader(dead[0], router.HeaderAttempts); attempts != "1" {
-				t.Errorf("dead-lettered after %s attempts, want 1: the refusal is permanent", attempts)
-			}
-			nothingCommitted(t, tr)
-		})
+	h := runtime.NewHandler("careless", func(ctx context.Context, tx runtime.Tx, ev probe) error {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO eventfn_inbox (handler, event_id, event_type) VALUES ('probe', $1, 'x')`, fmt.Sprint(ev.N)); err != nil {
+			return err
+		}
+		_ = tx.Emit(ctx, probed(ev), probe{N: 2})
+		return nil
+	}, runtime.WithPolicy(runtime.Policy{MaxRetries: 3, InitialBackoff: time.Millisecond, MaxBackoff: time.Millisecond}), runtime.Emits(probed{}))
+	tr := startRuntime(t, nil, h)
+	tr.emit(t, probe{N: 1})
+	dead := tr.records(t, tr.cfg.Kafka.DeadLetterTopic, 1)
+	if reason := chainHeader(dead[0], "reason_poisoned"); !strings.Contains(reason, "did not declare it") || !strings.Contains(reason, "returned nil") {
+		t.Errorf("dead-letter reason %q does not give the refusal and that the handler went on", reason)
+	}
+	if attempts := chainHeader(dead[0], router.HeaderAttempts); attempts != "1" {
+		t.Errorf("dead-lettered after %s attempts, want 1: the refusal is permanent", attempts)
+	}
+	nothingCommitted(t, tr)
+}
+
+// TestAnEventTooLargeForKafkaMayBeHandled: an event over
+// kafka.max_message_bytes depends on the data, and Emit's error says so
+// (runtime.ErrEventTooLarge), as the error text invites: a handler that
+// emits a reference instead commits with it; one that ignores the refusal
+// commits without the event, and the runtime logs a warning that names it.
+func TestAnEventTooLargeForKafkaMayBeHandled(t *testing.T) {
+	h := runtime.NewHandler("sizes", func(ctx context.Context, tx runtime.Tx, ev probe) error {
+		err := tx.Emit(ctx, bulky{S: strings.Repeat("x", 2<<20)})
+		if ev.N == 1 && errors.Is(err, runtime.ErrEventTooLarge) {
+			return tx.Emit(ctx, probed{N: -1}) // a reference to the data
+		}
+		return nil // ev.N == 2: ignores it
+	}, runtime.WithPolicy(runtime.Policy{MaxRetries: 3, InitialBackoff: time.Millisecond, MaxBackoff: time.Millisecond}), runtime.Emits(probed{}, bulky{}))
+	tr := startRuntime(t, nil, h)
+	tr.emit(t, probe{N: 1})
+	if got := tr.records(t, "probe.handled", 1); string(got[0].Value) != `{"n":-1}` {
+		t.Errorf("the handled call emitted %s, want its reference", got[0].Value)
+	}
+	tr.emit(t, probe{N: 2})
+	waitUntil(t, "the warning of an ignored refusal", 30*time.Second, func() bool {
+		return strings.Contains(tr.logs.String(), "Emit refused events too large for Kafka")
+	})
+	if n := tr.metric(t, "eventfn_dead_lettered_total"); n != 0 {
+		t.Errorf("%v events dead-lettered", n)
+	}
+	if n := countRows(t, tr, `SELECT COUNT(*) FROM eventfn_outbox WHERE topic = $1`, tr.cfg.Kafka.Topic("probe.bulky")); n != 0 {
+		t.Errorf("%d events over the limit reached the outbox", n)
 	}
 }
 

@@ -133,6 +133,11 @@ func Decode[E Event](payload []byte) (E, error) {
 	return ev, nil
 }
 
+// ErrEventTooLarge is what Tx.Emit's error wraps when an event takes more
+// bytes on Kafka than kafka.max_message_bytes. A handler may handle it (emit
+// a reference to the data instead); see Tx.Emit.
+var ErrEventTooLarge = errors.New("event too large for Kafka")
+
 // permanentError marks an error that retrying cannot fix.
 type permanentError struct{ err error }
 

@@ -19,10 +19,15 @@ type Tx interface {
 	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
 	// Emit writes events to the outbox in this transaction. They reach Kafka only
 	// if the transaction commits. A handler may emit only the event types it
-	// declared with Emits. An event Emit refuses (undeclared, not encodable as
-	// JSON, larger than kafka.max_message_bytes) fails the call with a
+	// declared with Emits. An event Emit refuses as a mistake of the code (an
+	// undeclared type, one not encodable as JSON) fails the call with a
 	// permanent error even if the handler ignores it and returns nil: the
-	// call's writes never commit without its events.
+	// call's writes never commit without its events. An event larger than
+	// kafka.max_message_bytes is refused with an error that wraps
+	// ErrEventTooLarge, which depends on the data, not the code: the handler
+	// may emit something smaller instead (a reference to the data). Should it
+	// ignore that error, the call commits without the event and the runtime
+	// logs a warning.
 	Emit(ctx context.Context, events ...Event) error
 	// Queue adds statements whose results the handler does not need. They
 	// run in this transaction when the handler returns nil, in order, after

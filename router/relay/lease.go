@@ -25,9 +25,9 @@ func NewLease(db *store.DB) Lease {
 type soleLease struct{}
 
 func (soleLease) Acquire(context.Context, func()) error { return nil }
-func (soleLease) Held(context.Context) bool     { return true }
-func (soleLease) Release()                      {}
-func (soleLease) Leading() bool                 { return true }
+func (soleLease) Held(context.Context) bool             { return true }
+func (soleLease) Release()                              {}
+func (soleLease) Leading() bool                         { return true }
 
 // pgLeaseKey is the first half of the advisory lock key; the second is the
 // hash of the schema, so eventfn deployments in different schemas of one
