@@ -89,6 +89,12 @@ func Generate(dir string) ([]byte, error) {
 					if t := receiverType(fn); t != "" && ast.IsExported(t) {
 						events = append(events, t)
 					}
+					// Skipped without a word, it failed later, in the
+					// AsyncAPI step ("has no Go type in handlers/").
+					if t := pointerReceiverType(fn); t != "" && ast.IsExported(t) {
+						return nil, fmt.Errorf("%s: EventType of %s has a pointer receiver: declare it on the value, func (%s) EventType() string: events are values (runtime.SpecOf, NewHandler)",
+							fset.Position(fn.Pos()), t, t)
+					}
 				}
 				continue
 			}
@@ -139,6 +145,19 @@ func receiverType(fn *ast.FuncDecl) string {
 	}
 	if id, ok := fn.Recv.List[0].Type.(*ast.Ident); ok {
 		return id.Name
+	}
+	return ""
+}
+
+// pointerReceiverType returns T for a receiver of type *T.
+func pointerReceiverType(fn *ast.FuncDecl) string {
+	if len(fn.Recv.List) != 1 {
+		return ""
+	}
+	if star, ok := fn.Recv.List[0].Type.(*ast.StarExpr); ok {
+		if id, ok := star.X.(*ast.Ident); ok {
+			return id.Name
+		}
 	}
 	return ""
 }

@@ -97,6 +97,9 @@ func TestGeneratorErrors(t *testing.T) {
 	}{
 		{"syntax error", "package handlers\nfunc (", "parse"},
 		{"unimported type", "package handlers\nimport \"github.com/eventfn/eventfn/runtime\"\nfunc H(x foo.Bar) runtime.Handler { return runtime.Handler{} }\n", "package foo is not imported"},
+		// Skipped, it failed later in the AsyncAPI step, far from its cause.
+		{"an event type with a pointer receiver", "package handlers\ntype Refunded struct{}\nfunc (*Refunded) EventType() string { return \"refunded\" }\n",
+			"EventType of Refunded has a pointer receiver: declare it on the value"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
