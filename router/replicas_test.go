@@ -12,6 +12,35 @@ import (
 	"github.com/eventfn/eventfn/runtime"
 )
 
+// hourlyPoll gives a replica an hour's poll: only a nudge or a notification
+// makes its relay read.
+func hourlyPoll(c *configs.Config) { c.Relay.PollInterval = time.Hour }
+
+func probeReader() runtime.Handler {
+	return runtime.NewHandler("probe-reader", func(context.Context, runtime.Tx, probe) error { return nil })
+}
+
+// startLeadingReplica starts a replica whose relay leads: it has forwarded
+// an event (probe 0).
+func startLeadingReplica(t *testing.T) *testRuntime {
+	t.Helper()
+	tr := startRuntime(t, hourlyPoll, probeReader())
+	tr.emit(t, probe{N: 0})
+	tr.records(t, "probe.sent", 1)
+	return tr
+}
+
+// startReplicaBeside starts a second replica on first's schema and topics;
+// its relay waits for the lease.
+func startReplicaBeside(t *testing.T, first *testRuntime) *testRuntime {
+	t.Helper()
+	return startRuntime(t, func(c *configs.Config) {
+		hourlyPoll(c)
+		c.Kafka.TopicPrefix = first.cfg.Kafka.TopicPrefix
+		c.Database.URL = first.cfg.Database.URL
+	}, probeReader())
+}
+
 // TestAReplicasCommitsWakeTheLeadingRelayOfAnother: of two replicas on one
 // PostgreSQL schema one relay forwards. Events committed in the other
 // replica reach Kafka through a notification to the leader, not its poll:
@@ -22,20 +51,8 @@ import (
 // out too.
 func TestAReplicasCommitsWakeTheLeadingRelayOfAnother(t *testing.T) {
 	testenv.RequirePostgres(t)
-	reader := func() runtime.Handler {
-		return runtime.NewHandler("probe-reader", func(context.Context, runtime.Tx, probe) error { return nil })
-	}
-	hourlyPoll := func(c *configs.Config) { c.Relay.PollInterval = time.Hour }
-	leader := startRuntime(t, hourlyPoll, reader())
-	// Forwarded by the first replica: its relay holds the lease, and the
-	// second one's will wait for it.
-	leader.emit(t, probe{N: 0})
-	leader.records(t, "probe.sent", 1)
-	other := startRuntime(t, func(c *configs.Config) {
-		hourlyPoll(c)
-		c.Kafka.TopicPrefix = leader.cfg.Kafka.TopicPrefix
-		c.Database.URL = leader.cfg.Database.URL
-	}, reader())
+	leader := startLeadingReplica(t)
+	other := startReplicaBeside(t, leader)
 
 	const each = 5
 	for i := 1; i <= each; i++ {
@@ -111,23 +128,13 @@ func leaseHolder(t *testing.T, tr *testRuntime) int {
 // led again.
 func TestALeaderThatLostItsLeaseWhileIdleHandsOver(t *testing.T) {
 	testenv.RequirePostgres(t)
-	reader := func() runtime.Handler {
-		return runtime.NewHandler("probe-reader", func(context.Context, runtime.Tx, probe) error { return nil })
-	}
-	hourlyPoll := func(c *configs.Config) { c.Relay.PollInterval = time.Hour }
-	old := startRuntime(t, hourlyPoll, reader())
-	old.emit(t, probe{N: 0})
-	old.records(t, "probe.sent", 1)
+	old := startLeadingReplica(t)
 	lastBatch := time.Now()
 	holder := leaseHolder(t, old)
 	if holder == 0 {
 		t.Fatal("no replica holds the relay lease")
 	}
-	other := startRuntime(t, func(c *configs.Config) {
-		hourlyPoll(c)
-		c.Kafka.TopicPrefix = old.cfg.Kafka.TopicPrefix
-		c.Database.URL = old.cfg.Database.URL
-	}, reader())
+	other := startReplicaBeside(t, old)
 	if _, err := old.db.ExecContext(context.Background(), `SELECT pg_terminate_backend($1)`, holder); err != nil {
 		t.Fatal(err)
 	}
