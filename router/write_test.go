@@ -2,12 +2,17 @@ package router_test
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill"
+
+	"github.com/eventfn/eventfn/configs"
 	"github.com/eventfn/eventfn/internal/testenv"
+	"github.com/eventfn/eventfn/router"
 	"github.com/eventfn/eventfn/runtime"
 	"github.com/eventfn/eventfn/store"
 )
@@ -200,5 +205,87 @@ func TestATransactCutShortSaysItMayHaveCommitted(t *testing.T) {
 		if err := tr.outbox.Transact(ctx, func(ctx context.Context, tx runtime.Tx) error { return tx.Emit(ctx, probe{N: i}) }); err != nil {
 			t.Fatalf("transaction %d after the cut-short one: %v", i, err)
 		}
+	}
+}
+
+// TestAWriteOnConnectionsTheServerEndedGoesAgain: a restart of PostgreSQL
+// ends the session of every pooled connection, and they wait in the pool
+// until used. An order written on one failed (POST /orders answered 500)
+// though nothing of it had run; it now goes again, once per such
+// connection, and commits once.
+func TestAWriteOnConnectionsTheServerEndedGoesAgain(t *testing.T) {
+	u := testenv.RequirePostgres(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cfg, err := configs.Load(configs.Options{Profile: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const pool = 4
+	db, err := store.Open(ctx, store.Config{Driver: store.Postgres, URL: testenv.PostgresSchema(t, u), MaxOpenConns: pool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.ExecContext(ctx, `CREATE TABLE ended_probe (n INTEGER PRIMARY KEY)`); err != nil {
+		t.Fatal(err)
+	}
+	outbox := router.NewOutbox(db, cfg, watermill.NopLogger{})
+	// Fill the pool, note each connection's backend, and give them back;
+	// twice, since pgx pings a pooled connection before its reuse when it
+	// was idle for over a second, or never used again yet. Under load (the
+	// fault suite's 25 orders a second) every connection is in recent use,
+	// so none is pinged, and each one the server ended failed an order.
+	var pids []int
+	for range 2 {
+		var held []*sql.Conn
+		pids = pids[:0]
+		for range pool {
+			c, err := db.Conn(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var pid int
+			if err := c.QueryRowContext(ctx, `SELECT pg_backend_pid()`).Scan(&pid); err != nil {
+				t.Fatal(err)
+			}
+			pids, held = append(pids, pid), append(held, c)
+		}
+		for _, c := range held {
+			_ = c.Close()
+		}
+	}
+	inUse := time.Now()
+	// End their sessions as a restart does (SQLSTATE 57P01), from outside.
+	admin, err := store.Open(ctx, store.Config{Driver: store.Postgres, URL: u, MaxOpenConns: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	for _, pid := range pids {
+		if _, err := admin.ExecContext(ctx, `SELECT pg_terminate_backend($1)`, pid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitUntil(t, "the sessions ended", time.Minute, func() bool {
+		var n int
+		if err := admin.QueryRowContext(ctx, `SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)`, pids).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n == 0
+	})
+	for i := range pool {
+		if err := outbox.Write(ctx, []runtime.Statement{{Query: `INSERT INTO ended_probe (n) VALUES ($1)`, Args: []any{i}}}, probe{N: i}); err != nil {
+			t.Fatalf("write %d on a pool of connections the server ended: %v", i, err)
+		}
+	}
+	// Past a second, pgx's ping found them ended and this proved less.
+	t.Logf("the writes ended %s after the connections' last use", time.Since(inUse).Round(time.Millisecond))
+	var rows, events int
+	if err := db.QueryRowContext(ctx, `SELECT (SELECT count(*) FROM ended_probe), (SELECT count(*) FROM eventfn_outbox)`).Scan(&rows, &events); err != nil {
+		t.Fatal(err)
+	}
+	if rows != pool || events != pool {
+		t.Errorf("%d rows and %d events committed, want %d of each, once", rows, events, pool)
 	}
 }
