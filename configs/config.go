@@ -456,14 +456,12 @@ func refuseLooseNumbers(from, to reflect.Type, data any) (any, error) {
 	v := reflect.ValueOf(data)
 	switch {
 	case to == durationType && from != durationType:
-		switch from.Kind() {
-		case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
-			reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64,
-			reflect.Float32, reflect.Float64:
+		switch k := from.Kind(); {
+		case isWholeNumber(k) || k == reflect.Float32 || k == reflect.Float64:
 			if !v.IsZero() {
 				return nil, fmt.Errorf("%v: a duration needs a unit, such as %vs or %vms", data, data, data)
 			}
-		case reflect.Bool:
+		case k == reflect.Bool:
 			return nil, fmt.Errorf("%v: not a duration (such as 30s)", data)
 		}
 	case isWholeNumber(to.Kind()):

@@ -169,11 +169,10 @@ func unserved(ctx context.Context, cl *kgo.Client, topics []string) error {
 				req.Topics = append(req.Topics, t)
 			}
 			resp, err := req.RequestWith(ctx, cl.Broker(int(b.NodeID)))
-			if err != nil {
-				errs[i] = fmt.Errorf("broker %d (%s:%d): %w", b.NodeID, b.Host, b.Port, err)
-				return
+			if err == nil {
+				err = servesAll(resp, topics)
 			}
-			if err := servesAll(resp, topics); err != nil {
+			if err != nil {
 				errs[i] = fmt.Errorf("broker %d (%s:%d): %w", b.NodeID, b.Host, b.Port, err)
 			}
 		})
