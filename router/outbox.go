@@ -253,19 +253,27 @@ func (t *txHandle) ExecContext(ctx context.Context, query string, args ...any) (
 	return t.sqlExecutor.ExecContext(ctx, query, args...)
 }
 
-func (t *txHandle) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+// QueryContext's rows call the handler's Scanners under a recover
+// (guardedRows, panicsafe.go).
+func (t *txHandle) QueryContext(ctx context.Context, query string, args ...any) (runtime.Rows, error) {
 	if err := t.flush(ctx); err != nil {
 		return nil, err
 	}
-	return t.sqlExecutor.QueryContext(ctx, query, args...)
+	rows, err := t.sqlExecutor.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	return guardedRows{rows}, nil
 }
 
-// QueryRowContext runs the query even when what was queued failed (a
-// *sql.Row cannot carry another error); the call fails with that failure
-// at its end all the same.
-func (t *txHandle) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
-	_ = t.flush(ctx)
-	return t.sqlExecutor.QueryRowContext(ctx, query, args...)
+// QueryRowContext does not run the query when what was queued failed: its
+// Row reports that failure, and the call fails with it at its end all the
+// same.
+func (t *txHandle) QueryRowContext(ctx context.Context, query string, args ...any) runtime.Row {
+	if err := t.flush(ctx); err != nil {
+		return guardedRow{err: err}
+	}
+	return guardedRow{row: t.sqlExecutor.QueryRowContext(ctx, query, args...)}
 }
 
 // failed is the error of a call whose handler returned err. A failure of

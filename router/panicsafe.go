@@ -151,8 +151,7 @@ func (t *sqlTx) ExecContext(ctx context.Context, query string, args ...any) (sql
 }
 
 // QueryContext runs a query of the transaction with its Valuers guarded.
-// The Scanners the caller's Scan calls are not: a handler's own Scan is out
-// of reach (docs/architecture.md).
+// The Scanners of the caller's Scan are guarded by txHandle (guardedRows).
 func (t *sqlTx) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
 	var p userPanic
 	rows, err := t.Tx.QueryContext(ctx, query, guardArgs(args, &p)...)
@@ -166,4 +165,40 @@ func (t *sqlTx) QueryRowContext(ctx context.Context, query string, args ...any) 
 	row := t.Tx.QueryRowContext(ctx, query, guardArgs(args, &p)...)
 	p.raise()
 	return row
+}
+
+// guardedRows is the runtime.Rows a handler reads: Scan calls its Scanners
+// under a recover, so one that panics leaves database/sql's lock released
+// and panics in the handler's own code.
+type guardedRows struct{ *sql.Rows }
+
+func (r guardedRows) Scan(dest ...any) error {
+	var p userPanic
+	err := r.Rows.Scan(guardDests(dest, &p)...)
+	p.raise()
+	return err
+}
+
+// guardedRow is the runtime.Row a handler scans, guarded as guardedRows.
+// err, when set, is what the query never ran for.
+type guardedRow struct {
+	row *sql.Row
+	err error
+}
+
+func (r guardedRow) Scan(dest ...any) error {
+	if r.err != nil {
+		return r.err
+	}
+	var p userPanic
+	err := r.row.Scan(guardDests(dest, &p)...)
+	p.raise()
+	return err
+}
+
+func (r guardedRow) Err() error {
+	if r.err != nil {
+		return r.err
+	}
+	return r.row.Err()
 }

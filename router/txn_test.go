@@ -359,3 +359,58 @@ func TestATransactionTheDatabaseEndedEarlyCommitsNothing(t *testing.T) {
 		t.Errorf("%d outbox rows of the call committed", n)
 	}
 }
+
+// brokenScanner is a user's sql.Scanner with a bug.
+type brokenScanner struct{}
+
+func (*brokenScanner) Scan(any) error { panic("a broken sql.Scanner") }
+
+// TestAScannerThatPanicsInTheHandlersOwnScanFailsOnlyItsCall: database/sql
+// keeps a lock of the rows when a sql.Scanner panics in Rows.Scan or
+// Row.Scan, so the handler's deferred Close waited for ever in the panic
+// itself, and the transaction never ended: on SQLite, whose connection is
+// the one writer, nothing was written again; on PostgreSQL the call ended
+// at its timeout, leaking its connection. The call must fail with its
+// panic, at once, and the calls after it go on.
+func TestAScannerThatPanicsInTheHandlersOwnScanFailsOnlyItsCall(t *testing.T) {
+	h := runtime.NewHandler("scanner-user", func(ctx context.Context, tx runtime.Tx, ev probe) error {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO eventfn_inbox (handler, event_id, event_type) VALUES ('scanned', $1, 'x')`, fmt.Sprint(ev.N)); err != nil {
+			return err
+		}
+		switch ev.N {
+		case 1:
+			rows, err := tx.QueryContext(ctx, `SELECT 'a' UNION ALL SELECT 'b'`)
+			if err != nil {
+				return err
+			}
+			defer rows.Close()
+			for rows.Next() {
+				if err := rows.Scan(&brokenScanner{}); err != nil {
+					return err
+				}
+			}
+			return rows.Err()
+		case 2:
+			return tx.QueryRowContext(ctx, `SELECT 'a'`).Scan(&brokenScanner{})
+		}
+		return tx.Emit(ctx, probed(ev))
+	}, runtime.WithPolicy(runtime.Policy{MaxRetries: -1, Timeout: time.Minute}), runtime.Emits(probed{}))
+	tr := startRuntime(t, nil, h)
+	tr.emit(t, probe{N: 1}, probe{N: 2}, probe{N: 3})
+	tr.records(t, "probe.handled", 1)
+	dead := tr.records(t, tr.cfg.Kafka.DeadLetterTopic, 2)
+	for _, d := range dead {
+		var reason string
+		for _, hd := range d.Headers {
+			if hd.Key == "reason_poisoned" {
+				reason = string(hd.Value)
+			}
+		}
+		if !strings.Contains(reason, "a broken sql.Scanner") {
+			t.Errorf("dead letter's reason %q, want the Scanner's panic", reason)
+		}
+	}
+	if got := textRows(t, tr, `SELECT event_id FROM eventfn_inbox WHERE handler = 'scanned'`); len(got) != 1 || got[0] != "3" {
+		t.Fatalf("committed statements of calls %v, want only call 3's", got)
+	}
+}

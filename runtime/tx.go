@@ -15,8 +15,8 @@ import (
 // SQLite accept, so one handler runs unchanged on either database.
 type Tx interface {
 	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
-	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
-	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+	QueryContext(ctx context.Context, query string, args ...any) (Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) Row
 	// Emit writes events to the outbox in this transaction. They reach Kafka only
 	// if the transaction commits. A handler may emit only the event types it
 	// declared with Emits. An event Emit refuses as a mistake of the code (an
@@ -39,6 +39,26 @@ type Tx interface {
 	// first runs what is queued, so statements always run in the order they
 	// were issued. A queued Statement may not set Returning.
 	Queue(ctx context.Context, stmts ...Statement) error
+}
+
+// Rows is the result of a Tx's QueryContext: database/sql's *sql.Rows,
+// whose Scan fails the call cleanly when a sql.Scanner panics. (database/sql
+// keeps the rows' lock when one does, and the transaction could then never
+// end.) Close it, as a *sql.Rows; what is left open closes when the call ends.
+type Rows interface {
+	Next() bool
+	Scan(dest ...any) error
+	Err() error
+	Close() error
+	Columns() ([]string, error)
+}
+
+// Row is the result of a Tx's QueryRowContext: database/sql's *sql.Row, with
+// Scan guarded as Rows' is. Its Scan reports sql.ErrNoRows when the query
+// returned no row, and any error of the query itself.
+type Row interface {
+	Scan(dest ...any) error
+	Err() error
 }
 
 // Transactor runs a function in one transaction with an outbox, outside any
