@@ -385,6 +385,11 @@ func (m *committer) one(batchCtx context.Context, t sharedTxn, c *call) (res cal
 	if !g.end() {
 		return callResult{claimed: true, err: err}, nil, errors.New("a call that outlived its timeout is still in a statement on the transaction")
 	}
+	if err == nil && c.ctx.Err() != nil {
+		// Its caller gave up while it ran, and its statements finished
+		// (guardedTx): it is undone alone, as if it had seen that.
+		err = fmt.Errorf("the call's context ended while it ran: %w", context.Cause(c.ctx))
+	}
 	if err == nil && len(work.stmts) > 0 && t.deferLater(c.ctx, work.stmts) {
 		return callResult{claimed: true}, work.rows, nil
 	}
@@ -470,12 +475,24 @@ func commitContext(batchCtx context.Context, calls []*call) (context.Context, co
 // guardedTx is one call's view of a shared transaction: once the call has
 // ended, its statements fail with sql.ErrTxDone instead of running in the
 // next call's part of the transaction.
+//
+// A statement runs under its context's deadline but not its cancellation
+// (statementContext): a caller that gives up in the middle of one (a client
+// gone) would otherwise have SQLite interrupt it, which rolls the whole
+// shared transaction back, or pgx drop the connection, and every other call
+// of the batch would run again alone, more work just when clients time out
+// under overload. The statement finishes; the call then fails with its
+// context's error and is undone alone (one).
 type guardedTx struct {
 	sqlExecutor
 	// read serves the *sql.Row of a QueryRowContext after the end.
 	read  *sql.DB
 	mu    sync.RWMutex
 	ended bool
+	// stops end the contexts of the call's queries with a deadline, whose
+	// rows outlive the statement, at the call's end.
+	stopsMu sync.Mutex
+	stops   []context.CancelFunc
 }
 
 // end ends the call's use of the transaction, unless a statement of it is
@@ -484,14 +501,36 @@ func (g *guardedTx) end() bool {
 	if !g.mu.TryLock() {
 		go func() {
 			g.mu.Lock()
-			g.ended = true
+			g.finish()
 			g.mu.Unlock()
 		}()
 		return false
 	}
-	g.ended = true
+	g.finish()
 	g.mu.Unlock()
 	return true
+}
+
+// finish marks the call ended and ends its queries' contexts; the caller
+// holds g.mu.
+func (g *guardedTx) finish() {
+	g.ended = true
+	g.stopsMu.Lock()
+	stops := g.stops
+	g.stops = nil
+	g.stopsMu.Unlock()
+	for _, stop := range stops {
+		stop()
+	}
+}
+
+// statementContext is ctx without its cancellation, with its deadline.
+func statementContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	kept := context.WithoutCancel(ctx)
+	if d, ok := ctx.Deadline(); ok {
+		return context.WithDeadline(kept, d)
+	}
+	return kept, func() {}
 }
 
 func (g *guardedTx) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
@@ -500,7 +539,22 @@ func (g *guardedTx) ExecContext(ctx context.Context, query string, args ...any) 
 	if g.ended {
 		return nil, sql.ErrTxDone
 	}
-	return g.sqlExecutor.ExecContext(ctx, query, args...)
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	sctx, stop := statementContext(ctx)
+	defer stop()
+	return g.sqlExecutor.ExecContext(sctx, query, args...)
+}
+
+// queryContext is statementContext for a query, whose rows read under its
+// context after the statement returns: it ends with the call.
+func (g *guardedTx) queryContext(ctx context.Context) context.Context {
+	sctx, stop := statementContext(ctx)
+	g.stopsMu.Lock()
+	g.stops = append(g.stops, stop)
+	g.stopsMu.Unlock()
+	return sctx
 }
 
 func (g *guardedTx) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
@@ -509,20 +563,24 @@ func (g *guardedTx) QueryContext(ctx context.Context, query string, args ...any)
 	if g.ended {
 		return nil, sql.ErrTxDone
 	}
-	return g.sqlExecutor.QueryContext(ctx, query, args...)
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return g.sqlExecutor.QueryContext(g.queryContext(ctx), query, args...)
 }
 
 // QueryRowContext after the call ended goes to the read pool with a
 // cancelled context: database/sql checks it before taking a connection, so
 // the *sql.Row reports context.Canceled and nothing reaches the database.
-// (On the shared connection a cancelled context makes pgx drop it.)
+// (On the shared connection a cancelled context makes pgx drop it.) So
+// does one whose own context has ended.
 func (g *guardedTx) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
 	g.mu.RLock()
 	defer g.mu.RUnlock()
-	if g.ended {
+	if g.ended || ctx.Err() != nil {
 		done, cancel := context.WithCancel(ctx)
 		cancel()
 		return g.read.QueryRowContext(done, query, args...)
 	}
-	return g.sqlExecutor.QueryRowContext(ctx, query, args...)
+	return g.sqlExecutor.QueryRowContext(g.queryContext(ctx), query, args...)
 }

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"modernc.org/sqlite"
 
 	"github.com/eventfn/eventfn/internal/testenv"
 	"github.com/eventfn/eventfn/router/relay"
@@ -64,6 +65,46 @@ type batchCall struct {
 	// queued makes the call queue a statement that records it in parents
 	// as "q-<name>"; queuedFail, a statement that fails.
 	queued, queuedFail bool
+	// giveUp makes the call's caller give up (its context cancelled) while
+	// a long statement of the call runs.
+	giveUp bool
+}
+
+// giveUpInsert writes one row after counting to a million, and has its
+// caller give up as it starts: SQLite calls eventfn_test_give_up (see
+// registerGiveUp) before the million steps, and the cancellation reaches
+// the statement while they run. PostgreSQL has no Go function to call: its
+// caller gives up when pgx reads the argument (cancellingValue).
+const (
+	giveUpInsertSQLite = `INSERT INTO written (name)
+		SELECT $1 WHERE (WITH RECURSIVE c(x) AS (SELECT eventfn_test_give_up($1) UNION ALL SELECT x + 1 FROM c WHERE x < 1000000) SELECT COUNT(*) FROM c) > 0`
+	giveUpInsertPostgres = `INSERT INTO written (name) VALUES ($1)`
+)
+
+// givingUp holds, by call name, the cancel functions eventfn_test_give_up
+// calls. SQLite functions are the driver's, registered once per process.
+var (
+	givingUp       sync.Map
+	registerGiveUp = sync.OnceValue(func() error {
+		return sqlite.RegisterScalarFunction("eventfn_test_give_up", 1, func(_ *sqlite.FunctionContext, args []driver.Value) (driver.Value, error) {
+			name, _ := args[0].(string)
+			if cancel, ok := givingUp.Load(name); ok {
+				cancel.(context.CancelFunc)()
+			}
+			return int64(1), nil
+		})
+	})
+)
+
+// cancellingValue cancels its call's context when it is read.
+type cancellingValue struct {
+	value  string
+	cancel context.CancelFunc
+}
+
+func (v cancellingValue) Value() (driver.Value, error) {
+	v.cancel()
+	return v.value, nil
 }
 
 // queueCalls submits calls to m one after another, each in a goroutine of
@@ -91,6 +132,17 @@ func queueCalls(t *testing.T, m *committer, calls []batchCall) ([]callResult, []
 				}
 				if _, err := tx.ExecContext(ctx, `INSERT INTO written (name, parent) VALUES ($1, $2)`, c.name, sql.NullString{String: c.parent, Valid: c.parent != ""}); err != nil {
 					return toCommit{}, err
+				}
+				if c.giveUp {
+					slow := c.name + "-slow"
+					query, arg := giveUpInsertSQLite, any(slow)
+					if m.db.Driver == store.Postgres {
+						query, arg = giveUpInsertPostgres, cancellingValue{value: slow, cancel: cancel}
+					}
+					givingUp.Store(slow, cancel)
+					if _, err := tx.ExecContext(ctx, query, arg); err != nil {
+						return toCommit{}, err
+					}
 				}
 				if c.sqlFail {
 					if _, err := tx.ExecContext(ctx, `INSERT INTO no_such_table (x) VALUES (1)`); err != nil {
@@ -240,6 +292,54 @@ func TestQueuedCallsShareATransactionEachWithItsOwnOutcome(t *testing.T) {
 	}
 	if fmt.Sprint(sizes) != wantSizes {
 		t.Errorf("calls per committed transaction: %v, want %s", sizes, wantSizes)
+	}
+}
+
+// TestACallWhoseCallerGivesUpMidStatementFailsAlone: a caller that gives up
+// (a client gone) while its call's statement runs in a shared transaction
+// hears context.Canceled and stores nothing, and the calls beside it
+// commit, once each. On SQLite the cancellation interrupted the statement,
+// which rolled the whole transaction back, and every other call of the
+// batch ran again alone (more work just when clients time out under
+// overload). On PostgreSQL, whose batches share transactions without
+// savepoints, a call that fails sends the calls before it back alone.
+func TestACallWhoseCallerGivesUpMidStatementFailsAlone(t *testing.T) {
+	if err := registerGiveUp(); err != nil {
+		t.Fatal(err)
+	}
+	db := openBatchDB(t)
+	var sizes []float64
+	var mu sync.Mutex
+	m := serialCommitter(db, func(n float64) { mu.Lock(); sizes = append(sizes, n); mu.Unlock() })
+	calls := []batchCall{{name: "a"}, {name: "b"}, {name: "gone", giveUp: true}, {name: "c"}, {name: "d"}}
+	results, runs := queueCalls(t, m, calls)
+	bare := db.Driver == store.Postgres
+	for i, c := range calls {
+		r := results[i]
+		if c.giveUp {
+			if !errors.Is(r.err, context.Canceled) {
+				t.Errorf("%s: %v, want context.Canceled", c.name, r.err)
+			}
+			continue
+		}
+		want := int32(1)
+		if bare && (c.name == "a" || c.name == "b") {
+			want = 2
+		}
+		if !r.claimed || r.err != nil || runs[i] != want {
+			t.Errorf("%s: claimed %v, err %v, ran %d times; want committed, having run %d times", c.name, r.claimed, r.err, runs[i], want)
+		}
+	}
+	if got := strings.Join(column(t, db, `SELECT name FROM written ORDER BY name`), ","); got != "a,b,c,d" {
+		t.Errorf("rows committed: %s, want a,b,c,d", got)
+	}
+	if got := strings.Join(column(t, db, `SELECT event_id FROM eventfn_inbox WHERE handler = 'batch' ORDER BY event_id`), ","); got != "a,b,c,d" {
+		t.Errorf("inbox: %s, want a,b,c,d", got)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !bare && fmt.Sprint(sizes) != "[4]" {
+		t.Errorf("calls per committed transaction: %v, want [4]: one transaction", sizes)
 	}
 }
 
