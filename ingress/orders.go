@@ -15,6 +15,8 @@ import (
 	"os"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 	"go.opentelemetry.io/otel/attribute"
@@ -128,6 +130,9 @@ func (e fieldError) Error() string { return e.Field + ": " + e.Message }
 // maxEmailBytes is the longest address SMTP can carry (RFC 5321, 4.5.3.1.3).
 const maxEmailBytes = 254
 
+// maxSKUChars bounds a SKU.
+const maxSKUChars = 64
+
 func validateOrder(req OrderRequest) error {
 	if strings.TrimSpace(req.CustomerEmail) == "" {
 		return fieldError{"customer_email", "is required"}
@@ -149,8 +154,13 @@ func validateOrder(req OrderRequest) error {
 		switch {
 		case strings.TrimSpace(it.SKU) == "":
 			return fieldError{f + ".sku", "is required"}
-		case len(it.SKU) > 64:
-			return fieldError{f + ".sku", "must be at most 64 characters"}
+		case !utf8.ValidString(it.SKU):
+			return fieldError{f + ".sku", "is not valid UTF-8"}
+		case strings.IndexFunc(it.SKU, unicode.IsControl) >= 0:
+			// PostgreSQL refuses a NUL in text, and the CLI shows SKUs.
+			return fieldError{f + ".sku", fmt.Sprintf("%q holds a control character", it.SKU)}
+		case utf8.RuneCountInString(it.SKU) > maxSKUChars:
+			return fieldError{f + ".sku", fmt.Sprintf("must be at most %d characters, got %d", maxSKUChars, utf8.RuneCountInString(it.SKU))}
 		case it.Quantity < 1 || it.Quantity > 10000:
 			return fieldError{f + ".quantity", "must be between 1 and 10000"}
 		case it.PriceCents < 0 || it.PriceCents > 100_000_000:
@@ -161,13 +171,11 @@ func validateOrder(req OrderRequest) error {
 }
 
 func (s *Server) createOrder(w http.ResponseWriter, r *http.Request) {
-	r.Body = http.MaxBytesReader(w, r.Body, s.maxBody)
-	dec := json.NewDecoder(r.Body)
-	dec.DisallowUnknownFields()
-	var req OrderRequest
-	if err := dec.Decode(&req); err != nil {
+	req, err := decodeOrder(http.MaxBytesReader(w, r.Body, s.maxBody))
+	if err != nil {
 		var tooBig *http.MaxBytesError
 		var typeErr *json.UnmarshalTypeError
+		var field fieldError
 		switch {
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			// The server's read timeout passed before the body arrived: a
@@ -177,6 +185,8 @@ func (s *Server) createOrder(w http.ResponseWriter, r *http.Request) {
 			writeJSON(w, http.StatusRequestTimeout, map[string]string{"error": "the body did not arrive in time (http.read_timeout)"})
 		case errors.As(err, &tooBig):
 			writeJSON(w, http.StatusRequestEntityTooLarge, map[string]string{"error": fmt.Sprintf("body exceeds %d bytes", tooBig.Limit)})
+		case errors.As(err, &field):
+			writeJSON(w, http.StatusBadRequest, field)
 		case errors.As(err, &typeErr):
 			writeJSON(w, http.StatusBadRequest, fieldError{typeErr.Field, fmt.Sprintf("must be a JSON %s", typeErr.Type)})
 		case strings.HasPrefix(err.Error(), "json: unknown field "):
@@ -223,7 +233,7 @@ func (s *Server) createOrder(w http.ResponseWriter, r *http.Request) {
 	// One transaction, sent in one round trip on PostgreSQL: the order, its
 	// items and order.placed commit together or not at all. RETURNING gives
 	// the stored timestamps, so the answer needs no second read.
-	err := s.tx.Write(ctx, []runtime.Statement{
+	err = s.tx.Write(ctx, []runtime.Statement{
 		{
 			Query:     `INSERT INTO orders (id, customer_email, total_cents, status) VALUES ($1, $2, $3, $4) RETURNING created_at, updated_at`,
 			Args:      []any{order.ID, order.CustomerEmail, order.TotalCents, order.Status},
@@ -264,9 +274,16 @@ func (s *Server) createOrder(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) getOrder(w http.ResponseWriter, r *http.Request) {
-	o, err := s.loadOrder(r.Context(), r.PathValue("id"))
+	id := r.PathValue("id")
+	if !utf8.ValidString(id) || strings.IndexByte(id, 0) >= 0 {
+		// No order has such an id, and PostgreSQL refuses to compare text
+		// with one: it would answer an error, not "no row".
+		writeJSON(w, http.StatusNotFound, map[string]string{"error": fmt.Sprintf("no order with id %q", id)})
+		return
+	}
+	o, err := s.loadOrder(r.Context(), id)
 	if errors.Is(err, sql.ErrNoRows) {
-		writeJSON(w, http.StatusNotFound, map[string]string{"error": "no order with id " + r.PathValue("id")})
+		writeJSON(w, http.StatusNotFound, map[string]string{"error": "no order with id " + id})
 		return
 	}
 	if err != nil {

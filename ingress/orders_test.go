@@ -15,11 +15,13 @@ import (
 
 	"github.com/eventfn/eventfn/configs"
 	"github.com/eventfn/eventfn/ingress"
+	"github.com/eventfn/eventfn/internal/testenv"
 	"github.com/eventfn/eventfn/router"
 	"github.com/eventfn/eventfn/store"
 )
 
-// newServer serves the API over a real SQLite database and outbox.
+// newServer serves the API over a real database and outbox: PostgreSQL when
+// the environment names one, SQLite otherwise.
 func newServer(t *testing.T, maxBody int64) (*httptest.Server, *store.DB, *router.Outbox) {
 	t.Helper()
 	return newServerWith(t, maxBody, func(*configs.Config) {})
@@ -38,7 +40,11 @@ func newServerWith(t *testing.T, maxBody int64, edit func(*configs.Config)) (*ht
 func newUnstartedServer(t *testing.T, maxBody int64, edit func(*configs.Config), opts ...ingress.ServerOption) (*httptest.Server, *store.DB, *router.Outbox) {
 	t.Helper()
 	ctx := context.Background()
-	db, err := store.Open(ctx, store.Config{Driver: store.SQLite, SQLitePath: filepath.Join(t.TempDir(), "api.db")})
+	sc := store.Config{Driver: store.SQLite, SQLitePath: filepath.Join(t.TempDir(), "api.db")}
+	if u := testenv.DatabaseURL(); u != "" {
+		sc = store.Config{Driver: store.Postgres, URL: testenv.PostgresSchema(t, u), MaxOpenConns: 4}
+	}
+	db, err := store.Open(ctx, sc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,6 +120,19 @@ func TestBadOrdersAreRefusedNamingTheField(t *testing.T) {
 		{"wrong type", `{"customer_email":"a@example.com","items":[{"sku":"a","quantity":"two","price_cents":1}]}`, 400, "items.quantity"},
 		{"unknown field", `{"customer_email":"a@example.com","itemz":[]}`, 400, "itemz"},
 		{"too large", `{"customer_email":"a@example.com","items":[{"sku":"` + strings.Repeat("x", 600) + `","quantity":1,"price_cents":1}]}`, 413, ""},
+		// PostgreSQL refuses a NUL in text: that was a 500, logged as an outage.
+		{"NUL in sku", `{"customer_email":"a@example.com","items":[{"sku":"A\u0000B","quantity":1,"price_cents":1}]}`, 400, "items[0].sku"},
+		{"escape in sku", `{"customer_email":"a@example.com","items":[{"sku":"\u001b[31mA","quantity":1,"price_cents":1}]}`, 400, "items[0].sku"},
+		{"sku of 65 characters", `{"customer_email":"a@example.com","items":[{"sku":"` + strings.Repeat("é", 65) + `","quantity":1,"price_cents":1}]}`, 400, "items[0].sku"},
+		// encoding/json stops after the first value: these were stored.
+		{"data after the order", `{"customer_email":"a@example.com","items":[{"sku":"a","quantity":1,"price_cents":1}]}x`, 400, ""},
+		{"two orders", `{"customer_email":"a@example.com","items":[{"sku":"a","quantity":1,"price_cents":1}]} {"customer_email":"b@example.com","items":[{"sku":"b","quantity":9,"price_cents":9}]}`, 400, ""},
+		{"data after the order past the limit", `{"customer_email":"a@example.com","items":[{"sku":"a","quantity":1,"price_cents":1}]}` + strings.Repeat(" ", 600) + "x", 413, ""},
+		// encoding/json takes the last of repeated keys, whatever their case.
+		{"a key twice", `{"customer_email":"a@example.com","customer_email":"b@example.com","items":[{"sku":"a","quantity":1,"price_cents":1}]}`, 400, "customer_email"},
+		{"a key twice in another case", `{"customer_email":"a@example.com","items":[{"sku":"a","quantity":1,"Quantity":10000,"price_cents":1}]}`, 400, "Quantity"},
+		{"nested too deep", `{"customer_email":"a@example.com","items":[{"sku":"a","quantity":1,"price_cents":1}],"x":` + strings.Repeat("[", 40) + `}`, 400, ""},
+		{"a key twice, folded", `{"customer_email":"a@example.com","items":[{"sku":"a","quantity":1,"price_cents":1}],"ITEMS":[]}`, 400, "ITEMS"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -141,13 +160,16 @@ func TestBadOrdersAreRefusedNamingTheField(t *testing.T) {
 
 func TestUnknownOrderIs404(t *testing.T) {
 	srv, _, _ := newServer(t, 1<<20)
-	resp, err := http.Get(srv.URL + "/orders/does-not-exist")
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusNotFound {
-		t.Fatalf("status %d", resp.StatusCode)
+	// Ids no order has, some PostgreSQL cannot compare (a 500 before).
+	for _, id := range []string{"does-not-exist", "%00", "a%00b", "%FF", "%C3%28", strings.Repeat("x", 5000)} {
+		resp, err := http.Get(srv.URL + "/orders/" + id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusNotFound {
+			t.Errorf("GET /orders/%.20s: status %d, want 404", id, resp.StatusCode)
+		}
 	}
 	for _, path := range []string{"/healthz", "/readyz"} {
 		resp, err := http.Get(srv.URL + path)
@@ -158,5 +180,15 @@ func TestUnknownOrderIs404(t *testing.T) {
 		if resp.StatusCode != http.StatusOK {
 			t.Errorf("%s: %d", path, resp.StatusCode)
 		}
+	}
+}
+
+// TestASKUIsCountedInCharacters: the limit says characters, and a SKU of 64
+// two-byte characters (128 bytes) was refused.
+func TestASKUIsCountedInCharacters(t *testing.T) {
+	srv, _, _ := newServer(t, 1<<20)
+	status, out := post(t, srv.URL, `{"customer_email":"a@example.com","items":[{"sku":"`+strings.Repeat("é", 64)+`","quantity":1,"price_cents":1}]}`)
+	if status != http.StatusCreated {
+		t.Fatalf("status %d, want 201: %v", status, out)
 	}
 }
