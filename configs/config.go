@@ -401,6 +401,12 @@ func Load(opts Options) (Config, error) {
 	for key := range defaults() {
 		name := EnvName(key)
 		if v, ok := env[name]; ok {
+			if key == "database.url" && v == "" && k.String(key) != "" {
+				// An unset ${DATABASE_URL} in a deployment, say: an
+				// empty URL means SQLite, and the orders would go to a
+				// file in the data directory instead of the database.
+				return Config{}, fmt.Errorf("%s is set but empty, which would run on SQLite in the data directory instead of the database profile %q or the config file names; unset it, or set it to sqlite://<path> to mean SQLite", name, profile)
+			}
 			if err := k.Set(key, v); err != nil {
 				return Config{}, fmt.Errorf("%s: %w", name, err)
 			}
@@ -429,9 +435,13 @@ func Load(opts Options) (Config, error) {
 	if err != nil {
 		return Config{}, fmt.Errorf("configuration: %w", err)
 	}
-	// "a, b" in a variable means the names a and b.
+	// "a, b" in a variable means the names a and b, and the brokers a and b
+	// (" b" was dialled as a host named " b", which never resolves).
 	for i, name := range cfg.Run.Handlers {
 		cfg.Run.Handlers[i] = strings.TrimSpace(name)
+	}
+	for i, b := range cfg.Kafka.Brokers {
+		cfg.Kafka.Brokers[i] = strings.TrimSpace(b)
 	}
 	if err := cfg.Kafka.SASL.readPasswordFile(); err != nil {
 		return Config{}, err
@@ -645,6 +655,10 @@ func (c Config) Validate() error {
 	}
 	if c.Kafka.DeadLetterTopic == "" {
 		bad("kafka.dead_letter_topic", "empty: name a topic")
+	}
+	if c.Kafka.RunsTopic != "" && c.Kafka.RunsTopic == c.Kafka.DeadLetterTopic {
+		// Every handler attempt would show up as a dead letter.
+		bad("kafka.runs_topic", "%q is kafka.dead_letter_topic: name another topic, or leave it empty to write no run records", c.Kafka.RunsTopic)
 	}
 	if c.Kafka.MaxMessageBytes < 4096 {
 		bad("kafka.max_message_bytes", "%d: must be at least 4096", c.Kafka.MaxMessageBytes)

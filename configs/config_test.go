@@ -3,6 +3,7 @@ package configs_test
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -35,7 +36,7 @@ func TestProfilesLoad(t *testing.T) {
 func TestEnvironmentOverrides(t *testing.T) {
 	cfg, err := configs.Load(configs.Options{Environ: []string{
 		"EVENTFN_PROFILE=compose",
-		"EVENTFN_KAFKA_BROKERS=k1:9092,k2:9092",
+		"EVENTFN_KAFKA_BROKERS=k1:9092, k2:9092 ", // spaces were kept, and " k2" never resolved
 		"EVENTFN_DATABASE_URL=postgres://u:p@db:5432/x",
 		"EVENTFN_RELAY_POLL_INTERVAL=25ms",
 		"EVENTFN_KAFKA_PARTITIONS=12",
@@ -45,7 +46,7 @@ func TestEnvironmentOverrides(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Profile != "compose" || len(cfg.Kafka.Brokers) != 2 || cfg.Kafka.Brokers[1] != "k2:9092" ||
+	if cfg.Profile != "compose" || !slices.Equal(cfg.Kafka.Brokers, []string{"k1:9092", "k2:9092"}) ||
 		cfg.Database.URL != "postgres://u:p@db:5432/x" || cfg.Relay.PollInterval != 25*time.Millisecond || cfg.Kafka.Partitions != 12 {
 		t.Errorf("overrides not applied: %+v", cfg)
 	}
@@ -275,6 +276,10 @@ func TestConfigurationThatWouldStartSilentlyWrongIsRefused(t *testing.T) {
 		{[]string{"EVENTFN_DATABASE_URI=postgres://u@h/db"}, "EVENTFN_DATABASE_URI is not a configuration variable; did you mean EVENTFN_DATABASE_URL?"},
 		{[]string{"EVENTFN_KAFKA_BROKER=a:9092"}, "did you mean EVENTFN_KAFKA_BROKERS?"},
 		{[]string{"EVENTFN_RELAY_BATCHSIZE=10"}, "did you mean EVENTFN_RELAY_BATCH_SIZE?"},
+		// An unset ${DATABASE_URL} in a deployment ran on SQLite, without a word.
+		{[]string{"EVENTFN_PROFILE=compose", "EVENTFN_DATABASE_URL="}, "EVENTFN_DATABASE_URL is set but empty"},
+		// Every handler attempt showed up as a dead letter.
+		{[]string{"EVENTFN_KAFKA_RUNS_TOPIC=eventfn.dead-letter", "EVENTFN_KAFKA_DEAD_LETTER_TOPIC=eventfn.dead-letter"}, "kafka.runs_topic"},
 	}
 	for _, c := range cases {
 		t.Run(c.env[0], func(t *testing.T) {
