@@ -100,7 +100,7 @@ func (i *invoker) attempt(msg *message.Message) (bool, error) {
 		span.SetStatus(codes.Error, "malformed event")
 		i.logger.WarnContext(ctx, "malformed event", "handler", name, "err", err)
 		err = runtime.Malformed(err)
-		i.metrics.ops.observeCall(name, msg, start, err, false)
+		i.metrics.ops.observeCall(name, i.handler.Trigger(), msg, start, err, false)
 		return false, err
 	}
 	emitted := false
@@ -140,7 +140,7 @@ func (i *invoker) attempt(msg *message.Message) (bool, error) {
 	default:
 		i.metrics.attempts.WithLabelValues(name, "error").Inc()
 	}
-	i.metrics.ops.observeCall(name, msg, start, err, duplicate)
+	i.metrics.ops.observeCall(name, i.handler.Trigger(), msg, start, err, duplicate)
 	if err != nil {
 		span.RecordError(err)
 		span.SetStatus(codes.Error, "handler failed")

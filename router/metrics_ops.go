@@ -55,7 +55,7 @@ func newOpsMetrics(reg prometheus.Registerer, outbox *Outbox) (*opsMetrics, erro
 		}, []string{"handler", "result"}),
 		chainLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: "eventfn", Name: "chain_latency_seconds",
-			Help: "Time from the first event of a chain (correlation id) to the handling of a later event, by the handled event's type.",
+			Help: "Time from the first event of a chain (correlation id) to the handling of a later event, by the type its handler handles.",
 			// A chain crosses the outbox relay and Kafka at every step, and
 			// retries add seconds to minutes.
 			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300},
@@ -120,15 +120,17 @@ func handlerResult(err error, duplicate bool) string {
 }
 
 // observeCall records a handler call that began at start; a handled event
-// (not a duplicate, not a failure) also records its chain's latency.
-func (m *opsMetrics) observeCall(handler string, msg *message.Message, start time.Time, err error, duplicate bool) {
+// (not a duplicate, not a failure) also records its chain's latency, by
+// eventType, the type the handler handles. Not by the event's ce_type: a
+// producer chooses that, and each one it chose made a series of its own.
+func (m *opsMetrics) observeCall(handler, eventType string, msg *message.Message, start time.Time, err error, duplicate bool) {
 	now := time.Now()
 	m.handlerDuration.WithLabelValues(handler, handlerResult(err, duplicate)).Observe(now.Sub(start).Seconds())
 	if err != nil || duplicate {
 		return
 	}
 	if started, err := time.Parse(time.RFC3339Nano, msg.Metadata.Get(HeaderChainStarted)); err == nil {
-		m.chainLatency.WithLabelValues(msg.Metadata.Get(HeaderType)).Observe(max(now.Sub(started).Seconds(), 0))
+		m.chainLatency.WithLabelValues(eventType).Observe(max(now.Sub(started).Seconds(), 0))
 	}
 }
 

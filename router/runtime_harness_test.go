@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -153,7 +154,8 @@ func reopen(t *testing.T, tr *testRuntime) *store.DB {
 }
 
 // produceEvent writes ev straight to its Kafka topic as a CloudEvent, as a
-// producer other than eventfn would.
+// producer other than eventfn would. An extra header replaces one of the
+// same key.
 func produceEvent(t *testing.T, tr *testRuntime, ev runtime.Event, extra ...kgo.RecordHeader) {
 	t.Helper()
 	payload, err := json.Marshal(ev)
@@ -166,7 +168,13 @@ func produceEvent(t *testing.T, tr *testRuntime, ev runtime.Event, extra ...kgo.
 		{Key: "ce_source", Value: []byte("test")},
 		{Key: "ce_specversion", Value: []byte("1.0")},
 	}}
-	rec.Headers = append(rec.Headers, extra...)
+	for _, h := range extra {
+		if i := slices.IndexFunc(rec.Headers, func(r kgo.RecordHeader) bool { return r.Key == h.Key }); i >= 0 {
+			rec.Headers[i] = h
+		} else {
+			rec.Headers = append(rec.Headers, h)
+		}
+	}
 	if k, ok := ev.(runtime.Keyed); ok {
 		rec.Key = []byte(k.EventKey())
 	}
