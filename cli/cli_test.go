@@ -15,6 +15,7 @@ import (
 // brokers named here do not exist).
 func TestBadInputIsRefusedBeforeKafka(t *testing.T) {
 	env := []string{"EVENTFN_KAFKA_BROKERS=127.0.0.1:1"}
+	const order = `{"order_id":"o-1","customer_email":"a@example.com","total_cents":2500}`
 	cases := []struct {
 		name string
 		args []string
@@ -29,6 +30,17 @@ func TestBadInputIsRefusedBeforeKafka(t *testing.T) {
 		{"missing payload", []string{"publish", "order.placed"}, env, "accepts 2 arg(s)"},
 		{"bad configuration", []string{"handlers"}, []string{"EVENTFN_KAFKA_PARTITIONS=zero"}, "kafka.partitions"},
 		{"unknown profile", []string{"handlers", "--profile", "prod"}, nil, `profile "prod" does not exist`},
+		// Exit 1 before, as if the work had failed.
+		{"mistyped flag", []string{"dlq", "list", "--sinse", "2h"}, env, "unknown flag: --sinse"},
+		{"unknown command", []string{"pubish", "order.placed", "{}"}, env, `unknown command "pubish"`},
+		// It gave up at once and blamed the database or the broker.
+		{"zero timeout", []string{"dlq", "list", "--timeout", "0s"}, env, "--timeout 0s: must be a positive duration"},
+		{"negative quiet", []string{"publish", "order.placed", order, "--wait", "--quiet", "-1s"}, env, "--quiet -1s: must be a positive duration"},
+		// Sent, then dead-lettered as malformed on its first attempt.
+		{"source with a NUL", []string{"publish", "order.placed", order, "--source", "cli\x00x"}, env, "--source: ce_source holds a NUL byte"},
+		{"source not UTF-8", []string{"publish", "order.placed", order, "--source", "cli\xff"}, env, "--source: ce_source is not valid UTF-8"},
+		{"source too long", []string{"publish", "order.placed", order, "--source", strings.Repeat("s", 2048)}, env, "--source: ce_source is 2048 bytes"},
+		{"empty source", []string{"publish", "order.placed", order, "--source", ""}, env, "--source: empty"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -37,7 +49,7 @@ func TestBadInputIsRefusedBeforeKafka(t *testing.T) {
 			if code == 0 || !strings.Contains(errOut.String(), c.want) {
 				t.Fatalf("exit %d, stderr %q; want non-zero and %q", code, errOut.String(), c.want)
 			}
-			if c.name != "missing payload" && code != 2 {
+			if code != 2 {
 				t.Errorf("exit %d, want 2 for bad input", code)
 			}
 		})

@@ -154,16 +154,7 @@ func newDLQShowCmd(g *globalFlags, stdout io.Writer, environ []string) *cobra.Co
 					Payload string `json:"payload"`
 				}{d, string(d.Payload)})
 			}
-			fmt.Fprintf(stdout, "id: %s\ndead-lettered: %s\nhandler: %s\nreplay: %s\nheaders:\n", d.ID, d.Time.Format(time.RFC3339Nano), cell(d.Handler), replayText(d))
-			keys := make([]string, 0, len(d.Headers))
-			for k := range d.Headers {
-				keys = append(keys, k)
-			}
-			sort.Strings(keys)
-			for _, k := range keys {
-				fmt.Fprintf(stdout, "  %s: %q\n", k, d.Headers[k])
-			}
-			fmt.Fprintf(stdout, "key: %q\npayload (%d bytes):\n%s\n", d.Key, len(d.Payload), text(d.Payload))
+			showDeadLetter(stdout, d)
 			return nil
 		},
 	}
@@ -224,10 +215,10 @@ older than retention.inbox is skipped, with the reason.`,
 				return err
 			}
 			for _, d := range res.Sent {
-				fmt.Fprintf(stdout, "%s %s: %s %s key=%q to %s\n", verb, d.ID, d.Handler, d.Type, d.Key, d.OriginTopic)
+				fmt.Fprintf(stdout, "%s %s: %s %s key=%q to %s\n", verb, d.ID, cell(d.Handler), cell(d.Type), d.Key, cell(d.OriginTopic))
 			}
 			for _, s := range res.Skipped {
-				fmt.Fprintf(stdout, "skipped %s: %s\n", s.ID, s.Why)
+				fmt.Fprintf(stdout, "skipped %s: %s\n", s.ID, cell(s.Why))
 			}
 			fmt.Fprintf(stdout, "%s %d, skipped %d of %d selected\n", verb, len(res.Sent), len(res.Skipped), len(dls))
 			return err
@@ -252,6 +243,23 @@ func selectDeadLetters(ctx context.Context, g *globalFlags, f *dlqFlags, environ
 	}
 	defer db.Close()
 	return router.DeadLetters(ctx, cfg, db, filter)
+}
+
+// showDeadLetter prints one dead letter for a person. Everything in it
+// came from a producer: what is not printable text is quoted, header names
+// too, so that no byte of a record reaches the terminal as a control
+// sequence.
+func showDeadLetter(w io.Writer, d router.DeadLetter) {
+	fmt.Fprintf(w, "id: %s\ndead-lettered: %s\nhandler: %s\nreplay: %s\nheaders:\n", d.ID, d.Time.Format(time.RFC3339Nano), cell(d.Handler), replayText(d))
+	keys := make([]string, 0, len(d.Headers))
+	for k := range d.Headers {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		fmt.Fprintf(w, "  %s: %q\n", cell(k), d.Headers[k])
+	}
+	fmt.Fprintf(w, "key: %q\npayload (%d bytes):\n%s\n", d.Key, len(d.Payload), text(d.Payload))
 }
 
 func replayText(d router.DeadLetter) string {

@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"unicode/utf8"
+
+	"github.com/eventfn/eventfn/router"
 )
 
 // TestOddBytesCannotBreakTheDLQOutput: handler, event type, origin topic and
@@ -32,5 +34,20 @@ func TestOddBytesCannotBreakTheDLQOutput(t *testing.T) {
 	got := oneLine(long, 121)
 	if !utf8.ValidString(got) || len(got) > 121+len("…") {
 		t.Errorf("oneLine cut %d bytes of runes to %q", len(long), got)
+	}
+}
+
+// TestShowQuotesWhatAProducerWrote: dlq show printed header names as they
+// were, so a name holding a terminal escape or a newline reached the
+// terminal raw (values were quoted already).
+func TestShowQuotesWhatAProducerWrote(t *testing.T) {
+	var out strings.Builder
+	showDeadLetter(&out, router.DeadLetter{
+		ID: "0123456789ab", Handler: "charge\x1b[2Jpayment",
+		Headers: map[string]string{"x-\x1b]0;pwned\x07": "v", "line\nbreak": "v", "ok": "v\x1b"},
+		Key:     "k\x00", Payload: []byte("\x1b[31m"),
+	})
+	if got := out.String(); strings.ContainsAny(got, "\x1b\x07\x00") || strings.Contains(got, "line\nbreak") {
+		t.Fatalf("raw control bytes reached the output:\n%q", got)
 	}
 }

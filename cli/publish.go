@@ -117,6 +117,14 @@ func publish(ctx context.Context, cfg configs.Config, f *publishFlags, eventType
 	if err != nil {
 		return err
 	}
+	// A source the runtime refuses would be sent, and dead-lettered as
+	// malformed on its first attempt.
+	if f.source == "" {
+		return usageError("--source: empty; CloudEvents requires a source")
+	}
+	if err := router.ValidateAttribute(router.HeaderSource, f.source); err != nil {
+		return usageError("--source: %v", err)
+	}
 	var compact bytes.Buffer
 	_ = json.Compact(&compact, payload)
 	key := f.key

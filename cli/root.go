@@ -12,8 +12,10 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/eventfn/eventfn/configs"
 	"github.com/eventfn/eventfn/wiring"
@@ -117,7 +119,46 @@ handlers share the work; every replica runs the relay.`,
 		newGroupsCmd(g, stdout, environ),
 		newOutboxCmd(g, stdout, environ),
 	)
+	badInputExits2(root)
 	return root
+}
+
+// badInputExits2 makes every error of the command line itself (a mistyped
+// flag, a wrong number of arguments, a duration that is not positive) a
+// usageError, exit code 2, as other bad input is; cobra returns them plain,
+// and they exited 1, as a failure of the work would.
+func badInputExits2(root *cobra.Command) {
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
+		return ExitError{Code: 2, Err: err}
+	})
+	var walk func(*cobra.Command)
+	walk = func(c *cobra.Command) {
+		if args := c.Args; args != nil {
+			c.Args = func(cmd *cobra.Command, a []string) error {
+				if err := args(cmd, a); err != nil {
+					return ExitError{Code: 2, Err: err}
+				}
+				return nil
+			}
+		}
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+	}
+	walk(root)
+	// Every duration flag is a timeout or a wait: zero or less would give up
+	// at once and blame whatever it was waiting for.
+	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
+		var err error
+		cmd.Flags().VisitAll(func(f *pflag.Flag) {
+			if d, ok := f.Value.(interface{ Type() string }); ok && d.Type() == "duration" && err == nil {
+				if v, perr := time.ParseDuration(f.Value.String()); perr == nil && v <= 0 {
+					err = usageError("--%s %s: must be a positive duration such as %s", f.Name, f.Value, f.DefValue)
+				}
+			}
+		})
+		return err
+	}
 }
 
 // load reads the configuration, with flags laid over everything else.

@@ -231,14 +231,25 @@ const maxAttributeBytes = 1024
 // SQLite must behave the same.
 func validAttributes(m runtime.Metadata) error {
 	for _, a := range []struct{ name, value string }{{HeaderID, m.ID}, {HeaderSource, m.Source}, {HeaderType, m.Type}} {
-		switch {
-		case !utf8.ValidString(a.value):
-			return fmt.Errorf("malformed event: %s is not valid UTF-8 (%q)", a.name, boundText(a.value, 128))
-		case strings.ContainsRune(a.value, 0):
-			return fmt.Errorf("malformed event: %s holds a NUL byte (%q)", a.name, boundText(a.value, 128))
-		case len(a.value) > maxAttributeBytes:
-			return fmt.Errorf("malformed event: %s is %d bytes, at most %d are allowed", a.name, len(a.value), maxAttributeBytes)
+		if err := ValidateAttribute(a.name, a.value); err != nil {
+			return fmt.Errorf("malformed event: %w", err)
 		}
+	}
+	return nil
+}
+
+// ValidateAttribute checks a CloudEvents attribute (ce_id, ce_source,
+// ce_type) as the runtime does before it handles an event: one it refuses
+// makes the event malformed, dead-lettered at once. A producer (the CLI)
+// checks its own with it before sending.
+func ValidateAttribute(name, value string) error {
+	switch {
+	case !utf8.ValidString(value):
+		return fmt.Errorf("%s is not valid UTF-8 (%q)", name, boundText(value, 128))
+	case strings.ContainsRune(value, 0):
+		return fmt.Errorf("%s holds a NUL byte (%q)", name, boundText(value, 128))
+	case len(value) > maxAttributeBytes:
+		return fmt.Errorf("%s is %d bytes, at most %d are allowed", name, len(value), maxAttributeBytes)
 	}
 	return nil
 }
