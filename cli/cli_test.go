@@ -33,6 +33,8 @@ func TestBadInputIsRefusedBeforeKafka(t *testing.T) {
 		// Exit 1 before, as if the work had failed.
 		{"mistyped flag", []string{"dlq", "list", "--sinse", "2h"}, env, "unknown flag: --sinse"},
 		{"unknown command", []string{"pubish", "order.placed", "{}"}, env, `unknown command "pubish"`},
+		{"unknown help topic", []string{"help", "nosuch"}, env, `no help topic "nosuch"`},
+		{"completion with an extra argument", []string{"completion", "bash", "extra"}, env, "unknown command"},
 		// It gave up at once and blamed the database or the broker.
 		{"zero timeout", []string{"dlq", "list", "--timeout", "0s"}, env, "--timeout 0s: must be a positive duration"},
 		{"negative quiet", []string{"publish", "order.placed", order, "--wait", "--quiet", "-1s"}, env, "--quiet -1s: must be a positive duration"},

@@ -303,8 +303,11 @@ func printable(s string, lines bool) bool {
 	if !utf8.ValidString(s) {
 		return false
 	}
-	for _, r := range s {
-		if !unicode.IsPrint(r) && !(lines && (r == '\n' || r == '\t' || r == '\r')) {
+	for i, r := range s {
+		// A carriage return only ends a line (CRLF): alone, it would send
+		// the terminal back over what was printed.
+		crlf := r == '\r' && strings.HasPrefix(s[i+1:], "\n")
+		if !unicode.IsPrint(r) && !(lines && (r == '\n' || r == '\t' || crlf)) {
 			return false
 		}
 	}

@@ -27,6 +27,12 @@ func TestOddBytesCannotBreakTheDLQOutput(t *testing.T) {
 	if got := text([]byte("{\n\t\"a\": 1\n}")); got != "{\n\t\"a\": 1\n}" {
 		t.Errorf("a JSON payload with lines was changed: %q", got)
 	}
+	if got := text([]byte("{\r\n\"a\": 1\r\n}")); got != "{\r\n\"a\": 1\r\n}" {
+		t.Errorf("a payload with CRLF lines was changed: %q", got)
+	}
+	if got := text([]byte("paid\rrefunded")); strings.Contains(got, "\r") {
+		t.Errorf("a payload whose lone carriage return overwrites the line printed raw: %q", got)
+	}
 	if got := text([]byte("\x1b]0;title\x07")); unsafe(got) || strings.ContainsRune(got, '\x07') {
 		t.Errorf("a payload with terminal escapes printed raw: %q", got)
 	}
