@@ -367,7 +367,7 @@ func (m *committer) one(batchCtx context.Context, t sharedTxn, c *call) (res cal
 	if !claimed {
 		return callResult{}, nil, nil
 	}
-	g := &guardedTx{sqlExecutor: t, read: m.db.Read}
+	g := newGuardedTx(t, m.db.Read, c.ctx)
 	work, panicked, err := callFn(c, g)
 	if panicked != nil {
 		// Uncaught here, it would end the process: nothing above the
@@ -476,23 +476,54 @@ func commitContext(batchCtx context.Context, calls []*call) (context.Context, co
 // ended, its statements fail with sql.ErrTxDone instead of running in the
 // next call's part of the transaction.
 //
-// A statement runs under its context's deadline but not its cancellation
-// (statementContext): a caller that gives up in the middle of one (a client
-// gone) would otherwise have SQLite interrupt it, which rolls the whole
-// shared transaction back, or pgx drop the connection, and every other call
-// of the batch would run again alone, more work just when clients time out
-// under overload. The statement finishes; the call then fails with its
-// context's error and is undone alone (one).
+// A statement does not stop when the call's caller gives up (the call's
+// context is cancelled: a client gone): SQLite would interrupt it, which
+// rolls the whole shared transaction back, or pgx would drop the
+// connection, and every other call of the batch would run again alone,
+// more work just when clients time out under overload. The statement
+// finishes; the call then fails with its context's error and is undone
+// alone (one). Deadlines still stop statements (a runaway query must
+// stop), and so does a cancellation of the handler's own (a context it
+// derived to give up on a query).
 type guardedTx struct {
 	sqlExecutor
 	// read serves the *sql.Row of a QueryRowContext after the end.
 	read  *sql.DB
 	mu    sync.RWMutex
 	ended bool
-	// stops end the contexts of the call's queries with a deadline, whose
-	// rows outlive the statement, at the call's end.
-	stopsMu sync.Mutex
-	stops   []context.CancelFunc
+	// call is the call's context; base is it without its cancellation,
+	// with its deadline: the context of statements given call (or a
+	// context that ends with it), cancelled at the call's end.
+	call     context.Context
+	base     context.Context
+	stopBase context.CancelFunc
+	// derived are the statement contexts of the contexts the handler
+	// derived (keyed by them), made once each, so that a call of many
+	// statements keeps one per context, not one per statement; stopped at
+	// the call's end, or once their context is done.
+	derivedMu sync.Mutex
+	derived   map[context.Context]derivedContext
+}
+
+// derivedContext is the statement context of a context the handler derived.
+type derivedContext struct {
+	ctx  context.Context
+	stop func()
+}
+
+func newGuardedTx(t sqlExecutor, read *sql.DB, call context.Context) *guardedTx {
+	g := &guardedTx{sqlExecutor: t, read: read, call: call}
+	g.base, g.stopBase = withoutCancel(call)
+	return g
+}
+
+// withoutCancel is ctx without its cancellation, with its deadline.
+func withoutCancel(ctx context.Context) (context.Context, context.CancelFunc) {
+	kept := context.WithoutCancel(ctx)
+	if d, ok := ctx.Deadline(); ok {
+		return context.WithDeadline(kept, d)
+	}
+	return context.WithCancel(kept)
 }
 
 // end ends the call's use of the transaction, unless a statement of it is
@@ -511,26 +542,52 @@ func (g *guardedTx) end() bool {
 	return true
 }
 
-// finish marks the call ended and ends its queries' contexts; the caller
-// holds g.mu.
+// finish marks the call ended and ends its statements' contexts; the
+// caller holds g.mu.
 func (g *guardedTx) finish() {
 	g.ended = true
-	g.stopsMu.Lock()
-	stops := g.stops
-	g.stops = nil
-	g.stopsMu.Unlock()
-	for _, stop := range stops {
-		stop()
+	g.stopBase()
+	g.derivedMu.Lock()
+	for _, d := range g.derived {
+		d.stop()
 	}
+	g.derived = nil
+	g.derivedMu.Unlock()
 }
 
-// statementContext is ctx without its cancellation, with its deadline.
-func statementContext(ctx context.Context) (context.Context, context.CancelFunc) {
-	kept := context.WithoutCancel(ctx)
-	if d, ok := ctx.Deadline(); ok {
-		return context.WithDeadline(kept, d)
+// statementContext is the context a statement given ctx runs under: base
+// when ctx ends with the call; else ctx without the call's cancellation.
+func (g *guardedTx) statementContext(ctx context.Context) context.Context {
+	if ctx.Done() == g.call.Done() {
+		return g.base // the call's context, or one that adds values only
 	}
-	return kept, func() {}
+	g.derivedMu.Lock()
+	defer g.derivedMu.Unlock()
+	if d, ok := g.derived[ctx]; ok {
+		return d.ctx
+	}
+	if g.derived == nil {
+		g.derived = map[context.Context]derivedContext{}
+	}
+	if n := len(g.derived); n >= 64 && n&(n-1) == 0 {
+		// A context per statement (a timeout each): forget those done.
+		for k, d := range g.derived {
+			if k.Err() != nil {
+				d.stop()
+				delete(g.derived, k)
+			}
+		}
+	}
+	sctx, cancel := withoutCancel(ctx)
+	// The handler's own cancellation stops the statement; its caller's
+	// giving up, which cancels ctx too, does not.
+	stopAfter := context.AfterFunc(ctx, func() {
+		if g.call.Err() == nil {
+			cancel()
+		}
+	})
+	g.derived[ctx] = derivedContext{ctx: sctx, stop: func() { stopAfter(); cancel() }}
+	return sctx
 }
 
 func (g *guardedTx) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
@@ -542,19 +599,7 @@ func (g *guardedTx) ExecContext(ctx context.Context, query string, args ...any) 
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	sctx, stop := statementContext(ctx)
-	defer stop()
-	return g.sqlExecutor.ExecContext(sctx, query, args...)
-}
-
-// queryContext is statementContext for a query, whose rows read under its
-// context after the statement returns: it ends with the call.
-func (g *guardedTx) queryContext(ctx context.Context) context.Context {
-	sctx, stop := statementContext(ctx)
-	g.stopsMu.Lock()
-	g.stops = append(g.stops, stop)
-	g.stopsMu.Unlock()
-	return sctx
+	return g.sqlExecutor.ExecContext(g.statementContext(ctx), query, args...)
 }
 
 func (g *guardedTx) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
@@ -566,7 +611,7 @@ func (g *guardedTx) QueryContext(ctx context.Context, query string, args ...any)
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	return g.sqlExecutor.QueryContext(g.queryContext(ctx), query, args...)
+	return g.sqlExecutor.QueryContext(g.statementContext(ctx), query, args...)
 }
 
 // QueryRowContext after the call ended goes to the read pool with a
@@ -582,5 +627,5 @@ func (g *guardedTx) QueryRowContext(ctx context.Context, query string, args ...a
 		cancel()
 		return g.read.QueryRowContext(done, query, args...)
 	}
-	return g.sqlExecutor.QueryRowContext(g.queryContext(ctx), query, args...)
+	return g.sqlExecutor.QueryRowContext(g.statementContext(ctx), query, args...)
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -105,7 +106,8 @@ func (o *Outbox) handle(tx sqlExecutor, cause runtime.Metadata, source string, a
 	if err := runtime.ValidateCorrelationID(cause.CorrelationID); err != nil {
 		return nil, runtime.Permanent(err)
 	}
-	return &txHandle{sqlExecutor: tx, cause: cause, source: source, allowed: allowed, kafka: o.kafka}, nil
+	return &txHandle{sqlExecutor: tx, cause: cause, source: source, allowed: allowed, kafka: o.kafka,
+		endsOnCancel: o.db.Driver == store.Postgres}, nil
 }
 
 // txHandle is runtime.Tx: the SQL transaction plus an Emit that writes to the outbox.
@@ -133,6 +135,23 @@ type txHandle struct {
 	// chainStarted is the HeaderChainStarted of the event being handled;
 	// empty outside handlers, where each emitted event starts its chain.
 	chainStarted string
+	// endedStmt is, on PostgreSQL (endsOnCancel), the first error of a
+	// statement whose context ended while it ran (a timeout or a
+	// cancellation of the handler's own): pgx then ends the connection,
+	// and the transaction with it. The call fails with it even if the
+	// handler went on: left to the commit, the lost connection looked like
+	// a database outage, retried without end.
+	endsOnCancel bool
+	endedStmt    atomic.Pointer[error]
+}
+
+// note records err if it is a statement's context ending on PostgreSQL
+// (see endedStmt), and returns it.
+func (t *txHandle) note(err error) error {
+	if err != nil && t.endsOnCancel && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
+		t.endedStmt.CompareAndSwap(nil, &err)
+	}
+	return err
 }
 
 var _ runtime.Tx = (*txHandle)(nil)
@@ -250,7 +269,8 @@ func (t *txHandle) ExecContext(ctx context.Context, query string, args ...any) (
 	if err := t.flush(ctx); err != nil {
 		return nil, err
 	}
-	return t.sqlExecutor.ExecContext(ctx, query, args...)
+	res, err := t.sqlExecutor.ExecContext(ctx, query, args...)
+	return res, t.note(err)
 }
 
 // QueryContext's rows call the handler's Scanners under a recover
@@ -261,9 +281,9 @@ func (t *txHandle) QueryContext(ctx context.Context, query string, args ...any) 
 	}
 	rows, err := t.sqlExecutor.QueryContext(ctx, query, args...)
 	if err != nil {
-		return nil, err
+		return nil, t.note(err)
 	}
-	return guardedRows{rows}, nil
+	return guardedRows{Rows: rows, note: t.note}, nil
 }
 
 // QueryRowContext does not run the query when what was queued failed: its
@@ -271,9 +291,9 @@ func (t *txHandle) QueryContext(ctx context.Context, query string, args ...any) 
 // same.
 func (t *txHandle) QueryRowContext(ctx context.Context, query string, args ...any) runtime.Row {
 	if err := t.flush(ctx); err != nil {
-		return guardedRow{err: err}
+		return guardedRow{err: err, note: t.note}
 	}
-	return guardedRow{row: t.sqlExecutor.QueryRowContext(ctx, query, args...)}
+	return guardedRow{row: t.sqlExecutor.QueryRowContext(ctx, query, args...), note: t.note}
 }
 
 // failed is the error of a call whose handler returned err. A failure of
@@ -296,6 +316,9 @@ func (t *txHandle) done() (toCommit, error) {
 	}
 	if t.emitErr != nil {
 		return toCommit{}, fmt.Errorf("%w (the handler went on and returned nil; nothing of the call was committed)", t.emitErr)
+	}
+	if p := t.endedStmt.Load(); p != nil {
+		return toCommit{}, fmt.Errorf("a statement of the call ended with its context (%w), which on PostgreSQL ends the transaction's connection; the handler went on and returned nil, but nothing of the call was committed", *p)
 	}
 	return toCommit{stmts: t.queued, rows: t.staged}, nil
 }

@@ -169,21 +169,37 @@ func (t *sqlTx) QueryRowContext(ctx context.Context, query string, args ...any) 
 
 // guardedRows is the runtime.Rows a handler reads: Scan calls its Scanners
 // under a recover, so one that panics leaves database/sql's lock released
-// and panics in the handler's own code.
-type guardedRows struct{ *sql.Rows }
+// and panics in the handler's own code. note hears every error it returns
+// (txHandle.note).
+type guardedRows struct {
+	*sql.Rows
+	note func(error) error
+}
 
 func (r guardedRows) Scan(dest ...any) error {
 	var p userPanic
 	err := r.Rows.Scan(guardDests(dest, &p)...)
 	p.raise()
-	return err
+	return r.note(err)
 }
+
+func (r guardedRows) Next() bool {
+	if r.Rows.Next() {
+		return true
+	}
+	_ = r.note(r.Rows.Err())
+	return false
+}
+
+func (r guardedRows) Err() error   { return r.note(r.Rows.Err()) }
+func (r guardedRows) Close() error { return r.note(r.Rows.Close()) }
 
 // guardedRow is the runtime.Row a handler scans, guarded as guardedRows.
 // err, when set, is what the query never ran for.
 type guardedRow struct {
-	row *sql.Row
-	err error
+	row  *sql.Row
+	err  error
+	note func(error) error
 }
 
 func (r guardedRow) Scan(dest ...any) error {
@@ -193,12 +209,12 @@ func (r guardedRow) Scan(dest ...any) error {
 	var p userPanic
 	err := r.row.Scan(guardDests(dest, &p)...)
 	p.raise()
-	return err
+	return r.note(err)
 }
 
 func (r guardedRow) Err() error {
 	if r.err != nil {
 		return r.err
 	}
-	return r.row.Err()
+	return r.note(r.row.Err())
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/eventfn/eventfn/configs"
 	"github.com/eventfn/eventfn/router"
 	"github.com/eventfn/eventfn/runtime"
 	"github.com/eventfn/eventfn/store"
@@ -412,5 +413,62 @@ func TestAScannerThatPanicsInTheHandlersOwnScanFailsOnlyItsCall(t *testing.T) {
 	}
 	if got := textRows(t, tr, `SELECT event_id FROM eventfn_inbox WHERE handler = 'scanned'`); len(got) != 1 || got[0] != "3" {
 		t.Fatalf("committed statements of calls %v, want only call 3's", got)
+	}
+}
+
+// TestAHandlersOwnCancellationStopsItsQuery: a handler that gives up on a
+// slow, optional query by cancelling a context of its own gets the query
+// back with context.Canceled. In a shared transaction statements ignore the
+// cancellation of the call's context (its caller giving up must not
+// interrupt the transaction of the calls beside it): that ignored the
+// handler's own too, and the query ran on to the call's deadline, the call
+// dead-lettered. On SQLite the handler then goes on and commits. On
+// PostgreSQL the cancelled statement ends the transaction's connection: the
+// call fails, saying so, where the lost connection looked like a database
+// outage, retried without end.
+func TestAHandlersOwnCancellationStopsItsQuery(t *testing.T) {
+	for _, maxBatch := range []int{1, 4} {
+		t.Run(fmt.Sprint("MaxBatch ", maxBatch), func(t *testing.T) {
+			var queryErr atomic.Pointer[error]
+			slowQuery := `WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 2000000000) SELECT COUNT(*) FROM c`
+			h := runtime.NewHandler("self-cancel", func(ctx context.Context, tx runtime.Tx, ev probe) error {
+				qctx, cancel := context.WithCancel(ctx)
+				defer cancel()
+				// The handler's own decision to stop waiting, not a synchronisation.
+				stop := time.AfterFunc(200*time.Millisecond, cancel)
+				defer stop.Stop()
+				rows, err := tx.QueryContext(qctx, slowQuery)
+				if err == nil {
+					for rows.Next() {
+					}
+					err = errors.Join(rows.Err(), rows.Close())
+				}
+				queryErr.CompareAndSwap(nil, &err)
+				if err != nil && !errors.Is(err, context.Canceled) {
+					return err
+				}
+				return tx.Emit(ctx, probed(ev))
+			}, runtime.WithPolicy(runtime.Policy{MaxRetries: -1, Timeout: 20 * time.Second, MaxBatch: maxBatch}), runtime.Emits(probed{}))
+			tr := startRuntime(t, func(c *configs.Config) {
+				if strings.HasPrefix(c.Database.URL, "postgres") {
+					slowQuery = `SELECT pg_sleep(60)`
+				}
+			}, h)
+			tr.emit(t, probe{N: 1})
+			if tr.db.Driver == store.Postgres {
+				dead := tr.records(t, tr.cfg.Kafka.DeadLetterTopic, 1)
+				if reason := chainHeader(dead[0], "reason_poisoned"); !strings.Contains(reason, "ends the transaction's connection") {
+					t.Errorf("dead letter's reason %q, want the cancelled statement named", reason)
+				}
+			} else {
+				tr.records(t, "probe.handled", 1)
+				if n := countRecords(t, tr, tr.cfg.Kafka.DeadLetterTopic); n != 0 {
+					t.Errorf("%d dead letters", n)
+				}
+			}
+			if err := *queryErr.Load(); !errors.Is(err, context.Canceled) {
+				t.Errorf("the query the handler cancelled answered %v, want context.Canceled", err)
+			}
+		})
 	}
 }

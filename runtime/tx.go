@@ -13,6 +13,11 @@ import (
 //
 // Queries use PostgreSQL-style placeholders ($1, $2, ...), which both PostgreSQL and
 // SQLite accept, so one handler runs unchanged on either database.
+//
+// A statement whose context ends while it runs (a timeout or cancellation of
+// the handler's own) stops. On PostgreSQL that ends the transaction: the call
+// fails even if the handler goes on and returns nil. On SQLite a cancelled
+// query leaves the transaction usable.
 type Tx interface {
 	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
 	QueryContext(ctx context.Context, query string, args ...any) (Rows, error)
