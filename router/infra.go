@@ -151,7 +151,7 @@ func classifyFailure(db pinger, err error) error {
 	if err == nil || runtime.IsPermanent(err) || isInfra(err) {
 		return err
 	}
-	if databaseUnavailable(err) {
+	if databaseUnavailable(err) && !endedWithItsContext(err) {
 		return infraError{err}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -160,6 +160,16 @@ func classifyFailure(db pinger, err error) error {
 		return infraError{fmt.Errorf("%w (and the database does not answer: %v)", err, perr)}
 	}
 	return err
+}
+
+// endedWithItsContext says that err is a statement's context ending (a
+// timeout, waiting for a lock, say, or a cancellation of the handler's
+// own), which pgx reports as a timeout and safe to retry: the call's
+// trouble, which uses up a retry, unless the database does not answer
+// either (classifyFailure pings it). Left to databaseUnavailable alone, it
+// was an outage, retried without end and without a dead letter.
+func endedWithItsContext(err error) bool {
+	return pgconn.Timeout(err) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)
 }
 
 type pinger interface {

@@ -106,8 +106,7 @@ func (o *Outbox) handle(tx sqlExecutor, cause runtime.Metadata, source string, a
 	if err := runtime.ValidateCorrelationID(cause.CorrelationID); err != nil {
 		return nil, runtime.Permanent(err)
 	}
-	return &txHandle{sqlExecutor: tx, cause: cause, source: source, allowed: allowed, kafka: o.kafka,
-		endsOnCancel: o.db.Driver == store.Postgres}, nil
+	return &txHandle{sqlExecutor: tx, cause: cause, source: source, allowed: allowed, kafka: o.kafka}, nil
 }
 
 // txHandle is runtime.Tx: the SQL transaction plus an Emit that writes to the outbox.
@@ -135,23 +134,48 @@ type txHandle struct {
 	// chainStarted is the HeaderChainStarted of the event being handled;
 	// empty outside handlers, where each emitted event starts its chain.
 	chainStarted string
-	// endedStmt is, on PostgreSQL (endsOnCancel), the first error of a
-	// statement whose context ended while it ran (a timeout or a
-	// cancellation of the handler's own): pgx then ends the connection,
-	// and the transaction with it. The call fails with it even if the
-	// handler went on: left to the commit, the lost connection looked like
-	// a database outage, retried without end.
-	endsOnCancel bool
-	endedStmt    atomic.Pointer[error]
+	// ended is the first error of a statement that ended with its context
+	// while it ran (a timeout or a cancellation of the handler's own). That
+	// ends the transaction: on PostgreSQL pgx closes the connection, on
+	// SQLite an interrupted write rolls the whole transaction back and the
+	// statements after it would commit one by one, outside it. So every
+	// later statement of the call is refused, and the call fails even if
+	// the handler goes on and returns nil (left to the commit, a closed
+	// connection looked like a database outage, retried without end).
+	ended atomic.Pointer[error]
 }
 
-// note records err if it is a statement's context ending on PostgreSQL
-// (see endedStmt), and returns it.
-func (t *txHandle) note(err error) error {
-	if err != nil && t.endsOnCancel && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
-		t.endedStmt.CompareAndSwap(nil, &err)
+// note records err if it is a statement's context ending (see ended), and
+// returns it. A statement whose context ended before it was sent never
+// gets here (refused).
+func (t *txHandle) note(ctx context.Context, err error) error {
+	if err == nil {
+		return nil
+	}
+	// A failure once the context has ended is taken for its end, whatever
+	// the driver made of it (database/sql reports a context that ended as
+	// pgx began as a bad connection, and closes it). No row is an answer.
+	if !errors.Is(err, sql.ErrNoRows) && (ctx.Err() != nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
+		t.ended.CompareAndSwap(nil, &err)
 	}
 	return err
+}
+
+// refused is why a statement given ctx may not run, or nil: its context has
+// ended (then nothing is sent, and the transaction stays as it is), or an
+// earlier statement ended the transaction.
+func (t *txHandle) refused(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if p := t.ended.Load(); p != nil {
+		return endedError(*p)
+	}
+	return nil
+}
+
+func endedError(err error) error {
+	return fmt.Errorf("a statement of the call ended with its context (%w), which ends the transaction (on PostgreSQL its connection; on SQLite an interrupted write rolls it back): nothing of the call is committed", err)
 }
 
 var _ runtime.Tx = (*txHandle)(nil)
@@ -266,34 +290,43 @@ func (t *txHandle) flush(ctx context.Context) error {
 }
 
 func (t *txHandle) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	if err := t.refused(ctx); err != nil {
+		return nil, err
+	}
 	if err := t.flush(ctx); err != nil {
 		return nil, err
 	}
 	res, err := t.sqlExecutor.ExecContext(ctx, query, args...)
-	return res, t.note(err)
+	return res, t.note(ctx, err)
 }
 
 // QueryContext's rows call the handler's Scanners under a recover
 // (guardedRows, panicsafe.go).
 func (t *txHandle) QueryContext(ctx context.Context, query string, args ...any) (runtime.Rows, error) {
+	if err := t.refused(ctx); err != nil {
+		return nil, err
+	}
 	if err := t.flush(ctx); err != nil {
 		return nil, err
 	}
 	rows, err := t.sqlExecutor.QueryContext(ctx, query, args...)
 	if err != nil {
-		return nil, t.note(err)
+		return nil, t.note(ctx, err)
 	}
-	return guardedRows{Rows: rows, note: t.note}, nil
+	return &guardedRows{Rows: rows, ctx: ctx, note: t.note}, nil
 }
 
 // QueryRowContext does not run the query when what was queued failed: its
 // Row reports that failure, and the call fails with it at its end all the
 // same.
 func (t *txHandle) QueryRowContext(ctx context.Context, query string, args ...any) runtime.Row {
-	if err := t.flush(ctx); err != nil {
-		return guardedRow{err: err, note: t.note}
+	if err := t.refused(ctx); err != nil {
+		return guardedRow{err: err}
 	}
-	return guardedRow{row: t.sqlExecutor.QueryRowContext(ctx, query, args...), note: t.note}
+	if err := t.flush(ctx); err != nil {
+		return guardedRow{err: err}
+	}
+	return guardedRow{row: t.sqlExecutor.QueryRowContext(ctx, query, args...), ctx: ctx, note: t.note}
 }
 
 // failed is the error of a call whose handler returned err. A failure of
@@ -317,8 +350,8 @@ func (t *txHandle) done() (toCommit, error) {
 	if t.emitErr != nil {
 		return toCommit{}, fmt.Errorf("%w (the handler went on and returned nil; nothing of the call was committed)", t.emitErr)
 	}
-	if p := t.endedStmt.Load(); p != nil {
-		return toCommit{}, fmt.Errorf("a statement of the call ended with its context (%w), which on PostgreSQL ends the transaction's connection; the handler went on and returned nil, but nothing of the call was committed", *p)
+	if p := t.ended.Load(); p != nil {
+		return toCommit{}, fmt.Errorf("%w; the handler went on and returned nil", endedError(*p))
 	}
 	return toCommit{stmts: t.queued, rows: t.staged}, nil
 }

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"errors"
+	"fmt"
 	"reflect"
 	"slices"
 )
@@ -170,36 +171,51 @@ func (t *sqlTx) QueryRowContext(ctx context.Context, query string, args ...any) 
 // guardedRows is the runtime.Rows a handler reads: Scan calls its Scanners
 // under a recover, so one that panics leaves database/sql's lock released
 // and panics in the handler's own code. note hears every error it returns
-// (txHandle.note).
+// (txHandle.note), and that its context ended while it was being read.
 type guardedRows struct {
 	*sql.Rows
-	note func(error) error
+	ctx  context.Context
+	note func(ctx context.Context, err error) error
+	// read says Next reported the end: the statement had finished.
+	read bool
 }
 
-func (r guardedRows) Scan(dest ...any) error {
+func (r *guardedRows) Scan(dest ...any) error {
 	var p userPanic
 	err := r.Rows.Scan(guardDests(dest, &p)...)
 	p.raise()
-	return r.note(err)
+	return r.note(r.ctx, err)
 }
 
-func (r guardedRows) Next() bool {
+func (r *guardedRows) Next() bool {
 	if r.Rows.Next() {
 		return true
 	}
-	_ = r.note(r.Rows.Err())
+	r.read = true
+	_ = r.note(r.ctx, r.Rows.Err())
 	return false
 }
 
-func (r guardedRows) Err() error   { return r.note(r.Rows.Err()) }
-func (r guardedRows) Close() error { return r.note(r.Rows.Close()) }
+func (r *guardedRows) Err() error { return r.note(r.ctx, r.Rows.Err()) }
+
+// Close of rows not read to their end whose context has ended says so:
+// database/sql may have closed them itself, or pgx drops the connection as
+// it reads the rest, and either way Close can answer nil.
+func (r *guardedRows) Close() error {
+	err := r.Rows.Close()
+	if cerr := r.ctx.Err(); !r.read && cerr != nil {
+		_ = r.note(r.ctx, fmt.Errorf("rows closed after their context ended, before their end: %w", cerr))
+	}
+	return r.note(r.ctx, err)
+}
 
 // guardedRow is the runtime.Row a handler scans, guarded as guardedRows.
 // err, when set, is what the query never ran for.
 type guardedRow struct {
 	row  *sql.Row
 	err  error
-	note func(error) error
+	ctx  context.Context
+	note func(ctx context.Context, err error) error
 }
 
 func (r guardedRow) Scan(dest ...any) error {
@@ -209,12 +225,12 @@ func (r guardedRow) Scan(dest ...any) error {
 	var p userPanic
 	err := r.row.Scan(guardDests(dest, &p)...)
 	p.raise()
-	return r.note(err)
+	return r.note(r.ctx, err)
 }
 
 func (r guardedRow) Err() error {
 	if r.err != nil {
 		return r.err
 	}
-	return r.note(r.row.Err())
+	return r.note(r.ctx, r.row.Err())
 }

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/stdlib"
 
 	"github.com/eventfn/eventfn/router/relay"
@@ -673,7 +672,7 @@ func queuedError(i int, stmts []runtime.Statement, err error) error {
 		}
 	}
 	err = fmt.Errorf("queued statement %d of %d (%s): %w", i+1, len(stmts), statementText(stmts[i].Query), err)
-	if databaseUnavailable(err) && !pgconn.Timeout(err) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
+	if databaseUnavailable(err) && !endedWithItsContext(err) {
 		return infraError{err}
 	}
 	return err

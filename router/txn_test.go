@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/eventfn/eventfn/configs"
 	"github.com/eventfn/eventfn/router"
 	"github.com/eventfn/eventfn/runtime"
 	"github.com/eventfn/eventfn/store"
@@ -416,59 +415,142 @@ func TestAScannerThatPanicsInTheHandlersOwnScanFailsOnlyItsCall(t *testing.T) {
 	}
 }
 
-// TestAHandlersOwnCancellationStopsItsQuery: a handler that gives up on a
-// slow, optional query by cancelling a context of its own gets the query
-// back with context.Canceled. In a shared transaction statements ignore the
-// cancellation of the call's context (its caller giving up must not
-// interrupt the transaction of the calls beside it): that ignored the
-// handler's own too, and the query ran on to the call's deadline, the call
-// dead-lettered. On SQLite the handler then goes on and commits. On
-// PostgreSQL the cancelled statement ends the transaction's connection: the
-// call fails, saying so, where the lost connection looked like a database
-// outage, retried without end.
-func TestAHandlersOwnCancellationStopsItsQuery(t *testing.T) {
-	for _, maxBatch := range []int{1, 4} {
-		t.Run(fmt.Sprint("MaxBatch ", maxBatch), func(t *testing.T) {
-			var queryErr atomic.Pointer[error]
-			slowQuery := `WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 2000000000) SELECT COUNT(*) FROM c`
-			h := runtime.NewHandler("self-cancel", func(ctx context.Context, tx runtime.Tx, ev probe) error {
-				qctx, cancel := context.WithCancel(ctx)
-				defer cancel()
-				// The handler's own decision to stop waiting, not a synchronisation.
-				stop := time.AfterFunc(200*time.Millisecond, cancel)
-				defer stop.Stop()
-				rows, err := tx.QueryContext(qctx, slowQuery)
-				if err == nil {
-					for rows.Next() {
+// slowStatements are, per engine, a query that runs for a minute and a
+// write that does, for a handler to give up on.
+func slowStatements(tr *testRuntime) (query, write string) {
+	if tr.db.Driver == store.Postgres {
+		return `SELECT pg_sleep(60)::text`, `INSERT INTO ended_rows (n) SELECT 0 FROM pg_sleep(60)`
+	}
+	count := `WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 2000000000) SELECT COUNT(*) FROM c`
+	return `SELECT CAST((` + count + `) AS TEXT)`, `INSERT INTO ended_rows (n) ` + count
+}
+
+// TestAStatementWhoseContextEndsEndsTheCall: a handler's statement whose
+// context ends while it runs (a timeout or a cancellation of the handler's
+// own) stops, and ends the call's transaction: on PostgreSQL pgx closes the
+// connection, on SQLite an interrupted write rolls the transaction back.
+// The call then fails, even if the handler goes on: its retries are used up
+// and it is dead-lettered. Before:
+//   - in a shared transaction (MaxBatch > 1) a handler's own cancellation
+//     was ignored, and the statement ran to the call's deadline;
+//   - on PostgreSQL the commit then met a closed connection, or a timeout
+//     pgx calls safe to retry, and both looked like a database outage:
+//     retried without end, the key held, /readyz failing;
+//   - on SQLite the writes after an interrupted write ran outside any
+//     transaction and committed alone, once per attempt;
+//   - a statement whose context had ended before it began closed the
+//     PostgreSQL connection (database/sql's answer to pgx refusing it) and
+//     the call waited as an outage; it is refused with nothing sent, and
+//     the call goes on.
+func TestAStatementWhoseContextEndsEndsTheCall(t *testing.T) {
+	type how int
+	const (
+		cancelQuery how = iota
+		timeOutQuery
+		timeOutWrite
+		readRowsThenCancel
+		endedBefore
+	)
+	cases := []struct {
+		name string
+		how  how
+		// returns says the handler returns the statement's error; else it
+		// goes on without the statement's result.
+		returns bool
+		// commits: the call commits (nothing was sent); else it is
+		// dead-lettered after its retries.
+		commits bool
+	}{
+		{"a query it cancels, going on", cancelQuery, false, false},
+		{"a query that times out, going on", timeOutQuery, false, false},
+		{"a query that times out, returning the error", timeOutQuery, true, false},
+		{"a write that times out, then a write on the call's context", timeOutWrite, false, false},
+		{"rows it stops reading midway", readRowsThenCancel, false, false},
+		{"a statement whose context had ended", endedBefore, false, true},
+	}
+	for _, c := range cases {
+		for _, maxBatch := range []int{1, 4} {
+			t.Run(fmt.Sprintf("%s, MaxBatch %d", c.name, maxBatch), func(t *testing.T) {
+				var calls atomic.Int32
+				var tr *testRuntime
+				h := runtime.NewHandler("ender", func(ctx context.Context, tx runtime.Tx, ev probe) error {
+					calls.Add(1)
+					query, write := slowStatements(tr)
+					var err error
+					switch c.how {
+					case cancelQuery:
+						qctx, cancel := context.WithCancel(ctx)
+						defer cancel()
+						// The handler's own decision to stop waiting.
+						stop := time.AfterFunc(100*time.Millisecond, cancel)
+						defer stop.Stop()
+						var s string
+						err = tx.QueryRowContext(qctx, query).Scan(&s)
+					case timeOutQuery:
+						qctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+						defer cancel()
+						var s string
+						err = tx.QueryRowContext(qctx, query).Scan(&s)
+					case timeOutWrite:
+						qctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+						defer cancel()
+						if _, err = tx.ExecContext(qctx, write); err != nil {
+							// The optional write gave up; the mandatory one goes on.
+							_, _ = tx.ExecContext(ctx, `INSERT INTO ended_rows (n) VALUES ($1)`, ev.N)
+						}
+					case readRowsThenCancel:
+						qctx, cancel := context.WithCancel(ctx)
+						defer cancel()
+						rows, qerr := tx.QueryContext(qctx, `WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 50000000) SELECT x FROM c`)
+						if qerr != nil {
+							return qerr
+						}
+						rows.Next() // one row is enough
+						cancel()
+						err = rows.Close()
+					case endedBefore:
+						qctx, cancel := context.WithCancel(ctx)
+						cancel() // its time went on work outside the database
+						_, err = tx.ExecContext(qctx, `INSERT INTO ended_rows (n) VALUES (-1)`)
+						if err == nil {
+							return errors.New("a statement whose context had ended ran")
+						}
+						err = nil
 					}
-					err = errors.Join(rows.Err(), rows.Close())
+					if err != nil && c.returns {
+						return err
+					}
+					return tx.Emit(ctx, probed(ev))
+				}, runtime.WithPolicy(runtime.Policy{MaxRetries: 1, InitialBackoff: time.Millisecond, MaxBackoff: time.Millisecond,
+					Timeout: 20 * time.Second, MaxBatch: maxBatch}), runtime.Emits(probed{}))
+				tr = startRuntime(t, nil, h)
+				if _, err := tr.db.ExecContext(context.Background(), `CREATE TABLE ended_rows (n BIGINT)`); err != nil {
+					t.Fatal(err)
 				}
-				queryErr.CompareAndSwap(nil, &err)
-				if err != nil && !errors.Is(err, context.Canceled) {
-					return err
+				tr.emit(t, probe{N: 1})
+				if c.commits {
+					tr.records(t, "probe.handled", 1)
+					if n := calls.Load(); n != 1 {
+						t.Errorf("%d calls, want 1", n)
+					}
+				} else {
+					dead := tr.records(t, tr.cfg.Kafka.DeadLetterTopic, 1)
+					// The first call, and its one retry (on PostgreSQL a
+					// batched call that fails runs again alone first).
+					if n := calls.Load(); n < 2 || n > 3 {
+						t.Errorf("%d calls, want the first and one retry", n)
+					}
+					if reason := chainHeader(dead[0], "reason_poisoned"); !c.returns && !strings.Contains(reason, "ends the transaction") {
+						t.Errorf("dead letter's reason %q, want the statement that ended the transaction named", reason)
+					}
 				}
-				return tx.Emit(ctx, probed(ev))
-			}, runtime.WithPolicy(runtime.Policy{MaxRetries: -1, Timeout: 20 * time.Second, MaxBatch: maxBatch}), runtime.Emits(probed{}))
-			tr := startRuntime(t, func(c *configs.Config) {
-				if strings.HasPrefix(c.Database.URL, "postgres") {
-					slowQuery = `SELECT pg_sleep(60)`
+				if got := textRows(t, tr, `SELECT CAST(n AS TEXT) FROM ended_rows`); len(got) != 0 {
+					t.Errorf("rows %v committed by calls that did not commit", got)
 				}
-			}, h)
-			tr.emit(t, probe{N: 1})
-			if tr.db.Driver == store.Postgres {
-				dead := tr.records(t, tr.cfg.Kafka.DeadLetterTopic, 1)
-				if reason := chainHeader(dead[0], "reason_poisoned"); !strings.Contains(reason, "ends the transaction's connection") {
-					t.Errorf("dead letter's reason %q, want the cancelled statement named", reason)
+				if err := tr.rt.Ready(context.Background()); err != nil {
+					t.Errorf("not ready: %v", err)
 				}
-			} else {
-				tr.records(t, "probe.handled", 1)
-				if n := countRecords(t, tr, tr.cfg.Kafka.DeadLetterTopic); n != 0 {
-					t.Errorf("%d dead letters", n)
-				}
-			}
-			if err := *queryErr.Load(); !errors.Is(err, context.Canceled) {
-				t.Errorf("the query the handler cancelled answered %v, want context.Canceled", err)
-			}
-		})
+			})
+		}
 	}
 }

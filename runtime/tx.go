@@ -15,9 +15,11 @@ import (
 // SQLite accept, so one handler runs unchanged on either database.
 //
 // A statement whose context ends while it runs (a timeout or cancellation of
-// the handler's own) stops. On PostgreSQL that ends the transaction: the call
-// fails even if the handler goes on and returns nil. On SQLite a cancelled
-// query leaves the transaction usable.
+// the handler's own) stops, and ends the transaction on either database
+// (PostgreSQL loses the connection; SQLite rolls an interrupted write back):
+// the call's later statements are refused, and the call fails even if the
+// handler goes on and returns nil. A statement whose context had ended
+// before it began is refused with that context's error, and sends nothing.
 type Tx interface {
 	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
 	QueryContext(ctx context.Context, query string, args ...any) (Rows, error)
