@@ -289,11 +289,17 @@ func (t *txHandle) flush(ctx context.Context) error {
 	return nil
 }
 
-func (t *txHandle) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+// ready is what a statement of the handler's own needs first: not to be
+// refused, and what was queued before it run.
+func (t *txHandle) ready(ctx context.Context) error {
 	if err := t.refused(ctx); err != nil {
-		return nil, err
+		return err
 	}
-	if err := t.flush(ctx); err != nil {
+	return t.flush(ctx)
+}
+
+func (t *txHandle) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	if err := t.ready(ctx); err != nil {
 		return nil, err
 	}
 	res, err := t.sqlExecutor.ExecContext(ctx, query, args...)
@@ -303,10 +309,7 @@ func (t *txHandle) ExecContext(ctx context.Context, query string, args ...any) (
 // QueryContext's rows call the handler's Scanners under a recover
 // (guardedRows, panicsafe.go).
 func (t *txHandle) QueryContext(ctx context.Context, query string, args ...any) (runtime.Rows, error) {
-	if err := t.refused(ctx); err != nil {
-		return nil, err
-	}
-	if err := t.flush(ctx); err != nil {
+	if err := t.ready(ctx); err != nil {
 		return nil, err
 	}
 	rows, err := t.sqlExecutor.QueryContext(ctx, query, args...)
@@ -320,10 +323,7 @@ func (t *txHandle) QueryContext(ctx context.Context, query string, args ...any) 
 // Row reports that failure, and the call fails with it at its end all the
 // same.
 func (t *txHandle) QueryRowContext(ctx context.Context, query string, args ...any) runtime.Row {
-	if err := t.refused(ctx); err != nil {
-		return guardedRow{err: err}
-	}
-	if err := t.flush(ctx); err != nil {
+	if err := t.ready(ctx); err != nil {
 		return guardedRow{err: err}
 	}
 	return guardedRow{row: t.sqlExecutor.QueryRowContext(ctx, query, args...), ctx: ctx, note: t.note}

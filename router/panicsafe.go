@@ -121,6 +121,16 @@ func guardDests(dests []any, p *userPanic) []any {
 	})
 }
 
+// scanGuarded calls scan (a Rows.Scan or Row.Scan of database/sql's) with
+// dest's Scanners under a recover, and raises a panic of theirs once scan
+// has returned, when database/sql holds no lock.
+func scanGuarded(scan func(dest ...any) error, dest []any) error {
+	var p userPanic
+	err := scan(guardDests(dest, &p)...)
+	p.raise()
+	return err
+}
+
 // valueFirst calls every driver.Valuer of args (also in a sql.NamedArg)
 // once before database/sql does, so that one that panics panics here, on
 // the caller's goroutine, before database/sql holds a lock. It is for
@@ -181,10 +191,7 @@ type guardedRows struct {
 }
 
 func (r *guardedRows) Scan(dest ...any) error {
-	var p userPanic
-	err := r.Rows.Scan(guardDests(dest, &p)...)
-	p.raise()
-	return r.note(r.ctx, err)
+	return r.note(r.ctx, scanGuarded(r.Rows.Scan, dest))
 }
 
 func (r *guardedRows) Next() bool {
@@ -222,10 +229,7 @@ func (r guardedRow) Scan(dest ...any) error {
 	if r.err != nil {
 		return r.err
 	}
-	var p userPanic
-	err := r.row.Scan(guardDests(dest, &p)...)
-	p.raise()
-	return r.note(r.ctx, err)
+	return r.note(r.ctx, scanGuarded(r.row.Scan, dest))
 }
 
 func (r guardedRow) Err() error {

@@ -44,9 +44,7 @@ func (o *Outbox) Write(ctx context.Context, stmts []runtime.Statement, events ..
 					// No row leaves Returning as it was, as on PostgreSQL.
 					// Its Scanners under a recover, as sqlTx's Valuers
 					// (panicsafe.go): a panic in Row.Scan deadlocks there.
-					var p userPanic
-					err = tx.QueryRowContext(ctx, st.Query, st.Args...).Scan(guardDests(st.Returning, &p)...)
-					p.raise()
+					err = scanGuarded(tx.QueryRowContext(ctx, st.Query, st.Args...).Scan, st.Returning)
 					if errors.Is(err, sql.ErrNoRows) {
 						err = nil
 					}
