@@ -333,7 +333,7 @@ func (f *follower) print(ctx context.Context, out io.Writer, timeout, quiet time
 }
 
 // unsettled names the handler runs whose last attempt said they will run
-// again (retrying, waiting for the database) and that were not dead-lettered
+// again (retrying, waiting for the database or a dependency) and that were not dead-lettered
 // since.
 func (c *chain) unsettled() []string {
 	var open []string
@@ -345,7 +345,7 @@ func (c *chain) unsettled() []string {
 			}
 		}
 		for h, r := range last {
-			if r.Outcome == router.RunRetrying || r.Outcome == router.RunWaiting {
+			if r.Outcome == router.RunRetrying || r.Outcome == router.RunWaiting || r.Outcome == router.RunUnavailable {
 				open = append(open, fmt.Sprintf("%s of event %s: %s after attempt %d", h, id, r.Outcome, r.Attempt))
 			}
 		}

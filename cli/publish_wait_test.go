@@ -37,6 +37,8 @@ func TestWaitHoldsTheEndWhileAHandlerWillRunAgain(t *testing.T) {
 	}{
 		{"retrying, nothing after", []*sarama.ConsumerMessage{run(1, router.RunRetrying)}, "timed out after", 3},
 		{"waiting for the database, nothing after", []*sarama.ConsumerMessage{run(1, router.RunWaiting)}, "timed out after", 3},
+		{"waiting for a dependency, nothing after", []*sarama.ConsumerMessage{run(1, router.RunUnavailable)}, "timed out after", 3},
+		{"waiting for a dependency, then ok", []*sarama.ConsumerMessage{run(1, router.RunUnavailable), run(2, router.RunOK)}, "quiet for", 0},
 		{"retrying, then ok", []*sarama.ConsumerMessage{run(1, router.RunRetrying), run(2, router.RunOK)}, "quiet for", 0},
 		{"ok arriving before the retry it follows", []*sarama.ConsumerMessage{run(2, router.RunOK), run(1, router.RunRetrying)}, "quiet for", 0},
 		{"retrying, then dead-lettered", []*sarama.ConsumerMessage{run(1, router.RunRetrying), run(2, router.RunDeadLettered), deadLetter}, "quiet for", 1},

@@ -31,6 +31,11 @@ const (
 	// metaAttempts counts calls of a handler for one delivery; a dead-lettered
 	// event carries it as a header.
 	metaAttempts = "eventfn_attempts"
+	// metaRetries counts the retries of one delivery that a failure used
+	// up: calls that found the database or a dependency unavailable use
+	// none. It lives on the message so that a wait for the database, which
+	// calls the retries' middleware again, does not start them over.
+	metaRetries = "eventfn_retries"
 	// metaOrigin* record where a dead-lettered event was read from.
 	metaOriginTopic     = "eventfn_origin_topic"
 	metaOriginPartition = "eventfn_origin_partition"
@@ -54,6 +59,7 @@ var attributeHeaders = map[string]bool{
 // the record is read again.
 var deliveryBookkeeping = map[string]bool{
 	metaAttempts:                     true,
+	metaRetries:                      true,
 	metaMalformed:                    true,
 	HeaderDeadLetterReason:           true,
 	HeaderDeadLetterHandler:          true,

@@ -51,8 +51,10 @@ type DirectEvent struct {
 
 // DirectResult is what one delivery came to.
 type DirectResult struct {
-	// Err is the final error: nil, permanent, or the last failure once the
-	// retries ran out. The transaction of a failed attempt rolled back.
+	// Err is the final error: nil, permanent, the last failure once the
+	// retries ran out, or a dependency's unavailability that lasted
+	// DirectMaxWaits tries (runtime.IsUnavailable says which). The
+	// transaction of a failed attempt rolled back.
 	Err error
 	// Attempts is how many times the handler was called.
 	Attempts int
@@ -61,6 +63,11 @@ type DirectResult struct {
 	// Emitted are the outbox rows the delivery committed, in order.
 	Emitted []relay.Row
 }
+
+// DirectMaxWaits is how many times in a row Deliver tries a call whose
+// dependency is unavailable before it returns that failure, where the
+// runtime would go on trying.
+const DirectMaxWaits = 100
 
 // Sleeper waits d between retries; a test clock advances instead.
 type Sleeper func(ctx context.Context, d time.Duration) bool
@@ -84,13 +91,22 @@ func (d *Direct) Deliver(ctx context.Context, h runtime.Handler, ev DirectEvent,
 	}
 	chain := message.HandlerFunc(func(msg *message.Message) ([]*message.Message, error) { return nil, inv.handle(msg) })
 	// Innermost last, as the runtime's middlewares: retry, timeout, recovery.
-	retry := retryingWith(backoffSchedule{Initial: p.InitialBackoff, Max: p.MaxBackoff}, p.MaxRetries,
-		func(err error) bool {
+	retry := retryPlan{
+		schedule:   backoffSchedule{Initial: p.InitialBackoff, Max: p.MaxBackoff},
+		maxRetries: p.MaxRetries,
+		shouldRetry: func(err error) bool {
 			// Not once the caller gave up; a handler's own error that wraps
 			// context.Canceled is retried, as in the runtime.
 			return !runtime.IsPermanent(err) && !isInfra(err) && ctx.Err() == nil
 		},
-		sleep, func() float64 { return 0.5 }, d.logger)
+		sleep:   sleep,
+		waitOut: sleep,
+		// The runtime waits out an unavailable dependency for as long as it
+		// takes; a test whose fake stays down would never return.
+		maxWaits: DirectMaxWaits,
+		uniform:  func() float64 { return 0.5 },
+		logger:   d.logger,
+	}.middleware()
 	for _, mw := range []message.HandlerMiddleware{middleware.Recoverer, middleware.Timeout(p.Timeout), counted, retry} {
 		chain = mw(chain)
 	}

@@ -56,7 +56,12 @@ func (i *invoker) handle(msg *message.Message) error {
 	case err == nil:
 	case isInfra(err):
 		r.Outcome = RunWaiting
-	case runtime.IsPermanent(err) || attempt > i.maxRetries:
+	case runtime.IsUnavailable(err):
+		r.Outcome = RunUnavailable
+	case runtime.IsPermanent(err) || retriesUsed(msg) >= i.maxRetries:
+		// The retries' middleware, outside this call, gives up on the
+		// failure after the last retry: calls that waited for the database
+		// or a dependency used none.
 		r.Outcome = RunDeadLettered
 	default:
 		r.Outcome = RunRetrying
@@ -130,22 +135,20 @@ func (i *invoker) attempt(msg *message.Message) (bool, error) {
 	})
 	duplicate := err == nil && !claimed
 	err = classifyFailure(i.outbox.db.Read, err)
-	switch {
-	case err == nil:
-		i.metrics.attempts.WithLabelValues(name, "ok").Inc()
-	case isInfra(err):
-		i.metrics.attempts.WithLabelValues(name, "infrastructure").Inc()
-	case runtime.IsPermanent(err):
-		i.metrics.attempts.WithLabelValues(name, "permanent").Inc()
-	default:
-		i.metrics.attempts.WithLabelValues(name, "error").Inc()
-	}
+	i.metrics.attempts.WithLabelValues(name, handlerResult(err, false)).Inc()
 	i.metrics.ops.observeCall(name, i.handler.Trigger(), msg, start, err, duplicate)
 	if err != nil {
 		span.RecordError(err)
 		span.SetStatus(codes.Error, "handler failed")
-		i.logger.WarnContext(ctx, "handler failed", "handler", name, "event_id", meta.ID,
-			"event_type", meta.Type, "attempt", attempt, "permanent", runtime.IsPermanent(err), "err", boundText(err.Error(), maxHeaderBytes))
+		// A dependency that is down fails every call until it is back; the
+		// handler's outage report tells of it once, and then at a bounded
+		// rate, rather than a line per call.
+		level := slog.LevelWarn
+		if runtime.IsUnavailable(err) {
+			level = slog.LevelDebug
+		}
+		i.logger.Log(ctx, level, "handler failed", "handler", name, "event_id", meta.ID,
+			"event_type", meta.Type, "attempt", attempt, "permanent", runtime.IsPermanent(err), "unavailable", runtime.IsUnavailable(err), "err", boundText(err.Error(), maxHeaderBytes))
 		return false, err
 	}
 	if emitted {

@@ -26,7 +26,7 @@ func newMetrics(reg prometheus.Registerer, outbox *Outbox) (*metrics, error) {
 	m := &metrics{
 		attempts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "eventfn", Name: "handler_attempts_total",
-			Help: "Handler calls by result: ok, error (retried or dead-lettered), permanent.",
+			Help: "Handler calls by result: ok, error (retried or dead-lettered), permanent, unavailable (a dependency; retried without using retries), infrastructure.",
 		}, []string{"handler", "result"}),
 		deadLettered: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "eventfn", Name: "dead_lettered_total",

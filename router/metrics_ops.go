@@ -40,6 +40,7 @@ type opsMetrics struct {
 	handlerDuration *prometheus.HistogramVec
 	chainLatency    *prometheus.HistogramVec
 	retrying        *prometheus.GaugeVec
+	unavailable     *prometheus.GaugeVec
 	deadLetters     *prometheus.CounterVec
 	lag             *lagCollector
 }
@@ -48,7 +49,7 @@ func newOpsMetrics(reg prometheus.Registerer, outbox *Outbox) (*opsMetrics, erro
 	m := &opsMetrics{
 		handlerDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: "eventfn", Name: "handler_duration_seconds",
-			Help: "Duration of one handler call, transaction included, by result: ok, error, permanent, infrastructure, duplicate.",
+			Help: "Duration of one handler call, transaction included, by result: ok, error, permanent, unavailable, infrastructure, duplicate.",
 			// Handlers are database work plus an outside call or two:
 			// milliseconds usually, up to their timeout (30 s by default).
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
@@ -63,6 +64,10 @@ func newOpsMetrics(reg prometheus.Registerer, outbox *Outbox) (*opsMetrics, erro
 		retrying: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: "eventfn", Name: "retries_in_progress",
 			Help: "Events between a failed attempt and their next one.",
+		}, []string{"handler"}),
+		unavailable: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: "eventfn", Name: "dependency_waits_in_progress",
+			Help: "Events whose last attempt found a dependency of the handler unavailable (runtime.Unavailable), waiting to be tried again without using their retries.",
 		}, []string{"handler"}),
 		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "eventfn", Name: "dead_letters_total",
@@ -84,7 +89,7 @@ func newOpsMetrics(reg prometheus.Registerer, outbox *Outbox) (*opsMetrics, erro
 		}
 		return pendingAge(s.OldestPending, time.Now())
 	})
-	for _, c := range []prometheus.Collector{m.handlerDuration, m.chainLatency, m.retrying, m.deadLetters, m.lag, oldest} {
+	for _, c := range []prometheus.Collector{m.handlerDuration, m.chainLatency, m.retrying, m.unavailable, m.deadLetters, m.lag, oldest} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register metric: %w", err)
 		}
@@ -114,6 +119,8 @@ func handlerResult(err error, duplicate bool) string {
 		return "infrastructure"
 	case runtime.IsPermanent(err):
 		return "permanent"
+	case runtime.IsUnavailable(err):
+		return "unavailable"
 	default:
 		return "error"
 	}
@@ -228,6 +235,9 @@ func (c *lagCollector) Collect(ch chan<- prometheus.Metric) {
 type handlerOps struct {
 	// retrying counts the handler's events waiting for their next attempt.
 	retrying prometheus.Gauge
+	// unavailable counts the handler's events waiting out an unavailable
+	// dependency.
+	unavailable prometheus.Gauge
 	// deadLetters counts the handler's dead letters by class.
 	deadLetters *prometheus.CounterVec
 }
@@ -238,6 +248,7 @@ type handlerOps struct {
 func (m *opsMetrics) forHandler(name string) handlerOps {
 	ops := handlerOps{
 		retrying:    m.retrying.WithLabelValues(name),
+		unavailable: m.unavailable.WithLabelValues(name),
 		deadLetters: m.deadLetters.MustCurryWith(prometheus.Labels{"handler": name}),
 	}
 	for _, c := range []string{classMalformed, classPermanent, classExhausted, classTimeout} {

@@ -142,33 +142,56 @@ func TestClassifiedDeadLettersAreCountedOnceWritten(t *testing.T) {
 	}
 }
 
-// TestRetriesInProgressCountsTheWait: the gauge is 1 while an event waits for
-// its next try and 0 once the wait ends (here cut short by its context).
+// TestRetriesInProgressCountsTheWait: the gauge of the wait's kind is 1
+// while an event waits for its next try, the other stays 0, and both are 0
+// once the wait ends (here cut short by its context).
 func TestRetriesInProgressCountsTheWait(t *testing.T) {
-	waiting := prometheus.NewGauge(prometheus.GaugeOpts{Name: "x"})
-	mw := retrying(runtime.Policy{MaxRetries: 3, InitialBackoff: time.Minute, MaxBackoff: time.Minute},
-		func(error) bool { return true }, waiting, slog.New(slog.DiscardHandler))
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	msg := message.NewMessage("id", nil)
-	msg.SetContext(ctx)
-	done := make(chan error, 1)
-	go func() {
-		_, err := mw(func(*message.Message) ([]*message.Message, error) { return nil, errors.New("boom") })(msg)
-		done <- err
-	}()
-	deadline := time.Now().Add(10 * time.Second)
-	for testutil.ToFloat64(waiting) != 1 {
-		if time.Now().After(deadline) {
-			t.Fatal("the waiting event was not counted")
-		}
-		time.Sleep(5 * time.Millisecond) // polling interval; the gauge decides
+	tests := []struct {
+		name        string
+		err         error
+		unavailable bool
+	}{
+		{"a failure waits for a retry", errors.New("boom"), false},
+		{"an unavailable dependency is waited out", runtime.Unavailable(errors.New("gateway down")), true},
 	}
-	cancel()
-	if err := <-done; err == nil {
-		t.Fatal("the failure was swallowed")
-	}
-	if got := testutil.ToFloat64(waiting); got != 0 {
-		t.Fatalf("retries in progress = %v after the wait ended", got)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ops := handlerOps{
+				retrying:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "retrying"}),
+				unavailable: prometheus.NewGauge(prometheus.GaugeOpts{Name: "unavailable"}),
+			}
+			waiting, other := ops.retrying, ops.unavailable
+			if tt.unavailable {
+				waiting, other = other, waiting
+			}
+			mw := retrying(runtime.Policy{MaxRetries: 3, InitialBackoff: time.Minute, MaxBackoff: time.Minute},
+				func(error) bool { return true }, ops, nil, slog.New(slog.DiscardHandler))
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			msg := message.NewMessage("id", nil)
+			msg.SetContext(ctx)
+			done := make(chan error, 1)
+			go func() {
+				_, err := mw(func(*message.Message) ([]*message.Message, error) { return nil, tt.err })(msg)
+				done <- err
+			}()
+			deadline := time.Now().Add(10 * time.Second)
+			for testutil.ToFloat64(waiting) != 1 {
+				if time.Now().After(deadline) {
+					t.Fatal("the waiting event was not counted")
+				}
+				time.Sleep(5 * time.Millisecond) // polling interval; the gauge decides
+			}
+			if got := testutil.ToFloat64(other); got != 0 {
+				t.Fatalf("the other kind of wait counts %v", got)
+			}
+			cancel()
+			if err := <-done; !errors.Is(err, tt.err) {
+				t.Fatalf("error %v, want %v", err, tt.err)
+			}
+			if got := testutil.ToFloat64(waiting); got != 0 {
+				t.Fatalf("waits in progress = %v after the wait ended", got)
+			}
+		})
 	}
 }

@@ -54,15 +54,21 @@ func limitConcurrency(n int) message.HandlerMiddleware {
 
 // middlewares is a handler's chain, outermost first: a grown stack,
 // correlation id, chain start, dead-letter on final failure (classified just inside it), retry with
-// exponential backoff (never for permanent errors), a timeout per attempt,
-// panic recovery, and the concurrency cap.
+// exponential backoff (never for permanent errors; without end and without
+// using the retries while a dependency is unavailable), a timeout per
+// attempt, panic recovery, and the concurrency cap.
 //
 // closing is set while the process shuts down: an attempt cut short by shutdown
 // is not a failure of the event, so it is neither retried nor dead-lettered; it
 // stays unacknowledged and Kafka delivers it again after the restart.
 func middlewares(p runtime.Policy, dlq message.Publisher, dlqTopic string, closing *atomic.Bool, deadLettered prometheus.Counter, ops handlerOps, maxRecordBytes int, dlqHealth *outage.Reporter, infra *infraWatch, slogger *slog.Logger, logger watermill.LoggerAdapter) ([]message.HandlerMiddleware, error) {
 	dlq = deadLetterPublisher{pub: dlq, maxBytes: maxRecordBytes, written: deadLettered, byClass: ops.deadLetters, health: dlqHealth}
-	poison, err := middleware.PoisonQueueWithFilter(dlq, dlqTopic, func(error) bool { return !closing.Load() })
+	// An event whose dependency was still unavailable when its waits ended
+	// (its context ended) is not at fault either: it is left for
+	// redelivery, never dead-lettered.
+	poison, err := middleware.PoisonQueueWithFilter(dlq, dlqTopic, func(err error) bool {
+		return !closing.Load() && !runtime.IsUnavailable(err)
+	})
 	if err != nil {
 		return nil, fmt.Errorf("dead-letter middleware: %w", err)
 	}
@@ -74,7 +80,8 @@ func middlewares(p runtime.Policy, dlq message.Publisher, dlqTopic string, closi
 	// on its first attempt while this also refused to retry those.
 	retry := retrying(p, func(err error) bool {
 		return !runtime.IsPermanent(err) && !isInfra(err) && !closing.Load()
-	}, ops.retrying, slogger)
+	}, ops, outage.New("a dependency of the handler is unavailable; its events wait and are tried again without using their retries",
+		"the handler's dependency answers again", outageReportInterval, slogger), slogger)
 	return []message.HandlerMiddleware{
 		grownStack,
 		correlationID,

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/eventfn/eventfn/runtime"
 )
 
 // TestBackoffDoublesFromInitialToMax: the README's "100 ms doubling to 5 s".
@@ -34,25 +36,48 @@ func TestBackoffDoublesFromInitialToMax(t *testing.T) {
 func TestRetryingWaitsTheScheduleAndStopsWhenTold(t *testing.T) {
 	fail := errors.New("fail")
 	stop := errors.New("stop")
+	down := runtime.Unavailable(errors.New("gateway down"))
+	downForGood := runtime.Permanent(down)
 	tests := []struct {
 		name      string
 		results   []error
 		calls     int
-		waits     []time.Duration
+		waits     []time.Duration // "u" in waitKinds: a wait for a dependency; "r": for a retry
+		waitKinds string
 		wantError error
 	}{
-		{"succeeds at once", []error{nil}, 1, nil, nil},
-		{"succeeds on the third try", []error{fail, fail, nil}, 3, []time.Duration{100, 200}, nil},
-		{"retries used up", []error{fail, fail, fail, fail, fail}, 4, []time.Duration{100, 200, 400}, fail},
-		{"not retried", []error{stop}, 1, nil, stop},
-		{"not retried after a retry", []error{fail, stop}, 2, []time.Duration{100}, stop},
+		{"succeeds at once", []error{nil}, 1, nil, "", nil},
+		{"succeeds on the third try", []error{fail, fail, nil}, 3, []time.Duration{100, 200}, "rr", nil},
+		{"retries used up", []error{fail, fail, fail, fail, fail}, 4, []time.Duration{100, 200, 400}, "rrr", fail},
+		{"not retried", []error{stop}, 1, nil, "", stop},
+		{"not retried after a retry", []error{fail, stop}, 2, []time.Duration{100}, "r", stop},
+		{"a dependency down past the retries is waited out", []error{down, down, down, down, down, down, down, nil}, 8,
+			[]time.Duration{100, 200, 400, 800, 1000, 1000, 1000}, "uuuuuuu", nil},
+		{"waits for a dependency use no retry", []error{fail, down, down, fail, fail, down, fail, fail}, 7,
+			[]time.Duration{100, 100, 200, 200, 400, 100}, "ruurru", fail},
+		{"permanent wins over unavailable", []error{downForGood}, 1, nil, "", downForGood},
+		{"a shutdown ends the waits", []error{down, stop}, 2, []time.Duration{100}, "u", stop},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var waits []time.Duration
-			sleep := func(_ context.Context, d time.Duration) bool { waits = append(waits, d); return true }
-			mw := retryingWith(backoffSchedule{Initial: 100 * time.Millisecond, Max: time.Second}, 3,
-				func(err error) bool { return !errors.Is(err, stop) }, sleep, func() float64 { return 0.5 }, slog.New(slog.DiscardHandler))
+			var kinds string
+			sleeper := func(kind string) func(context.Context, time.Duration) bool {
+				return func(_ context.Context, d time.Duration) bool {
+					waits = append(waits, d)
+					kinds += kind
+					return true
+				}
+			}
+			mw := retryPlan{
+				schedule:    backoffSchedule{Initial: 100 * time.Millisecond, Max: time.Second},
+				maxRetries:  3,
+				shouldRetry: func(err error) bool { return !errors.Is(err, stop) && !runtime.IsPermanent(err) },
+				sleep:       sleeper("r"),
+				waitOut:     sleeper("u"),
+				uniform:     func() float64 { return 0.5 },
+				logger:      slog.New(slog.DiscardHandler),
+			}.middleware()
 			calls := 0
 			h := mw(func(*message.Message) ([]*message.Message, error) {
 				err := tt.results[calls]
@@ -74,6 +99,39 @@ func TestRetryingWaitsTheScheduleAndStopsWhenTold(t *testing.T) {
 					t.Fatalf("waits %v, want %v ms", waits, tt.waits)
 				}
 			}
+			if kinds != tt.waitKinds {
+				t.Fatalf("waits of kinds %q, want %q (u: a dependency, r: a retry)", kinds, tt.waitKinds)
+			}
 		})
+	}
+}
+
+// TestAWaitForTheDatabaseDoesNotStartTheRetriesOver: waitOutInfrastructure
+// calls the retries' middleware again once the database is back; the
+// retries the delivery used before count on.
+func TestAWaitForTheDatabaseDoesNotStartTheRetriesOver(t *testing.T) {
+	fail := errors.New("fail")
+	infra := errors.New("database away")
+	mw := retryPlan{
+		schedule:    backoffSchedule{Initial: time.Millisecond, Max: time.Millisecond},
+		maxRetries:  3,
+		shouldRetry: func(err error) bool { return !errors.Is(err, infra) },
+		sleep:       func(context.Context, time.Duration) bool { return true },
+		uniform:     func() float64 { return 0.5 },
+		logger:      slog.New(slog.DiscardHandler),
+	}.middleware()
+	results := []error{fail, fail, infra, fail, fail, fail}
+	calls := 0
+	h := mw(func(*message.Message) ([]*message.Message, error) {
+		err := results[calls]
+		calls++
+		return nil, err
+	})
+	msg := message.NewMessage("1", nil)
+	if _, err := h(msg); !errors.Is(err, infra) || calls != 3 {
+		t.Fatalf("first entry: %v after %d calls, want the database's failure after 3", err, calls)
+	}
+	if _, err := h(msg); !errors.Is(err, fail) || calls != 5 {
+		t.Fatalf("after the wait: %v after %d calls in all, want the failure given up on after 5 (1 call + 3 retries + the database's)", err, calls)
 	}
 }

@@ -19,6 +19,9 @@ const (
 	RunDeadLettered = "dead-lettered"
 	RunDuplicate    = "duplicate skipped"
 	RunWaiting      = "waiting for the database"
+	// RunUnavailable is a call that found a dependency of the handler
+	// unavailable (runtime.Unavailable): it runs again, without end.
+	RunUnavailable = "waiting for a dependency"
 )
 
 // HeaderCausationID names the event that caused an event: the one its

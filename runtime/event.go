@@ -158,3 +158,33 @@ func IsPermanent(err error) bool {
 	var p permanentError
 	return errors.As(err, &p)
 }
+
+// unavailableError marks a failure of something the handler depends on
+// rather than of the event.
+type unavailableError struct{ err error }
+
+func (e unavailableError) Error() string { return e.err.Error() }
+func (e unavailableError) Unwrap() error { return e.err }
+
+// Unavailable marks err as a dependency of the handler being unavailable for
+// now: the payment gateway or mail server it calls is down, overloaded, or
+// did not answer within the call's timeout. The event is not at fault, so
+// the runtime retries the call on the handler's backoff for as long as it
+// keeps failing so, without using up MaxRetries and without ever moving the
+// event to the dead-letter topic. Only that event's key waits; the handler
+// goes on with other keys. Mark only errors that time mends: an event that
+// can never succeed, marked Unavailable, holds its key until it is fixed.
+// Permanent wins over Unavailable. Unavailable(nil) is nil.
+func Unavailable(err error) error {
+	if err == nil {
+		return nil
+	}
+	return unavailableError{err: err}
+}
+
+// IsUnavailable reports whether err, or an error it wraps, was marked with
+// Unavailable and not with Permanent.
+func IsUnavailable(err error) bool {
+	var u unavailableError
+	return errors.As(err, &u) && !IsPermanent(err)
+}
