@@ -79,7 +79,7 @@ func TestDeadLettersAreListedFixedAndReplayedOnce(t *testing.T) {
 	a.stop(t)
 	for _, d := range dls {
 		if d.Handler != "charge-payment" || d.Type != "order.placed" || d.Attempts != 1 || d.Replay != nil ||
-			!strings.Contains(d.Reason, "payment gateway unavailable") || d.OriginTopic != failing.Kafka.Topic("order.placed") ||
+			!strings.Contains(d.Reason, "payment gateway failed the charge") || d.OriginTopic != failing.Kafka.Topic("order.placed") ||
 			d.Time.Before(before) || d.ID == "" {
 			t.Errorf("dead letter %+v", d)
 		}
@@ -91,7 +91,7 @@ func TestDeadLettersAreListedFixedAndReplayedOnce(t *testing.T) {
 		{[]string{"--handler", "charge-payment"}, 3},
 		{[]string{"--handler", "send-confirmation"}, 0},
 		{[]string{"--type", "order.placed"}, 3},
-		{[]string{"--reason", "gateway unavailable"}, 3},
+		{[]string{"--reason", "failed the charge"}, 3},
 		{[]string{"--reason", "no such reason"}, 0},
 		{[]string{"--since", "1h"}, 3},
 		{[]string{"--until", "1h"}, 0},

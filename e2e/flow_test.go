@@ -186,7 +186,7 @@ func TestEventThatKeepsFailingIsDeadLettered(t *testing.T) {
 	if got := header(m, router.HeaderAttempts); got != "3" {
 		t.Errorf("attempts header = %q, want 3 (1 call + 2 retries)", got)
 	}
-	if got := header(m, router.HeaderDeadLetterReason); !strings.Contains(got, "payment gateway unavailable") {
+	if got := header(m, router.HeaderDeadLetterReason); !strings.Contains(got, "payment gateway failed the charge") {
 		t.Errorf("reason = %q", got)
 	}
 	if got := header(m, router.HeaderDeadLetterHandler); got != "charge-payment" {

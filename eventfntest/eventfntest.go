@@ -111,9 +111,12 @@ func Decode[E runtime.Event](t testing.TB, ev Event) E {
 
 // Result is what one delivery came to.
 type Result struct {
-	// Err is nil, a permanent error, or the last failure once the retries ran
-	// out (the event would be dead-lettered). The transaction of each failed
-	// attempt rolled back.
+	// Err is nil, a permanent error, the last failure once the retries ran
+	// out (the event would be dead-lettered), or a dependency's
+	// unavailability (runtime.IsUnavailable) that lasted MaxWaits tries:
+	// the runtime would go on waiting for it,
+	// and never dead-letter the event for it. The transaction of each
+	// failed attempt rolled back.
 	Err error
 	// Attempts is how many times the handler ran.
 	Attempts int
@@ -123,8 +126,13 @@ type Result struct {
 	Emitted []Event
 }
 
+// MaxWaits is how many times in a row Deliver calls a handler whose
+// dependency is unavailable (runtime.Unavailable) before it returns that
+// failure in Result.Err, where the runtime would go on waiting for it.
+const MaxWaits = router.DirectMaxWaits
+
 // DeadLettered says the runtime would move the event to the dead-letter topic.
-func (r Result) DeadLettered() bool { return r.Err != nil }
+func (r Result) DeadLettered() bool { return r.Err != nil && !runtime.IsUnavailable(r.Err) }
 
 // Call delivers ev to h as the first event of a new chain.
 func (e *Env) Call(t testing.TB, h runtime.Handler, ev runtime.Event) Result {

@@ -2,9 +2,11 @@ package fakes
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"testing"
+	"time"
 
 	"github.com/eventfn/eventfn/handlers"
 )
@@ -62,6 +64,49 @@ func TestTheGatewayFailsEachKeysFirstAttempts(t *testing.T) {
 	}
 	if g.Attempts("k") != 3 || g.Charges() != 1 {
 		t.Fatalf("attempts %d, charges %d; want 3 and 1", g.Attempts("k"), g.Charges())
+	}
+}
+
+// TestTheFakesSayWhenTheyAreUnavailable: a gateway or mailer taken down,
+// and a charge that takes longer than its context allows, fail with
+// handlers.ErrUnavailable and charge or send nothing; a fake failure is a
+// plain error, which uses up the handler's retries.
+func TestTheFakesSayWhenTheyAreUnavailable(t *testing.T) {
+	quiet := slog.New(slog.DiscardHandler)
+	req := handlers.ChargeRequest{IdempotencyKey: "k", OrderID: "o", AmountCents: 5}
+	timedOut, cancel := context.WithTimeout(context.Background(), time.Millisecond)
+	defer cancel()
+	down := NewPaymentGateway(0, 0, quiet)
+	down.SetUnavailable(true)
+	mailer := NewLogMailer(quiet)
+	mailer.SetUnavailable(true)
+	tests := []struct {
+		name        string
+		call        func() error
+		unavailable bool
+	}{
+		{"gateway down", func() error { _, err := down.Charge(context.Background(), req); return err }, true},
+		{"gateway slower than the call's timeout", func() error {
+			_, err := NewPaymentGateway(0, time.Minute, quiet).Charge(timedOut, req)
+			return err
+		}, true},
+		{"gateway's fake failure", func() error { _, err := NewPaymentGateway(1, 0, quiet).Charge(context.Background(), req); return err }, false},
+		{"mailer down", func() error { return mailer.Send(context.Background(), handlers.Email{To: "a@example.com"}) }, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.call()
+			if err == nil || errors.Is(err, handlers.ErrUnavailable) != tt.unavailable {
+				t.Fatalf("error %v; want one that wraps handlers.ErrUnavailable: %v", err, tt.unavailable)
+			}
+		})
+	}
+	if down.Charges() != 0 || down.Attempts("k") != 0 || mailer.Count() != 0 {
+		t.Fatalf("while down: %d charges, %d attempts seen, %d emails sent; want none", down.Charges(), down.Attempts("k"), mailer.Count())
+	}
+	down.SetUnavailable(false)
+	if _, err := down.Charge(context.Background(), req); err != nil || down.Charges() != 1 {
+		t.Fatalf("back up: %v, %d charges", err, down.Charges())
 	}
 }
 

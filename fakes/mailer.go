@@ -2,8 +2,10 @@ package fakes
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 
 	"github.com/eventfn/eventfn/handlers"
 )
@@ -17,6 +19,7 @@ const keptEmails = 1000
 type LogMailer struct {
 	logger *slog.Logger
 	keep   int
+	down   atomic.Bool
 	mu     sync.Mutex
 	last   []handlers.Email // a ring of the last keep emails; next is the oldest once full
 	next   int
@@ -28,8 +31,15 @@ func NewLogMailer(logger *slog.Logger) *LogMailer {
 	return &LogMailer{logger: logger, keep: keptEmails}
 }
 
+// SetUnavailable takes the mailer down (true) or brings it back: while it
+// is down every send fails with handlers.ErrUnavailable and sends nothing.
+func (m *LogMailer) SetUnavailable(down bool) { m.down.Store(down) }
+
 // Send logs the email.
 func (m *LogMailer) Send(ctx context.Context, e handlers.Email) error {
+	if m.down.Load() {
+		return fmt.Errorf("mail server: %w (fake outage)", handlers.ErrUnavailable)
+	}
 	m.mu.Lock()
 	if len(m.last) < m.keep {
 		m.last = append(m.last, e)

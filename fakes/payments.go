@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -29,6 +30,7 @@ type PaymentGateway struct {
 	delay        time.Duration
 	logger       *slog.Logger
 	maxKeys      int
+	down         atomic.Bool
 
 	mu       sync.Mutex
 	attempts map[string]int
@@ -39,7 +41,8 @@ type PaymentGateway struct {
 }
 
 // NewPaymentGateway returns a gateway whose first failAttempts charges of each
-// idempotency key fail, and which takes delay per charge. It remembers the
+// idempotency key fail (plain errors, which use up the handler's retries),
+// and which takes delay per charge. It remembers the
 // last 100,000 keys.
 func NewPaymentGateway(failAttempts int, delay time.Duration, logger *slog.Logger) *PaymentGateway {
 	return &PaymentGateway{
@@ -52,16 +55,26 @@ func NewPaymentGateway(failAttempts int, delay time.Duration, logger *slog.Logge
 	}
 }
 
-// Charge charges once per idempotency key; a repeated key returns the first receipt.
+// SetUnavailable takes the gateway down (true) or brings it back: while it
+// is down every charge fails with handlers.ErrUnavailable and charges
+// nothing, as a gateway that cannot be reached.
+func (g *PaymentGateway) SetUnavailable(down bool) { g.down.Store(down) }
+
+// Charge charges once per idempotency key; a repeated key returns the first
+// receipt. A charge that takes longer than ctx allows fails with
+// handlers.ErrUnavailable, as a gateway that did not answer in time.
 func (g *PaymentGateway) Charge(ctx context.Context, req handlers.ChargeRequest) (handlers.Receipt, error) {
 	if g.delay > 0 {
 		t := time.NewTimer(g.delay)
 		defer t.Stop()
 		select {
 		case <-ctx.Done():
-			return handlers.Receipt{}, fmt.Errorf("payment gateway: %w", ctx.Err())
+			return handlers.Receipt{}, fmt.Errorf("payment gateway did not answer: %w: %w", handlers.ErrUnavailable, ctx.Err())
 		case <-t.C:
 		}
+	}
+	if g.down.Load() {
+		return handlers.Receipt{}, fmt.Errorf("payment gateway: %w (fake outage)", handlers.ErrUnavailable)
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -70,7 +83,7 @@ func (g *PaymentGateway) Charge(ctx context.Context, req handlers.ChargeRequest)
 	}
 	g.attempts[req.IdempotencyKey]++
 	if n := g.attempts[req.IdempotencyKey]; n <= g.failAttempts {
-		return handlers.Receipt{}, fmt.Errorf("payment gateway unavailable (fake failure %d of %d)", n, g.failAttempts)
+		return handlers.Receipt{}, fmt.Errorf("payment gateway failed the charge (fake failure %d of %d)", n, g.failAttempts)
 	}
 	if r, ok := g.receipts[req.IdempotencyKey]; ok {
 		return r, nil

@@ -2,6 +2,7 @@ package handlers
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/eventfn/eventfn/runtime"
@@ -17,7 +18,15 @@ func ChargePayment(gateway PaymentGateway) runtime.Handler {
 				AmountCents:    ev.TotalCents,
 			})
 			if err != nil {
-				return fmt.Errorf("charge order %s: %w", ev.OrderID, err)
+				err = fmt.Errorf("charge order %s: %w", ev.OrderID, err)
+				if errors.Is(err, ErrUnavailable) {
+					// The gateway is down or slow, not the order at fault:
+					// the order waits for it. The idempotency key makes a
+					// charge that went through unanswered a no-op when tried
+					// again.
+					return runtime.Unavailable(err)
+				}
+				return err
 			}
 			res, err := tx.ExecContext(ctx,
 				`INSERT INTO payments (order_id, payment_id, amount_cents) VALUES ($1, $2, $3) ON CONFLICT (order_id) DO NOTHING`,

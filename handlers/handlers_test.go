@@ -2,6 +2,7 @@ package handlers_test
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"slices"
 	"testing"
@@ -92,6 +93,82 @@ func TestChargePaymentGivesUpAfterItsRetries(t *testing.T) {
 	}
 	if s := orderStatus(t, env, "o-3"); s != "placed" {
 		t.Errorf("order status %q: a failed attempt's writes were kept", s)
+	}
+}
+
+// downFor is a gateway that cannot be reached for its first calls.
+type downFor struct {
+	calls int
+	next  handlers.PaymentGateway
+}
+
+func (g *downFor) Charge(ctx context.Context, req handlers.ChargeRequest) (handlers.Receipt, error) {
+	if g.calls > 0 {
+		g.calls--
+		return handlers.Receipt{}, fmt.Errorf("dial gateway: %w", handlers.ErrUnavailable)
+	}
+	return g.next.Charge(ctx, req)
+}
+
+// TestChargePaymentWaitsForAGatewayThatIsDown: a gateway that cannot be
+// reached is not the order's fault; the order waits for it far past its
+// retries, on the policy's backoff, and is charged once when it is back.
+func TestChargePaymentWaitsForAGatewayThatIsDown(t *testing.T) {
+	env := eventfntest.New(t)
+	gateway := fakes.NewPaymentGateway(0, 0, quiet())
+	start := env.Clock.Now()
+	res := env.Call(t, handlers.ChargePayment(&downFor{calls: 20, next: gateway}), placeOrder(t, env, "o-6"))
+	if res.Err != nil || res.Attempts != 21 || len(res.Emitted) != 1 {
+		t.Fatalf("err %v after %d attempts, %d emitted; want success on the 21st, past the 5 retries", res.Err, res.Attempts, len(res.Emitted))
+	}
+	// 100 ms doubling to 5 s: 6.3 s for the first six waits, then 14 of 5 s.
+	if waited := env.Clock.Now().Sub(start); waited != 76300*time.Millisecond {
+		t.Errorf("waited %s on the clock, want 1m16.3s", waited)
+	}
+	if s := orderStatus(t, env, "o-6"); s != "paid" {
+		t.Errorf("order status %q, want paid", s)
+	}
+	if n := gateway.Charges(); n != 1 {
+		t.Errorf("%d charges, want 1", n)
+	}
+}
+
+// TestADependencyThatStaysDownIsNoDeadLetter: while the gateway or the mail
+// server stays down, the call fails as unavailable and writes nothing; the
+// runtime would go on waiting (the kit stops after eventfntest.MaxWaits tries),
+// and never dead-letter the event for it. Once the service is back, the
+// event goes through once.
+func TestADependencyThatStaysDownIsNoDeadLetter(t *testing.T) {
+	env := eventfntest.New(t)
+	gateway := fakes.NewPaymentGateway(0, 0, quiet())
+	gateway.SetUnavailable(true)
+	placed := eventfntest.EventOf(t, placeOrder(t, env, "o-7"))
+	res := env.Deliver(t, handlers.ChargePayment(gateway), placed)
+	if !runtime.IsUnavailable(res.Err) || res.DeadLettered() || res.Attempts != eventfntest.MaxWaits+1 || len(res.Emitted) != 0 {
+		t.Fatalf("err %v (dead-lettered %v) after %d attempts, %d emitted; want unavailable, not dead-lettered, after %d tries",
+			res.Err, res.DeadLettered(), res.Attempts, len(res.Emitted), eventfntest.MaxWaits+1)
+	}
+	if s := orderStatus(t, env, "o-7"); s != "placed" || gateway.Charges() != 0 {
+		t.Errorf("order status %q, %d charges while the gateway was down", s, gateway.Charges())
+	}
+	gateway.SetUnavailable(false)
+	if res := env.Deliver(t, handlers.ChargePayment(gateway), placed); res.Err != nil || len(res.Emitted) != 1 {
+		t.Fatalf("once the gateway is back: %+v", res)
+	}
+
+	mailer := fakes.NewLogMailer(quiet())
+	mailer.SetUnavailable(true)
+	confirmed := eventfntest.EventOf(t, handlers.PaymentConfirmed{OrderID: "o-7", PaymentID: "p-7", AmountCents: 2599, CustomerEmail: "o-7@example.com"})
+	res = env.Deliver(t, handlers.SendConfirmation(mailer), confirmed)
+	if !runtime.IsUnavailable(res.Err) || res.DeadLettered() || len(res.Emitted) != 0 {
+		t.Fatalf("mail server down: err %v, dead-lettered %v, %d emitted", res.Err, res.DeadLettered(), len(res.Emitted))
+	}
+	if n := env.QueryInt(t, `SELECT count(*) FROM emails WHERE order_id = 'o-7'`); n != 0 || mailer.Count() != 0 {
+		t.Errorf("%d email rows, %d sent while the mail server was down", n, mailer.Count())
+	}
+	mailer.SetUnavailable(false)
+	if res := env.Deliver(t, handlers.SendConfirmation(mailer), confirmed); res.Err != nil || len(res.Emitted) != 1 || mailer.Count() != 1 {
+		t.Fatalf("once the mail server is back: %+v, %d sent", res, mailer.Count())
 	}
 }
 

@@ -2,6 +2,7 @@ package handlers
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/eventfn/eventfn/runtime"
@@ -29,7 +30,12 @@ func SendConfirmation(mailer Mailer) runtime.Handler {
 				return err
 			}
 			if err := mailer.Send(ctx, email); err != nil {
-				return fmt.Errorf("email %s about order %s: %w", email.To, ev.OrderID, err)
+				err = fmt.Errorf("email %s about order %s: %w", email.To, ev.OrderID, err)
+				if errors.Is(err, ErrUnavailable) {
+					// The mail server is down or slow: the email waits for it.
+					return runtime.Unavailable(err)
+				}
+				return err
 			}
 			return tx.Emit(ctx, EmailSent{OrderID: ev.OrderID, Recipient: email.To})
 		},
