@@ -113,7 +113,7 @@ func Decode[E runtime.Event](t testing.TB, ev Event) E {
 type Result struct {
 	// Err is nil, a permanent error, the last failure once the retries ran
 	// out (the event would be dead-lettered), or a dependency's
-	// unavailability (runtime.IsUnavailable) that lasted MaxWaits tries:
+	// unavailability (runtime.IsUnavailable) that lasted MaxWaits waits:
 	// the runtime would go on waiting for it,
 	// and never dead-letter the event for it. The transaction of each
 	// failed attempt rolled back.
@@ -126,9 +126,10 @@ type Result struct {
 	Emitted []Event
 }
 
-// MaxWaits is how many times in a row Deliver calls a handler whose
-// dependency is unavailable (runtime.Unavailable) before it returns that
-// failure in Result.Err, where the runtime would go on waiting for it.
+// MaxWaits is how many waits in a row Deliver allows a handler whose
+// dependency is unavailable (runtime.Unavailable), so MaxWaits+1 calls,
+// before it returns that failure in Result.Err, where the runtime would go
+// on waiting for it.
 const MaxWaits = router.DirectMaxWaits
 
 // DeadLettered says the runtime would move the event to the dead-letter topic.

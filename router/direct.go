@@ -64,9 +64,9 @@ type DirectResult struct {
 	Emitted []relay.Row
 }
 
-// DirectMaxWaits is how many times in a row Deliver tries a call whose
-// dependency is unavailable before it returns that failure, where the
-// runtime would go on trying.
+// DirectMaxWaits is how many waits in a row Deliver allows a call whose
+// dependency is unavailable (so DirectMaxWaits+1 calls) before it returns
+// that failure, where the runtime would go on waiting.
 const DirectMaxWaits = 100
 
 // Sleeper waits d between retries; a test clock advances instead.

@@ -14,6 +14,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/eventfn/eventfn/router/dispatch"
 	"github.com/eventfn/eventfn/runtime"
 )
 
@@ -131,12 +132,9 @@ func waitOutInfrastructure(watch *infraWatch, closing func() bool, logger *slog.
 					logger.Warn("infrastructure unavailable; the event waits and is retried without using its retries",
 						"event_id", msg.UUID, "err", err)
 				}
-				t := time.NewTimer(backoff)
-				select {
-				case <-t.C:
-				case <-ctx.Done():
-					t.Stop()
-					return nil, errors.Join(err, context.Cause(ctx))
+				if !dispatch.Pause(ctx, backoff) {
+					// Shutdown, or the partition went to another member.
+					return nil, leftForRedelivery{errors.Join(err, context.Cause(ctx))}
 				}
 				backoff = min(2*backoff, 5*time.Second)
 			}
@@ -151,7 +149,10 @@ func classifyFailure(db pinger, err error) error {
 	if err == nil || runtime.IsPermanent(err) || isInfra(err) {
 		return err
 	}
-	if databaseUnavailable(err) && !endedWithItsContext(err) {
+	// A dependency's failure may look like the database's (a connection
+	// refused by the handler's own inventory database, say): marked
+	// Unavailable, only the ping below says eventfn's database is away.
+	if !runtime.IsUnavailable(err) && databaseUnavailable(err) && !endedWithItsContext(err) {
 		return infraError{err}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)

@@ -165,7 +165,7 @@ func TestRetriesInProgressCountsTheWait(t *testing.T) {
 				waiting, other = other, waiting
 			}
 			mw := retrying(runtime.Policy{MaxRetries: 3, InitialBackoff: time.Minute, MaxBackoff: time.Minute},
-				func(error) bool { return true }, ops, nil, slog.New(slog.DiscardHandler))
+				func(error) bool { return true }, ops, newDependencyWatch(ops.unavailable, time.Minute, slog.New(slog.DiscardHandler)), slog.New(slog.DiscardHandler))
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			msg := message.NewMessage("id", nil)

@@ -63,11 +63,12 @@ func limitConcurrency(n int) message.HandlerMiddleware {
 // stays unacknowledged and Kafka delivers it again after the restart.
 func middlewares(p runtime.Policy, dlq message.Publisher, dlqTopic string, closing *atomic.Bool, deadLettered prometheus.Counter, ops handlerOps, maxRecordBytes int, dlqHealth *outage.Reporter, infra *infraWatch, slogger *slog.Logger, logger watermill.LoggerAdapter) ([]message.HandlerMiddleware, error) {
 	dlq = deadLetterPublisher{pub: dlq, maxBytes: maxRecordBytes, written: deadLettered, byClass: ops.deadLetters, health: dlqHealth}
-	// An event whose dependency was still unavailable when its waits ended
-	// (its context ended) is not at fault either: it is left for
+	// An event whose retries or waits were cut short (its partition went to
+	// another member, the process stops), or whose dependency was still
+	// unavailable when they ended, is not at fault either: it is left for
 	// redelivery, never dead-lettered.
 	poison, err := middleware.PoisonQueueWithFilter(dlq, dlqTopic, func(err error) bool {
-		return !closing.Load() && !runtime.IsUnavailable(err)
+		return !closing.Load() && !runtime.IsUnavailable(err) && !isLeftForRedelivery(err)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("dead-letter middleware: %w", err)
@@ -80,8 +81,7 @@ func middlewares(p runtime.Policy, dlq message.Publisher, dlqTopic string, closi
 	// on its first attempt while this also refused to retry those.
 	retry := retrying(p, func(err error) bool {
 		return !runtime.IsPermanent(err) && !isInfra(err) && !closing.Load()
-	}, ops, outage.New("a dependency of the handler is unavailable; its events wait and are tried again without using their retries",
-		"the handler's dependency answers again", outageReportInterval, slogger), slogger)
+	}, ops, newDependencyWatch(ops.unavailable, p.MaxBackoff, slogger), slogger)
 	return []message.HandlerMiddleware{
 		grownStack,
 		correlationID,

@@ -2,15 +2,18 @@ package router
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"math/rand/v2"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/eventfn/eventfn/internal/outage"
+	"github.com/eventfn/eventfn/router/dispatch"
 	"github.com/eventfn/eventfn/runtime"
 )
 
@@ -43,28 +46,26 @@ func (s backoffSchedule) wait(n int, u float64) time.Duration {
 // unless shouldRetry says the failure is not for retrying (a permanent error,
 // an infrastructure failure, a shutdown), and waits out a dependency that is
 // unavailable on the same schedule, as long as it takes (see retryPlan).
+// Every wait ends early when the delivery's partition goes to another
+// member or the process stops (dispatch.Pause): the event is left for
+// redelivery.
 //
 // ops.retrying counts the events sleeping before their next retry
-// (eventfn_retries_in_progress), ops.unavailable those waiting out a
-// dependency (eventfn_dependency_waits_in_progress); report hears of the
-// handler's dependency failing and answering again.
-func retrying(p runtime.Policy, shouldRetry func(error) bool, ops handlerOps, report *outage.Reporter, logger *slog.Logger) message.HandlerMiddleware {
-	counted := func(g prometheus.Gauge) func(context.Context, time.Duration) bool {
-		return func(ctx context.Context, d time.Duration) bool {
-			g.Inc()
-			defer g.Dec()
-			return sleepCtx(ctx, d)
-		}
-	}
+// (eventfn_retries_in_progress); deps follows the handler's dependency.
+func retrying(p runtime.Policy, shouldRetry func(error) bool, ops handlerOps, deps *dependencyWatch, logger *slog.Logger) message.HandlerMiddleware {
 	return retryPlan{
 		schedule:    backoffSchedule{Initial: p.InitialBackoff, Max: p.MaxBackoff, Jitter: 0.2},
 		maxRetries:  p.MaxRetries,
 		shouldRetry: shouldRetry,
-		sleep:       counted(ops.retrying),
-		waitOut:     counted(ops.unavailable),
-		report:      report,
-		uniform:     rand.Float64,
-		logger:      logger,
+		sleep: func(ctx context.Context, d time.Duration) bool {
+			ops.retrying.Inc()
+			defer ops.retrying.Dec()
+			return dispatch.Pause(ctx, d)
+		},
+		waitOut: dispatch.Pause,
+		deps:    deps,
+		uniform: rand.Float64,
+		logger:  logger,
 	}.middleware()
 }
 
@@ -83,15 +84,16 @@ type retryPlan struct {
 	// shouldRetry says whether a failure is tried again at all (by either count).
 	shouldRetry func(error) bool
 	// sleep waits before a retry, waitOut before a try while a dependency is
-	// unavailable; each reports whether d passed (false: the context ended).
+	// unavailable; each reports whether d passed (false: the wait was cut
+	// short, and the event is left for redelivery).
 	sleep, waitOut func(context.Context, time.Duration) bool
-	// maxWaits, when above 0, gives up on an event after that many
-	// unavailable failures in a row. The runtime sets none; the test kit,
-	// whose clock does not pass by itself, does.
+	// maxWaits, when above 0, gives up on an event after that many waits
+	// for a dependency in a row. The runtime sets none; the test kit, whose
+	// clock does not pass by itself, does.
 	maxWaits int
-	// report, when set, logs the handler's dependency failing and answering
-	// again, at a bounded rate.
-	report  *outage.Reporter
+	// deps, when set, follows the handler's dependency: what waits for it,
+	// and its outage in the log.
+	deps    *dependencyWatch
 	uniform func() float64
 	logger  *slog.Logger
 }
@@ -104,30 +106,45 @@ func (p retryPlan) middleware() message.HandlerMiddleware {
 		return func(msg *message.Message) ([]*message.Message, error) {
 			ctx := msg.Context()
 			retry, waits := retriesUsed(msg)+1, 0
+			// waiting says the event is counted among those waiting for
+			// the dependency, from its first such failure until a call
+			// gets past it or the event is given up or left.
+			waiting := false
+			stopWaiting := func(err error) {
+				if waiting {
+					waiting = false
+					p.deps.leave(err == nil || (!runtime.IsUnavailable(err) && !isInfra(err)))
+				}
+			}
 			for {
 				msg.SetContext(ctx)
 				out, err := h(msg)
+				if err == nil || !runtime.IsUnavailable(err) {
+					stopWaiting(err)
+				}
 				if err == nil {
-					if waits > 0 && p.report != nil {
-						p.report.Succeeded()
-					}
 					return out, nil
 				}
 				if !p.shouldRetry(err) {
+					stopWaiting(err)
 					return out, err
 				}
 				if runtime.IsUnavailable(err) {
 					waits++
 					if p.maxWaits > 0 && waits > p.maxWaits {
+						stopWaiting(err)
 						return out, err
 					}
-					if p.report != nil {
-						p.report.Failed(err, "event_id", msg.UUID)
+					if !waiting {
+						waiting = true
+						p.deps.enter()
 					}
+					p.deps.failed(err, msg.UUID)
 					wait := p.schedule.wait(waits, p.uniform())
 					p.logger.Debug("a dependency is unavailable; the event waits without using its retries", "event_id", msg.UUID, "try", waits, "wait", wait)
 					if !p.waitOut(ctx, wait) {
-						return out, err
+						stopWaiting(err)
+						return out, leftForRedelivery{err}
 					}
 					continue
 				}
@@ -139,7 +156,7 @@ func (p retryPlan) middleware() message.HandlerMiddleware {
 				wait := p.schedule.wait(retry, p.uniform())
 				p.logger.Debug("retrying the event", "event_id", msg.UUID, "retry", retry, "of", p.maxRetries, "wait", wait)
 				if !p.sleep(ctx, wait) {
-					return out, err
+					return out, leftForRedelivery{err}
 				}
 				retry++
 			}
@@ -147,20 +164,104 @@ func (p retryPlan) middleware() message.HandlerMiddleware {
 	}
 }
 
+// leftForRedelivery is the failure of an event whose retries or waits were
+// cut short: its partition went to another member, the process stops, or
+// its context ended. It is not the event's fault and it is never
+// dead-lettered: Kafka delivers it again, to the partition's owner.
+type leftForRedelivery struct{ err error }
+
+func (e leftForRedelivery) Error() string { return e.err.Error() + " (left for redelivery)" }
+func (e leftForRedelivery) Unwrap() error { return e.err }
+
+// isLeftForRedelivery reports whether err is, or wraps, a leftForRedelivery.
+func isLeftForRedelivery(err error) bool {
+	var l leftForRedelivery
+	return errors.As(err, &l)
+}
+
+// dependencyWatch follows a handler's dependency: it counts the events
+// waiting for it (eventfn_dependency_waits_in_progress), each from its
+// first failure until it gets past it, and reports the outage once, not
+// per call. The outage ends when no event waits and none has failed so for
+// quiet: a dependency that fails every other call is one lasting outage,
+// summarised every 30 s, not an ERROR and an INFO line per failure.
+type dependencyWatch struct {
+	report  *outage.Reporter
+	waiting prometheus.Gauge
+	quiet   time.Duration
+
+	mu          sync.Mutex
+	waiters     int
+	lastFailure time.Time
+	settle      *time.Timer
+}
+
+// newDependencyWatch follows the dependencies of a handler whose longest
+// wait is maxBackoff: the outage is over once twice that passed quietly.
+func newDependencyWatch(waiting prometheus.Gauge, maxBackoff time.Duration, logger *slog.Logger) *dependencyWatch {
+	return &dependencyWatch{
+		report: outage.New("a dependency of the handler is unavailable; its events wait and are tried again without using their retries",
+			"the handler's dependency answers again", outageReportInterval, logger),
+		waiting: waiting,
+		quiet:   2 * maxBackoff,
+	}
+}
+
+// enter counts an event that began to wait.
+func (w *dependencyWatch) enter() {
+	if w == nil {
+		return
+	}
+	w.waiting.Inc()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.waiters++
+	if w.settle != nil {
+		w.settle.Stop()
+		w.settle = nil
+	}
+}
+
+// failed reports one failure of the dependency.
+func (w *dependencyWatch) failed(err error, eventID string) {
+	if w == nil {
+		return
+	}
+	w.mu.Lock()
+	w.lastFailure = time.Now()
+	w.mu.Unlock()
+	w.report.Failed(err, "event_id", eventID)
+}
+
+// leave counts an event that stopped waiting; answered says the dependency
+// let it past (not a shutdown, a revoked partition or the database away).
+// When the last one leaves so, the outage ends after quiet with no failure.
+func (w *dependencyWatch) leave(answered bool) {
+	if w == nil {
+		return
+	}
+	w.waiting.Dec()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.waiters--
+	if w.waiters > 0 || !answered {
+		return
+	}
+	if w.settle != nil {
+		w.settle.Stop()
+	}
+	w.settle = time.AfterFunc(w.quiet, func() {
+		w.mu.Lock()
+		over := w.waiters == 0 && time.Since(w.lastFailure) >= w.quiet
+		w.mu.Unlock()
+		if over {
+			w.report.Succeeded()
+		}
+	})
+}
+
 // retriesUsed is how many retries msg's delivery has used up so far.
 func retriesUsed(msg *message.Message) int {
 	n, _ := strconv.Atoi(msg.Metadata.Get(metaRetries))
 	return max(n, 0)
-}
-
-// sleepCtx waits d or until ctx ends, and reports whether d passed.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }

@@ -11,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/eventfn/eventfn/configs"
 	"github.com/eventfn/eventfn/router"
 	"github.com/eventfn/eventfn/runtime"
 )
@@ -94,9 +97,11 @@ func TestAnUnavailableDependencyDeadLettersNoGoodEvent(t *testing.T) {
 	if n := strings.Count(logs, "level=ERROR msg=\"a dependency of the handler is unavailable"); n != 1 {
 		t.Errorf("the outage was logged at ERROR %d times, want once\n%s", n, logs)
 	}
-	if !strings.Contains(logs, "the handler's dependency answers again") {
-		t.Errorf("the end of the outage was not logged\n%s", logs)
-	}
+	// The outage ends once no event waited and none failed for twice the
+	// longest wait (100 ms here).
+	waitUntil(t, "the end of the outage logged", 10*time.Second, func() bool {
+		return strings.Contains(tr.logs.String(), "the handler's dependency answers again")
+	})
 	if n := strings.Count(logs, "level=WARN msg=\"handler failed\""); n != 0 {
 		t.Errorf("%d calls that found the dependency away were logged as failures", n)
 	}
@@ -116,5 +121,133 @@ func TestAnUnavailableDependencyDeadLettersNoGoodEvent(t *testing.T) {
 	}
 	if !strings.Contains(strings.Join(outcomes, ","), router.RunUnavailable) {
 		t.Errorf("run outcomes %v; want calls waiting for a dependency", outcomes)
+	}
+}
+
+// TestADependencysConnectionFailureIsNotTheDatabase: a handler whose
+// dependency is a database of its own (an inventory service's; nothing
+// listens on port 1) marks the refused connection Unavailable. It was taken
+// for eventfn's own database away: /readyz failed, the calls counted as
+// "infrastructure", and the dependency's gauge and log said nothing.
+func TestADependencysConnectionFailureIsNotTheDatabase(t *testing.T) {
+	var down atomic.Bool
+	down.Store(true)
+	var calls atomic.Int64
+	h := runtime.NewHandler("merchant-charge", func(ctx context.Context, tx runtime.Tx, ev merchantCharge) error {
+		calls.Add(1)
+		if down.Load() {
+			cctx, cancel := context.WithTimeout(ctx, time.Second)
+			defer cancel()
+			_, err := pgconn.Connect(cctx, "postgres://inv@127.0.0.1:1/inventory?connect_timeout=1")
+			return runtime.Unavailable(fmt.Errorf("inventory service: %w", err))
+		}
+		return nil
+	}, runtime.WithPolicy(runtime.Policy{MaxRetries: 1, InitialBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond, Timeout: 5 * time.Second}))
+	tr := startRuntime(t, nil, h)
+	tr.emit(t, merchantCharge{Merchant: "m", Seq: 1})
+	waitUntil(t, "a few calls", 30*time.Second, func() bool { return calls.Load() >= 5 })
+	readyErr := tr.rt.Ready(context.Background())
+	unavailable := tr.metric(t, "eventfn_handler_attempts_total", "handler", "merchant-charge", "result", "unavailable")
+	infra := tr.metric(t, "eventfn_handler_attempts_total", "handler", "merchant-charge", "result", "infrastructure")
+	down.Store(false)
+	waitUntil(t, "the event handled", 30*time.Second, func() bool {
+		return tr.metric(t, "eventfn_handler_attempts_total", "handler", "merchant-charge", "result", "ok") == 1
+	})
+	if readyErr != nil {
+		t.Errorf("not ready while only a dependency was down: %v", readyErr)
+	}
+	if unavailable == 0 || infra != 0 {
+		t.Errorf("attempts: unavailable %v, infrastructure %v; want them all unavailable", unavailable, infra)
+	}
+}
+
+// TestAStopWhileEventsWaitEndsWithinTheDrain: with a backoff longer than the
+// drain (10 s against 2 s), a stop used the whole drain and Run returned
+// "router close timeout"; the wait now ends when the stop begins, and the
+// event is left for redelivery, not dead-lettered.
+func TestAStopWhileEventsWaitEndsWithinTheDrain(t *testing.T) {
+	h := runtime.NewHandler("merchant-charge", func(ctx context.Context, tx runtime.Tx, ev merchantCharge) error {
+		return runtime.Unavailable(errors.New("gateway down"))
+	}, runtime.WithPolicy(runtime.Policy{MaxRetries: 1, InitialBackoff: 10 * time.Second, MaxBackoff: 10 * time.Second, Timeout: time.Second}))
+	tr := startRuntime(t, func(c *configs.Config) { c.Shutdown.Timeout = 2 * time.Second }, h)
+	tr.emit(t, merchantCharge{Merchant: "m", Seq: 1})
+	waitUntil(t, "the event waiting", 30*time.Second, func() bool {
+		return tr.metric(t, "eventfn_dependency_waits_in_progress", "handler", "merchant-charge") == 1
+	})
+	tr.stop() // fails the test if Run returns an error or takes 60 s
+	if n := countRecords(t, tr, tr.cfg.Kafka.DeadLetterTopic); n != 0 {
+		t.Errorf("%d dead letters after a stop during the wait", n)
+	}
+	if g := tr.metric(t, "eventfn_dependency_waits_in_progress", "handler", "merchant-charge"); g != 0 {
+		t.Errorf("%v events counted as waiting after the stop", g)
+	}
+}
+
+// TestAWaitEndsWhenItsPartitionGoesToAnotherReplica: replica A waits for a
+// gateway on twelve keys; replica B joins and takes some of A's partitions.
+// A went on calling the handler without end for events B now owned (the
+// revocation waits for calls in flight, and a wait never ended). A's waits
+// on a revoked partition now end, and leave the event to B.
+func TestAWaitEndsWhenItsPartitionGoesToAnotherReplica(t *testing.T) {
+	var mu sync.Mutex
+	calls := map[string]map[string]int{"A": {}, "B": {}}
+	handler := func(replica string) runtime.Handler {
+		return runtime.NewHandler("merchant-charge", func(ctx context.Context, tx runtime.Tx, ev merchantCharge) error {
+			mu.Lock()
+			calls[replica][ev.Merchant]++
+			mu.Unlock()
+			return runtime.Unavailable(errors.New("gateway down"))
+		}, runtime.WithPolicy(runtime.Policy{MaxRetries: 1, InitialBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond, Timeout: time.Second}))
+	}
+	short := func(c *configs.Config) { c.Shutdown.Timeout = 2 * time.Second }
+	a := startRuntime(t, short, handler("A"))
+	var evs []runtime.Event
+	for i := range 12 {
+		evs = append(evs, merchantCharge{Merchant: fmt.Sprintf("m%d", i), Seq: 1})
+	}
+	a.emit(t, evs...)
+	callsOf := func(replica, key string) int {
+		mu.Lock()
+		defer mu.Unlock()
+		return calls[replica][key]
+	}
+	waitUntil(t, "A calling every key", 30*time.Second, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(calls["A"]) == 12
+	})
+	startRuntime(t, func(c *configs.Config) {
+		short(c)
+		c.Kafka.TopicPrefix = a.cfg.Kafka.TopicPrefix
+		c.Kafka.Brokers = a.cfg.Kafka.Brokers
+		c.Database.URL = a.cfg.Database.URL
+	}, handler("B"))
+	var key string
+	waitUntil(t, "B calling a key", 60*time.Second, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		for k, n := range calls["B"] {
+			if n >= 3 {
+				key = k
+				return true
+			}
+		}
+		return false
+	})
+	// A waiting on key would call it every 50 ms: a second without a call
+	// from A says A let it go.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		before := callsOf("A", key)
+		time.Sleep(time.Second) // the window that is measured, not synchronisation
+		if callsOf("A", key) == before {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("key %s: B owns it, yet A still calls it (%d calls in all, B %d)", key, callsOf("A", key), callsOf("B", key))
+		}
+	}
+	if n := countRecords(t, a, a.cfg.Kafka.DeadLetterTopic); n != 0 {
+		t.Errorf("%d dead letters from the rebalance", n)
 	}
 }

@@ -126,6 +126,36 @@ type partition struct {
 	// handed out are dropped, and nacked ones are not sent again.
 	revoked chan struct{}
 	active  sync.WaitGroup
+	// ctx is the context of the partition's deliveries: it carries revoked
+	// and the subscriber's closing, for Pause.
+	ctx context.Context
+}
+
+// releaseKey is the context key of a delivery's release.
+type releaseKey struct{}
+
+// release is what ends a delivery's waits early: its partition revoked, its
+// subscriber closing.
+type release struct{ revoked, closing <-chan struct{} }
+
+// Pause waits d and reports whether it passed. It ends early, with false,
+// when ctx ends and, for the context of a delivery of this package's (or
+// one derived from it), when the delivery's partition is revoked or its
+// subscriber begins to close: a handler's retries and waits then stop, and
+// the event is left to the partition's next owner, or to the restart,
+// rather than tried on by a member that no longer owns it.
+func Pause(ctx context.Context, d time.Duration) bool {
+	rel, _ := ctx.Value(releaseKey{}).(release)
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+	case <-rel.revoked:
+	case <-rel.closing:
+	}
+	return false
 }
 
 // Subscriber implements message.Subscriber for one topic.
@@ -288,6 +318,7 @@ func (s *Subscriber) enqueue(r *kgo.Record) {
 	p := s.parts[tp]
 	if p == nil {
 		p = &partition{done: map[int64]bool{}, lanes: map[string][]*kgo.Record{}, next: r.Offset, committed: r.Offset, revoked: make(chan struct{})}
+		p.ctx = context.WithValue(s.msgCtx, releaseKey{}, release{revoked: p.revoked, closing: s.closing})
 		s.parts[tp] = p
 	}
 	p.offsets = append(p.offsets, r.Offset)
@@ -325,7 +356,7 @@ func (s *Subscriber) deliver(p *partition, r *kgo.Record) bool {
 	defer func() { <-s.slots }()
 	for {
 		msg := s.cfg.Unmarshal(r)
-		msg.SetContext(s.msgCtx)
+		msg.SetContext(p.ctx)
 		select {
 		case s.out <- msg:
 		case <-s.closing:
