@@ -1,12 +1,10 @@
 package router
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,26 +12,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/eventfn/eventfn/internal/testenv"
 	"github.com/eventfn/eventfn/runtime"
 )
-
-// syncBuffer is a log sink the watch's timer may write to beside the test.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 func watchedPlan(deps *dependencyWatch) message.HandlerMiddleware {
 	return retryPlan{
@@ -70,7 +51,7 @@ func TestADependencyOutageIsReportedOnce(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var logs syncBuffer
+			var logs testenv.LogBuffer
 			gauge := prometheus.NewGauge(prometheus.GaugeOpts{Name: "unavailable"})
 			deps := newDependencyWatch(gauge, 0, slog.New(slog.NewTextHandler(&logs, nil)))
 			deps.quiet = tt.quiet
