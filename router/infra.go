@@ -149,6 +149,13 @@ func classifyFailure(db pinger, err error) error {
 	if err == nil || runtime.IsPermanent(err) || isInfra(err) {
 		return err
 	}
+	// A lock held by another session past the transaction's lock timeout
+	// (see lockTimeoutFor), or refused to a NOWAIT: neither the event's
+	// fault nor the database away. The event waits for the lock, using no
+	// retry, as for an unavailable dependency; readiness is not affected.
+	if isLockNotAvailable(err) && !runtime.IsUnavailable(err) {
+		return runtime.Unavailable(fmt.Errorf("a lock held by another session: %w", err))
+	}
 	// A dependency's failure may look like the database's (a connection
 	// refused by the handler's own inventory database, say): marked
 	// Unavailable, only the ping below says eventfn's database is away.
@@ -161,6 +168,12 @@ func classifyFailure(db pinger, err error) error {
 		return infraError{fmt.Errorf("%w (and the database does not answer: %v)", err, perr)}
 	}
 	return err
+}
+
+// isLockNotAvailable says err is PostgreSQL's lock_not_available (55P03).
+func isLockNotAvailable(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "55P03"
 }
 
 // endedWithItsContext says that err is a statement's context ending (a

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -295,8 +296,12 @@ func (t *pipelinedTx) start(ctx context.Context, claim *inboxClaim) (bool, error
 			b.Queue(st.Query, st.Args...)
 		}
 		begin := !t.begun
+		lockTimeout, bounded := lockTimeoutFor(ctx)
 		if begin {
 			b.Queue("BEGIN")
+			if bounded {
+				b.Queue(setLockTimeoutSQL, lockTimeout)
+			}
 		}
 		if claim != nil {
 			b.Queue(claimSQL, claim.handler, claim.meta.Source, claim.meta.ID, claim.meta.Type)
@@ -309,6 +314,11 @@ func (t *pipelinedTx) start(ctx context.Context, claim *inboxClaim) (bool, error
 		if begin {
 			if _, err := br.Exec(); err != nil {
 				return infraError{fmt.Errorf("begin transaction: %w", err)}
+			}
+			if bounded {
+				if _, err := br.Exec(); err != nil {
+					return infraError{fmt.Errorf("set the transaction's lock timeout: %w", err)}
+				}
 			}
 		}
 		if claim != nil {
@@ -325,6 +335,26 @@ func (t *pipelinedTx) start(ctx context.Context, claim *inboxClaim) (bool, error
 	}
 	t.begun = true
 	return claimed, nil
+}
+
+// setLockTimeoutSQL bounds, for the transaction alone, how long a statement
+// waits for a lock. One statement, prepared once, whatever the value.
+const setLockTimeoutSQL = `SELECT set_config('lock_timeout', $1, true)`
+
+// lockTimeoutFor is the lock timeout of a transaction begun for a call whose
+// context is ctx: half the time left to its deadline, in milliseconds (at
+// least 1). A statement that waits that long for a lock held by another
+// session (a long transaction elsewhere) fails with lock_not_available,
+// which classifyFailure makes a wait that uses no retry. Without it, the
+// wait ran into the call's timeout, an error of the call's own, and after
+// the retries a good event was dead-lettered while the lock was held.
+// False when ctx has no deadline.
+func lockTimeoutFor(ctx context.Context) (string, bool) {
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		return "", false
+	}
+	return strconv.FormatInt(max(time.Until(deadline).Milliseconds()/2, 1), 10), true
 }
 
 // deferLater keeps a call's queued statements to send with what the
