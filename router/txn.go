@@ -252,6 +252,10 @@ type pipelinedTx struct {
 	ended bool
 	// begun says whether BEGIN was sent.
 	begun bool
+	// lockTimeout is what start sets lock_timeout to with BEGIN, from the
+	// context of the call that opened the transaction (the first of a
+	// shared one); "" for none.
+	lockTimeout string
 	// later are the last call's queued statements, which go to the server
 	// with what the transaction sends next (the next call's start, or the
 	// commit) instead of in a round trip of their own.
@@ -264,13 +268,14 @@ type pipelinedTx struct {
 	rowStops []context.CancelFunc
 }
 
-// openPipelined takes a connection for a transaction; start begins it.
+// openPipelined takes a connection for a transaction, for the call whose
+// context is ctx; start begins it.
 func openPipelined(ctx context.Context, db *store.DB) (*pipelinedTx, error) {
 	conn, err := db.Conn(ctx)
 	if err != nil {
 		return nil, infraError{fmt.Errorf("begin transaction: %w", err)}
 	}
-	return &pipelinedTx{conn: conn}, nil
+	return &pipelinedTx{conn: conn, lockTimeout: lockTimeoutFor(ctx)}, nil
 }
 
 // start sends, in one round trip: the last call's queued statements, if
@@ -296,11 +301,10 @@ func (t *pipelinedTx) start(ctx context.Context, claim *inboxClaim) (bool, error
 			b.Queue(st.Query, st.Args...)
 		}
 		begin := !t.begun
-		lockTimeout, bounded := lockTimeoutFor(ctx)
 		if begin {
 			b.Queue("BEGIN")
-			if bounded {
-				b.Queue(setLockTimeoutSQL, lockTimeout)
+			if t.lockTimeout != "" {
+				b.Queue(setLockTimeoutSQL, t.lockTimeout)
 			}
 		}
 		if claim != nil {
@@ -315,7 +319,7 @@ func (t *pipelinedTx) start(ctx context.Context, claim *inboxClaim) (bool, error
 			if _, err := br.Exec(); err != nil {
 				return infraError{fmt.Errorf("begin transaction: %w", err)}
 			}
-			if bounded {
+			if t.lockTimeout != "" {
 				if _, err := br.Exec(); err != nil {
 					return infraError{fmt.Errorf("set the transaction's lock timeout: %w", err)}
 				}
@@ -348,13 +352,13 @@ const setLockTimeoutSQL = `SELECT set_config('lock_timeout', $1, true)`
 // which classifyFailure makes a wait that uses no retry. Without it, the
 // wait ran into the call's timeout, an error of the call's own, and after
 // the retries a good event was dead-lettered while the lock was held.
-// False when ctx has no deadline.
-func lockTimeoutFor(ctx context.Context) (string, bool) {
+// "" when ctx has no deadline.
+func lockTimeoutFor(ctx context.Context) string {
 	deadline, ok := ctx.Deadline()
 	if !ok {
-		return "", false
+		return ""
 	}
-	return strconv.FormatInt(max(time.Until(deadline).Milliseconds()/2, 1), 10), true
+	return strconv.FormatInt(max(time.Until(deadline).Milliseconds()/2, 1), 10)
 }
 
 // deferLater keeps a call's queued statements to send with what the
