@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -35,7 +36,16 @@ func isInfra(err error) bool {
 
 // pgInfraCodes are PostgreSQL error codes (and classes, by their first two
 // characters) that say the server, not the statement, is the problem.
-var pgInfraCodes = []string{"08", "57P01", "57P02", "57P03", "53300", "53", "40001", "40P01", "55P03"}
+// A conflict with another session (pgConflictCodes) is not: the server
+// answers, and readiness must not fail for it.
+var pgInfraCodes = []string{"08", "57P01", "57P02", "57P03", "53300", "53"}
+
+// pgConflictCodes are the PostgreSQL errors of a transaction that met
+// another session's: a lock not available (past the transaction's
+// lock_timeout, see lockTimeoutFor, or a NOWAIT refused), a deadlock, a
+// serialization failure. The call is tried again, as for an unavailable
+// dependency, without using a retry.
+var pgConflictCodes = []string{"55P03", "40P01", "40001"}
 
 // databaseUnavailable reports whether err says the database cannot serve now:
 // no connection, a connection lost, the server shutting down or overloaded,
@@ -149,12 +159,11 @@ func classifyFailure(db pinger, err error) error {
 	if err == nil || runtime.IsPermanent(err) || isInfra(err) {
 		return err
 	}
-	// A lock held by another session past the transaction's lock timeout
-	// (see lockTimeoutFor), or refused to a NOWAIT: neither the event's
-	// fault nor the database away. The event waits for the lock, using no
-	// retry, as for an unavailable dependency; readiness is not affected.
-	if isLockNotAvailable(err) && !runtime.IsUnavailable(err) {
-		return runtime.Unavailable(fmt.Errorf("a lock held by another session: %w", err))
+	// A conflict with another session: neither the event's fault nor the
+	// database away. The event waits and is tried again, using no retry,
+	// as for an unavailable dependency; readiness is not affected.
+	if conflictWithAnotherSession(err) && !runtime.IsUnavailable(err) {
+		return runtime.Unavailable(fmt.Errorf("a conflict with another session: %w", err))
 	}
 	// A dependency's failure may look like the database's (a connection
 	// refused by the handler's own inventory database, say): marked
@@ -170,10 +179,10 @@ func classifyFailure(db pinger, err error) error {
 	return err
 }
 
-// isLockNotAvailable says err is PostgreSQL's lock_not_available (55P03).
-func isLockNotAvailable(err error) bool {
+// conflictWithAnotherSession says err is one of pgConflictCodes.
+func conflictWithAnotherSession(err error) bool {
 	var pe *pgconn.PgError
-	return errors.As(err, &pe) && pe.Code == "55P03"
+	return errors.As(err, &pe) && slices.Contains(pgConflictCodes, pe.Code)
 }
 
 // endedWithItsContext says that err is a statement's context ending (a

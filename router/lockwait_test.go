@@ -3,11 +3,11 @@ package router_test
 import (
 	"context"
 	"database/sql"
-	"fmt"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/eventfn/eventfn/internal/testenv"
 	"github.com/eventfn/eventfn/runtime"
 )
 
@@ -17,14 +17,31 @@ import (
 // event is not at fault: it must wait for the lock, holding only its key,
 // and be handled once the lock is released, never dead-lettered. On
 // PostgreSQL the lock is a row's; on SQLite the one write lock.
+//
+// A queued statement (tx.Queue) that met the lock failed the replica's
+// readiness: lock_not_available was the database away there.
 func TestALockHeldElsewhereDeadLettersNoGoodEvent(t *testing.T) {
+	update := func(ctx context.Context, tx runtime.Tx, ev chargeLike) error {
+		_, err := tx.ExecContext(ctx, `UPDATE lock_probe SET n = n + 1 WHERE id = $1`, ev.ID)
+		return err
+	}
+	queue := func(ctx context.Context, tx runtime.Tx, ev chargeLike) error {
+		return tx.Queue(ctx, runtime.Statement{Query: `UPDATE lock_probe SET n = n + 1 WHERE id = $1`, Args: []any{ev.ID}})
+	}
 	// MaxBatch 16: the first attempt runs in a shared transaction.
-	for _, maxBatch := range []int{1, 16} {
-		t.Run(fmt.Sprintf("max batch %d", maxBatch), func(t *testing.T) {
-			h := runtime.NewHandler("lock-probe", func(ctx context.Context, tx runtime.Tx, ev chargeLike) error {
-				_, err := tx.ExecContext(ctx, `UPDATE lock_probe SET n = n + 1 WHERE id = $1`, ev.ID)
-				return err
-			}, runtime.WithPolicy(runtime.Policy{MaxRetries: 1, InitialBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond, Timeout: 300 * time.Millisecond, MaxBatch: maxBatch}))
+	for _, tc := range []struct {
+		name     string
+		fn       func(context.Context, runtime.Tx, chargeLike) error
+		maxBatch int
+	}{
+		{"statement, alone", update, 1},
+		{"statement, in a batch", update, 16},
+		{"queued, alone", queue, 1},
+		{"queued, in a batch", queue, 16},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := runtime.NewHandler("lock-probe", tc.fn,
+				runtime.WithPolicy(runtime.Policy{MaxRetries: 1, InitialBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond, Timeout: 300 * time.Millisecond, MaxBatch: tc.maxBatch}))
 			tr := startRuntime(t, nil, h)
 			ctx := context.Background()
 			if _, err := tr.db.ExecContext(ctx, `CREATE TABLE lock_probe (id TEXT PRIMARY KEY, n INTEGER NOT NULL)`); err != nil {
@@ -63,7 +80,11 @@ func TestALockHeldElsewhereDeadLettersNoGoodEvent(t *testing.T) {
 			produceEvent(t, tr, chargeLike{ID: "locked"})
 			// Far past the event's two tries of 300 ms each.
 			deadline := time.Now().Add(3 * time.Second)
+			var unready error
 			for time.Now().Before(deadline) && tr.metric(t, "eventfn_dead_lettered_total", "handler", "lock-probe") == 0 {
+				if err := tr.rt.Ready(ctx); err != nil && unready == nil {
+					unready = err
+				}
 				time.Sleep(20 * time.Millisecond) // polling interval
 			}
 			if n := tr.metric(t, "eventfn_dead_lettered_total", "handler", "lock-probe"); n != 0 {
@@ -73,8 +94,8 @@ func TestALockHeldElsewhereDeadLettersNoGoodEvent(t *testing.T) {
 				// The database answers: a lock held elsewhere makes no replica
 				// unready. (SQLite's write lock held elsewhere is the database
 				// unavailable to every writer, and readiness says so.)
-				if err := tr.rt.Ready(ctx); err != nil {
-					t.Errorf("not ready while a lock elsewhere holds one event: %v", err)
+				if unready != nil {
+					t.Errorf("not ready while a lock elsewhere held one event: %v", unready)
 				}
 				if n := tr.metric(t, "eventfn_handler_attempts_total", "handler", "lock-probe", "result", "unavailable"); n == 0 {
 					t.Errorf("no attempt counted as waiting for the lock\n%s", tr.logs.String())
@@ -88,5 +109,73 @@ func TestALockHeldElsewhereDeadLettersNoGoodEvent(t *testing.T) {
 				return tr.db.Read.QueryRowContext(ctx, `SELECT n FROM lock_probe WHERE id = 'locked'`).Scan(&n) == nil && n == 1
 			})
 		})
+	}
+}
+
+// TestADeadlockBetweenTwoCallsKeepsReadiness: two calls of one handler take
+// two rows in opposite order, and PostgreSQL ends the deadlock by failing
+// one (40P01; the handler's 4 s timeout puts its lock timeout, 2 s, past
+// deadlock_timeout, 1 s). That was the database away: the replica went
+// unready while the victim waited. It is tried again like a lock held
+// elsewhere, and both events are handled. SQLite has one writer: two of its
+// transactions cannot deadlock.
+func TestADeadlockBetweenTwoCallsKeepsReadiness(t *testing.T) {
+	if testenv.DatabaseURL() == "" {
+		t.Skip("SQLite has one writer, so two transactions cannot deadlock: PostgreSQL only")
+	}
+	firstLocks := make(chan string, 2)
+	both := make(chan struct{})
+	h := runtime.NewHandler("lock-dead", func(ctx context.Context, tx runtime.Tx, ev chargeLike) error {
+		a, b := "a", "b"
+		if ev.ID == "ba" {
+			a, b = b, a
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE lock_dead SET n = n + 1 WHERE id = $1`, a); err != nil {
+			return err
+		}
+		select {
+		case firstLocks <- ev.ID: // the first attempt of each waits for the other's first lock
+			select {
+			case <-both:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		default:
+		}
+		_, err := tx.ExecContext(ctx, `UPDATE lock_dead SET n = n + 1 WHERE id = $1`, b)
+		return err
+	}, runtime.WithPolicy(runtime.Policy{MaxRetries: 3, InitialBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond, Timeout: 4 * time.Second, MaxBatch: 1}))
+	tr := startRuntime(t, nil, h)
+	ctx := context.Background()
+	if _, err := tr.db.ExecContext(ctx, `CREATE TABLE lock_dead (id TEXT PRIMARY KEY, n INTEGER NOT NULL)`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tr.db.ExecContext(ctx, `INSERT INTO lock_dead (id, n) VALUES ('a', 0), ('b', 0)`); err != nil {
+		t.Fatal(err)
+	}
+	produceEvent(t, tr, chargeLike{ID: "ab"})
+	produceEvent(t, tr, chargeLike{ID: "ba"})
+	waitUntil(t, "both calls holding their first lock", 30*time.Second, func() bool { return len(firstLocks) == 2 })
+	close(both)
+	var unready error
+	waitUntil(t, "both events handled", 30*time.Second, func() bool {
+		if err := tr.rt.Ready(ctx); err != nil && unready == nil {
+			unready = err
+		}
+		var n int
+		return tr.db.Read.QueryRowContext(ctx, `SELECT sum(n) FROM lock_dead`).Scan(&n) == nil && n == 4
+	})
+	if unready != nil {
+		t.Errorf("a deadlock between two events made the replica unready: %v", unready)
+	}
+	// The victim's call: tried again as a conflict, not the database away.
+	if n := tr.metric(t, "eventfn_handler_attempts_total", "handler", "lock-dead", "result", "infrastructure"); n != 0 {
+		t.Errorf("%v calls counted as the database away", n)
+	}
+	if n := tr.metric(t, "eventfn_handler_attempts_total", "handler", "lock-dead", "result", "unavailable"); n == 0 {
+		t.Errorf("no call counted as a conflict with another session\n%s", tr.logs.String())
+	}
+	if n := tr.metric(t, "eventfn_dead_lettered_total", "handler", "lock-dead"); n != 0 {
+		t.Errorf("%v dead letters from a deadlock", n)
 	}
 }

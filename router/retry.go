@@ -200,7 +200,7 @@ type dependencyWatch struct {
 // wait is maxBackoff: the outage is over once twice that passed quietly.
 func newDependencyWatch(waiting prometheus.Gauge, maxBackoff time.Duration, logger *slog.Logger) *dependencyWatch {
 	return &dependencyWatch{
-		report: outage.New("a dependency of the handler is unavailable; its events wait and are tried again without using their retries",
+		report: outage.New("a dependency of the handler is unavailable (or a lock it needs is held elsewhere); its events wait and are tried again without using their retries",
 			"the handler's dependency answers again", outageReportInterval, logger),
 		waiting: waiting,
 		quiet:   2 * maxBackoff,
