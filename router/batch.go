@@ -435,7 +435,7 @@ func callFn(c *call, tx sqlExecutor) (work toCommit, panicked any, err error) {
 // context) and begins a transaction that only batchCtx ends.
 func (m *committer) open(callCtx, batchCtx context.Context) (sharedTxn, error) {
 	if m.db.Driver == store.Postgres {
-		return openPipelined(callCtx, m.db)
+		return openForCall(callCtx, m.db)
 	}
 	conn, err := m.db.Conn(callCtx)
 	if err != nil {

@@ -119,7 +119,8 @@ func (p retryPlan) middleware() message.HandlerMiddleware {
 			for {
 				msg.SetContext(ctx)
 				out, err := h(msg)
-				if err == nil || !runtime.IsUnavailable(err) {
+				unavailable := err != nil && runtime.IsUnavailable(err)
+				if !unavailable {
 					stopWaiting(err)
 				}
 				if err == nil {
@@ -129,7 +130,7 @@ func (p retryPlan) middleware() message.HandlerMiddleware {
 					stopWaiting(err)
 					return out, err
 				}
-				if runtime.IsUnavailable(err) {
+				if unavailable {
 					waits++
 					if p.maxWaits > 0 && waits > p.maxWaits {
 						stopWaiting(err)

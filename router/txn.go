@@ -88,7 +88,7 @@ func inTx(ctx context.Context, db *store.DB, claim *inboxClaim, fn func(ctx cont
 func beginTx(ctx context.Context, db *store.DB, claim *inboxClaim) (txn, bool, error) {
 	var t sharedTxn
 	if db.Driver == store.Postgres {
-		p, err := openPipelined(ctx, db)
+		p, err := openForCall(ctx, db)
 		if err != nil {
 			return nil, false, err
 		}
@@ -268,14 +268,24 @@ type pipelinedTx struct {
 	rowStops []context.CancelFunc
 }
 
-// openPipelined takes a connection for a transaction, for the call whose
-// context is ctx; start begins it.
+// openPipelined takes a connection for a transaction; start begins it.
 func openPipelined(ctx context.Context, db *store.DB) (*pipelinedTx, error) {
 	conn, err := db.Conn(ctx)
 	if err != nil {
 		return nil, infraError{fmt.Errorf("begin transaction: %w", err)}
 	}
-	return &pipelinedTx{conn: conn, lockTimeout: lockTimeoutFor(ctx)}, nil
+	return &pipelinedTx{conn: conn}, nil
+}
+
+// openForCall is openPipelined for a handler's call whose context is ctx:
+// its transaction waits for a lock no longer than lockTimeoutFor(ctx).
+func openForCall(ctx context.Context, db *store.DB) (*pipelinedTx, error) {
+	t, err := openPipelined(ctx, db)
+	if err != nil {
+		return nil, err
+	}
+	t.lockTimeout = lockTimeoutFor(ctx)
+	return t, nil
 }
 
 // start sends, in one round trip: the last call's queued statements, if
