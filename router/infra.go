@@ -2,13 +2,10 @@ package router
 
 import (
 	"context"
-	"database/sql"
-	"database/sql/driver"
 	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -17,6 +14,7 @@ import (
 
 	"github.com/eventfn/eventfn/router/dispatch"
 	"github.com/eventfn/eventfn/runtime"
+	"github.com/eventfn/eventfn/store"
 )
 
 // infraError marks a failure of what the runtime owns (the database, its
@@ -34,46 +32,12 @@ func isInfra(err error) bool {
 	return errors.As(err, &ie)
 }
 
-// pgInfraCodes are PostgreSQL error codes (and classes, by their first two
-// characters) that say the server, not the statement, is the problem.
-// A conflict with another session (pgConflictCodes) is not: the server
-// answers, and readiness must not fail for it.
-var pgInfraCodes = []string{"08", "57P01", "57P02", "57P03", "53300", "53"}
-
 // pgConflictCodes are the PostgreSQL errors of a transaction that met
 // another session's: a lock not available (past the transaction's
 // lock_timeout, see lockTimeoutFor, or a NOWAIT refused), a deadlock, a
 // serialization failure. The call is tried again, as for an unavailable
 // dependency, without using a retry.
 var pgConflictCodes = []string{"55P03", "40P01", "40001"}
-
-// databaseUnavailable reports whether err says the database cannot serve now:
-// no connection, a connection lost, the server shutting down or overloaded,
-// SQLite's write lock held past its busy timeout.
-func databaseUnavailable(err error) bool {
-	if errors.Is(err, driver.ErrBadConn) || errors.Is(err, sql.ErrConnDone) {
-		return true
-	}
-	var ce *pgconn.ConnectError
-	if errors.As(err, &ce) {
-		return true
-	}
-	var pe *pgconn.PgError
-	if errors.As(err, &pe) {
-		for _, c := range pgInfraCodes {
-			if strings.HasPrefix(pe.Code, c) {
-				return true
-			}
-		}
-		return false
-	}
-	if pgconn.SafeToRetry(err) || pgconn.Timeout(err) {
-		return true
-	}
-	msg := err.Error()
-	return strings.Contains(msg, "SQLITE_BUSY") || strings.Contains(msg, "database is locked") ||
-		strings.Contains(msg, "conn closed") || strings.Contains(msg, "failed to connect")
-}
 
 // infraWatch tracks the events that wait for the infrastructure, for /readyz.
 type infraWatch struct {
@@ -168,7 +132,7 @@ func classifyFailure(db pinger, err error) error {
 	// A dependency's failure may look like the database's (a connection
 	// refused by the handler's own inventory database, say): marked
 	// Unavailable, only the ping below says eventfn's database is away.
-	if !runtime.IsUnavailable(err) && databaseUnavailable(err) && !endedWithItsContext(err) {
+	if !runtime.IsUnavailable(err) && store.Unavailable(err) && !endedWithItsContext(err) {
 		return infraError{err}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -189,7 +153,7 @@ func conflictWithAnotherSession(err error) bool {
 // timeout, waiting for a lock, say, or a cancellation of the handler's
 // own), which pgx reports as a timeout and safe to retry: the call's
 // trouble, which uses up a retry, unless the database does not answer
-// either (classifyFailure pings it). Left to databaseUnavailable alone, it
+// either (classifyFailure pings it). Left to store.Unavailable alone, it
 // was an outage, retried without end and without a dead letter.
 func endedWithItsContext(err error) bool {
 	return pgconn.Timeout(err) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/eventfn/eventfn/configs"
+	"github.com/eventfn/eventfn/internal/testenv"
 	"github.com/eventfn/eventfn/runtime"
 )
 
@@ -156,5 +157,73 @@ func TestADatabaseOutageDeadLettersNoGoodEvent(t *testing.T) {
 	waitUntil(t, "ready again", 30*time.Second, func() bool { return tr.rt.Ready(context.Background()) == nil })
 	if n := countRecords(t, tr, tr.cfg.Kafka.DeadLetterTopic); n != 0 {
 		t.Fatalf("%d events dead-lettered by the outage\n%s", n, tr.logs.String())
+	}
+}
+
+// TestADatabaseTurnedReadOnlyDeadLettersNoGoodEvent: a PostgreSQL server
+// that takes no writes for a while (a failover that points connections at a
+// standby, or a managed service that turns default_transaction_read_only on
+// when its disk fills) answers every write with read_only_sql_transaction.
+// That was taken for the event's fault: each event of the window used up its
+// retries and was dead-lettered. It is the database unable to serve: the
+// event waits, holding only its key, /readyz says why, and it is handled
+// once writes are taken again. PostgreSQL only: SQLite's read-only file and
+// full disk are store.Unavailable's (store's test), and what follows from
+// that is TestADatabaseOutageDeadLettersNoGoodEvent's.
+func TestADatabaseTurnedReadOnlyDeadLettersNoGoodEvent(t *testing.T) {
+	base := testenv.RequirePostgres(t)
+	for _, tc := range []struct {
+		name     string
+		maxBatch int
+	}{
+		{"alone", 1},
+		{"in a batch", 16},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// A database of its own: the setting is the database's, and
+			// the tests beside this one share the server.
+			database := testenv.NewPostgresDatabase(t, base)
+			var handled sync.Map
+			h := runtime.NewHandler("charge-like", func(ctx context.Context, tx runtime.Tx, ev chargeLike) error {
+				if _, err := tx.ExecContext(ctx, `INSERT INTO eventfn_inbox (handler, event_id, event_type) VALUES ('probe', $1, 'x')`, ev.ID); err != nil {
+					return err
+				}
+				handled.Store(ev.ID, true)
+				return nil
+			}, runtime.WithPolicy(runtime.Policy{MaxRetries: 1, InitialBackoff: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond,
+				Timeout: 300 * time.Millisecond, MaxBatch: tc.maxBatch}))
+			tr := startRuntime(t, func(c *configs.Config) { c.Database.URL = database.URL }, h)
+
+			tr.emit(t, chargeLike{ID: "before"})
+			waitUntil(t, "the first event handled", 30*time.Second, func() bool { _, ok := handled.Load("before"); return ok })
+
+			database.SetReadOnly(t, true)
+			keys := []string{"during-1", "during-2", "during-3"}
+			for _, k := range keys {
+				// Straight from Kafka: the outbox takes no writes either.
+				produceEvent(t, tr, chargeLike{ID: k})
+			}
+			waitUntil(t, "readiness to report the read-only database", 30*time.Second, func() bool {
+				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+				defer cancel()
+				err := tr.rt.Ready(ctx)
+				return err != nil && strings.Contains(err.Error(), "read-only")
+			})
+			time.Sleep(2 * time.Second) // the window's length, far past the retry budget; not synchronisation
+			for _, k := range keys {
+				if _, ok := handled.Load(k); ok {
+					t.Fatalf("%s handled while the database took no writes", k)
+				}
+			}
+			database.SetReadOnly(t, false)
+
+			for _, k := range keys {
+				waitUntil(t, k+" handled once writes are taken", 60*time.Second, func() bool { _, ok := handled.Load(k); return ok })
+			}
+			waitUntil(t, "ready again", 30*time.Second, func() bool { return tr.rt.Ready(context.Background()) == nil })
+			if n := countRecords(t, tr, tr.cfg.Kafka.DeadLetterTopic); n != 0 {
+				t.Fatalf("%d events dead-lettered by the read-only window\n%s", n, tr.logs.String())
+			}
+		})
 	}
 }

@@ -116,7 +116,7 @@ func claimError(claim *inboxClaim, err error) error {
 
 func commitError(err error) error {
 	err = fmt.Errorf("commit: %w", err)
-	if databaseUnavailable(err) {
+	if store.Unavailable(err) {
 		return infraError{err}
 	}
 	return err
@@ -591,7 +591,7 @@ func readCommit(br pgx.BatchResults, work toCommit) error {
 		if connBusy(err) {
 			return rowLeftOpen(err)
 		}
-		if databaseUnavailable(err) {
+		if store.Unavailable(err) {
 			return infraError{err}
 		}
 		return err
@@ -716,7 +716,7 @@ func queuedError(i int, stmts []runtime.Statement, err error) error {
 		}
 	}
 	err = fmt.Errorf("queued statement %d of %d (%s): %w", i+1, len(stmts), statementText(stmts[i].Query), err)
-	if databaseUnavailable(err) && !endedWithItsContext(err) {
+	if store.Unavailable(err) && !endedWithItsContext(err) {
 		return infraError{err}
 	}
 	return err

@@ -129,7 +129,7 @@ func (o *Outbox) writePipelinedOnce(ctx context.Context, stmts []runtime.Stateme
 				// whatever happens to the client: the outcome is unknown.
 				err = fmt.Errorf("the context ended while the transaction was in flight; it may have committed: %w", err)
 			}
-			if databaseUnavailable(err) && !isInfra(err) {
+			if store.Unavailable(err) && !isInfra(err) {
 				err = infraError{err}
 			}
 		}
@@ -149,7 +149,7 @@ func sendWrite(ctx context.Context, pc *pgx.Conn, b *pgx.Batch, stmts []runtime.
 		// BEGIN, and is the statement's fault, not the database's.
 		ended := sessionEnded(err)
 		err = fmt.Errorf("prepare or begin the transaction: %w", err)
-		if databaseUnavailable(err) {
+		if store.Unavailable(err) {
 			err = infraError{err}
 		}
 		if ended {

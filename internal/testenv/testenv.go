@@ -110,6 +110,67 @@ func PostgresSchema(t testing.TB, baseURL string) string {
 	return u.String()
 }
 
+// PostgresDatabase is a database of its own on a test server, for a test
+// that changes what only a whole database can have (a setting of every
+// session), which the tests beside it must not see.
+type PostgresDatabase struct {
+	// URL connects to it.
+	URL   string
+	name  string
+	admin *sql.DB
+}
+
+// NewPostgresDatabase creates a database on the server at baseURL and drops
+// it when the test ends.
+func NewPostgresDatabase(t testing.TB, baseURL string) *PostgresDatabase {
+	t.Helper()
+	admin, err := sql.Open("pgx", baseURL)
+	if err != nil {
+		t.Fatalf("open %s: %v", baseURL, err)
+	}
+	d := &PostgresDatabase{name: UniqueName("eventfn_db_"), admin: admin}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := admin.ExecContext(ctx, `CREATE DATABASE `+d.name); err != nil {
+		t.Fatalf("create database %s: %v", d.name, err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if _, err := admin.ExecContext(ctx, `DROP DATABASE `+d.name+` WITH (FORCE)`); err != nil {
+			t.Logf("drop database %s: %v", d.name, err)
+		}
+		_ = admin.Close()
+	})
+	u, err := url.Parse(baseURL)
+	if err != nil {
+		t.Fatalf("parse %s: %v", baseURL, err)
+	}
+	u.Path = "/" + d.name
+	d.URL = u.String()
+	return d
+}
+
+// SetReadOnly makes the server take no writes in this database, or take
+// them again, as a failover to a standby or a managed service whose disk
+// filled does: the setting for new sessions, then every open session ended
+// (as the failover ends them), so that their pools open new ones.
+func (d *PostgresDatabase) SetReadOnly(t testing.TB, on bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	stmt := `ALTER DATABASE ` + d.name + ` RESET default_transaction_read_only`
+	if on {
+		stmt = `ALTER DATABASE ` + d.name + ` SET default_transaction_read_only = on`
+	}
+	if _, err := d.admin.ExecContext(ctx, stmt); err != nil {
+		t.Fatalf("%s: %v", stmt, err)
+	}
+	if _, err := d.admin.ExecContext(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()`, d.name); err != nil {
+		t.Fatalf("end the sessions of %s: %v", d.name, err)
+	}
+}
+
 // LogBuffer collects a logger's output for a test; it is safe for the
 // concurrent writes of a running app and the test's reads.
 type LogBuffer struct {

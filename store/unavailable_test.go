@@ -1,0 +1,177 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"net"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/eventfn/eventfn/internal/testenv"
+)
+
+// TestUnavailableTellsADatabaseThatCannotServeFromBadWork: the errors a
+// database gives when it cannot serve now (work that failed so goes through
+// once it is back, and must not be dead-lettered) against the errors of work
+// that is wrong (retrying does not help). Every error is the engine's own,
+// made here. A database turned read-only (a failover to a standby, a managed
+// service whose disk filled) was taken for bad work, and its events were
+// dead-lettered; so was a full SQLite disk.
+func TestUnavailableTellsADatabaseThatCannotServeFromBadWork(t *testing.T) {
+	ctx := context.Background()
+	type engineCase struct {
+		name string
+		err  func(t *testing.T, db *sql.DB) error
+		want bool
+	}
+	run := func(t *testing.T, db *sql.DB, cases []engineCase) {
+		t.Helper()
+		for _, c := range cases {
+			t.Run(c.name, func(t *testing.T) {
+				err := c.err(t, db)
+				if err == nil {
+					t.Fatal("the engine gave no error")
+				}
+				wrapped := fmt.Errorf("record event e-1 in the inbox: %w", err)
+				if got := Unavailable(wrapped); got != c.want {
+					t.Fatalf("Unavailable(%v) = %v, want %v", wrapped, got, c.want)
+				}
+			})
+		}
+	}
+	exec := func(query string) func(*testing.T, *sql.DB) error {
+		return func(t *testing.T, db *sql.DB) error {
+			_, err := db.ExecContext(ctx, query)
+			return err
+		}
+	}
+
+	t.Run("nil", func(t *testing.T) {
+		if Unavailable(nil) {
+			t.Fatal("Unavailable(nil) = true")
+		}
+	})
+
+	t.Run("sqlite", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "u.db")
+		db, err := Open(ctx, Config{Driver: SQLite, SQLitePath: path})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
+		if _, err := db.ExecContext(ctx, `CREATE TABLE probe (id INTEGER PRIMARY KEY, v BLOB)`); err != nil {
+			t.Fatal(err)
+		}
+		run(t, db.DB, []engineCase{
+			{"a syntax error", exec(`INSER INTO probe VALUES (1, 'x')`), false},
+			{"a key given twice", func(t *testing.T, db *sql.DB) error {
+				if _, err := db.ExecContext(ctx, `INSERT INTO probe VALUES (7, 'x')`); err != nil {
+					t.Fatal(err)
+				}
+				_, err := db.ExecContext(ctx, `INSERT INTO probe VALUES (7, 'x')`)
+				return err
+			}, false},
+			{"the disk full", func(t *testing.T, db *sql.DB) error {
+				// max_page_count is the connection's: this one is limited to
+				// the pages the file has, as a full disk limits every one.
+				conn, err := db.Conn(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer func() {
+					_, _ = conn.ExecContext(ctx, `PRAGMA max_page_count = 4294967294`)
+					_ = conn.Close()
+				}()
+				var pages int
+				if err := conn.QueryRowContext(ctx, `PRAGMA page_count`).Scan(&pages); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := conn.ExecContext(ctx, fmt.Sprintf(`PRAGMA max_page_count = %d`, pages)); err != nil {
+					t.Fatal(err)
+				}
+				_, err = conn.ExecContext(ctx, `INSERT INTO probe (v) VALUES (zeroblob(1000000))`)
+				return err
+			}, true},
+			{"the file read-only", func(t *testing.T, _ *sql.DB) error {
+				ro, err := OpenSQLite("file:" + path + "?mode=ro")
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer ro.Close()
+				_, err = ro.ExecContext(ctx, `INSERT INTO probe (v) VALUES ('x')`)
+				return err
+			}, true},
+			{"the write lock held past the busy timeout", func(t *testing.T, db *sql.DB) error {
+				holder, err := db.BeginTx(ctx, nil) // IMMEDIATE: takes the write lock
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer func() { _ = holder.Rollback() }()
+				other, err := OpenSQLite("file:" + path + "?_pragma=busy_timeout(50)&_txlock=immediate")
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer other.Close()
+				_, err = other.ExecContext(ctx, `INSERT INTO probe (v) VALUES ('x')`)
+				return err
+			}, true},
+		})
+	})
+
+	t.Run("postgres", func(t *testing.T) {
+		url := testenv.PostgresSchema(t, testenv.RequirePostgres(t))
+		db, err := Open(ctx, Config{Driver: Postgres, URL: url})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
+		if _, err := db.ExecContext(ctx, `CREATE TABLE probe (id int PRIMARY KEY)`); err != nil {
+			t.Fatal(err)
+		}
+		run(t, db.DB, []engineCase{
+			{"a syntax error", exec(`INSER INTO probe VALUES (1)`), false},
+			{"a key given twice", exec(`INSERT INTO probe VALUES (1), (1)`), false},
+			{"a value out of range", exec(`INSERT INTO probe VALUES (2147483648)`), false},
+			{"a NUL in text", func(t *testing.T, db *sql.DB) error {
+				_, err := db.ExecContext(ctx, `SELECT $1::text`, "a\x00")
+				return err
+			}, false},
+			{"a write the server takes read-only", func(t *testing.T, db *sql.DB) error {
+				tx, err := db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer func() { _ = tx.Rollback() }()
+				_, err = tx.ExecContext(ctx, `INSERT INTO probe VALUES (3)`)
+				return err
+			}, true},
+			{"the server refusing connections", func(t *testing.T, _ *sql.DB) error {
+				l, err := net.Listen("tcp", "127.0.0.1:0")
+				if err != nil {
+					t.Fatal(err)
+				}
+				addr := l.Addr().String()
+				_ = l.Close()
+				gone, err := sql.Open("pgx", "postgres://postgres@"+addr+"/x?connect_timeout=5")
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer gone.Close()
+				ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				defer cancel()
+				return gone.PingContext(ctx)
+			}, true},
+			{"a session ended by the administrator", func(t *testing.T, db *sql.DB) error {
+				conn, err := db.Conn(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer conn.Close()
+				_, err = conn.ExecContext(ctx, `SELECT pg_terminate_backend(pg_backend_pid())`)
+				return err
+			}, true},
+		})
+	})
+}
