@@ -28,6 +28,7 @@ import (
 	"github.com/eventfn/eventfn/internal/outage"
 	"github.com/eventfn/eventfn/internal/tracing"
 	"github.com/eventfn/eventfn/runtime"
+	"github.com/eventfn/eventfn/store"
 )
 
 // ReadyFunc reports why the service cannot serve yet, or nil.
@@ -45,6 +46,8 @@ type Server struct {
 	// every request fail, and it is logged once, summarised, and its end
 	// logged, not once per request.
 	storing *outage.Reporter
+	// reading does the same for orders that cannot be read.
+	reading *outage.Reporter
 	tracer  trace.Tracer
 	// backpressure holds orders while the handlers are behind; nil holds none.
 	backpressure *Backpressure
@@ -71,8 +74,10 @@ const outageReportInterval = 30 * time.Second
 // GET /metrics, or nil when /metrics is served elsewhere.
 func NewServer(tx runtime.Transactor, read *sql.DB, ready ReadyFunc, metrics http.Handler, maxBody int64, logger *slog.Logger, opts ...ServerOption) *Server {
 	s := &Server{tx: tx, read: read, ready: ready, metrics: metrics, maxBody: maxBody, logger: logger,
-		storing: outage.New("orders cannot be stored; POST /orders answers 500",
+		storing: outage.New("orders cannot be stored; POST /orders answers 503 while the database cannot serve, 500 otherwise",
 			"orders stored again", outageReportInterval, logger),
+		reading: outage.New("orders cannot be read; GET /orders/{id} answers 503 while the database cannot serve, 500 otherwise",
+			"orders read again", outageReportInterval, logger),
 		tracer: tracing.Tracer(nil)}
 	for _, opt := range opts {
 		opt(s)
@@ -265,6 +270,13 @@ func (s *Server) createOrder(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		span.SetStatus(codes.Error, "the order could not be stored")
 		s.storing.Failed(err)
+		if store.Unavailable(err) {
+			// Away, read-only (a failover), out of disk: not the order's
+			// fault and not a bug; a client or a load balancer retries a
+			// 503 after Retry-After.
+			databaseUnavailable(w, "the order could not be stored: the database cannot take it now; try again")
+			return
+		}
 		writeJSON(w, http.StatusInternalServerError, map[string]string{"error": "the order could not be stored; try again"})
 		return
 	}
@@ -286,12 +298,31 @@ func (s *Server) getOrder(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, map[string]string{"error": "no order with id " + id})
 		return
 	}
+	if err != nil && r.Context().Err() != nil {
+		s.logger.DebugContext(r.Context(), "order read abandoned by the client before its answer", "err", err)
+		return
+	}
 	if err != nil {
-		s.logger.ErrorContext(r.Context(), "load order", "err", err)
+		s.reading.Failed(err)
+		if store.Unavailable(err) {
+			databaseUnavailable(w, "the order could not be read: the database cannot serve now; try again")
+			return
+		}
 		writeJSON(w, http.StatusInternalServerError, map[string]string{"error": "the order could not be read; try again"})
 		return
 	}
+	s.reading.Succeeded()
 	writeJSON(w, http.StatusOK, o)
+}
+
+// retryAfterDatabase is the Retry-After of an answer that the database could
+// not serve, in seconds: about what a restart or a failover takes.
+const retryAfterDatabase = "5"
+
+// databaseUnavailable answers 503 with Retry-After.
+func databaseUnavailable(w http.ResponseWriter, msg string) {
+	w.Header().Set("Retry-After", retryAfterDatabase)
+	writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": msg})
 }
 
 func (s *Server) loadOrder(ctx context.Context, id string) (Order, error) {

@@ -4,18 +4,24 @@ import (
 	"context"
 	"database/sql/driver"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill"
+
 	"github.com/eventfn/eventfn/configs"
 	"github.com/eventfn/eventfn/ingress"
 	"github.com/eventfn/eventfn/internal/testenv"
+	"github.com/eventfn/eventfn/router"
 	"github.com/eventfn/eventfn/runtime"
+	"github.com/eventfn/eventfn/store"
 )
 
 // faultyTransactor runs the real outbox's transactions, except while down
@@ -65,8 +71,8 @@ func TestADatabaseOutageIsReportedNotShouted(t *testing.T) {
 
 	tx.down.Store(true)
 	for range 50 {
-		if status, out := post(t, srv.URL, order); status != http.StatusInternalServerError {
-			t.Fatalf("status %d (%v) while the database is down, want 500", status, out)
+		if status, out := post(t, srv.URL, order); status != http.StatusServiceUnavailable {
+			t.Fatalf("status %d (%v) while the database is down, want 503", status, out)
 		}
 	}
 	tx.down.Store(false)
@@ -99,5 +105,118 @@ func TestADatabaseOutageIsReportedNotShouted(t *testing.T) {
 	}
 	if n := strings.Count(out, "abandoned by the client"); n != 20 {
 		t.Errorf("%d abandoned requests logged (at DEBUG), want 20:\n%s", n, out)
+	}
+}
+
+// TestADatabaseThatCannotServeAnswers503: while the database takes no
+// writes, POST /orders answers 503 with Retry-After (a client or a load
+// balancer tries again then), stores nothing, and logs the outage once; it
+// answered 500, as for a bug. The database's own errors: on PostgreSQL a
+// database turned read-only (a failover to a standby, a managed service
+// whose disk filled), on SQLite a full disk.
+func TestADatabaseThatCannotServeAnswers503(t *testing.T) {
+	ctx := context.Background()
+	var (
+		sc          store.Config
+		stop, start func(db *store.DB)
+	)
+	if base := testenv.DatabaseURL(); base != "" {
+		pg := testenv.NewPostgresDatabase(t, base)
+		sc = store.Config{Driver: store.Postgres, URL: pg.URL, MaxOpenConns: 4}
+		stop = func(*store.DB) { pg.SetReadOnly(t, true) }
+		start = func(*store.DB) { pg.SetReadOnly(t, false) }
+	} else {
+		sc = store.Config{Driver: store.SQLite, SQLitePath: filepath.Join(t.TempDir(), "full.db")}
+		// The writer is one connection: limited to the pages the file has,
+		// it meets a full disk at the first write that needs another.
+		stop = func(db *store.DB) {
+			var pages int
+			if err := db.QueryRowContext(ctx, `PRAGMA page_count`).Scan(&pages); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := db.ExecContext(ctx, fmt.Sprintf(`PRAGMA max_page_count = %d`, pages)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		start = func(db *store.DB) {
+			if _, err := db.ExecContext(ctx, `PRAGMA max_page_count = 4294967294`); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	db, err := store.Open(ctx, sc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = db.Close() })
+	cfg, err := configs.Load(configs.Options{Profile: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &testenv.LogBuffer{}
+	srv := httptest.NewServer(ingress.NewServer(router.NewOutbox(db, cfg, watermill.NopLogger{}), db.Read, func(context.Context) error { return nil },
+		http.NotFoundHandler(), 1<<20, slog.New(slog.NewTextHandler(logs, nil))).Handler())
+	t.Cleanup(srv.Close)
+	// Long enough that a few orders fill a page.
+	order := `{"customer_email": "a@example.com", "items": [{"sku": "` + strings.Repeat("S", 64) + `", "quantity": 1, "price_cents": 100}]}`
+
+	stored := 0
+	if status, out := post(t, srv.URL, order); status != http.StatusCreated {
+		t.Fatalf("status %d (%v) before, want 201", status, out)
+	}
+	stored++
+	stop(db)
+	refused := 0
+	for range 100 {
+		resp, err := http.Post(srv.URL+"/orders", "application/json", strings.NewReader(order))
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		switch resp.StatusCode {
+		case http.StatusCreated:
+			stored++ // SQLite: the page had room for it
+			continue
+		case http.StatusServiceUnavailable:
+		default:
+			t.Fatalf("status %d (%s) while the database takes no writes, want 503", resp.StatusCode, raw)
+		}
+		if got := resp.Header.Get("Retry-After"); got != "5" {
+			t.Errorf("Retry-After %q, want 5", got)
+		}
+		if !strings.Contains(string(raw), "the database cannot take it now") {
+			t.Errorf("body %s does not say why", raw)
+		}
+		if refused++; refused == 10 {
+			break
+		}
+	}
+	if refused < 10 {
+		t.Fatalf("%d of 100 orders refused while the database takes no writes", refused)
+	}
+	start(db)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		status, out := post(t, srv.URL, order)
+		if status == http.StatusCreated {
+			stored++
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("status %d (%v) after the database takes writes again", status, out)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	var n int
+	if err := db.Read.QueryRowContext(ctx, `SELECT count(*) FROM orders`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != stored {
+		t.Errorf("%d orders stored, want the %d answered 201", n, stored)
+	}
+	out := logs.String()
+	if c := strings.Count(out, "level=ERROR"); c != 1 || !strings.Contains(out, "POST /orders answers 503") {
+		t.Errorf("%d ERROR lines, want 1 saying 503 for the whole outage:\n%s", c, out)
 	}
 }
