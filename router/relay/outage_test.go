@@ -10,10 +10,13 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/eventfn/eventfn/embedded"
 	"github.com/eventfn/eventfn/internal/testenv"
 	"github.com/eventfn/eventfn/router/relay"
+	"github.com/eventfn/eventfn/store"
 )
 
 // TestABrokerOutageIsLoggedOnceAndItsEndOnce: while the broker is away the
@@ -165,4 +168,71 @@ func TestAStandbyIsHealthyOnceTheDatabaseAnswers(t *testing.T) {
 		return strings.Contains(logs.String(), "level=ERROR") && r.Healthy() == nil &&
 			strings.Contains(logs.String(), "this one waits to take over")
 	})
+}
+
+// TestRowsOnKafkaWhoseMarkFailedAreNotSentAgain: a database that takes
+// reads but no writes (PostgreSQL turned read-only: a failover to a
+// standby, a managed service whose disk filled) lets the relay read and
+// produce a batch, then refuses its mark. The relay read the same rows again
+// after each backoff and sent them again, one more copy of every row per
+// retry for as long as the window lasted. It now keeps the ids and marks
+// them before it reads again: each row reaches Kafka once. PostgreSQL only:
+// SQLite has no state that takes reads but refuses this write, and the
+// relay's part of it is the same on both.
+func TestRowsOnKafkaWhoseMarkFailedAreNotSentAgain(t *testing.T) {
+	pg := testenv.NewPostgresDatabase(t, testenv.RequirePostgres(t))
+	ctx := context.Background()
+	db, err := store.Open(ctx, store.Config{Driver: store.Postgres, URL: pg.URL, MaxOpenConns: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = db.Close() })
+	e := open(t)
+	e.db = db
+	topic := e.topic(t, 1)
+	const n = 20
+	var recs []relay.Record
+	for i := range n {
+		recs = append(recs, relay.Record{Topic: topic, Key: []byte("k"), Headers: map[string]string{"ce_id": fmt.Sprint(i)}, Payload: []byte(fmt.Sprint(i))})
+	}
+	insert(t, e, recs, n)
+	pg.SetReadOnly(t, true)
+
+	p, m := producerAndMetrics(t, e)
+	logs := &testenv.LogBuffer{}
+	r := relay.New(relay.Config{BatchSize: 100, PollInterval: 10 * time.Millisecond, MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond},
+		relay.NewTable(e.db), p, relay.NewLease(e.db), m, slog.New(slog.NewTextHandler(logs, nil)))
+	run(t, r)
+	consume(t, e, topic, n)
+	waitFor(t, "the relay to report the refused mark", 30*time.Second, func() bool {
+		err := r.Healthy()
+		return err != nil && strings.Contains(err.Error(), "read-only")
+	})
+	time.Sleep(time.Second) // the window's length: some twenty retries; not synchronisation
+	pg.SetReadOnly(t, false)
+	waitFor(t, "every row marked once writes are taken", 30*time.Second, func() bool { return stats(t, e).Pending == 0 })
+	waitFor(t, "the relay healthy again", 30*time.Second, func() bool { return r.Healthy() == nil })
+
+	if got := endOffset(t, e, topic); got != n {
+		t.Fatalf("%d records on Kafka for %d rows: rows were sent again while their mark failed\n%s", got, n, logs.String())
+	}
+}
+
+// endOffset is how many records topic holds.
+func endOffset(t *testing.T, e engines, topic string) int64 {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(e.brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ends, err := kadm.NewClient(cl).ListEndOffsets(ctx, topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var total int64
+	ends.Each(func(o kadm.ListedOffset) { total += o.Offset })
+	return total
 }

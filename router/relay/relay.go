@@ -116,6 +116,12 @@ type Relay struct {
 	metrics *Metrics
 	nudges  chan struct{}
 	outage  *outage.Reporter
+	// unmarked are rows on Kafka whose mark failed (a database that takes
+	// reads but no writes, read-only after a failover, say). They are
+	// marked before anything is read again: read again, they were sent
+	// again, the same batch once per retry for as long as the mark failed.
+	// Only Run's goroutine touches it.
+	unmarked []int64
 }
 
 // New builds a relay; Run starts it.
@@ -187,6 +193,14 @@ func (r *Relay) Run(ctx context.Context) error {
 		backoff = min(2*backoff, r.cfg.MaxBackoff)
 	}
 	for ctx.Err() == nil {
+		// Before the lease: rows this relay put on Kafka are marked even
+		// when another replica leads now, which spares it sending them too.
+		if err := r.markUnmarked(ctx); err != nil {
+			if ctx.Err() == nil {
+				fail(err)
+			}
+			continue
+		}
 		if err := r.lease.Acquire(ctx, r.standingBy); err != nil {
 			if ctx.Err() == nil {
 				fail(err)
@@ -361,11 +375,25 @@ func (r *Relay) complete(ctx context.Context, b *batch) error {
 	// Produced rows are marked even when others failed: they are on Kafka, and
 	// marking them keeps the next attempt from sending them twice.
 	if err := r.source.MarkForwarded(ctx, forwarded); err != nil {
+		r.unmarked = append(r.unmarked, forwarded...)
 		return errors.Join(err, transient)
 	}
 	r.metrics.forwarded.Add(float64(len(forwarded)))
 	r.metrics.batchSeconds.Observe(time.Since(b.start).Seconds())
 	return transient
+}
+
+// markUnmarked marks the rows whose mark failed after they were produced.
+func (r *Relay) markUnmarked(ctx context.Context) error {
+	if len(r.unmarked) == 0 {
+		return nil
+	}
+	if err := r.source.MarkForwarded(ctx, r.unmarked); err != nil {
+		return fmt.Errorf("mark rows already on Kafka: %w", err)
+	}
+	r.metrics.forwarded.Add(float64(len(r.unmarked)))
+	r.unmarked = nil
+	return nil
 }
 
 // failed records a failure; an outage is logged when it starts and then
