@@ -163,6 +163,28 @@ func TestUnavailableTellsADatabaseThatCannotServeFromBadWork(t *testing.T) {
 				defer cancel()
 				return gone.PingContext(ctx)
 			}, true},
+			{"a session ended for idling (idle_session_timeout)", func(t *testing.T, db *sql.DB) error {
+				conn, err := db.Conn(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer conn.Close()
+				if _, err := conn.ExecContext(ctx, `SET idle_session_timeout = '20ms'`); err != nil {
+					t.Fatal(err)
+				}
+				// The server ends the session after 20 ms idle; until then
+				// a statement still goes through.
+				deadline := time.Now().Add(10 * time.Second)
+				for {
+					if _, err := conn.ExecContext(ctx, `SELECT 1`); err != nil {
+						return err
+					}
+					if time.Now().After(deadline) {
+						t.Fatal("the session was not ended for idling")
+					}
+					time.Sleep(50 * time.Millisecond) // idles the session: the fault itself
+				}
+			}, true},
 			{"a session ended by the administrator", func(t *testing.T, db *sql.DB) error {
 				conn, err := db.Conn(ctx)
 				if err != nil {
