@@ -8,7 +8,7 @@
 #   ci/services.sh status           show what runs
 #   ci/services.sh env              print the test variables: eval "$(ci/services.sh env)"
 #   ci/services.sh kafka-node N kill|stop|pause|resume|start   a fault on node N
-#   ci/services.sh pg restart|crash|stop|start|pause|resume    a fault on PostgreSQL
+#   ci/services.sh pg restart|crash|stop|start|pause|resume|read-only|writable   a fault on PostgreSQL
 #
 # It is idempotent, keeps state and logs under $EVENTFN_SERVICES_DIR (default
 # ci/.services), caches the Kafka jars under $EVENTFN_CACHE_DIR (default
@@ -153,6 +153,12 @@ pg_up() {
   if ! "$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -Atc "SELECT 1 FROM pg_roles WHERE rolname = '$PG_CERT_USER'" | grep -q 1; then
     "$bin/psql" -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -c "CREATE ROLE $PG_CERT_USER LOGIN SUPERUSER" || die "creating role $PG_CERT_USER failed"
   fi
+  # A fault test stopped between 'pg read-only' and 'pg writable' left the
+  # setting in the cluster's postgresql.auto.conf.
+  if [ "$("$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -Atc "SHOW default_transaction_read_only")" = on ]; then
+    say "PostgreSQL was left read-only by a fault test; making it writable"
+    pg_fault writable
+  fi
   say "PostgreSQL on 127.0.0.1:$PG_PORT, database $PG_DB"
 }
 
@@ -273,7 +279,9 @@ kafka_node_fault() {
 }
 
 # pg_fault ACTION: restart (fast), crash (immediate stop), start, pause
-# (SIGSTOP the postmaster and its backends) or resume; for fault tests.
+# (SIGSTOP the postmaster and its backends), resume, read-only (every
+# session, the open ones too, takes no writes: as a managed service does when
+# its disk fills, or a standby) or writable; for fault tests.
 pg_fault() {
   local bin; bin=$(pg_bin)
   case "$1" in
@@ -285,7 +293,13 @@ pg_fault() {
       local sig=STOP pid; [ "$1" = resume ] && sig=CONT
       pid=$(head -n 1 "$PGDATA/postmaster.pid")
       kill -$sig "$pid" $(pgrep -P "$pid" || true) ;;
-    *) die "pg: unknown action $1 (restart, crash, stop, start, pause, resume)" ;;
+    read-only|writable)
+      local set="SET default_transaction_read_only = on"; [ "$1" = writable ] && set="RESET default_transaction_read_only"
+      # A reload applies the setting to open sessions as well. The session
+      # that sets it must itself be writable to turn it off again.
+      PGOPTIONS="-c default_transaction_read_only=off" "$bin/psql" -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres \
+        -c "ALTER SYSTEM $set" -c "SELECT pg_reload_conf()" >/dev/null ;;
+    *) die "pg: unknown action $1 (restart, crash, stop, start, pause, resume, read-only, writable)" ;;
   esac
 }
 

@@ -125,6 +125,28 @@ func TestPostgresFrozen(t *testing.T) {
 	r.errorsAtMost(t, 5)
 }
 
+// TestPostgresReadOnly: the server takes reads but no writes for 30 s, as
+// a managed service does when its disk fills, or a standby before a
+// failover completes. Orders are refused meanwhile (503); events already
+// on Kafka wait for writes, none is dead-lettered.
+func TestPostgresReadOnly(t *testing.T) {
+	c := engines(t)
+	d := newDeployment(t, c)
+	d.start(t, "a")
+	tr := d.drive(t, rate)
+	waitAccepted(t, tr, 150)
+	c.services(t, "pg", "read-only")
+	t.Cleanup(func() { c.services(t, "pg", "writable") })
+	time.Sleep(30 * time.Second) // the fault's length, not synchronisation
+	c.services(t, "pg", "writable")
+	recovered := time.Now()
+	waitAccepted(t, tr, tr.count()+150)
+	tr.end()
+	r := d.settle(t, "PostgreSQL read-only for 30 s", tr, recovered, drainDeadline)
+	r.check(t)
+	r.errorsAtMost(t, 5)
+}
+
 func TestTwoReplicasOneKilled(t *testing.T) {
 	c := engines(t)
 	d := newDeployment(t, c)
