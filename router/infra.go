@@ -2,6 +2,7 @@ package router
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -119,8 +120,18 @@ func waitOutInfrastructure(watch *infraWatch, closing func() bool, logger *slog.
 // classifyFailure marks err as an infrastructure failure when the database,
 // not the event, is why the call failed: the error says so, or the database
 // does not answer a ping right after. Permanent errors stay what they are.
-func classifyFailure(db pinger, err error) error {
-	if err == nil || runtime.IsPermanent(err) || isInfra(err) {
+func classifyFailure(db prober, err error) error {
+	if err == nil || runtime.IsPermanent(err) {
+		return err
+	}
+	// A write refused as read-only says the server takes none (a standby, a
+	// full disk's setting), unless it does: then the handler made its own
+	// transaction read-only, and its every call will fail so. Waited for, its
+	// key waited without end with the replica unready.
+	if readOnlyRefused(err) && serverTakesWrites(db) {
+		return fmt.Errorf("%v (the transaction itself was made read-only: the server takes writes)", err)
+	}
+	if isInfra(err) {
 		return err
 	}
 	// A conflict with another session: neither the event's fault nor the
@@ -159,6 +170,25 @@ func endedWithItsContext(err error) bool {
 	return pgconn.Timeout(err) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)
 }
 
-type pinger interface {
+// prober asks the database whether it serves.
+type prober interface {
 	PingContext(ctx context.Context) error
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// readOnlyRefused says err is PostgreSQL's refusal of a write in a
+// read-only transaction (25006).
+func readOnlyRefused(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "25006"
+}
+
+// serverTakesWrites asks PostgreSQL whether it takes writes now: it is no
+// standby, and new transactions are not read-only. No answer is no.
+func serverTakesWrites(db prober) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	var writable bool
+	err := db.QueryRowContext(ctx, `SELECT NOT pg_is_in_recovery() AND current_setting('default_transaction_read_only') = 'off'`).Scan(&writable)
+	return err == nil && writable
 }

@@ -227,3 +227,78 @@ func TestADatabaseTurnedReadOnlyDeadLettersNoGoodEvent(t *testing.T) {
 		})
 	}
 }
+
+// TestAStatementThatFailsItselfIsNotWaitedForAsTheDatabase: an error that
+// reads like the database's but is the handler's own statement's fails the
+// same way however long the event waits. Waited for as the database, its
+// key waited without end and the replica stayed unready: a sort past
+// temp_file_limit (53400, in the class of "insufficient resources" that was
+// taken whole) and a write in a transaction the handler itself made
+// read-only (25006, which is the server's state only when the server says
+// so). Each is retried and dead-lettered, readiness kept, and the events of
+// other keys go on. PostgreSQL only: SQLite has neither.
+func TestAStatementThatFailsItselfIsNotWaitedForAsTheDatabase(t *testing.T) {
+	testenv.RequirePostgres(t)
+	for _, tc := range []struct {
+		name string
+		bad  []string // the bad event's statements, in the handler's transaction
+	}{
+		{"a sort past temp_file_limit", []string{
+			`SET LOCAL work_mem = '64kB'`, `SET LOCAL temp_file_limit = '100kB'`,
+			`SELECT g FROM generate_series(1, 200000) g ORDER BY g DESC`,
+		}},
+		{"a write in a transaction made read-only", []string{
+			`SET LOCAL transaction_read_only = on`,
+			`INSERT INTO eventfn_inbox (handler, event_id, event_type) VALUES ('probe', 'bad', 'x')`,
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var handled sync.Map
+			h := runtime.NewHandler("charge-like", func(ctx context.Context, tx runtime.Tx, ev chargeLike) error {
+				if ev.ID == "bad" {
+					for _, q := range tc.bad {
+						if _, err := tx.ExecContext(ctx, q); err != nil {
+							return err
+						}
+					}
+				}
+				handled.Store(ev.ID, true)
+				return nil
+			}, runtime.WithPolicy(runtime.Policy{MaxRetries: 1, InitialBackoff: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, Timeout: 5 * time.Second}))
+			tr := startRuntime(t, nil, h)
+			waitUntil(t, "ready", 30*time.Second, func() bool { return tr.rt.Ready(context.Background()) == nil })
+			var unready error
+			var mu sync.Mutex
+			stop := make(chan struct{})
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				for {
+					select {
+					case <-stop:
+						return
+					case <-time.After(5 * time.Millisecond):
+					}
+					if err := tr.rt.Ready(context.Background()); err != nil {
+						mu.Lock()
+						if unready == nil {
+							unready = err
+						}
+						mu.Unlock()
+					}
+				}
+			}()
+			tr.emit(t, chargeLike{ID: "bad"}, chargeLike{ID: "good"})
+			dead := tr.records(t, tr.cfg.Kafka.DeadLetterTopic, 1)
+			waitUntil(t, "the other key's event handled", 30*time.Second, func() bool { _, ok := handled.Load("good"); return ok })
+			close(stop)
+			<-done
+			if got := string(dead[0].Key); got != "bad" {
+				t.Fatalf("dead-lettered %q, want the bad event", got)
+			}
+			if unready != nil {
+				t.Fatalf("the replica was unready for the event's own failure: %v\n%s", unready, tr.logs.String())
+			}
+		})
+	}
+}

@@ -17,17 +17,22 @@ import (
 //   - 08: the connection failed or was lost;
 //   - 57P01, 57P02, 57P03, 57P05: the server shuts down, crashed, is not
 //     taking connections yet, or ended an idle session;
-//   - 53: the server is out of a resource (connections, memory, disk:
-//     53100 disk_full);
+//   - 53000, 53100, 53300: the server is short of resources, out of disk,
+//     or of connections;
 //   - 25006: a write in a read-only transaction. eventfn never asks for one,
 //     so the server made it so: a standby (a failover that pointed the
 //     connection at a replica, or has not promoted one yet), or
 //     default_transaction_read_only turned on, as managed services do when
 //     the disk fills. The work goes through once the server takes writes.
+//     (A handler that makes its own transaction read-only is the router's
+//     to tell apart: it asks the server.)
 //
-// A conflict with another session (a lock, a deadlock) is not here: the
-// server serves, the router waits that out on its own terms.
-var pgUnavailableCodes = []string{"08", "57P01", "57P02", "57P03", "57P05", "53", "25006"}
+// Not here, though in class 53: 53200 (out of memory) and 53400 (a limit
+// such as temp_file_limit) are one statement's, which fails again however
+// long it waits; it is retried and dead-lettered, never waited for without
+// end. A conflict with another session (a lock, a deadlock) is not here
+// either: the server serves, the router waits that out on its own terms.
+var pgUnavailableCodes = []string{"08", "57P01", "57P02", "57P03", "57P05", "53000", "53100", "53300", "25006"}
 
 // sqliteUnavailableCodes are SQLite's primary result codes that say the file
 // cannot take this write now, whatever it is: another connection holds the

@@ -5,9 +5,12 @@ import (
 	"database/sql"
 	"fmt"
 	"net"
+	neturl "net/url"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/eventfn/eventfn/internal/testenv"
 )
@@ -138,6 +141,46 @@ func TestUnavailableTellsADatabaseThatCannotServeFromBadWork(t *testing.T) {
 				_, err := db.ExecContext(ctx, `SELECT $1::text`, "a\x00")
 				return err
 			}, false},
+			{"a sort past temp_file_limit (one statement's limit)", func(t *testing.T, db *sql.DB) error {
+				conn, err := db.Conn(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer func() {
+					_, _ = conn.ExecContext(ctx, `RESET temp_file_limit`)
+					_, _ = conn.ExecContext(ctx, `RESET work_mem`)
+					_ = conn.Close()
+				}()
+				if _, err := conn.ExecContext(ctx, `SET work_mem = '64kB'`); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := conn.ExecContext(ctx, `SET temp_file_limit = '100kB'`); err != nil {
+					t.Fatal(err)
+				}
+				_, err = conn.ExecContext(ctx, `SELECT g FROM generate_series(1, 200000) g ORDER BY g DESC`)
+				return err
+			}, false},
+			{"out of memory (one statement's: made here, the server cannot be made to run out at will)", func(*testing.T, *sql.DB) error {
+				return &pgconn.PgError{Severity: "ERROR", Code: "53200", Message: "out of memory"}
+			}, false},
+			{"too many connections (a role's limit)", func(t *testing.T, db *sql.DB) error {
+				role := testenv.UniqueName("eventfn_limited_")
+				if _, err := db.ExecContext(ctx, `CREATE ROLE `+role+` LOGIN CONNECTION LIMIT 0`); err != nil {
+					t.Fatal(err)
+				}
+				defer func() { _, _ = db.ExecContext(ctx, `DROP ROLE `+role) }()
+				u, err := neturl.Parse(url)
+				if err != nil {
+					t.Fatal(err)
+				}
+				u.User = neturl.User(role)
+				limited, err := sql.Open("pgx", u.String())
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer limited.Close()
+				return limited.PingContext(ctx)
+			}, true},
 			{"a write the server takes read-only", func(t *testing.T, db *sql.DB) error {
 				tx, err := db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
 				if err != nil {
