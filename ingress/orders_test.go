@@ -39,12 +39,24 @@ func newServerWith(t *testing.T, maxBody int64, edit func(*configs.Config)) (*ht
 // HTTP server's own limits first.
 func newUnstartedServer(t *testing.T, maxBody int64, edit func(*configs.Config), opts ...ingress.ServerOption) (*httptest.Server, *store.DB, *router.Outbox) {
 	t.Helper()
-	ctx := context.Background()
 	sc := store.Config{Driver: store.SQLite, SQLitePath: filepath.Join(t.TempDir(), "api.db")}
 	if u := testenv.DatabaseURL(); u != "" {
 		sc = store.Config{Driver: store.Postgres, URL: testenv.PostgresSchema(t, u), MaxOpenConns: 4}
 	}
-	db, err := store.Open(ctx, sc)
+	db, cfg := openStore(t, sc)
+	edit(&cfg)
+	outbox := router.NewOutbox(db, cfg, watermill.NopLogger{})
+	ready := func(context.Context) error { return nil }
+	srv := httptest.NewUnstartedServer(ingress.NewServer(outbox, db.Read, ready, http.NotFoundHandler(), maxBody, slog.New(slog.DiscardHandler), opts...).Handler())
+	t.Cleanup(srv.Close)
+	return srv, db, outbox
+}
+
+// openStore opens and migrates the database sc names, closed when the test
+// ends, with the test profile's configuration.
+func openStore(t *testing.T, sc store.Config) (*store.DB, configs.Config) {
+	t.Helper()
+	db, err := store.Open(context.Background(), sc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,12 +65,7 @@ func newUnstartedServer(t *testing.T, maxBody int64, edit func(*configs.Config),
 	if err != nil {
 		t.Fatal(err)
 	}
-	edit(&cfg)
-	outbox := router.NewOutbox(db, cfg, watermill.NopLogger{})
-	ready := func(context.Context) error { return nil }
-	srv := httptest.NewUnstartedServer(ingress.NewServer(outbox, db.Read, ready, http.NotFoundHandler(), maxBody, slog.New(slog.DiscardHandler), opts...).Handler())
-	t.Cleanup(srv.Close)
-	return srv, db, outbox
+	return db, cfg
 }
 
 func post(t *testing.T, url, body string) (int, map[string]any) {

@@ -144,15 +144,7 @@ func TestADatabaseThatCannotServeAnswers503(t *testing.T) {
 			}
 		}
 	}
-	db, err := store.Open(ctx, sc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = db.Close() })
-	cfg, err := configs.Load(configs.Options{Profile: "test"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	db, cfg := openStore(t, sc)
 	logs := &testenv.LogBuffer{}
 	srv := httptest.NewServer(ingress.NewServer(router.NewOutbox(db, cfg, watermill.NopLogger{}), db.Read, func(context.Context) error { return nil },
 		http.NotFoundHandler(), 1<<20, slog.New(slog.NewTextHandler(logs, nil))).Handler())

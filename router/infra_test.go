@@ -86,6 +86,20 @@ type chargeLike struct {
 func (chargeLike) EventType() string  { return "charge.like" }
 func (c chargeLike) EventKey() string { return c.ID }
 
+// probeWriter is a handler that writes one row per event and then records
+// the event in handled: a budget of 2 tries of 300 ms, far shorter than the
+// outages the tests make. maxBatch 0 lets the database decide.
+func probeWriter(handled *sync.Map, maxBatch int) runtime.Handler {
+	return runtime.NewHandler("charge-like", func(ctx context.Context, tx runtime.Tx, ev chargeLike) error {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO eventfn_inbox (handler, event_id, event_type) VALUES ('probe', $1, 'x')`, ev.ID); err != nil {
+			return err
+		}
+		handled.Store(ev.ID, true)
+		return nil
+	}, runtime.WithPolicy(runtime.Policy{MaxRetries: 1, InitialBackoff: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond,
+		Timeout: 300 * time.Millisecond, MaxBatch: maxBatch}))
+}
+
 // TestADatabaseOutageDeadLettersNoGoodEvent: failures because the database
 // was away once used up an event's retries and dead-lettered good events.
 // Now the event waits for the database, holding only its key, /readyz says
@@ -95,13 +109,7 @@ func (c chargeLike) EventKey() string { return c.ID }
 func TestADatabaseOutageDeadLettersNoGoodEvent(t *testing.T) {
 	var proxy *cutProxy
 	var handled sync.Map
-	h := runtime.NewHandler("charge-like", func(ctx context.Context, tx runtime.Tx, ev chargeLike) error {
-		if _, err := tx.ExecContext(ctx, `INSERT INTO eventfn_inbox (handler, event_id, event_type) VALUES ('probe', $1, 'x')`, ev.ID); err != nil {
-			return err
-		}
-		handled.Store(ev.ID, true)
-		return nil
-	}, runtime.WithPolicy(runtime.Policy{MaxRetries: 1, InitialBackoff: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, Timeout: 300 * time.Millisecond}))
+	h := probeWriter(&handled, 0)
 	tr := startRuntime(t, func(c *configs.Config) {
 		if !strings.HasPrefix(c.Database.URL, "postgres") {
 			return
@@ -184,14 +192,7 @@ func TestADatabaseTurnedReadOnlyDeadLettersNoGoodEvent(t *testing.T) {
 			// the tests beside this one share the server.
 			database := testenv.NewPostgresDatabase(t, base)
 			var handled sync.Map
-			h := runtime.NewHandler("charge-like", func(ctx context.Context, tx runtime.Tx, ev chargeLike) error {
-				if _, err := tx.ExecContext(ctx, `INSERT INTO eventfn_inbox (handler, event_id, event_type) VALUES ('probe', $1, 'x')`, ev.ID); err != nil {
-					return err
-				}
-				handled.Store(ev.ID, true)
-				return nil
-			}, runtime.WithPolicy(runtime.Policy{MaxRetries: 1, InitialBackoff: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond,
-				Timeout: 300 * time.Millisecond, MaxBatch: tc.maxBatch}))
+			h := probeWriter(&handled, tc.maxBatch)
 			tr := startRuntime(t, func(c *configs.Config) { c.Database.URL = database.URL }, h)
 
 			tr.emit(t, chargeLike{ID: "before"})

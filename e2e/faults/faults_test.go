@@ -108,21 +108,15 @@ func TestPostgresRestarted(t *testing.T) {
 }
 
 func TestPostgresFrozen(t *testing.T) {
-	c := engines(t)
-	d := newDeployment(t, c)
-	d.start(t, "a")
-	tr := d.drive(t, rate)
-	waitAccepted(t, tr, 150)
-	c.services(t, "pg", "pause")
-	t.Cleanup(func() { c.services(t, "pg", "resume") })
-	time.Sleep(30 * time.Second) // the fault's length, not synchronisation
-	c.services(t, "pg", "resume")
-	recovered := time.Now()
-	waitAccepted(t, tr, tr.count()+150)
-	tr.end()
-	r := d.settle(t, "PostgreSQL frozen (SIGSTOP) for 30 s", tr, recovered, drainDeadline)
-	r.check(t)
-	r.errorsAtMost(t, 5)
+	postgresOut(t, "pause", "resume", 30*time.Second, "PostgreSQL frozen (SIGSTOP) for 30 s")
+}
+
+// TestPostgresStoppedForAMinute: PostgreSQL is shut down (connections
+// refused) for 60 s, then started again. Orders are refused meanwhile
+// (503); events already on Kafka wait for the database, none is
+// dead-lettered, and eventfn recovers by itself.
+func TestPostgresStoppedForAMinute(t *testing.T) {
+	postgresOut(t, "stop", "start", 60*time.Second, "PostgreSQL stopped for 60 s")
 }
 
 // TestPostgresReadOnly: the server takes reads but no writes for 30 s, as
@@ -130,19 +124,26 @@ func TestPostgresFrozen(t *testing.T) {
 // failover completes. Orders are refused meanwhile (503); events already
 // on Kafka wait for writes, none is dead-lettered.
 func TestPostgresReadOnly(t *testing.T) {
+	postgresOut(t, "read-only", "writable", 30*time.Second, "PostgreSQL read-only for 30 s")
+}
+
+// postgresOut runs one process under traffic, puts PostgreSQL out with the
+// services script's fault for length, undoes it, and settles.
+func postgresOut(t *testing.T, fault, undo string, length time.Duration, label string) {
+	t.Helper()
 	c := engines(t)
 	d := newDeployment(t, c)
 	d.start(t, "a")
 	tr := d.drive(t, rate)
 	waitAccepted(t, tr, 150)
-	c.services(t, "pg", "read-only")
-	t.Cleanup(func() { c.services(t, "pg", "writable") })
-	time.Sleep(30 * time.Second) // the fault's length, not synchronisation
-	c.services(t, "pg", "writable")
+	c.services(t, "pg", fault)
+	t.Cleanup(func() { c.services(t, "pg", undo) })
+	time.Sleep(length) // the fault's length, not synchronisation
+	c.services(t, "pg", undo)
 	recovered := time.Now()
 	waitAccepted(t, tr, tr.count()+150)
 	tr.end()
-	r := d.settle(t, "PostgreSQL read-only for 30 s", tr, recovered, drainDeadline)
+	r := d.settle(t, label, tr, recovered, drainDeadline)
 	r.check(t)
 	r.errorsAtMost(t, 5)
 }
