@@ -130,9 +130,19 @@ pg_tls() {
 
 pg_running() { [ -f "$PGDATA/postmaster.pid" ] && as_pg "$(pg_bin)/pg_ctl" -D "$PGDATA" status >/dev/null 2>&1; }
 
+# pg_writable_again undoes a 'pg read-only' that a fault test stopped before
+# its 'pg writable' left behind, in the running server and in the cluster's
+# postgresql.auto.conf.
+pg_writable_again() {
+  if [ "$("$(pg_bin)/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -Atc "SHOW default_transaction_read_only")" = on ]; then
+    say "PostgreSQL was left read-only by a fault test; making it writable"
+    pg_fault writable
+  fi
+}
+
 pg_up() {
   local bin; bin=$(pg_bin)
-  if pg_running; then say "PostgreSQL already running on 127.0.0.1:$PG_PORT"; return 0; fi
+  if pg_running; then say "PostgreSQL already running on 127.0.0.1:$PG_PORT"; pg_writable_again; return 0; fi
   if "$bin/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"; then
     die "127.0.0.1:$PG_PORT already serves a PostgreSQL this script did not start; stop it or set EVENTFN_PG_PORT"
   fi
@@ -153,12 +163,7 @@ pg_up() {
   if ! "$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -Atc "SELECT 1 FROM pg_roles WHERE rolname = '$PG_CERT_USER'" | grep -q 1; then
     "$bin/psql" -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -c "CREATE ROLE $PG_CERT_USER LOGIN SUPERUSER" || die "creating role $PG_CERT_USER failed"
   fi
-  # A fault test stopped between 'pg read-only' and 'pg writable' left the
-  # setting in the cluster's postgresql.auto.conf.
-  if [ "$("$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -Atc "SHOW default_transaction_read_only")" = on ]; then
-    say "PostgreSQL was left read-only by a fault test; making it writable"
-    pg_fault writable
-  fi
+  pg_writable_again
   say "PostgreSQL on 127.0.0.1:$PG_PORT, database $PG_DB"
 }
 

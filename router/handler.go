@@ -134,7 +134,11 @@ func (i *invoker) attempt(msg *message.Message) (bool, error) {
 		return work, err
 	})
 	duplicate := err == nil && !claimed
-	err = classifyFailure(i.outbox.db.Read, err)
+	if err != nil {
+		err = classifyFailure(i.outbox.db.Read, err, othersCommittedSinceLastFailure(ctx, &i.outbox.committed, start))
+	} else if claimed {
+		i.outbox.committed.committed()
+	}
 	i.metrics.attempts.WithLabelValues(name, handlerResult(err, false)).Inc()
 	i.metrics.ops.observeCall(name, i.handler.Trigger(), msg, start, err, duplicate)
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -87,7 +88,7 @@ func waitOutInfrastructure(watch *infraWatch, closing func() bool, logger *slog.
 			// Inner middlewares (the timeout) replace the message's context;
 			// each new try starts from the original one, as Watermill's retry
 			// does with ResetContextOnRetry.
-			ctx := msg.Context()
+			ctx := context.WithValue(msg.Context(), failureClockKey{}, &failureClock{})
 			backoff := 100 * time.Millisecond
 			entered := false
 			defer func() {
@@ -120,16 +121,29 @@ func waitOutInfrastructure(watch *infraWatch, closing func() bool, logger *slog.
 // classifyFailure marks err as an infrastructure failure when the database,
 // not the event, is why the call failed: the error says so, or the database
 // does not answer a ping right after. Permanent errors stay what they are.
-func classifyFailure(db prober, err error) error {
+// othersCommitted says whether other writes of this process committed since
+// the delivery's previous failure (or the call's start): the evidence that
+// a failure one transaction can cause alone is this one's.
+func classifyFailure(db prober, err error, othersCommitted func() bool) error {
 	if err == nil || runtime.IsPermanent(err) {
 		return err
 	}
-	// A write refused as read-only says the server takes none (a standby, a
-	// full disk's setting), unless it does: then the handler made its own
-	// transaction read-only, and its every call will fail so. Waited for, its
-	// key waited without end with the replica unready.
-	if readOnlyRefused(err) && serverTakesWrites(db) {
-		return fmt.Errorf("%v (the transaction itself was made read-only: the server takes writes)", err)
+	// Errors that say the server cannot serve, but that one transaction can
+	// also cause alone, and then fails so however long it waits: waited for,
+	// its key waited without end with the replica unready. A dependency's
+	// (marked Unavailable) is the dependency's, whatever it says.
+	if !runtime.IsUnavailable(err) {
+		// A write refused as read-only: the server's state (a standby, a
+		// full disk's setting) unless it says it takes writes; then the
+		// handler made its own transaction read-only.
+		if readOnlyRefused(err) && serverTakesWrites(db) {
+			return fmt.Errorf("%v (the transaction itself was made read-only: the server takes writes)", err)
+		}
+		// A shortage (memory, a limit such as temp_file_limit) while other
+		// writes commit: the transaction's own.
+		if store.OneTransactionMayCause(err) && othersCommitted() {
+			return fmt.Errorf("%v (the transaction's own: other writes commit meanwhile)", err)
+		}
 	}
 	if isInfra(err) {
 		return err
@@ -168,6 +182,40 @@ func conflictWithAnotherSession(err error) bool {
 // was an outage, retried without end and without a dead letter.
 func endedWithItsContext(err error) bool {
 	return pgconn.Timeout(err) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)
+}
+
+// writeEvidence is when a write of this process (a handler's call, an
+// order) last committed: what shows that the database takes writes.
+type writeEvidence struct{ at atomic.Int64 }
+
+func (w *writeEvidence) committed() { w.at.Store(time.Now().UnixNano()) }
+
+// since says a write committed after t.
+func (w *writeEvidence) since(t time.Time) bool { return w.at.Load() > t.UnixNano() }
+
+// failureClock is when a delivery's latest call failed, kept across the
+// calls of its waits and retries (waitOutInfrastructure puts it in the
+// message's context).
+type failureClock struct{ at atomic.Int64 }
+
+type failureClockKey struct{}
+
+// othersCommittedSinceLastFailure returns whether a write committed since
+// the delivery's previous failure, or since callStart for its first, and
+// records now as its latest failure. Measured from the previous failure,
+// not the first: a write in flight when the database stopped serving, and
+// committed just after an event's first failure, is evidence for one call
+// only, not for every call of the outage.
+func othersCommittedSinceLastFailure(ctx context.Context, w *writeEvidence, callStart time.Time) func() bool {
+	since := callStart
+	fc, _ := ctx.Value(failureClockKey{}).(*failureClock)
+	if fc != nil {
+		if prev := fc.at.Load(); prev != 0 {
+			since = time.Unix(0, prev)
+		}
+		fc.at.Store(time.Now().UnixNano())
+	}
+	return func() bool { return w.since(since) }
 }
 
 // prober asks the database whether it serves.

@@ -3,11 +3,13 @@ package router_test
 import (
 	"context"
 	"database/sql"
+	"fmt"
 	"io"
 	"net"
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -233,34 +235,57 @@ func TestADatabaseTurnedReadOnlyDeadLettersNoGoodEvent(t *testing.T) {
 // reads like the database's but is the handler's own statement's fails the
 // same way however long the event waits. Waited for as the database, its
 // key waited without end and the replica stayed unready: a sort past
-// temp_file_limit (53400, in the class of "insufficient resources" that was
-// taken whole) and a write in a transaction the handler itself made
-// read-only (25006, which is the server's state only when the server says
-// so). Each is retried and dead-lettered, readiness kept, and the events of
-// other keys go on. PostgreSQL only: SQLite has neither.
+// temp_file_limit (53400, in the class of "insufficient resources" taken
+// whole), a write in a transaction the handler made read-only (25006), a
+// write on SQLite's connection the handler set query_only (SQLITE_READONLY).
+//
+// A 25006 is the server's only when the server says it takes no writes: the
+// bad event is retried and dead-lettered at once, readiness kept. The others
+// can be the server's as well (a lock table filled by another session, a
+// file made read-only): they are the transaction's own once other writes
+// commit meanwhile. So with no other traffic the event waits, and /readyz
+// says why; once other events flow, it is retried and dead-lettered.
 func TestAStatementThatFailsItselfIsNotWaitedForAsTheDatabase(t *testing.T) {
-	testenv.RequirePostgres(t)
-	for _, tc := range []struct {
+	type failing struct {
 		name string
-		bad  []string // the bad event's statements, in the handler's transaction
-	}{
-		{"a sort past temp_file_limit", []string{
-			`SET LOCAL work_mem = '64kB'`, `SET LOCAL temp_file_limit = '100kB'`,
-			`SELECT g FROM generate_series(1, 200000) g ORDER BY g DESC`,
-		}},
-		{"a write in a transaction made read-only", []string{
-			`SET LOCAL transaction_read_only = on`,
-			`INSERT INTO eventfn_inbox (handler, event_id, event_type) VALUES ('probe', 'bad', 'x')`,
-		}},
-	} {
+		// bad runs in the bad event's transaction and returns its failure.
+		bad func(ctx context.Context, tx runtime.Tx) error
+		// byTraffic: the failure is told apart by other writes committing.
+		byTraffic bool
+	}
+	execAll := func(queries ...string) func(context.Context, runtime.Tx) error {
+		return func(ctx context.Context, tx runtime.Tx) error {
+			for _, q := range queries {
+				if _, err := tx.ExecContext(ctx, q); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+	}
+	cases := []failing{{"a write on a connection set query_only", func(ctx context.Context, tx runtime.Tx) error {
+		if _, err := tx.ExecContext(ctx, `PRAGMA query_only = ON`); err != nil {
+			return err
+		}
+		defer func() { _, _ = tx.ExecContext(ctx, `PRAGMA query_only = OFF`) }()
+		_, err := tx.ExecContext(ctx, `INSERT INTO eventfn_inbox (handler, event_id, event_type) VALUES ('probe', 'bad', 'x')`)
+		return err
+	}, true}}
+	if testenv.DatabaseURL() != "" {
+		cases = []failing{
+			{"a sort past temp_file_limit", execAll(`SET LOCAL work_mem = '64kB'`, `SET LOCAL temp_file_limit = '100kB'`,
+				`SELECT g FROM generate_series(1, 200000) g ORDER BY g DESC`), true},
+			{"a write in a transaction made read-only", execAll(`SET LOCAL transaction_read_only = on`,
+				`INSERT INTO eventfn_inbox (handler, event_id, event_type) VALUES ('probe', 'bad', 'x')`), false},
+		}
+	}
+	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			var handled sync.Map
 			h := runtime.NewHandler("charge-like", func(ctx context.Context, tx runtime.Tx, ev chargeLike) error {
 				if ev.ID == "bad" {
-					for _, q := range tc.bad {
-						if _, err := tx.ExecContext(ctx, q); err != nil {
-							return err
-						}
+					if err := tc.bad(ctx, tx); err != nil {
+						return err
 					}
 				}
 				handled.Store(ev.ID, true)
@@ -268,37 +293,69 @@ func TestAStatementThatFailsItselfIsNotWaitedForAsTheDatabase(t *testing.T) {
 			}, runtime.WithPolicy(runtime.Policy{MaxRetries: 1, InitialBackoff: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, Timeout: 5 * time.Second}))
 			tr := startRuntime(t, nil, h)
 			waitUntil(t, "ready", 30*time.Second, func() bool { return tr.rt.Ready(context.Background()) == nil })
-			var unready error
-			var mu sync.Mutex
-			stop := make(chan struct{})
-			done := make(chan struct{})
+			var unready atomic.Pointer[error]
+			watching, stopWatching := context.WithCancel(context.Background())
+			watched := make(chan struct{})
 			go func() {
-				defer close(done)
-				for {
-					select {
-					case <-stop:
-						return
-					case <-time.After(5 * time.Millisecond):
-					}
+				defer close(watched)
+				for watching.Err() == nil {
 					if err := tr.rt.Ready(context.Background()); err != nil {
-						mu.Lock()
-						if unready == nil {
-							unready = err
-						}
-						mu.Unlock()
+						unready.CompareAndSwap(nil, &err)
+					}
+					select {
+					case <-watching.Done():
+					case <-time.After(5 * time.Millisecond):
 					}
 				}
 			}()
-			tr.emit(t, chargeLike{ID: "bad"}, chargeLike{ID: "good"})
+			var traffic sync.WaitGroup
+			// Before the runtime's own cleanups: a failed check stops both
+			// goroutines first.
+			t.Cleanup(func() {
+				stopWatching()
+				<-watched
+				traffic.Wait()
+			})
+			tr.emit(t, chargeLike{ID: "bad"})
+			if tc.byTraffic {
+				// Nothing else commits: the failure may be the server's.
+				waitUntil(t, "readiness to report the waiting event", 30*time.Second, func() bool { return unready.Load() != nil })
+				if n := countRecords(t, tr, tr.cfg.Kafka.DeadLetterTopic); n != 0 {
+					t.Fatalf("dead-lettered with nothing else committing\n%s", tr.logs.String())
+				}
+				// Other keys' events flow, and commit, until the bad one is
+				// dead-lettered (each emit is a commit too).
+				traffic.Add(1)
+				go func() {
+					defer traffic.Done()
+					for i := 0; watching.Err() == nil; i++ {
+						if err := tr.outbox.Transact(context.Background(), func(ctx context.Context, tx runtime.Tx) error {
+							return tx.Emit(ctx, chargeLike{ID: fmt.Sprintf("good-%d", i)})
+						}); err != nil && watching.Err() == nil {
+							t.Errorf("emit: %v", err)
+							return
+						}
+						select {
+						case <-watching.Done():
+						case <-time.After(20 * time.Millisecond):
+						}
+					}
+				}()
+			}
 			dead := tr.records(t, tr.cfg.Kafka.DeadLetterTopic, 1)
-			waitUntil(t, "the other key's event handled", 30*time.Second, func() bool { _, ok := handled.Load("good"); return ok })
-			close(stop)
-			<-done
 			if got := string(dead[0].Key); got != "bad" {
 				t.Fatalf("dead-lettered %q, want the bad event", got)
 			}
-			if unready != nil {
-				t.Fatalf("the replica was unready for the event's own failure: %v\n%s", unready, tr.logs.String())
+			tr.emit(t, chargeLike{ID: "after"})
+			waitUntil(t, "the event after it handled", 30*time.Second, func() bool { _, ok := handled.Load("after"); return ok })
+			stopWatching()
+			<-watched
+			traffic.Wait()
+			if !tc.byTraffic && unready.Load() != nil {
+				t.Fatalf("the replica was unready for the event's own failure: %v\n%s", *unready.Load(), tr.logs.String())
+			}
+			if _, ok := handled.Load("bad"); ok {
+				t.Fatal("the bad event was handled")
 			}
 		})
 	}

@@ -2,6 +2,7 @@ package router_test
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/eventfn/eventfn/configs"
+	"github.com/eventfn/eventfn/internal/testenv"
 	"github.com/eventfn/eventfn/router"
 	"github.com/eventfn/eventfn/runtime"
 )
@@ -249,5 +251,89 @@ func TestAWaitEndsWhenItsPartitionGoesToAnotherReplica(t *testing.T) {
 	}
 	if n := countRecords(t, a, a.cfg.Kafka.DeadLetterTopic); n != 0 {
 		t.Errorf("%d dead letters from the rebalance", n)
+	}
+}
+
+// TestADependencysDatabaseErrorIsTheDependencys: a dependency that is a
+// PostgreSQL database of its own refuses the handler's work with what, from
+// eventfn's own database, would be told apart by asking it or by the other
+// writes: a read-only transaction (a standby), a shortage (a sort past its
+// temp_file_limit). Marked Unavailable, it is the dependency's, waited for
+// without using retries and never dead-lettered: the read-only refusal was
+// taken for the handler's own (eventfn's database takes writes) and
+// dead-lettered. PostgreSQL only: the dependency is a PostgreSQL server.
+func TestADependencysDatabaseErrorIsTheDependencys(t *testing.T) {
+	base := testenv.RequirePostgres(t)
+	dependency, err := sql.Open("pgx", base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = dependency.Close() })
+	for _, tc := range []struct {
+		name string
+		work func(ctx context.Context, conn *sql.Conn) error
+	}{
+		{"a write refused as read-only", func(ctx context.Context, conn *sql.Conn) error {
+			tx, err := conn.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+			if err != nil {
+				return err
+			}
+			defer func() { _ = tx.Rollback() }()
+			_, err = tx.ExecContext(ctx, `CREATE TEMP TABLE stock (n int)`)
+			return err
+		}},
+		{"a sort past temp_file_limit", func(ctx context.Context, conn *sql.Conn) error {
+			tx, err := conn.BeginTx(ctx, nil)
+			if err != nil {
+				return err
+			}
+			defer func() { _ = tx.Rollback() }()
+			for _, q := range []string{`SET LOCAL work_mem = '64kB'`, `SET LOCAL temp_file_limit = '100kB'`,
+				`SELECT g FROM generate_series(1, 200000) g ORDER BY g DESC`} {
+				if _, err := tx.ExecContext(ctx, q); err != nil {
+					return err
+				}
+			}
+			return nil
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var down atomic.Bool
+			down.Store(true)
+			var calls atomic.Int64
+			h := runtime.NewHandler("merchant-charge", func(ctx context.Context, tx runtime.Tx, ev merchantCharge) error {
+				calls.Add(1)
+				if !down.Load() {
+					return nil
+				}
+				conn, err := dependency.Conn(ctx)
+				if err != nil {
+					return runtime.Unavailable(fmt.Errorf("inventory service: %w", err))
+				}
+				defer conn.Close()
+				if err := tc.work(ctx, conn); err != nil {
+					return runtime.Unavailable(fmt.Errorf("inventory service: %w", err))
+				}
+				return errors.New("the dependency took the work it should refuse")
+			}, runtime.WithPolicy(runtime.Policy{MaxRetries: 1, InitialBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond, Timeout: 5 * time.Second}))
+			tr := startRuntime(t, nil, h)
+			tr.emit(t, merchantCharge{Merchant: "m", Seq: 1})
+			// The retry budget is 2 calls; the event outlives it.
+			waitUntil(t, "a few calls", 30*time.Second, func() bool { return calls.Load() >= 5 })
+			readyErr := tr.rt.Ready(context.Background())
+			down.Store(false)
+			waitUntil(t, "the event handled", 30*time.Second, func() bool {
+				return tr.metric(t, "eventfn_handler_attempts_total", "handler", "merchant-charge", "result", "ok") == 1
+			})
+			if n := countRecords(t, tr, tr.cfg.Kafka.DeadLetterTopic); n != 0 {
+				t.Fatalf("%d dead-lettered for the dependency's refusal\n%s", n, tr.logs.String())
+			}
+			if readyErr != nil {
+				t.Errorf("not ready while only a dependency refused: %v", readyErr)
+			}
+			if n := tr.metric(t, "eventfn_handler_attempts_total", "handler", "merchant-charge", "result", "unavailable"); n < 4 {
+				t.Errorf("%v calls waited for the dependency, want every failed one (at least 4)", n)
+			}
+		})
 	}
 }

@@ -19,15 +19,27 @@ import (
 // database gives when it cannot serve now (work that failed so goes through
 // once it is back, and must not be dead-lettered) against the errors of work
 // that is wrong (retrying does not help). Every error is the engine's own,
-// made here. A database turned read-only (a failover to a standby, a managed
-// service whose disk filled) was taken for bad work, and its events were
-// dead-lettered; so was a full SQLite disk.
+// made here, but out of memory: running the shared server out of it (by
+// filling its lock table) would fail the tests beside this one. A database
+// turned read-only (a failover to a standby, a managed service whose disk
+// filled) was taken for bad work, and its events were dead-lettered; so was
+// a full SQLite disk. Some errors are either, one transaction's own or the
+// server's (OneTransactionMayCause), and the router tells them apart by
+// whether other writes commit meanwhile.
 func TestUnavailableTellsADatabaseThatCannotServeFromBadWork(t *testing.T) {
 	ctx := context.Background()
+	// What an error says: the work is wrong; the database cannot serve; or
+	// either, which the other writes tell apart (OneTransactionMayCause).
+	type verdict int
+	const (
+		work verdict = iota
+		server
+		either
+	)
 	type engineCase struct {
 		name string
 		err  func(t *testing.T, db *sql.DB) error
-		want bool
+		want verdict
 	}
 	run := func(t *testing.T, db *sql.DB, cases []engineCase) {
 		t.Helper()
@@ -38,8 +50,11 @@ func TestUnavailableTellsADatabaseThatCannotServeFromBadWork(t *testing.T) {
 					t.Fatal("the engine gave no error")
 				}
 				wrapped := fmt.Errorf("record event e-1 in the inbox: %w", err)
-				if got := Unavailable(wrapped); got != c.want {
-					t.Fatalf("Unavailable(%v) = %v, want %v", wrapped, got, c.want)
+				if got, want := Unavailable(wrapped), c.want != work; got != want {
+					t.Fatalf("Unavailable(%v) = %v, want %v", wrapped, got, want)
+				}
+				if got, want := OneTransactionMayCause(wrapped), c.want == either; got != want {
+					t.Fatalf("OneTransactionMayCause(%v) = %v, want %v", wrapped, got, want)
 				}
 			})
 		}
@@ -68,14 +83,14 @@ func TestUnavailableTellsADatabaseThatCannotServeFromBadWork(t *testing.T) {
 			t.Fatal(err)
 		}
 		run(t, db.DB, []engineCase{
-			{"a syntax error", exec(`INSER INTO probe VALUES (1, 'x')`), false},
+			{"a syntax error", exec(`INSER INTO probe VALUES (1, 'x')`), work},
 			{"a key given twice", func(t *testing.T, db *sql.DB) error {
 				if _, err := db.ExecContext(ctx, `INSERT INTO probe VALUES (7, 'x')`); err != nil {
 					t.Fatal(err)
 				}
 				_, err := db.ExecContext(ctx, `INSERT INTO probe VALUES (7, 'x')`)
 				return err
-			}, false},
+			}, work},
 			{"the disk full", func(t *testing.T, db *sql.DB) error {
 				// max_page_count is the connection's: this one is limited to
 				// the pages the file has, as a full disk limits every one.
@@ -96,7 +111,7 @@ func TestUnavailableTellsADatabaseThatCannotServeFromBadWork(t *testing.T) {
 				}
 				_, err = conn.ExecContext(ctx, `INSERT INTO probe (v) VALUES (zeroblob(1000000))`)
 				return err
-			}, true},
+			}, server},
 			{"the file read-only", func(t *testing.T, _ *sql.DB) error {
 				ro, err := OpenSQLite("file:" + path + "?mode=ro")
 				if err != nil {
@@ -105,7 +120,22 @@ func TestUnavailableTellsADatabaseThatCannotServeFromBadWork(t *testing.T) {
 				defer ro.Close()
 				_, err = ro.ExecContext(ctx, `INSERT INTO probe (v) VALUES ('x')`)
 				return err
-			}, true},
+			}, either},
+			{"a connection set query_only", func(t *testing.T, db *sql.DB) error {
+				conn, err := db.Conn(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer func() {
+					_, _ = conn.ExecContext(ctx, `PRAGMA query_only = OFF`)
+					_ = conn.Close()
+				}()
+				if _, err := conn.ExecContext(ctx, `PRAGMA query_only = ON`); err != nil {
+					t.Fatal(err)
+				}
+				_, err = conn.ExecContext(ctx, `INSERT INTO probe (v) VALUES ('x')`)
+				return err
+			}, either},
 			{"the write lock held past the busy timeout", func(t *testing.T, db *sql.DB) error {
 				holder, err := db.BeginTx(ctx, nil) // IMMEDIATE: takes the write lock
 				if err != nil {
@@ -119,7 +149,7 @@ func TestUnavailableTellsADatabaseThatCannotServeFromBadWork(t *testing.T) {
 				defer other.Close()
 				_, err = other.ExecContext(ctx, `INSERT INTO probe (v) VALUES ('x')`)
 				return err
-			}, true},
+			}, server},
 		})
 	})
 
@@ -134,13 +164,13 @@ func TestUnavailableTellsADatabaseThatCannotServeFromBadWork(t *testing.T) {
 			t.Fatal(err)
 		}
 		run(t, db.DB, []engineCase{
-			{"a syntax error", exec(`INSER INTO probe VALUES (1)`), false},
-			{"a key given twice", exec(`INSERT INTO probe VALUES (1), (1)`), false},
-			{"a value out of range", exec(`INSERT INTO probe VALUES (2147483648)`), false},
+			{"a syntax error", exec(`INSER INTO probe VALUES (1)`), work},
+			{"a key given twice", exec(`INSERT INTO probe VALUES (1), (1)`), work},
+			{"a value out of range", exec(`INSERT INTO probe VALUES (2147483648)`), work},
 			{"a NUL in text", func(t *testing.T, db *sql.DB) error {
 				_, err := db.ExecContext(ctx, `SELECT $1::text`, "a\x00")
 				return err
-			}, false},
+			}, work},
 			{"a sort past temp_file_limit (one statement's limit)", func(t *testing.T, db *sql.DB) error {
 				conn, err := db.Conn(ctx)
 				if err != nil {
@@ -159,10 +189,10 @@ func TestUnavailableTellsADatabaseThatCannotServeFromBadWork(t *testing.T) {
 				}
 				_, err = conn.ExecContext(ctx, `SELECT g FROM generate_series(1, 200000) g ORDER BY g DESC`)
 				return err
-			}, false},
-			{"out of memory (one statement's: made here, the server cannot be made to run out at will)", func(*testing.T, *sql.DB) error {
+			}, either},
+			{"out of memory (made here: the test must not fill the shared server's lock table, which runs it out)", func(*testing.T, *sql.DB) error {
 				return &pgconn.PgError{Severity: "ERROR", Code: "53200", Message: "out of memory"}
-			}, false},
+			}, either},
 			{"too many connections (a role's limit)", func(t *testing.T, db *sql.DB) error {
 				role := testenv.UniqueName("eventfn_limited_")
 				if _, err := db.ExecContext(ctx, `CREATE ROLE `+role+` LOGIN CONNECTION LIMIT 0`); err != nil {
@@ -180,7 +210,7 @@ func TestUnavailableTellsADatabaseThatCannotServeFromBadWork(t *testing.T) {
 				}
 				defer limited.Close()
 				return limited.PingContext(ctx)
-			}, true},
+			}, server},
 			{"a write the server takes read-only", func(t *testing.T, db *sql.DB) error {
 				tx, err := db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
 				if err != nil {
@@ -189,7 +219,7 @@ func TestUnavailableTellsADatabaseThatCannotServeFromBadWork(t *testing.T) {
 				defer func() { _ = tx.Rollback() }()
 				_, err = tx.ExecContext(ctx, `INSERT INTO probe VALUES (3)`)
 				return err
-			}, true},
+			}, server},
 			{"the server refusing connections", func(t *testing.T, _ *sql.DB) error {
 				l, err := net.Listen("tcp", "127.0.0.1:0")
 				if err != nil {
@@ -205,7 +235,7 @@ func TestUnavailableTellsADatabaseThatCannotServeFromBadWork(t *testing.T) {
 				ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 				defer cancel()
 				return gone.PingContext(ctx)
-			}, true},
+			}, server},
 			{"a session ended for idling (idle_session_timeout)", func(t *testing.T, db *sql.DB) error {
 				conn, err := db.Conn(ctx)
 				if err != nil {
@@ -227,7 +257,7 @@ func TestUnavailableTellsADatabaseThatCannotServeFromBadWork(t *testing.T) {
 					}
 					time.Sleep(50 * time.Millisecond) // idles the session: the fault itself
 				}
-			}, true},
+			}, server},
 			{"a session ended by the administrator", func(t *testing.T, db *sql.DB) error {
 				conn, err := db.Conn(ctx)
 				if err != nil {
@@ -236,7 +266,7 @@ func TestUnavailableTellsADatabaseThatCannotServeFromBadWork(t *testing.T) {
 				defer conn.Close()
 				_, err = conn.ExecContext(ctx, `SELECT pg_terminate_backend(pg_backend_pid())`)
 				return err
-			}, true},
+			}, server},
 		})
 	})
 }
