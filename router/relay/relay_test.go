@@ -576,3 +576,30 @@ func TestReadsGoOnAheadAfterASlowReadFromTheLowestId(t *testing.T) {
 		t.Fatalf("the last record is %q, want %d", got[backlog-1].Value, backlog-1)
 	}
 }
+
+// TestABatchAboveSQLitesParameterLimitIsMarkedAndDeleted: a relay batch, and
+// a retention batch, of more rows than SQLite takes parameters (32,766)
+// could never be marked or deleted: one parameter per id. relay.batch_size
+// has no upper bound and retention.batch_size goes to 100,000.
+func TestABatchAboveSQLitesParameterLimitIsMarkedAndDeleted(t *testing.T) {
+	e := open(t)
+	topic := e.topic(t, 4)
+	const n = 33_000 // above 32,766
+	recs := make([]relay.Record, n)
+	for i := range recs {
+		recs[i] = relay.Record{Topic: topic, Key: []byte(strconv.Itoa(i % 16)), Headers: map[string]string{"ce_id": strconv.Itoa(i)}, Payload: []byte("x")}
+	}
+	insert(t, e, recs, n)
+	p, m := producerAndMetrics(t, e)
+	logs := &testenv.LogBuffer{}
+	r := relay.New(relay.Config{BatchSize: n, PollInterval: 10 * time.Millisecond}, relay.NewTable(e.db), p, relay.NewLease(e.db), m, slog.New(slog.NewTextHandler(logs, nil)))
+	run(t, r)
+	waitFor(t, "every row marked forwarded", 120*time.Second, func() bool { return stats(t, e).Pending == 0 })
+	if err := r.Healthy(); err != nil {
+		t.Fatalf("relay unhealthy: %v\n%s", err, logs.String())
+	}
+	deleted, err := relay.NewTable(e.db).DeleteForwarded(context.Background(), 0, n, false)
+	if err != nil || deleted != n {
+		t.Fatalf("retention deleted %d of %d rows in one batch: %v", deleted, n, err)
+	}
+}

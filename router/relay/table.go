@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -220,25 +221,24 @@ func (t *Table) text(expr string) string {
 	return `to_char(` + expr + ` AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')`
 }
 
-// inList completes prefix ("... AND id") with a membership test for ids:
-// = ANY($1) on PostgreSQL (one parameter however many ids), IN (...) on SQLite.
+// inList completes prefix ("... AND id") with a membership test for ids, one
+// parameter however many ids: = ANY($1) on PostgreSQL, IN json_each($1) on
+// SQLite. A parameter per id stopped at SQLite's 32,766: a relay batch or
+// a retention batch above that could never be marked or deleted.
 func (t *Table) inList(prefix string, ids []int64) (string, []any) {
 	if t.db.Driver == store.Postgres {
 		return prefix + ` = ANY($1)`, []any{ids}
 	}
-	var b strings.Builder
-	args := make([]any, len(ids))
-	b.WriteString(prefix)
-	b.WriteString(` IN (`)
+	b := make([]byte, 0, 2+8*len(ids))
+	b = append(b, '[')
 	for i, id := range ids {
 		if i > 0 {
-			b.WriteByte(',')
+			b = append(b, ',')
 		}
-		fmt.Fprintf(&b, "$%d", i+1)
-		args[i] = id
+		b = strconv.AppendInt(b, id, 10)
 	}
-	b.WriteByte(')')
-	return b.String(), args
+	b = append(b, ']')
+	return prefix + ` IN (SELECT value FROM json_each($1))`, []any{string(b)}
 }
 
 // DeleteForwarded deletes up to limit rows forwarded more than grace ago,
