@@ -8,7 +8,8 @@
 #   ci/services.sh status           show what runs
 #   ci/services.sh env              print the test variables: eval "$(ci/services.sh env)"
 #   ci/services.sh kafka-node N kill|stop|pause|resume|start   a fault on node N
-#   ci/services.sh pg restart|crash|stop|start|pause|resume|read-only|writable   a fault on PostgreSQL
+#   ci/services.sh pg restart|crash|stop|start|pause|resume|read-only|writable|fill-locks|free-locks
+#                                   a fault on PostgreSQL
 #
 # It is idempotent, keeps state and logs under $EVENTFN_SERVICES_DIR (default
 # ci/.services), caches the Kafka jars under $EVENTFN_CACHE_DIR (default
@@ -286,7 +287,9 @@ kafka_node_fault() {
 # pg_fault ACTION: restart (fast), crash (immediate stop), start, pause
 # (SIGSTOP the postmaster and its backends), resume, read-only (every
 # session, the open ones too, takes no writes: as a managed service does when
-# its disk fills, or a standby) or writable; for fault tests.
+# its disk fills, or a standby), writable, fill-locks (another session fills
+# the shared lock table: writes fail with out of shared memory) or
+# free-locks; for fault tests.
 pg_fault() {
   local bin; bin=$(pg_bin)
   case "$1" in
@@ -304,7 +307,37 @@ pg_fault() {
       # that sets it must itself be writable to turn it off again.
       PGOPTIONS="-c default_transaction_read_only=off" "$bin/psql" -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres \
         -c "ALTER SYSTEM $set" -c "SELECT pg_reload_conf()" >/dev/null ;;
-    *) die "pg: unknown action $1 (restart, crash, stop, start, pause, resume, read-only, writable)" ;;
+    fill-locks)
+      # Another session takes advisory locks until the server's shared lock
+      # table is full, and holds them (session locks outlive the failed
+      # statement): every transaction that needs an entry of its own (any
+      # write, for its transaction id) and every new connection fail with
+      # out of shared memory (53200), while reads on open connections go
+      # on. Held until free-locks, which ends that session from outside:
+      # with the table full, no connection could end it from inside.
+      "$bin/psql" -Atq -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -c "SELECT pg_backend_pid()" \
+        -c "SELECT count(pg_advisory_lock(i)) FROM generate_series(1, 100000000) i" -c "SELECT pg_sleep(86400)" \
+        >"$STATE/fill-locks.pid" 2>>"$LOGS/fill-locks.log" &
+      local i
+      for i in $(seq 600); do
+        if ! "$bin/psql" -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -Atc "SELECT pg_current_xact_id()" >/dev/null 2>&1; then
+          return 0
+        fi
+        sleep 0.1
+      done
+      die "pg fill-locks: the lock table did not fill within 60 s" ;;
+    free-locks)
+      local pid; pid=$(head -n 1 "$STATE/fill-locks.pid" 2>/dev/null || true)
+      [ -n "$pid" ] || return 0
+      # SIGTERM ends one backend, as pg_terminate_backend does.
+      kill -TERM "$pid" 2>/dev/null || true
+      rm -f "$STATE/fill-locks.pid"
+      for i in $(seq 300); do
+        "$bin/psql" -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -Atc "SELECT pg_current_xact_id()" >/dev/null 2>&1 && return 0
+        sleep 0.1
+      done
+      die "pg free-locks: writes still fail 30 s after the locks' session was ended" ;;
+    *) die "pg: unknown action $1 (restart, crash, stop, start, pause, resume, read-only, writable, fill-locks, free-locks)" ;;
   esac
 }
 

@@ -127,6 +127,16 @@ func TestPostgresReadOnly(t *testing.T) {
 	postgresOut(t, "read-only", "writable", 30*time.Second, "PostgreSQL read-only for 30 s")
 }
 
+// TestPostgresLockTableFull: another session fills PostgreSQL's shared lock
+// table for 30 s (a job that locks many objects, a pg_dump of very many
+// tables): every write and every new connection fails with out of shared
+// memory (53200), an error one transaction can also cause alone. Nothing
+// else commits meanwhile, so it is the server's: events wait, orders are
+// refused (503), nothing is dead-lettered.
+func TestPostgresLockTableFull(t *testing.T) {
+	postgresOut(t, "fill-locks", "free-locks", 30*time.Second, "PostgreSQL's lock table filled by another session for 30 s")
+}
+
 // postgresOut runs one process under traffic, puts PostgreSQL out with the
 // services script's fault for length, undoes it, and settles.
 func postgresOut(t *testing.T, fault, undo string, length time.Duration, label string) {
