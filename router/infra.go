@@ -188,10 +188,17 @@ func endedWithItsContext(err error) bool {
 // order) last committed: what shows that the database takes writes.
 type writeEvidence struct{ at atomic.Int64 }
 
-func (w *writeEvidence) committed() { w.at.Store(time.Now().UnixNano()) }
+func (w *writeEvidence) committed() { w.at.Store(monotonic(time.Now())) }
 
 // since says a write committed after t.
-func (w *writeEvidence) since(t time.Time) bool { return w.at.Load() > t.UnixNano() }
+func (w *writeEvidence) since(t time.Time) bool { return w.at.Load() > monotonic(t) }
+
+// clockBase is read once, when the package loads; monotonic measures from
+// it, so that a step of the wall clock (NTP) cannot make an old commit look
+// new, or a new one old.
+var clockBase = time.Now()
+
+func monotonic(t time.Time) int64 { return int64(t.Sub(clockBase)) }
 
 // failureClock is when a delivery's latest call failed, kept across the
 // calls of its waits and retries (waitOutInfrastructure puts it in the
@@ -211,9 +218,9 @@ func othersCommittedSinceLastFailure(ctx context.Context, w *writeEvidence, call
 	fc, _ := ctx.Value(failureClockKey{}).(*failureClock)
 	if fc != nil {
 		if prev := fc.at.Load(); prev != 0 {
-			since = time.Unix(0, prev)
+			since = clockBase.Add(time.Duration(prev))
 		}
-		fc.at.Store(time.Now().UnixNano())
+		fc.at.Store(monotonic(time.Now()))
 	}
 	return func() bool { return w.since(since) }
 }
