@@ -134,11 +134,7 @@ func (i *invoker) attempt(msg *message.Message) (bool, error) {
 		return work, err
 	})
 	duplicate := err == nil && !claimed
-	if err != nil {
-		err = classifyFailure(i.outbox.db.Read, err, othersCommittedSinceLastFailure(ctx, &i.outbox.committed, start))
-	} else if claimed {
-		i.outbox.committed.committed()
-	}
+	err = classifyFailure(i.outbox.db.Read, err)
 	i.metrics.attempts.WithLabelValues(name, handlerResult(err, false)).Inc()
 	i.metrics.ops.observeCall(name, i.handler.Trigger(), msg, start, err, duplicate)
 	if err != nil {

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -88,7 +87,7 @@ func waitOutInfrastructure(watch *infraWatch, closing func() bool, logger *slog.
 			// Inner middlewares (the timeout) replace the message's context;
 			// each new try starts from the original one, as Watermill's retry
 			// does with ResetContextOnRetry.
-			ctx := context.WithValue(msg.Context(), failureClockKey{}, &failureClock{})
+			ctx := msg.Context()
 			backoff := 100 * time.Millisecond
 			entered := false
 			defer func() {
@@ -121,29 +120,18 @@ func waitOutInfrastructure(watch *infraWatch, closing func() bool, logger *slog.
 // classifyFailure marks err as an infrastructure failure when the database,
 // not the event, is why the call failed: the error says so, or the database
 // does not answer a ping right after. Permanent errors stay what they are.
-// othersCommitted says whether other writes of this process committed since
-// the delivery's previous failure (or the call's start): the evidence that
-// a failure one transaction can cause alone is this one's.
-func classifyFailure(db prober, err error, othersCommitted func() bool) error {
+func classifyFailure(db prober, err error) error {
 	if err == nil || runtime.IsPermanent(err) {
 		return err
 	}
-	// Errors that say the server cannot serve, but that one transaction can
-	// also cause alone, and then fails so however long it waits: waited for,
-	// its key waited without end with the replica unready. A dependency's
-	// (marked Unavailable) is the dependency's, whatever it says.
-	if !runtime.IsUnavailable(err) {
-		// A write refused as read-only: the server's state (a standby, a
-		// full disk's setting) unless it says it takes writes; then the
-		// handler made its own transaction read-only.
-		if readOnlyRefused(err) && serverTakesWrites(db) {
-			return fmt.Errorf("%v (the transaction itself was made read-only: the server takes writes)", err)
-		}
-		// A shortage (memory, a limit such as temp_file_limit) while other
-		// writes commit: the transaction's own.
-		if store.OneTransactionMayCause(err) && othersCommitted() {
-			return fmt.Errorf("%v (the transaction's own: other writes commit meanwhile)", err)
-		}
+	// A write refused as read-only says the server takes none (a standby, a
+	// full disk's setting), unless the server says it does: then the
+	// handler made its own transaction read-only, and its every call will
+	// fail so; waited for, its key waited without end with the replica
+	// unready. A dependency's refusal (marked Unavailable) stays the
+	// dependency's.
+	if !runtime.IsUnavailable(err) && readOnlyRefused(err) && serverTakesWrites(db) {
+		return fmt.Errorf("%w (the transaction itself was made read-only: the server takes writes)", ownReadOnly{err})
 	}
 	if isInfra(err) {
 		return err
@@ -184,51 +172,24 @@ func endedWithItsContext(err error) bool {
 	return pgconn.Timeout(err) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)
 }
 
-// writeEvidence is when a write of this process (a handler's call, an
-// order) last committed: what shows that the database takes writes.
-type writeEvidence struct{ at atomic.Int64 }
-
-func (w *writeEvidence) committed() { w.at.Store(monotonic(time.Now())) }
-
-// since says a write committed after t.
-func (w *writeEvidence) since(t time.Time) bool { return w.at.Load() > monotonic(t) }
-
-// clockBase is read once, when the package loads; monotonic measures from
-// it, so that a step of the wall clock (NTP) cannot make an old commit look
-// new, or a new one old.
-var clockBase = time.Now()
-
-func monotonic(t time.Time) int64 { return int64(t.Sub(clockBase)) }
-
-// failureClock is when a delivery's latest call failed, kept across the
-// calls of its waits and retries (waitOutInfrastructure puts it in the
-// message's context).
-type failureClock struct{ at atomic.Int64 }
-
-type failureClockKey struct{}
-
-// othersCommittedSinceLastFailure returns whether a write committed since
-// the delivery's previous failure, or since callStart for its first, and
-// records now as its latest failure. Measured from the previous failure,
-// not the first: a write in flight when the database stopped serving, and
-// committed just after an event's first failure, is evidence for one call
-// only, not for every call of the outage.
-func othersCommittedSinceLastFailure(ctx context.Context, w *writeEvidence, callStart time.Time) func() bool {
-	since := callStart
-	fc, _ := ctx.Value(failureClockKey{}).(*failureClock)
-	if fc != nil {
-		if prev := fc.at.Load(); prev != 0 {
-			since = clockBase.Add(time.Duration(prev))
-		}
-		fc.at.Store(monotonic(time.Now()))
-	}
-	return func() bool { return w.since(since) }
-}
-
 // prober asks the database whether it serves.
 type prober interface {
 	PingContext(ctx context.Context) error
 	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// ownReadOnly is a read-only refusal of a transaction the handler made
+// read-only itself. It hides the infrastructure mark the refusal may carry
+// from an inner layer (a queued statement's, the commit's), and keeps the
+// PostgreSQL error for errors.As.
+type ownReadOnly struct{ err error }
+
+func (e ownReadOnly) Error() string { return e.err.Error() }
+
+func (e ownReadOnly) Unwrap() error {
+	var pe *pgconn.PgError
+	errors.As(e.err, &pe)
+	return pe
 }
 
 // readOnlyRefused says err is PostgreSQL's refusal of a write in a

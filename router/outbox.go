@@ -34,9 +34,6 @@ type Outbox struct {
 	// writes runs Write's transactions, shared when they queue up (group
 	// commit) on SQLite; see newOutsideCommitter.
 	writes *committer
-	// committed is when a write through this outbox (a handler's call, an
-	// order) last committed; see classifyFailure.
-	committed writeEvidence
 }
 
 // NewOutbox builds the outbox of db.
@@ -87,9 +84,6 @@ func (o *Outbox) Transact(ctx context.Context, fn func(ctx context.Context, tx r
 		emitted = len(work.rows) > 0
 		return work, err
 	})
-	if err == nil {
-		o.committed.committed()
-	}
 	if err == nil && emitted {
 		o.wake.nudge()
 	}

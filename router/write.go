@@ -58,9 +58,6 @@ func (o *Outbox) Write(ctx context.Context, stmts []runtime.Statement, events ..
 			return toCommit{rows: h.staged}, nil
 		})
 	}
-	if err == nil {
-		o.committed.committed()
-	}
 	if err == nil && len(h.staged) > 0 {
 		o.wake.nudge()
 	}
