@@ -188,8 +188,10 @@ func (e ownReadOnly) Error() string { return e.err.Error() }
 
 func (e ownReadOnly) Unwrap() error {
 	var pe *pgconn.PgError
-	errors.As(e.err, &pe)
-	return pe
+	if errors.As(e.err, &pe) {
+		return pe
+	}
+	return nil
 }
 
 // readOnlyRefused says err is PostgreSQL's refusal of a write in a
