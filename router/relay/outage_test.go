@@ -11,7 +11,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kadm"
-	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/eventfn/eventfn/embedded"
 	"github.com/eventfn/eventfn/internal/testenv"
@@ -221,14 +220,9 @@ func TestRowsOnKafkaWhoseMarkFailedAreNotSentAgain(t *testing.T) {
 // endOffset is how many records topic holds.
 func endOffset(t *testing.T, e engines, topic string) int64 {
 	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(e.brokers...))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	ends, err := kadm.NewClient(cl).ListEndOffsets(ctx, topic)
+	ends, err := e.admin(t).ListEndOffsets(ctx, topic)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -64,17 +64,24 @@ func (e engines) topic(t *testing.T, partitions int32) string {
 	t.Helper()
 	topic := testenv.UniqueName("relay-")
 	testenv.DeleteTopicsAtCleanup(t, topic)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := e.admin(t).CreateTopic(ctx, partitions, 1, nil, topic); err != nil {
+		t.Fatal(err)
+	}
+	return topic
+}
+
+// admin is a Kafka admin client of the engines' brokers, closed when the
+// test ends.
+func (e engines) admin(t *testing.T) *kadm.Client {
+	t.Helper()
 	cl, err := kgo.NewClient(kgo.SeedBrokers(e.brokers...))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer cl.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if _, err := kadm.NewClient(cl).CreateTopic(ctx, partitions, 1, nil, topic); err != nil {
-		t.Fatal(err)
-	}
-	return topic
+	t.Cleanup(cl.Close)
+	return kadm.NewClient(cl)
 }
 
 // insert writes recs to the outbox, in transactions of perTx rows.
