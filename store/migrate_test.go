@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"io/fs"
+	"log/slog"
 	"path/filepath"
 	"testing"
 	"time"
@@ -19,22 +20,12 @@ import (
 // the new key lets two sources use one id. Down goes back to (handler,
 // event_id) and keeps one row per id.
 func TestTheInboxMigrationKeepsEveryProcessedEvent(t *testing.T) {
-	engines := []struct {
-		name string
-		cfg  func(t *testing.T) Config
-	}{
-		{"sqlite", func(t *testing.T) Config {
-			return Config{Driver: SQLite, SQLitePath: filepath.Join(t.TempDir(), "inbox.db")}
-		}},
-		{"postgres", func(t *testing.T) Config {
-			return Config{Driver: Postgres, URL: testenv.PostgresSchema(t, testenv.RequirePostgres(t)), MaxOpenConns: 2}
-		}},
-	}
-	for _, e := range engines {
+	for _, e := range freshDatabases {
 		t.Run(e.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
-			db, err := connect(e.cfg(t))
+			cfg := e.cfg(t)
+			db, err := connect(cfg)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -50,7 +41,7 @@ func TestTheInboxMigrationKeepsEveryProcessedEvent(t *testing.T) {
 				}
 			}
 
-			if err := migrate(ctx, db); err != nil {
+			if err := migrate(ctx, db, migrationLocker(db, cfg.SQLitePath, slog.New(slog.DiscardHandler))); err != nil {
 				t.Fatal(err)
 			}
 			var n int
@@ -90,6 +81,20 @@ func TestTheInboxMigrationKeepsEveryProcessedEvent(t *testing.T) {
 			}
 		})
 	}
+}
+
+// freshDatabases are the engines, each with a function that gives a
+// database of its own, not yet migrated.
+var freshDatabases = []struct {
+	name string
+	cfg  func(t *testing.T) Config
+}{
+	{"sqlite", func(t *testing.T) Config {
+		return Config{Driver: SQLite, SQLitePath: filepath.Join(t.TempDir(), "eventfn.db")}
+	}},
+	{"postgres", func(t *testing.T) Config {
+		return Config{Driver: Postgres, URL: testenv.PostgresSchema(t, testenv.RequirePostgres(t)), MaxOpenConns: 2}
+	}},
 }
 
 func provider(t *testing.T, db *DB) *goose.Provider {

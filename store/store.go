@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -18,6 +19,7 @@ import (
 
 	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" driver
 	"github.com/pressly/goose/v3"
+	"github.com/pressly/goose/v3/lock"
 )
 
 //go:embed migrations
@@ -54,6 +56,9 @@ type Config struct {
 	URL string
 	// MaxOpenConns caps the PostgreSQL pool.
 	MaxOpenConns int
+	// Logger says when Open waits for another process's migration; nil
+	// logs nothing.
+	Logger *slog.Logger
 }
 
 // Open connects, checks the connection and applies pending migrations.
@@ -70,7 +75,11 @@ func Open(ctx context.Context, cfg Config) (*DB, error) {
 		_ = db.Close()
 		return nil, err
 	}
-	if err := migrate(ctx, db); err != nil {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if err := migrate(ctx, db, migrationLocker(db, cfg.SQLitePath, log)); err != nil {
 		_ = db.Close()
 		return nil, err
 	}
@@ -187,7 +196,7 @@ func checkSchema(ctx context.Context, db *DB) error {
 	return nil
 }
 
-func migrate(ctx context.Context, db *DB) error {
+func migrate(ctx context.Context, db *DB, locker lock.SessionLocker) error {
 	dialect := goose.DialectSQLite3
 	if db.Driver == Postgres {
 		dialect = goose.DialectPostgres
@@ -196,7 +205,7 @@ func migrate(ctx context.Context, db *DB) error {
 	if err != nil {
 		return fmt.Errorf("migrations for %s: %w", db.Driver, err)
 	}
-	p, err := goose.NewProvider(dialect, db.DB, dir)
+	p, err := goose.NewProvider(dialect, db.DB, dir, goose.WithSessionLocker(locker))
 	if err != nil {
 		return fmt.Errorf("prepare migrations for %s: %w", db.Driver, err)
 	}

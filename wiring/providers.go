@@ -91,7 +91,7 @@ func ProvideConfig(base BaseConfig, b *Broker) configs.Config {
 func ProvideStaticConfig(base BaseConfig) configs.Config { return configs.Config(base) }
 
 // ProvideDatabase is a Wire provider function that opens and migrates the database.
-func ProvideDatabase(ctx context.Context, cfg configs.Config) (*store.DB, func(), error) {
+func ProvideDatabase(ctx context.Context, cfg configs.Config, logger *slog.Logger) (*store.DB, func(), error) {
 	driver, err := cfg.Database.Driver()
 	if err != nil {
 		return nil, nil, fmt.Errorf("database.url: %w", err)
@@ -106,6 +106,7 @@ func ProvideDatabase(ctx context.Context, cfg configs.Config) (*store.DB, func()
 		SQLitePath:   cfg.Database.SQLitePath(cfg.DataDir),
 		URL:          cfg.Database.URL,
 		MaxOpenConns: cfg.Database.MaxOpenConns,
+		Logger:       logger.With("component", "store"),
 	})
 	if err != nil {
 		return nil, nil, err

@@ -25,7 +25,7 @@ func BuildApp(ctx context.Context, base BaseConfig, logger *slog.Logger) (*App, 
 		return nil, nil, err
 	}
 	config := ProvideConfig(base, broker)
-	db, cleanup2, err := ProvideDatabase(ctx, config)
+	db, cleanup2, err := ProvideDatabase(ctx, config, logger)
 	if err != nil {
 		cleanup()
 		return nil, nil, err
@@ -79,7 +79,7 @@ func BuildAppTraced(ctx context.Context, base BaseConfig, logger *slog.Logger, t
 		return nil, nil, err
 	}
 	config := ProvideConfig(base, broker)
-	db, cleanup2, err := ProvideDatabase(ctx, config)
+	db, cleanup2, err := ProvideDatabase(ctx, config, logger)
 	if err != nil {
 		cleanup()
 		return nil, nil, err

@@ -1,0 +1,123 @@
+package store
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/eventfn/eventfn/internal/testenv"
+)
+
+// TestProcessesOpeningAFreshDatabaseTogetherAllStart: replicas of a first
+// deploy, or eventfn beside its `dlq` command, open one fresh database at the
+// same moment. goose decides what is pending before it applies it, so
+// without a lock several applied migration 1 and all but one stopped at
+// start-up ("table eventfn_inbox already exists"; on PostgreSQL a duplicate
+// key in pg_type). Every one must start, on a database migrated once.
+func TestProcessesOpeningAFreshDatabaseTogetherAllStart(t *testing.T) {
+	const processes, rounds = 8, 4
+	for _, e := range freshDatabases {
+		t.Run(e.name, func(t *testing.T) {
+			for round := range rounds {
+				cfg := e.cfg(t)
+				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+				start := make(chan struct{})
+				errs := make([]error, processes)
+				var wg sync.WaitGroup
+				for i := range processes {
+					wg.Go(func() {
+						<-start
+						db, err := Open(ctx, cfg)
+						if err == nil {
+							err = db.Close()
+						}
+						errs[i] = err
+					})
+				}
+				close(start)
+				wg.Wait()
+				cancel()
+				for i, err := range errs {
+					if err != nil {
+						t.Errorf("round %d, process %d of %d: %v", round, i, processes, err)
+					}
+				}
+				assertMigratedOnce(t, cfg)
+			}
+		})
+	}
+}
+
+// assertMigratedOnce fails unless the database at cfg has every migration
+// recorded as applied exactly once.
+func assertMigratedOnce(t *testing.T, cfg Config) {
+	t.Helper()
+	db, err := connect(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var applied, distinct int
+	if err := db.QueryRowContext(context.Background(), `SELECT count(*), count(DISTINCT version_id) FROM goose_db_version WHERE version_id > 0 AND is_applied`).Scan(&applied, &distinct); err != nil {
+		t.Fatal(err)
+	}
+	want := len(provider(t, db).ListSources())
+	if applied != want || distinct != want {
+		t.Fatalf("goose_db_version records %d applied migrations (%d distinct), want each of the %d once", applied, distinct, want)
+	}
+}
+
+// TestAProcessWaitingForAnothersMigrationSaysSoAndKeepsItsDeadline: while
+// another process holds the migration lock (its migration hangs, say an
+// ALTER TABLE behind a long transaction), Open waits, says so in the log,
+// and gives up at its context's end with an error that names the lock; once
+// the lock is given back it starts.
+func TestAProcessWaitingForAnothersMigrationSaysSoAndKeepsItsDeadline(t *testing.T) {
+	for _, e := range freshDatabases {
+		t.Run(e.name, func(t *testing.T) {
+			cfg := e.cfg(t)
+			holder, err := connect(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer holder.Close()
+			ctx := context.Background()
+			conn, err := holder.Conn(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			held := migrationLocker(holder, cfg.SQLitePath, slog.New(slog.DiscardHandler))
+			if err := held.SessionLock(ctx, conn); err != nil {
+				t.Fatal(err)
+			}
+
+			var logs testenv.LogBuffer
+			cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+			short, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+			defer cancel()
+			if db, err := Open(short, cfg); err == nil {
+				_ = db.Close()
+				t.Fatal("Open migrated while another process held the migration lock")
+			} else if !strings.Contains(err.Error(), "migration lock") {
+				t.Fatalf("Open's error does not name the migration lock: %v", err)
+			}
+			if !strings.Contains(logs.String(), "another process is migrating the database") {
+				t.Fatalf("the wait was not logged; log:\n%s", logs.String())
+			}
+
+			if err := held.SessionUnlock(ctx, conn); err != nil {
+				t.Fatal(err)
+			}
+			db, err := Open(ctx, cfg)
+			if err != nil {
+				t.Fatalf("Open after the lock was given back: %v", err)
+			}
+			_ = db.Close()
+			assertMigratedOnce(t, cfg)
+		})
+	}
+}
