@@ -94,8 +94,8 @@ func TestTheDataDirectoryIsPrivate(t *testing.T) {
 		t.Errorf("data directory mode %v, want 0700", m)
 	}
 	db := cfg.Database.SQLitePath(cfg.DataDir)
-	for _, f := range []string{db, db + "-wal", db + "-shm"} {
-		if _, err := os.Stat(f); errors.Is(err, os.ErrNotExist) && f != db {
+	for _, f := range []string{db, db + ".migrate-lock", db + "-wal", db + "-shm"} {
+		if _, err := os.Stat(f); errors.Is(err, os.ErrNotExist) && f != db && f != db+".migrate-lock" {
 			continue // written on the first commit
 		}
 		if m := mode(f); m != 0o600 {
