@@ -19,7 +19,10 @@ import (
 // PostgreSQL the lock is a row's; on SQLite the one write lock.
 //
 // A queued statement (tx.Queue) that met the lock failed the replica's
-// readiness: lock_not_available was the database away there.
+// readiness: lock_not_available was the database away there. A statement
+// late in its call (after 700 ms of a 1 s call, a slow dependency before
+// it) met the lock with less time left than the lock timeout set at BEGIN
+// (500 ms), ran into the call's deadline and used a retry.
 func TestALockHeldElsewhereDeadLettersNoGoodEvent(t *testing.T) {
 	update := func(ctx context.Context, tx runtime.Tx, ev chargeLike) error {
 		_, err := tx.ExecContext(ctx, `UPDATE lock_probe SET n = n + 1 WHERE id = $1`, ev.ID)
@@ -28,20 +31,37 @@ func TestALockHeldElsewhereDeadLettersNoGoodEvent(t *testing.T) {
 	queue := func(ctx context.Context, tx runtime.Tx, ev chargeLike) error {
 		return tx.Queue(ctx, runtime.Statement{Query: `UPDATE lock_probe SET n = n + 1 WHERE id = $1`, Args: []any{ev.ID}})
 	}
+	// after is fn after a slow step of d (a slow dependency's call).
+	after := func(d time.Duration, fn func(context.Context, runtime.Tx, chargeLike) error) func(context.Context, runtime.Tx, chargeLike) error {
+		return func(ctx context.Context, tx runtime.Tx, ev chargeLike) error {
+			select {
+			case <-time.After(d):
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			return fn(ctx, tx, ev)
+		}
+	}
+	const quick, slow = 300 * time.Millisecond, time.Second
 	// MaxBatch 16: the first attempt runs in a shared transaction.
 	for _, tc := range []struct {
 		name     string
 		fn       func(context.Context, runtime.Tx, chargeLike) error
 		maxBatch int
+		timeout  time.Duration
 	}{
-		{"statement, alone", update, 1},
-		{"statement, in a batch", update, 16},
-		{"queued, alone", queue, 1},
-		{"queued, in a batch", queue, 16},
+		{"statement, alone", update, 1, quick},
+		{"statement, in a batch", update, 16, quick},
+		{"queued, alone", queue, 1, quick},
+		{"queued, in a batch", queue, 16, quick},
+		{"statement late in the call, alone", after(700*time.Millisecond, update), 1, slow},
+		{"statement late in the call, in a batch", after(700*time.Millisecond, update), 16, slow},
+		{"queued late in the call, alone", after(700*time.Millisecond, queue), 1, slow},
+		{"queued late in the call, in a batch", after(700*time.Millisecond, queue), 16, slow},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := runtime.NewHandler("lock-probe", tc.fn,
-				runtime.WithPolicy(runtime.Policy{MaxRetries: 1, InitialBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond, Timeout: 300 * time.Millisecond, MaxBatch: tc.maxBatch}))
+				runtime.WithPolicy(runtime.Policy{MaxRetries: 1, InitialBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond, Timeout: tc.timeout, MaxBatch: tc.maxBatch}))
 			tr := startRuntime(t, nil, h)
 			ctx := context.Background()
 			if _, err := tr.db.ExecContext(ctx, `CREATE TABLE lock_probe (id TEXT PRIMARY KEY, n INTEGER NOT NULL)`); err != nil {
@@ -78,8 +98,8 @@ func TestALockHeldElsewhereDeadLettersNoGoodEvent(t *testing.T) {
 			}
 
 			produceEvent(t, tr, chargeLike{ID: "locked"})
-			// Far past the event's two tries of 300 ms each.
-			deadline := time.Now().Add(3 * time.Second)
+			// Far past the event's two tries.
+			deadline := time.Now().Add(max(3*time.Second, 5*tc.timeout))
 			var unready error
 			for time.Now().Before(deadline) && tr.metric(t, "eventfn_dead_lettered_total", "handler", "lock-probe") == 0 {
 				if err := tr.rt.Ready(ctx); err != nil && unready == nil {

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -252,10 +253,12 @@ type pipelinedTx struct {
 	ended bool
 	// begun says whether BEGIN was sent.
 	begun bool
-	// lockTimeout is what start sets lock_timeout to with BEGIN, from the
-	// context of the call that opened the transaction (the first of a
-	// shared one); "" for none.
-	lockTimeout string
+	// lockTimeout is the transaction's lock_timeout in milliseconds, 0 for
+	// none: what start sets with BEGIN, from the context of the call that
+	// opened the transaction (the first of a shared one), and lowered by
+	// keepLockWaitsInside for a statement late in a call. Atomic: a
+	// handler's statements hold mu shared.
+	lockTimeout atomic.Int64
 	// later are the last call's queued statements, which go to the server
 	// with what the transaction sends next (the next call's start, or the
 	// commit) instead of in a round trip of their own.
@@ -284,7 +287,7 @@ func openForCall(ctx context.Context, db *store.DB) (*pipelinedTx, error) {
 	if err != nil {
 		return nil, err
 	}
-	t.lockTimeout = lockTimeoutFor(ctx)
+	t.lockTimeout.Store(lockTimeoutFor(ctx))
 	return t, nil
 }
 
@@ -307,14 +310,26 @@ func (t *pipelinedTx) start(ctx context.Context, claim *inboxClaim) (bool, error
 			return &laterError{fmt.Errorf("a statement of the call failed and aborted the transaction, though the handler returned no error: %w", pgx.ErrTxCommitRollback)}
 		}
 		b := &pgx.Batch{}
+		begin := !t.begun
+		// Queued statements of the last call come only once the
+		// transaction has begun, after the lock timeout is lowered for
+		// what is left of their call, if it must be (no round trip: it
+		// goes in this pipeline).
+		lower, lowered := "", false
+		if !begin {
+			lower, lowered = t.lockTimeoutWithin(ctx)
+		}
+		if lowered {
+			b.Queue(setLockTimeoutSQL, lower)
+		}
 		for _, st := range later.stmts {
 			b.Queue(st.Query, st.Args...)
 		}
-		begin := !t.begun
+		beginTimeout := t.lockTimeout.Load()
 		if begin {
 			b.Queue("BEGIN")
-			if t.lockTimeout != "" {
-				b.Queue(setLockTimeoutSQL, t.lockTimeout)
+			if beginTimeout > 0 {
+				b.Queue(setLockTimeoutSQL, strconv.FormatInt(beginTimeout, 10))
 			}
 		}
 		if claim != nil {
@@ -322,6 +337,11 @@ func (t *pipelinedTx) start(ctx context.Context, claim *inboxClaim) (bool, error
 		}
 		br := pc.SendBatch(ctx, b)
 		defer br.Close()
+		if lowered {
+			if err := t.readLockTimeout(br, lower); err != nil {
+				return &laterError{err}
+			}
+		}
 		if err := readQueued(br, later.stmts); err != nil {
 			return &laterError{err}
 		}
@@ -329,7 +349,7 @@ func (t *pipelinedTx) start(ctx context.Context, claim *inboxClaim) (bool, error
 			if _, err := br.Exec(); err != nil {
 				return infraError{fmt.Errorf("begin transaction: %w", err)}
 			}
-			if t.lockTimeout != "" {
+			if beginTimeout > 0 {
 				if _, err := br.Exec(); err != nil {
 					return infraError{fmt.Errorf("set the transaction's lock timeout: %w", err)}
 				}
@@ -362,13 +382,70 @@ const setLockTimeoutSQL = `SELECT set_config('lock_timeout', $1, true)`
 // which classifyFailure makes a wait that uses no retry. Without it, the
 // wait ran into the call's timeout, an error of the call's own, and after
 // the retries a good event was dead-lettered while the lock was held.
-// "" when ctx has no deadline.
-func lockTimeoutFor(ctx context.Context) string {
+// 0 when ctx has no deadline.
+func lockTimeoutFor(ctx context.Context) int64 {
 	deadline, ok := ctx.Deadline()
 	if !ok {
-		return ""
+		return 0
 	}
-	return strconv.FormatInt(max(time.Until(deadline).Milliseconds()/2, 1), 10)
+	return max(time.Until(deadline).Milliseconds()/2, 1)
+}
+
+// lockTimeoutWithin says whether the lock timeout in force is too long for
+// a statement that runs within ctx, and what to lower it to: a call that
+// spent a third of its time (a slow query, a slow dependency) before a
+// statement meets a lock would otherwise run into its own deadline first,
+// and use a retry for a lock held elsewhere. Lowered to half the time left,
+// as at BEGIN. Asked before every statement, but the round trip of setting
+// it is spent only in such slow calls.
+func (t *pipelinedTx) lockTimeoutWithin(ctx context.Context) (string, bool) {
+	current := t.lockTimeout.Load()
+	if current <= 0 {
+		return "", false
+	}
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		return "", false
+	}
+	left := time.Until(deadline).Milliseconds()
+	if current*4 <= left*3 {
+		return "", false
+	}
+	return strconv.FormatInt(max(left/2, 1), 10), true
+}
+
+// readLockTimeout reads the result of a setLockTimeoutSQL queued in a
+// pipeline to lower the lock timeout to ms, and keeps the value once set.
+func (t *pipelinedTx) readLockTimeout(br pgx.BatchResults, ms string) error {
+	if _, err := br.Exec(); err != nil {
+		if connBusy(err) {
+			return rowLeftOpen(err)
+		}
+		return fmt.Errorf("lower the transaction's lock timeout to %s ms: %w", ms, err)
+	}
+	t.noteLockTimeout(ms)
+	return nil
+}
+
+// noteLockTimeout keeps ms, the lock timeout just set.
+func (t *pipelinedTx) noteLockTimeout(ms string) {
+	if v, err := strconv.ParseInt(ms, 10, 64); err == nil {
+		t.lockTimeout.Store(v)
+	}
+}
+
+// keepLockWaitsInside lowers the lock timeout, in a round trip of its own,
+// before a handler's statement late in its call (see lockTimeoutWithin). A
+// failure to set it is left to the statement, which meets the same cause
+// (an aborted transaction, the context's end) and reports it as its own.
+func (t *pipelinedTx) keepLockWaitsInside(ctx context.Context) {
+	lower, ok := t.lockTimeoutWithin(ctx)
+	if !ok {
+		return
+	}
+	if _, err := t.conn.ExecContext(ctx, setLockTimeoutSQL, lower); err == nil {
+		t.noteLockTimeout(lower)
+	}
 }
 
 // deferLater keeps a call's queued statements to send with what the
@@ -458,6 +535,7 @@ func (t *pipelinedTx) ExecContext(ctx context.Context, query string, args ...any
 	if t.ended {
 		return nil, sql.ErrTxDone
 	}
+	t.keepLockWaitsInside(ctx)
 	return t.conn.ExecContext(ctx, query, args...)
 }
 
@@ -468,6 +546,7 @@ func (t *pipelinedTx) QueryContext(ctx context.Context, query string, args ...an
 	if t.ended {
 		return nil, sql.ErrTxDone
 	}
+	t.keepLockWaitsInside(ctx)
 	rows, err := t.conn.QueryContext(ctx, query, args...)
 	if err == nil {
 		t.openMu.Lock()
@@ -483,6 +562,9 @@ func (t *pipelinedTx) QueryRowContext(ctx context.Context, query string, args ..
 	valueFirst(args) // panicsafe.go
 	t.mu.RLock()
 	defer t.mu.RUnlock()
+	if !t.ended {
+		t.keepLockWaitsInside(ctx)
+	}
 	// A *sql.Row's rows close when it is scanned; one never scanned closes
 	// when this context ends, at the end of the transaction.
 	ctx, stop := context.WithCancel(ctx)
@@ -536,6 +618,12 @@ func (t *pipelinedTx) commit(ctx context.Context, work toCommit) error {
 	ctx, cancel := later.bound(ctx)
 	defer cancel()
 	b := &pgx.Batch{}
+	// The queued statements run now, perhaps late in their call: the lock
+	// timeout is lowered first if it must be, in the same pipeline.
+	lower, lowered := t.lockTimeoutWithin(ctx)
+	if lowered {
+		b.Queue(setLockTimeoutSQL, lower)
+	}
 	for _, st := range later.stmts {
 		b.Queue(st.Query, st.Args...)
 	}
@@ -558,7 +646,10 @@ func (t *pipelinedTx) commit(ctx context.Context, work toCommit) error {
 			_ = endTransaction(pc)
 			return fmt.Errorf("commit: a statement of the transaction failed and aborted it, though the handler returned no error: %w", pgx.ErrTxCommitRollback)
 		}
-		err := sendCommit(ctx, pc, b, later, work)
+		if !lowered {
+			lower = ""
+		}
+		err := t.sendCommit(ctx, pc, b, lower, later, work)
 		if err != nil {
 			// The transaction failed or may still be open: end it before the
 			// connection goes back to the pool.
@@ -573,9 +664,16 @@ func (t *pipelinedTx) commit(ctx context.Context, work toCommit) error {
 	})
 }
 
-func sendCommit(ctx context.Context, pc *pgx.Conn, b *pgx.Batch, later laterStmts, work toCommit) error {
+// sendCommit sends b and reads its results: the lowered lock timeout if
+// lower is not "", the last call's queued statements, then the commit's.
+func (t *pipelinedTx) sendCommit(ctx context.Context, pc *pgx.Conn, b *pgx.Batch, lower string, later laterStmts, work toCommit) error {
 	br := pc.SendBatch(ctx, b)
 	defer br.Close()
+	if lower != "" {
+		if err := t.readLockTimeout(br, lower); err != nil {
+			return err
+		}
+	}
 	if err := readQueued(br, later.stmts); err != nil {
 		return &laterError{err}
 	}
