@@ -20,9 +20,10 @@ import (
 //
 // A queued statement (tx.Queue) that met the lock failed the replica's
 // readiness: lock_not_available was the database away there. A statement
-// late in its call (after 700 ms of a 1 s call, a slow dependency before
+// late in its call (after 1 s of a 1.5 s call, a slow dependency before
 // it) met the lock with less time left than the lock timeout set at BEGIN
-// (500 ms), ran into the call's deadline and used a retry.
+// (750 ms), ran into the call's deadline and used a retry; now it lowers
+// the lock timeout to 250 ms first.
 func TestALockHeldElsewhereDeadLettersNoGoodEvent(t *testing.T) {
 	update := func(ctx context.Context, tx runtime.Tx, ev chargeLike) error {
 		_, err := tx.ExecContext(ctx, `UPDATE lock_probe SET n = n + 1 WHERE id = $1`, ev.ID)
@@ -42,7 +43,7 @@ func TestALockHeldElsewhereDeadLettersNoGoodEvent(t *testing.T) {
 			return fn(ctx, tx, ev)
 		}
 	}
-	const quick, slow = 300 * time.Millisecond, time.Second
+	const quick, slow = 300 * time.Millisecond, 1500 * time.Millisecond
 	// MaxBatch 16: the first attempt runs in a shared transaction.
 	for _, tc := range []struct {
 		name     string
@@ -54,10 +55,10 @@ func TestALockHeldElsewhereDeadLettersNoGoodEvent(t *testing.T) {
 		{"statement, in a batch", update, 16, quick},
 		{"queued, alone", queue, 1, quick},
 		{"queued, in a batch", queue, 16, quick},
-		{"statement late in the call, alone", after(700*time.Millisecond, update), 1, slow},
-		{"statement late in the call, in a batch", after(700*time.Millisecond, update), 16, slow},
-		{"queued late in the call, alone", after(700*time.Millisecond, queue), 1, slow},
-		{"queued late in the call, in a batch", after(700*time.Millisecond, queue), 16, slow},
+		{"statement late in the call, alone", after(time.Second, update), 1, slow},
+		{"statement late in the call, in a batch", after(time.Second, update), 16, slow},
+		{"queued late in the call, alone", after(time.Second, queue), 1, slow},
+		{"queued late in the call, in a batch", after(time.Second, queue), 16, slow},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := runtime.NewHandler("lock-probe", tc.fn,
