@@ -271,6 +271,7 @@ func (s *Subscriber) poll() {
 	defer close(s.pollDone)
 	ctx, cancel := s.untilClosing()
 	defer cancel()
+	var backoff time.Duration
 	for {
 		free := s.waitSpace()
 		if free == 0 {
@@ -280,16 +281,86 @@ func (s *Subscriber) poll() {
 		if fetches.IsClientClosed() || ctx.Err() != nil {
 			return
 		}
+		failed := false
+		recreated := map[string]bool{}
 		fetches.EachError(func(topic string, p int32, err error) {
 			if !errors.Is(err, context.Canceled) {
+				failed = true
 				s.errors.report(fmt.Errorf("fetch %s[%d]: %w", topic, p, err))
 			}
+			if errors.Is(err, kerr.UnknownTopicID) {
+				recreated[topic] = true
+			}
 		})
+		for topic := range recreated {
+			s.followRecreated(ctx, topic)
+		}
 		if fetches.NumRecords() > 0 {
 			s.errors.recovered()
 		}
 		fetches.EachRecord(s.enqueue)
 		s.noteHighWatermarks(fetches)
+		backoff = nextFetchBackoff(backoff, failed && fetches.NumRecords() == 0)
+		if backoff > 0 && !sleepCtx(ctx, backoff) {
+			return
+		}
+	}
+}
+
+// followRecreated consumes topic anew after it was deleted (and perhaps
+// created again). franz-go keeps consuming the topic id it first met and
+// fails every fetch with UNKNOWN_TOPIC_ID, also once the topic exists again
+// (it surfaces that only after several in a row: a topic just created
+// answers so for a moment), and the handler's events stopped for good
+// until a restart. The old topic's
+// partitions are let go without a commit (their offsets would skip records
+// of the new topic's partitions), then the topic is purged from the client
+// and added back, as franz-go documents, and the group starts the new
+// topic where a new group would (Kafka dropped the group's offsets with the
+// old topic).
+func (s *Subscriber) followRecreated(ctx context.Context, topic string) {
+	s.mu.Lock()
+	old := map[string][]int32{}
+	for tp := range s.parts {
+		if tp.topic == topic {
+			old[topic] = append(old[topic], tp.partition)
+		}
+	}
+	s.mu.Unlock()
+	s.release(ctx, old, false)
+	s.client.PurgeTopicsFromConsuming(topic)
+	s.client.AddConsumeTopics(topic)
+	s.cfg.Logger.Warn("kafka topic was deleted (and perhaps created again); consuming it anew once it exists, from where the group starts a topic it has no offsets for", "topic", topic)
+}
+
+// A fetch that fails at once, every time, was polled again at once: with
+// a topic deleted (or deleted and created again, which franz-go will not
+// follow by itself) that was some 14,000 failed polls a second and half a
+// core. The poll after a failed fetch that gave no records waits, from
+// minFetchBackoff doubling up to maxFetchBackoff.
+const (
+	minFetchBackoff = 50 * time.Millisecond
+	maxFetchBackoff = time.Second
+)
+
+// nextFetchBackoff is the wait before the next poll after one whose fetch
+// failed with no records (failed) or did not (0: poll at once).
+func nextFetchBackoff(last time.Duration, failed bool) time.Duration {
+	if !failed {
+		return 0
+	}
+	return min(max(2*last, minFetchBackoff), maxFetchBackoff)
+}
+
+// sleepCtx waits d, or less if ctx ends first; it says whether d passed.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
 	}
 }
 

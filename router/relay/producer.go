@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -125,6 +126,7 @@ func (p *Producer) Send(ctx context.Context, recs []Record) (wait func() []error
 		var giveUp error
 		select {
 		case <-done:
+			p.followRecreated(recs, errs)
 			return errs
 		case <-ctx.Done():
 			giveUp = context.Cause(ctx)
@@ -153,6 +155,23 @@ func (p *Producer) Send(ctx context.Context, recs []Record) (wait func() []error
 		}
 		return out
 	}
+}
+
+// followRecreated purges from the client every topic of recs that failed
+// with UNKNOWN_TOPIC_ID: the topic was deleted and created again, and
+// franz-go keeps producing to the id it first met, failing every record,
+// until the topic is purged (its documented way back). The relay retries
+// the records, in order, and the next produce finds the new topic. The
+// caller is done with the records' errors only after this returns, so no
+// record of the old topic is in flight.
+func (p *Producer) followRecreated(recs []Record, errs []error) {
+	var topics []string
+	for i, err := range errs {
+		if errors.Is(err, kerr.UnknownTopicID) && !slices.Contains(topics, recs[i].Topic) {
+			topics = append(topics, recs[i].Topic)
+		}
+	}
+	p.client.PurgeTopicsFromProducing(topics...)
 }
 
 // Close flushes nothing (every Produce waited for its acks) and disconnects.

@@ -610,3 +610,44 @@ func TestABatchAboveSQLitesParameterLimitIsMarkedAndDeleted(t *testing.T) {
 		t.Fatalf("retention deleted %d of %d rows in one batch: %v", deleted, n, err)
 	}
 }
+
+// TestATopicDeletedAndCreatedAgainGetsItsRows: an operator deletes a topic
+// the relay produces to and creates it again. franz-go keeps producing to
+// the id it first met and failed every record with UNKNOWN_TOPIC_ID, so the
+// relay retried the same batch for good and every event behind it waited
+// until a restart. The rows written meanwhile reach the new topic.
+func TestATopicDeletedAndCreatedAgainGetsItsRows(t *testing.T) {
+	e := open(t)
+	topic := e.topic(t, 2)
+	row := func(payload string) relay.Record {
+		return relay.Record{Topic: topic, Key: []byte("k"), Headers: map[string]string{"ce_id": payload}, Payload: []byte(payload)}
+	}
+	insert(t, e, []relay.Record{row("before")}, 1)
+	start(t, e, 1_000_000, relay.NewLease(e.db))
+	consume(t, e, topic, 1)
+	waitFor(t, "the first row marked forwarded", 10*time.Second, func() bool { return stats(t, e).Pending == 0 })
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	admin := e.admin(t)
+	if _, err := admin.DeleteTopics(ctx, topic); err != nil {
+		t.Fatal(err)
+	}
+	insert(t, e, []relay.Record{row("while deleted")}, 1)
+	for {
+		resp, err := admin.CreateTopic(ctx, 2, 1, nil, topic)
+		if err == nil && resp.Err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("create the topic again: %v %v", err, resp.Err)
+		}
+		time.Sleep(50 * time.Millisecond) // polling interval: the deletion is still under way
+	}
+	insert(t, e, []relay.Record{row("after")}, 1)
+	got := consume(t, e, topic, 2)
+	if string(got[0].Value) != "while deleted" || string(got[1].Value) != "after" {
+		t.Fatalf("the new topic has %q, %q; want the rows written while it was deleted and after, in order", got[0].Value, got[1].Value)
+	}
+	waitFor(t, "every row marked forwarded", 30*time.Second, func() bool { return stats(t, e).Pending == 0 })
+}
