@@ -3,10 +3,13 @@ package router
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/eventfn/eventfn/configs"
@@ -52,6 +55,9 @@ type runLog struct {
 	topic   string
 	dropped prometheus.Counter
 	logger  *slog.Logger
+	// purging says a purge of the topic from the client is under way (see
+	// record).
+	purging atomic.Bool
 }
 
 // runsLinger is how long a run record may wait for others to share its
@@ -109,6 +115,17 @@ func (l *runLog) record(correlationID string, r RunRecord) {
 		if err != nil {
 			l.dropped.Inc()
 			l.logger.Debug("run record not sent", "handler", r.Handler, "event_id", r.EventID, "err", err)
+		}
+		if errors.Is(err, kerr.UnknownTopicID) && l.purging.CompareAndSwap(false, true) {
+			// The runs topic was deleted (and perhaps created again):
+			// franz-go keeps its old id until the topic is purged from the
+			// client, and dropped every run record until a restart. Not
+			// here: a purge waits for the client's metadata loop, which
+			// must not wait for a promise.
+			go func() {
+				defer l.purging.Store(false)
+				l.client.PurgeTopicsFromProducing(l.topic)
+			}()
 		}
 	})
 }
