@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
@@ -233,6 +234,9 @@ func (s *Subscriber) Subscribe(_ context.Context, topic string) (<-chan *message
 		kgo.OnPartitionsRevoked(s.revoked),
 		kgo.OnPartitionsLost(s.lost),
 	}, s.cfg.Opts...)
+	if s.cfg.StartAtEnd {
+		opts = append(opts, kgo.AdjustFetchOffsetsFn(s.startAtEnd))
+	}
 	client, err := kgo.NewClient(opts...)
 	if err != nil {
 		return nil, fmt.Errorf("kafka consumer for group %s on %s: %w", s.cfg.Group, topic, err)
@@ -388,8 +392,7 @@ func (s *Subscriber) enqueue(r *kgo.Record) {
 	tp := topicPartition{r.Topic, r.Partition}
 	p := s.parts[tp]
 	if p == nil {
-		p = &partition{done: map[int64]bool{}, lanes: map[string][]*kgo.Record{}, next: r.Offset, committed: r.Offset, revoked: make(chan struct{})}
-		p.ctx = context.WithValue(s.msgCtx, releaseKey{}, release{revoked: p.revoked, closing: s.closing})
+		p = s.newPartition(r.Offset, r.Offset)
 		s.parts[tp] = p
 	}
 	p.offsets = append(p.offsets, r.Offset)
@@ -399,6 +402,66 @@ func (s *Subscriber) enqueue(r *kgo.Record) {
 	if len(p.lanes[key]) == 1 {
 		s.start(p, r)
 	}
+}
+
+// newPartition is the state of a partition whose offsets before next are
+// finished, committed up to committed.
+func (s *Subscriber) newPartition(next, committed int64) *partition {
+	p := &partition{done: map[int64]bool{}, lanes: map[string][]*kgo.Record{}, next: next, committed: committed, revoked: make(chan struct{})}
+	p.ctx = context.WithValue(s.msgCtx, releaseKey{}, release{revoked: p.revoked, closing: s.closing})
+	return p
+}
+
+// startAtEnd places a group that starts at the end (StartAtEnd) at the
+// partitions' ends as they are now, and commits that: a partition
+// assigned with no committed offset is given its end offset, exactly, and
+// the commit loop commits it. Before, nothing was committed for a
+// partition until a record of it finished, so when it moved to another
+// member before that (a replica restarted, replicas joining at start-up)
+// the new owner reset to the end again and skipped every record produced
+// meanwhile, with no error and a lag of 0. Called by franz-go after it
+// fetched the group's offsets and before it fetches records.
+func (s *Subscriber) startAtEnd(ctx context.Context, offsets map[string]map[int32]kgo.Offset) (map[string]map[int32]kgo.Offset, error) {
+	var topics []string
+	for topic, ps := range offsets {
+		for _, o := range ps {
+			if o.EpochOffset().Offset < 0 { // no committed offset: the reset
+				topics = append(topics, topic)
+				break
+			}
+		}
+	}
+	if len(topics) == 0 {
+		return offsets, nil
+	}
+	ends, err := kadm.NewClient(s.client).ListEndOffsets(ctx, topics...)
+	if err == nil {
+		err = ends.Error()
+	}
+	if err != nil {
+		// franz-go joins again and asks once more; meanwhile nothing is
+		// fetched from partitions whose start is not known.
+		return nil, fmt.Errorf("list the end offsets where group %s starts: %w", s.cfg.Group, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for topic, ps := range offsets {
+		for part, o := range ps {
+			if o.EpochOffset().Offset >= 0 {
+				continue
+			}
+			end, ok := ends.Lookup(topic, part)
+			if !ok {
+				return nil, fmt.Errorf("group %s starts at the end of %s[%d], which Kafka did not list", s.cfg.Group, topic, part)
+			}
+			ps[part] = kgo.NewOffset().At(end.Offset)
+			tp := topicPartition{topic, part}
+			if s.parts[tp] == nil {
+				s.parts[tp] = s.newPartition(end.Offset, -1)
+			}
+		}
+	}
+	return offsets, nil
 }
 
 // start hands r out in a goroutine of its own; the caller holds s.mu.
