@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"time"
 
 	"github.com/gofrs/flock"
@@ -41,6 +42,12 @@ const lockWaitReport = 15 * time.Second
 func migrationLocker(db *DB, sqlitePath string, log *slog.Logger) lock.SessionLocker {
 	if db.Driver == Postgres {
 		return &advisoryLock{where: db.Where, log: log}
+	}
+	// One lock per database file, whatever name a process gives it: SQLite
+	// follows a symbolic link to the one file, and two lock files, one per
+	// name, let two processes migrate it at once.
+	if resolved, err := filepath.EvalSymlinks(sqlitePath); err == nil {
+		sqlitePath = resolved
 	}
 	return &fileLock{lock: flock.New(sqlitePath+".migrate-lock", flock.SetPermissions(0o600)), where: db.Where, log: log}
 }
