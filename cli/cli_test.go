@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/gofrs/flock"
 )
 
 // TestBadInputIsRefusedBeforeKafka: every one of these fails with exit code 2
@@ -121,5 +123,32 @@ func TestRunRefusesAnUnknownHandler(t *testing.T) {
 				t.Fatalf("exit %d, stderr %q; want %q", code, errOut.String(), want)
 			}
 		})
+	}
+}
+
+// TestACommandWaitingForAnotherProcesssMigrationSaysSo: `outbox` and the
+// `dlq` commands open the database, and wait while another process
+// migrates it. They waited silently up to their --timeout (30 s, 1 min);
+// now they say why on stderr, and the error at the timeout names the lock.
+func TestACommandWaitingForAnotherProcesssMigrationSaysSo(t *testing.T) {
+	dir, err := filepath.EvalSymlinks(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The lock another process would hold while it migrates dir's database.
+	held := flock.New(filepath.Join(dir, "eventfn.db") + ".migrate-lock")
+	if err := held.Lock(); err != nil {
+		t.Fatal(err)
+	}
+	defer held.Unlock()
+	var out, errOut bytes.Buffer
+	code := Main(context.Background(), []string{"outbox", "--timeout", "1s"}, strings.NewReader(""), &out, &errOut, []string{"EVENTFN_DATA_DIR=" + dir})
+	if code == 0 {
+		t.Fatalf("outbox succeeded while another process held the migration lock:\n%s", out.String())
+	}
+	for _, want := range []string{"another process is migrating the database", "wait for the migration lock"} {
+		if !strings.Contains(errOut.String(), want) {
+			t.Errorf("stderr does not say %q:\n%s", want, errOut.String())
+		}
 	}
 }

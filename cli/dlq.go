@@ -39,7 +39,7 @@ func (f *dlqFlags) register(cmd *cobra.Command, withIDs bool) {
 	fs.StringVar(&f.since, "since", "", "only dead letters from this time on: RFC 3339 (2026-11-25T10:00:00Z) or a duration ago (2h)")
 	fs.StringVar(&f.until, "until", "", "only dead letters before this time: RFC 3339 or a duration ago")
 	fs.BoolVar(&f.asJSON, "json", false, "print JSON")
-	fs.DurationVar(&f.timeout, "timeout", time.Minute, "give up reading the dead-letter topic after this long")
+	fs.DurationVar(&f.timeout, "timeout", time.Minute, "give up after this long (reading the dead-letter topic, or waiting for another process's migration of the database)")
 	if withIDs {
 		fs.StringSliceVar(&f.ids, "id", nil, "only these dead letters (ids from dlq list; repeat or comma-separate)")
 	}
@@ -74,7 +74,7 @@ func parseWhen(flag, v string, now time.Time) (time.Time, error) {
 // openForDLQ loads the configuration and opens the database the dead-letter
 // bookkeeping lives in. It starts no broker: the dead letters are read from
 // the Kafka of kafka.brokers (the embedded one of a running `eventfn`).
-func openForDLQ(ctx context.Context, g *globalFlags, environ []string) (configs.Config, *store.DB, error) {
+func openForDLQ(ctx context.Context, g *globalFlags, environ []string, stderr io.Writer) (configs.Config, *store.DB, error) {
 	cfg, err := g.load(environ)
 	if err != nil {
 		return cfg, nil, err
@@ -86,6 +86,9 @@ func openForDLQ(ctx context.Context, g *globalFlags, environ []string) (configs.
 	db, err := store.Open(ctx, store.Config{
 		Driver: store.Driver(driver), SQLitePath: cfg.Database.SQLitePath(cfg.DataDir),
 		URL: cfg.Database.URL, MaxOpenConns: 2,
+		// Says so on stderr when another process is migrating the
+		// database, instead of a silent wait up to --timeout.
+		Logger: NewLogger(cfg, stderr).With("component", "store"),
 	})
 	if err != nil {
 		return cfg, nil, err
@@ -112,7 +115,7 @@ func newDLQListCmd(g *globalFlags, stdout io.Writer, environ []string) *cobra.Co
 		Short: "One line per dead letter: when, handler, event type, key, attempts, reason, origin, replay",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			dls, err := selectDeadLetters(cmd.Context(), g, f, environ)
+			dls, err := selectDeadLetters(cmd.Context(), g, f, environ, cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
@@ -140,7 +143,7 @@ func newDLQShowCmd(g *globalFlags, stdout io.Writer, environ []string) *cobra.Co
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			f.ids = []string{args[0]}
-			dls, err := selectDeadLetters(cmd.Context(), g, f, environ)
+			dls, err := selectDeadLetters(cmd.Context(), g, f, environ, cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
@@ -184,7 +187,7 @@ older than retention.inbox is skipped, with the reason.`,
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), f.timeout)
 			defer cancel()
-			cfg, db, err := openForDLQ(ctx, g, environ)
+			cfg, db, err := openForDLQ(ctx, g, environ, cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
@@ -230,14 +233,14 @@ older than retention.inbox is skipped, with the reason.`,
 	return cmd
 }
 
-func selectDeadLetters(ctx context.Context, g *globalFlags, f *dlqFlags, environ []string) ([]router.DeadLetter, error) {
+func selectDeadLetters(ctx context.Context, g *globalFlags, f *dlqFlags, environ []string, stderr io.Writer) ([]router.DeadLetter, error) {
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
 	filter, err := f.filter(time.Now())
 	if err != nil {
 		return nil, err
 	}
-	cfg, db, err := openForDLQ(ctx, g, environ)
+	cfg, db, err := openForDLQ(ctx, g, environ, stderr)
 	if err != nil {
 		return nil, err
 	}

@@ -68,7 +68,7 @@ replicas wait for it; on SQLite the one process that owns the file.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, cancel := context.WithTimeout(cmd.Context(), f.timeout)
 			defer cancel()
-			cfg, db, err := openForDLQ(ctx, g, environ)
+			cfg, db, err := openForDLQ(ctx, g, environ, cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
