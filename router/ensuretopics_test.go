@@ -281,3 +281,52 @@ func brokerServes(ctx context.Context, cl *kgo.Client, node int32, topics []stri
 	}
 	return nil
 }
+
+// TestRetentionsWaitForATopicAnotherReplicaIsCreating: replicas starting
+// together on three brokers. One creates the topics; another finds them
+// created, waits for nothing, and reads their retention from a broker that
+// does not serve them yet: it exited with "does not exist on this broker"
+// (3 of 16 starts of four replicas, found by a fresh-eyed attack). Here
+// the topic is created half a second after the read began: the read waits
+// for it.
+func TestRetentionsWaitForATopicAnotherReplicaIsCreating(t *testing.T) {
+	brokers := testBrokers(t)
+	topic := testenv.UniqueName("retention-")
+	testenv.DeleteTopicsAtCleanup(t, topic)
+	cfg, err := configs.Load(configs.Options{Profile: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Kafka.Brokers = brokers
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	type result struct {
+		retentions map[string]time.Duration
+		err        error
+	}
+	read := make(chan result, 1)
+	go func() {
+		r, err := router.TopicRetentions(ctx, cfg.Kafka, []string{topic})
+		read <- result{r, err}
+	}()
+	select {
+	case r := <-read:
+		t.Fatalf("the retention of a topic not created yet was read: %v, %v", r.retentions, r.err)
+	case <-time.After(500 * time.Millisecond): // the other replica creates it a moment later
+	}
+	if _, err := kadm.NewClient(cl).CreateTopic(ctx, 1, 1, map[string]*string{"retention.ms": kadm.StringPtr("3600000")}, topic); err != nil {
+		t.Fatal(err)
+	}
+	r := <-read
+	if r.err != nil {
+		t.Fatalf("reading the retention of a topic created a moment later: %v", r.err)
+	}
+	if got := r.retentions[topic]; got != time.Hour {
+		t.Fatalf("retention %s, want 1h", got)
+	}
+}

@@ -390,7 +390,7 @@ func TopicRetentions(ctx context.Context, k configs.Kafka, topics []string) (map
 	defer admin.Close()
 	out := make(map[string]time.Duration, len(topics))
 	for _, t := range topics {
-		entries, err := admin.DescribeConfig(sarama.ConfigResource{Type: sarama.TopicResource, Name: t, ConfigNames: []string{"retention.ms"}})
+		entries, err := describeRetention(ctx, admin, t)
 		if err != nil {
 			return nil, fmt.Errorf("read retention.ms of topic %s: %w", t, err)
 		}
@@ -406,6 +406,28 @@ func TopicRetentions(ctx context.Context, k configs.Kafka, topics []string) (map
 		}
 	}
 	return out, nil
+}
+
+// describeRetention reads topic's retention.ms from the broker admin asks.
+// A topic that broker does not serve yet is asked for again until
+// topicsVisibleWithin or ctx ends: start-up reads retentions after
+// EnsureTopics, which waits only for the topics it created itself, and a
+// topic another replica created a moment before (replicas starting
+// together) is not on every broker yet; one such replica in five exited
+// with "does not exist on this broker" on three brokers.
+func describeRetention(ctx context.Context, admin sarama.ClusterAdmin, topic string) ([]sarama.ConfigEntry, error) {
+	deadline := time.Now().Add(topicsVisibleWithin)
+	for {
+		entries, err := admin.DescribeConfig(sarama.ConfigResource{Type: sarama.TopicResource, Name: topic, ConfigNames: []string{"retention.ms"}})
+		if !errors.Is(err, sarama.ErrUnknownTopicOrPartition) || time.Now().After(deadline) {
+			return entries, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, errors.Join(err, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // checkInboxRetention refuses an inbox retention that a redelivery can
