@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -25,24 +26,7 @@ func TestProcessesOpeningAFreshDatabaseTogetherAllStart(t *testing.T) {
 		t.Run(e.name, func(t *testing.T) {
 			for round := range rounds {
 				cfg := e.cfg(t)
-				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-				start := make(chan struct{})
-				errs := make([]error, processes)
-				var wg sync.WaitGroup
-				for i := range processes {
-					wg.Go(func() {
-						<-start
-						db, err := Open(ctx, cfg)
-						if err == nil {
-							err = db.Close()
-						}
-						errs[i] = err
-					})
-				}
-				close(start)
-				wg.Wait()
-				cancel()
-				for i, err := range errs {
+				for i, err := range openAtOnce(slices.Repeat([]Config{cfg}, processes)) {
 					if err != nil {
 						t.Errorf("round %d, process %d of %d: %v", round, i, processes, err)
 					}
@@ -51,6 +35,29 @@ func TestProcessesOpeningAFreshDatabaseTogetherAllStart(t *testing.T) {
 			}
 		})
 	}
+}
+
+// openAtOnce opens and closes a database per cfgs, all at the same moment,
+// each as a process starting would, and returns their errors.
+func openAtOnce(cfgs []Config) []error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	start := make(chan struct{})
+	errs := make([]error, len(cfgs))
+	var wg sync.WaitGroup
+	for i, cfg := range cfgs {
+		wg.Go(func() {
+			<-start
+			db, err := Open(ctx, cfg)
+			if err == nil {
+				err = db.Close()
+			}
+			errs[i] = err
+		})
+	}
+	close(start)
+	wg.Wait()
+	return errs
 }
 
 // assertMigratedOnce fails unless the database at cfg has every migration
@@ -145,28 +152,14 @@ func TestOneSQLiteFileUnderTwoNamesMigratesOnce(t *testing.T) {
 		if err := os.Symlink(file, link); err != nil {
 			t.Fatal(err)
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		start := make(chan struct{})
-		errs := make([]error, processes)
-		var wg sync.WaitGroup
-		for i := range processes {
-			path := file
+		cfgs := make([]Config, processes)
+		for i := range cfgs {
+			cfgs[i] = Config{Driver: SQLite, SQLitePath: file}
 			if i%2 == 1 {
-				path = link
+				cfgs[i].SQLitePath = link
 			}
-			wg.Go(func() {
-				<-start
-				db, err := Open(ctx, Config{Driver: SQLite, SQLitePath: path})
-				if err == nil {
-					err = db.Close()
-				}
-				errs[i] = err
-			})
 		}
-		close(start)
-		wg.Wait()
-		cancel()
-		for i, err := range errs {
+		for i, err := range openAtOnce(cfgs) {
 			if err != nil {
 				t.Errorf("round %d, process %d (by the %s): %v", round, i, map[bool]string{true: "link", false: "file"}[i%2 == 1], err)
 			}

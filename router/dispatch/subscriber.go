@@ -305,7 +305,9 @@ func (s *Subscriber) poll() {
 		fetches.EachRecord(s.enqueue)
 		s.noteHighWatermarks(fetches)
 		backoff = nextFetchBackoff(backoff, failed && fetches.NumRecords() == 0)
-		if backoff > 0 && !sleepCtx(ctx, backoff) {
+		// ctx carries no partition's release: Pause is a sleep that ends
+		// with ctx.
+		if backoff > 0 && !Pause(ctx, backoff) {
 			return
 		}
 	}
@@ -354,18 +356,6 @@ func nextFetchBackoff(last time.Duration, failed bool) time.Duration {
 		return 0
 	}
 	return min(max(2*last, minFetchBackoff), maxFetchBackoff)
-}
-
-// sleepCtx waits d, or less if ctx ends first; it says whether d passed.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }
 
 // waitSpace blocks until fewer than MaxBuffered events are buffered and
