@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -198,5 +199,78 @@ func TestADeadlockBetweenTwoCallsKeepsReadiness(t *testing.T) {
 	}
 	if n := tr.metric(t, "eventfn_dead_lettered_total", "handler", "lock-dead"); n != 0 {
 		t.Errorf("%v dead letters from a deadlock", n)
+	}
+}
+
+// TestAShortStatementContextDoesNotCutLaterLockWaits: a handler bounds one
+// quick statement with a short context of its own (200 ms, a common Go
+// idiom), then updates a row another session holds for 500 ms, with the
+// call's context (2 s: a lock timeout of 1 s). The wait fits, so the first
+// attempt must succeed. The lock timeout fitted to the short statement
+// (100 ms) stayed for the rest of the transaction, and the update failed
+// as a conflict, attempt after attempt (found by a fresh-eyed attack: 5
+// attempts, 4 conflicts); it is fitted up again for the update.
+func TestAShortStatementContextDoesNotCutLaterLockWaits(t *testing.T) {
+	if testenv.DatabaseURL() == "" {
+		t.Skip("SQLite takes its one write lock with BEGIN: no lock wait happens within a call; PostgreSQL only")
+	}
+	var attempts atomic.Int32
+	reached := make(chan struct{}, 16)
+	h := runtime.NewHandler("lock-ctx", func(ctx context.Context, tx runtime.Tx, ev chargeLike) error {
+		attempts.Add(1)
+		short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+		var one int
+		err := tx.QueryRowContext(short, `SELECT 1`).Scan(&one)
+		cancel()
+		if err != nil {
+			return err
+		}
+		select {
+		case reached <- struct{}{}:
+		default:
+		}
+		_, err = tx.ExecContext(ctx, `UPDATE lock_ctx SET n = n + 1 WHERE id = $1`, ev.ID)
+		return err
+	}, runtime.WithPolicy(runtime.Policy{MaxRetries: 3, InitialBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond, Timeout: 2 * time.Second, MaxBatch: 1}))
+	tr := startRuntime(t, nil, h)
+	ctx := context.Background()
+	if _, err := tr.db.ExecContext(ctx, `CREATE TABLE lock_ctx (id TEXT PRIMARY KEY, n INTEGER NOT NULL)`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tr.db.ExecContext(ctx, `INSERT INTO lock_ctx (id, n) VALUES ('locked', 0)`); err != nil {
+		t.Fatal(err)
+	}
+	other, err := sql.Open("pgx", tr.cfg.Database.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	holder, err := other.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = holder.Rollback() }()
+	if _, err := holder.ExecContext(ctx, `SELECT n FROM lock_ctx WHERE id = 'locked' FOR UPDATE`); err != nil {
+		t.Fatal(err)
+	}
+	produceEvent(t, tr, chargeLike{ID: "locked"})
+	select {
+	case <-reached:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the handler never reached the update")
+	}
+	held := time.Now().Add(500 * time.Millisecond)
+	for time.Now().Before(held) {
+		time.Sleep(10 * time.Millisecond) // the other session's short transaction: its length is the scenario
+	}
+	if err := holder.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the event handled", 30*time.Second, func() bool {
+		var n int
+		return tr.db.Read.QueryRowContext(ctx, `SELECT n FROM lock_ctx WHERE id = 'locked'`).Scan(&n) == nil && n == 1
+	})
+	if n, conflicts := attempts.Load(), tr.metric(t, "eventfn_handler_attempts_total", "handler", "lock-ctx", "result", "unavailable"); n != 1 || conflicts != 0 {
+		t.Errorf("a 500 ms lock wait within a 1 s lock timeout failed: %d attempts, %v counted as conflicts\n%s", n, conflicts, tr.logs.String())
 	}
 }

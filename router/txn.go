@@ -253,10 +253,12 @@ type pipelinedTx struct {
 	ended bool
 	// begun says whether BEGIN was sent.
 	begun bool
-	// lockTimeout is the transaction's lock_timeout in milliseconds, 0 for
-	// none: what start sets with BEGIN, from the context of the call that
-	// opened the transaction (the first of a shared one), and lowered by
-	// keepLockWaitsInside for a statement late in a call. Atomic: a
+	// beginLockTimeout is what start sets lock_timeout to with BEGIN, in
+	// milliseconds, from the context of the call that opened the
+	// transaction (the first of a shared one); 0 for none.
+	beginLockTimeout int64
+	// lockTimeout is the lock_timeout in force: beginLockTimeout, or less
+	// for a statement late in its call (see lockTimeoutFits). Atomic: a
 	// handler's statements hold mu shared.
 	lockTimeout atomic.Int64
 	// later are the last call's queued statements, which go to the server
@@ -287,7 +289,8 @@ func openForCall(ctx context.Context, db *store.DB) (*pipelinedTx, error) {
 	if err != nil {
 		return nil, err
 	}
-	t.lockTimeout.Store(lockTimeoutFor(ctx))
+	t.beginLockTimeout = lockTimeoutFor(ctx)
+	t.lockTimeout.Store(t.beginLockTimeout)
 	return t, nil
 }
 
@@ -312,20 +315,20 @@ func (t *pipelinedTx) start(ctx context.Context, claim *inboxClaim) (bool, error
 		b := &pgx.Batch{}
 		begin := !t.begun
 		// Queued statements of the last call come only once the
-		// transaction has begun, after the lock timeout is lowered for
-		// what is left of their call, if it must be (no round trip: it
-		// goes in this pipeline).
-		lower, lowered := "", false
+		// transaction has begun, after the lock timeout is fitted to what
+		// is left of their call, if it must be (no round trip: it goes in
+		// this pipeline).
+		fitted, refit := "", false
 		if !begin {
-			lower, lowered = t.lockTimeoutWithin(ctx)
+			fitted, refit = t.lockTimeoutFits(ctx)
 		}
-		if lowered {
-			b.Queue(setLockTimeoutSQL, lower)
+		if refit {
+			b.Queue(setLockTimeoutSQL, fitted)
 		}
 		for _, st := range later.stmts {
 			b.Queue(st.Query, st.Args...)
 		}
-		beginTimeout := t.lockTimeout.Load()
+		beginTimeout := t.beginLockTimeout
 		if begin {
 			b.Queue("BEGIN")
 			if beginTimeout > 0 {
@@ -337,8 +340,8 @@ func (t *pipelinedTx) start(ctx context.Context, claim *inboxClaim) (bool, error
 		}
 		br := pc.SendBatch(ctx, b)
 		defer br.Close()
-		if lowered {
-			if err := t.readLockTimeout(br, lower); err != nil {
+		if refit {
+			if err := t.readLockTimeout(br, fitted); err != nil {
 				return &laterError{err}
 			}
 		}
@@ -391,37 +394,43 @@ func lockTimeoutFor(ctx context.Context) int64 {
 	return max(time.Until(deadline).Milliseconds()/2, 1)
 }
 
-// lockTimeoutWithin says whether the lock timeout in force is too long for
-// a statement that runs within ctx, and what to lower it to: a call that
-// spent a third of its time (a slow query, a slow dependency) before a
-// statement meets a lock would otherwise run into its own deadline first,
-// and use a retry for a lock held elsewhere. Lowered to half the time left,
-// as at BEGIN. Asked before every statement, but the round trip of setting
-// it is spent only in such slow calls.
-func (t *pipelinedTx) lockTimeoutWithin(ctx context.Context) (string, bool) {
+// lockTimeoutFits says whether the lock timeout in force must change for a
+// statement that runs within ctx, and to what. Lowered when a lock wait of
+// it could end less than a quarter of the time left before ctx's deadline:
+// a call that spent a third of its time (a slow query, a slow dependency)
+// before a statement meets a lock would otherwise run into its own
+// deadline first, and use a retry for a lock held elsewhere. Raised again,
+// up to the value set with BEGIN, when it is well below what ctx allows: a
+// statement under a short context of its own (or a late call before, in a
+// shared transaction) must not cut the lock waits of those after it. Half
+// the time left, as at BEGIN. Asked before every statement; a change,
+// which costs a statement's round trip outside a pipeline, is needed only
+// in such calls.
+func (t *pipelinedTx) lockTimeoutFits(ctx context.Context) (string, bool) {
 	current := t.lockTimeout.Load()
-	if current <= 0 {
+	if t.beginLockTimeout <= 0 {
 		return "", false
 	}
-	deadline, ok := ctx.Deadline()
-	if !ok {
-		return "", false
+	want := t.beginLockTimeout
+	if deadline, ok := ctx.Deadline(); ok {
+		want = min(want, max(time.Until(deadline).Milliseconds()/2, 1))
 	}
-	left := time.Until(deadline).Milliseconds()
-	if current*4 <= left*3 {
-		return "", false
+	// Hysteresis: a value within a third of want stays, so a call's
+	// statements, each with a little less time left, change nothing.
+	if current*3 > want*4 || current*4 < want*3 {
+		return strconv.FormatInt(want, 10), true
 	}
-	return strconv.FormatInt(max(left/2, 1), 10), true
+	return "", false
 }
 
 // readLockTimeout reads the result of a setLockTimeoutSQL queued in a
-// pipeline to lower the lock timeout to ms, and keeps the value once set.
+// pipeline to set the lock timeout to ms, and keeps the value once set.
 func (t *pipelinedTx) readLockTimeout(br pgx.BatchResults, ms string) error {
 	if _, err := br.Exec(); err != nil {
 		if connBusy(err) {
 			return rowLeftOpen(err)
 		}
-		return fmt.Errorf("lower the transaction's lock timeout to %s ms: %w", ms, err)
+		return fmt.Errorf("set the transaction's lock timeout to %s ms: %w", ms, err)
 	}
 	t.noteLockTimeout(ms)
 	return nil
@@ -434,17 +443,17 @@ func (t *pipelinedTx) noteLockTimeout(ms string) {
 	}
 }
 
-// keepLockWaitsInside lowers the lock timeout, in a round trip of its own,
-// before a handler's statement late in its call (see lockTimeoutWithin). A
+// keepLockWaitsInside changes the lock timeout, in a round trip of its own,
+// before a handler's statement that needs another (see lockTimeoutFits). A
 // failure to set it is left to the statement, which meets the same cause
 // (an aborted transaction, the context's end) and reports it as its own.
 func (t *pipelinedTx) keepLockWaitsInside(ctx context.Context) {
-	lower, ok := t.lockTimeoutWithin(ctx)
+	value, ok := t.lockTimeoutFits(ctx)
 	if !ok {
 		return
 	}
-	if _, err := t.conn.ExecContext(ctx, setLockTimeoutSQL, lower); err == nil {
-		t.noteLockTimeout(lower)
+	if _, err := t.conn.ExecContext(ctx, setLockTimeoutSQL, value); err == nil {
+		t.noteLockTimeout(value)
 	}
 }
 
@@ -619,10 +628,10 @@ func (t *pipelinedTx) commit(ctx context.Context, work toCommit) error {
 	defer cancel()
 	b := &pgx.Batch{}
 	// The queued statements run now, perhaps late in their call: the lock
-	// timeout is lowered first if it must be, in the same pipeline.
-	lower, lowered := t.lockTimeoutWithin(ctx)
-	if lowered {
-		b.Queue(setLockTimeoutSQL, lower)
+	// timeout is fitted first if it must be, in the same pipeline.
+	fitted, refit := t.lockTimeoutFits(ctx)
+	if refit {
+		b.Queue(setLockTimeoutSQL, fitted)
 	}
 	for _, st := range later.stmts {
 		b.Queue(st.Query, st.Args...)
@@ -646,10 +655,10 @@ func (t *pipelinedTx) commit(ctx context.Context, work toCommit) error {
 			_ = endTransaction(pc)
 			return fmt.Errorf("commit: a statement of the transaction failed and aborted it, though the handler returned no error: %w", pgx.ErrTxCommitRollback)
 		}
-		if !lowered {
-			lower = ""
+		if !refit {
+			fitted = ""
 		}
-		err := t.sendCommit(ctx, pc, b, lower, later, work)
+		err := t.sendCommit(ctx, pc, b, fitted, later, work)
 		if err != nil {
 			// The transaction failed or may still be open: end it before the
 			// connection goes back to the pool.
@@ -664,13 +673,13 @@ func (t *pipelinedTx) commit(ctx context.Context, work toCommit) error {
 	})
 }
 
-// sendCommit sends b and reads its results: the lowered lock timeout if
-// lower is not "", the last call's queued statements, then the commit's.
-func (t *pipelinedTx) sendCommit(ctx context.Context, pc *pgx.Conn, b *pgx.Batch, lower string, later laterStmts, work toCommit) error {
+// sendCommit sends b and reads its results: the fitted lock timeout if
+// fitted is not "", the last call's queued statements, then the commit's.
+func (t *pipelinedTx) sendCommit(ctx context.Context, pc *pgx.Conn, b *pgx.Batch, fitted string, later laterStmts, work toCommit) error {
 	br := pc.SendBatch(ctx, b)
 	defer br.Close()
-	if lower != "" {
-		if err := t.readLockTimeout(br, lower); err != nil {
+	if fitted != "" {
+		if err := t.readLockTimeout(br, fitted); err != nil {
 			return err
 		}
 	}
