@@ -62,7 +62,6 @@ func (s *Subscriber) endOffsetsLoop(topic string) {
 	defer close(s.endsDone)
 	ctx, cancel := s.untilClosing()
 	defer cancel()
-	adm := kadm.NewClient(s.client)
 	tick := time.NewTicker(s.cfg.EndOffsetsInterval)
 	defer tick.Stop()
 	for {
@@ -80,7 +79,7 @@ func (s *Subscriber) endOffsetsLoop(topic string) {
 			continue
 		}
 		askCtx, done := context.WithTimeout(ctx, s.cfg.EndOffsetsInterval)
-		ends, err := adm.ListEndOffsets(askCtx, topic)
+		ends, err := kadm.NewClient(s.currentClient()).ListEndOffsets(askCtx, topic)
 		done()
 		if err != nil {
 			// A broker that is away shows in the fetches' errors; the ends
