@@ -396,10 +396,10 @@ func lockTimeoutFor(ctx context.Context) int64 {
 
 // lockTimeoutFits says whether the lock timeout in force must change for a
 // statement that runs within ctx, and to what. Lowered when a lock wait of
-// it could end less than a quarter of the time left before ctx's deadline:
-// a call that spent a third of its time (a slow query, a slow dependency)
-// before a statement meets a lock would otherwise run into its own
-// deadline first, and use a retry for a lock held elsewhere. Raised again,
+// it could end less than a third of the time left before ctx's deadline:
+// a call that spent a quarter of its time (a slow query, a slow
+// dependency) before a statement meets a lock would otherwise run into its
+// own deadline first, and use a retry for a lock held elsewhere. Raised again,
 // up to the value set with BEGIN, when it is well below what ctx allows: a
 // statement under a short context of its own (or a late call before, in a
 // shared transaction) must not cut the lock waits of those after it. Half
@@ -654,9 +654,6 @@ func (t *pipelinedTx) commit(ctx context.Context, work toCommit) error {
 			// handler went on as if it had not: nothing of it may commit.
 			_ = endTransaction(pc)
 			return fmt.Errorf("commit: a statement of the transaction failed and aborted it, though the handler returned no error: %w", pgx.ErrTxCommitRollback)
-		}
-		if !refit {
-			fitted = ""
 		}
 		err := t.sendCommit(ctx, pc, b, fitted, later, work)
 		if err != nil {
