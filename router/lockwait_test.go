@@ -66,38 +66,8 @@ func TestALockHeldElsewhereDeadLettersNoGoodEvent(t *testing.T) {
 				runtime.WithPolicy(runtime.Policy{MaxRetries: 1, InitialBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond, Timeout: tc.timeout, MaxBatch: tc.maxBatch}))
 			tr := startRuntime(t, nil, h)
 			ctx := context.Background()
-			if _, err := tr.db.ExecContext(ctx, `CREATE TABLE lock_probe (id TEXT PRIMARY KEY, n INTEGER NOT NULL)`); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := tr.db.ExecContext(ctx, `INSERT INTO lock_probe (id, n) VALUES ('locked', 0)`); err != nil {
-				t.Fatal(err)
-			}
-
+			holder := lockRowElsewhere(t, tr, "lock_probe")
 			postgres := strings.HasPrefix(tr.cfg.Database.URL, "postgres")
-			var other *sql.DB
-			var err error
-			if postgres {
-				other, err = sql.Open("pgx", tr.cfg.Database.URL)
-			} else {
-				other, err = sql.Open("sqlite", "file:"+strings.TrimPrefix(tr.cfg.Database.URL, "sqlite://")+"?_txlock=immediate&_pragma=busy_timeout(10000)")
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer other.Close()
-			holder, err := other.BeginTx(ctx, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer func() { _ = holder.Rollback() }()
-			if postgres {
-				_, err = holder.ExecContext(ctx, `SELECT n FROM lock_probe WHERE id = 'locked' FOR UPDATE`)
-			} else {
-				_, err = holder.ExecContext(ctx, `UPDATE lock_probe SET n = n WHERE id = 'locked'`)
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
 
 			produceEvent(t, tr, chargeLike{ID: "locked"})
 			// Far past the event's two tries.
@@ -234,25 +204,7 @@ func TestAShortStatementContextDoesNotCutLaterLockWaits(t *testing.T) {
 	}, runtime.WithPolicy(runtime.Policy{MaxRetries: 3, InitialBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond, Timeout: 2 * time.Second, MaxBatch: 1}))
 	tr := startRuntime(t, nil, h)
 	ctx := context.Background()
-	if _, err := tr.db.ExecContext(ctx, `CREATE TABLE lock_ctx (id TEXT PRIMARY KEY, n INTEGER NOT NULL)`); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tr.db.ExecContext(ctx, `INSERT INTO lock_ctx (id, n) VALUES ('locked', 0)`); err != nil {
-		t.Fatal(err)
-	}
-	other, err := sql.Open("pgx", tr.cfg.Database.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer other.Close()
-	holder, err := other.BeginTx(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = holder.Rollback() }()
-	if _, err := holder.ExecContext(ctx, `SELECT n FROM lock_ctx WHERE id = 'locked' FOR UPDATE`); err != nil {
-		t.Fatal(err)
-	}
+	holder := lockRowElsewhere(t, tr, "lock_ctx")
 	produceEvent(t, tr, chargeLike{ID: "locked"})
 	select {
 	case <-reached:
@@ -273,4 +225,44 @@ func TestAShortStatementContextDoesNotCutLaterLockWaits(t *testing.T) {
 	if n, conflicts := attempts.Load(), tr.metric(t, "eventfn_handler_attempts_total", "handler", "lock-ctx", "result", "unavailable"); n != 1 || conflicts != 0 {
 		t.Errorf("a 500 ms lock wait within a 1 s lock timeout failed: %d attempts, %v counted as conflicts\n%s", n, conflicts, tr.logs.String())
 	}
+}
+
+// lockRowElsewhere makes table (id, n) with the row 'locked' and returns a
+// transaction of another session that holds that row's lock (on SQLite the
+// one write lock), rolled back when the test ends if the test has not.
+func lockRowElsewhere(t *testing.T, tr *testRuntime, table string) *sql.Tx {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := tr.db.ExecContext(ctx, `CREATE TABLE `+table+` (id TEXT PRIMARY KEY, n INTEGER NOT NULL)`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tr.db.ExecContext(ctx, `INSERT INTO `+table+` (id, n) VALUES ('locked', 0)`); err != nil {
+		t.Fatal(err)
+	}
+	postgres := strings.HasPrefix(tr.cfg.Database.URL, "postgres")
+	var other *sql.DB
+	var err error
+	if postgres {
+		other, err = sql.Open("pgx", tr.cfg.Database.URL)
+	} else {
+		other, err = sql.Open("sqlite", "file:"+strings.TrimPrefix(tr.cfg.Database.URL, "sqlite://")+"?_txlock=immediate&_pragma=busy_timeout(10000)")
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = other.Close() })
+	holder, err := other.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = holder.Rollback() })
+	if postgres {
+		_, err = holder.ExecContext(ctx, `SELECT n FROM `+table+` WHERE id = 'locked' FOR UPDATE`)
+	} else {
+		_, err = holder.ExecContext(ctx, `UPDATE `+table+` SET n = n WHERE id = 'locked'`)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return holder
 }

@@ -42,19 +42,6 @@ func TestRunRecordsFollowARecreatedRunsTopic(t *testing.T) {
 	}
 	defer cl.Close()
 	admin := kadm.NewClient(cl)
-	create := func() {
-		t.Helper()
-		for {
-			resp, err := admin.CreateTopic(ctx, 1, 1, nil, topic)
-			if err == nil && resp.Err == nil {
-				return
-			}
-			if ctx.Err() != nil {
-				t.Fatalf("create %s: %v %v", topic, err, resp.Err)
-			}
-			time.Sleep(50 * time.Millisecond) // polling interval: a deletion may be under way
-		}
-	}
 	// seen reports whether the topic holds a run of the event id.
 	seen := func(eventID string) bool {
 		t.Helper()
@@ -88,7 +75,7 @@ func TestRunRecordsFollowARecreatedRunsTopic(t *testing.T) {
 		}
 	}
 
-	create()
+	testenv.CreateTopicAgain(ctx, t, admin, topic, 1)
 	l, err = newRunLog(k, nil, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
@@ -98,6 +85,6 @@ func TestRunRecordsFollowARecreatedRunsTopic(t *testing.T) {
 	if _, err := admin.DeleteTopics(ctx, topic); err != nil {
 		t.Fatal(err)
 	}
-	create()
+	testenv.CreateTopicAgain(ctx, t, admin, topic, 1)
 	until("after")
 }

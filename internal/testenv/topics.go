@@ -58,3 +58,21 @@ func DeleteTopicsAtCleanup(t testing.TB, prefix string) {
 		}
 	})
 }
+
+// CreateTopicAgain creates topic with partitions (replication 1) on adm's
+// cluster, trying again while the deletion of a topic of that name is
+// still under way (the brokers refuse the name until it is done), until
+// ctx ends.
+func CreateTopicAgain(ctx context.Context, t testing.TB, adm *kadm.Client, topic string, partitions int32) {
+	t.Helper()
+	for {
+		resp, err := adm.CreateTopic(ctx, partitions, 1, nil, topic)
+		if err == nil && resp.Err == nil {
+			return
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("create topic %s again: %v %v", topic, err, resp.Err)
+		}
+		time.Sleep(50 * time.Millisecond) // polling interval: the deletion is under way
+	}
+}

@@ -96,16 +96,7 @@ func TestATopicDeletedAndCreatedAgainIsConsumedAgain(t *testing.T) {
 	}
 	// Created again: franz-go keeps the deleted topic's id and fails every
 	// fetch at once with UNKNOWN_TOPIC_ID (it will not adopt the new one).
-	for {
-		resp, err := adm.CreateTopic(ctx, 4, 1, nil, topic)
-		if err == nil && resp.Err == nil {
-			break
-		}
-		if ctx.Err() != nil {
-			t.Fatalf("create the topic again: %v %v", err, resp.Err)
-		}
-		time.Sleep(50 * time.Millisecond) // the deletion is still under way
-	}
+	testenv.CreateTopicAgain(ctx, t, adm, topic, 4)
 	admin.PurgeTopicsFromClient(topic) // this producer would keep the old id too
 	if err := admin.ProduceSync(ctx, &kgo.Record{Key: []byte("k"), Value: []byte("v2")}).FirstErr(); err != nil {
 		t.Fatal(err)

@@ -102,16 +102,7 @@ func TestARecreatedTopicLosesNoRecordOfTheNewOne(t *testing.T) {
 			if _, err := adm.DeleteTopics(ctx, topic); err != nil {
 				t.Fatal(err)
 			}
-			for {
-				resp, err := adm.CreateTopic(ctx, 4, 1, nil, topic)
-				if err == nil && resp.Err == nil {
-					break
-				}
-				if ctx.Err() != nil {
-					t.Fatalf("create the topic again: %v %v", err, resp.Err)
-				}
-				time.Sleep(50 * time.Millisecond) // polling interval: the deletion is under way
-			}
+			testenv.CreateTopicAgain(ctx, t, adm, topic, 4)
 			fresh := producer() // old keeps the deleted topic's id
 			const n = 40
 			for i := range n {

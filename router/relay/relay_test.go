@@ -634,16 +634,7 @@ func TestATopicDeletedAndCreatedAgainGetsItsRows(t *testing.T) {
 		t.Fatal(err)
 	}
 	insert(t, e, []relay.Record{row("while deleted")}, 1)
-	for {
-		resp, err := admin.CreateTopic(ctx, 2, 1, nil, topic)
-		if err == nil && resp.Err == nil {
-			break
-		}
-		if ctx.Err() != nil {
-			t.Fatalf("create the topic again: %v %v", err, resp.Err)
-		}
-		time.Sleep(50 * time.Millisecond) // polling interval: the deletion is still under way
-	}
+	testenv.CreateTopicAgain(ctx, t, admin, topic, 2)
 	insert(t, e, []relay.Record{row("after")}, 1)
 	got := consume(t, e, topic, 2)
 	if string(got[0].Value) != "while deleted" || string(got[1].Value) != "after" {
