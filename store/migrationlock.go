@@ -43,13 +43,20 @@ func migrationLocker(db *DB, sqlitePath string, log *slog.Logger) lock.SessionLo
 	if db.Driver == Postgres {
 		return &advisoryLock{where: db.Where, log: log}
 	}
+	return sqliteMigrationLock(sqlitePath, log)
+}
+
+// sqliteMigrationLock returns the lock that serialises the migrations of the
+// SQLite database at sqlitePath.
+func sqliteMigrationLock(sqlitePath string, log *slog.Logger) *fileLock {
+	where := sqlitePath
 	// One lock per database file, whatever name a process gives it: SQLite
 	// follows a symbolic link to the one file, and two lock files, one per
 	// name, let two processes migrate it at once.
 	if resolved, err := filepath.EvalSymlinks(sqlitePath); err == nil {
 		sqlitePath = resolved
 	}
-	return &fileLock{lock: flock.New(sqlitePath+".migrate-lock", flock.SetPermissions(0o600)), where: db.Where, log: log}
+	return &fileLock{lock: flock.New(sqlitePath+".migrate-lock", flock.SetPermissions(0o600)), where: where, log: log}
 }
 
 // advisoryLock is a PostgreSQL session-level advisory lock, taken on the

@@ -63,6 +63,26 @@ type Config struct {
 
 // Open connects, checks the connection and applies pending migrations.
 func Open(ctx context.Context, cfg Config) (*DB, error) {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	var locker lock.SessionLocker
+	if cfg.Driver == SQLite {
+		// On SQLite the lock is held from before the first connection: the
+		// first one to a fresh file turns it to WAL, which takes the file
+		// exclusively, and processes opening a fresh file together failed
+		// at their first statement with SQLITE_BUSY, busy timeout or not
+		// (1 to 2 in 15 runs of TestProcessesOpeningAFreshDatabaseTogetherAllStart).
+		if err := createPrivateFile(cfg.SQLitePath); err != nil {
+			return nil, err
+		}
+		fl := sqliteMigrationLock(cfg.SQLitePath, log)
+		if err := fl.SessionLock(ctx, nil); err != nil {
+			return nil, err
+		}
+		defer func() { _ = fl.SessionUnlock(ctx, nil) }()
+	}
 	db, err := connect(cfg)
 	if err != nil {
 		return nil, err
@@ -75,11 +95,10 @@ func Open(ctx context.Context, cfg Config) (*DB, error) {
 		_ = db.Close()
 		return nil, err
 	}
-	log := cfg.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+	if db.Driver == Postgres {
+		locker = migrationLocker(db, "", log)
 	}
-	if err := migrate(ctx, db, migrationLocker(db, cfg.SQLitePath, log)); err != nil {
+	if err := migrate(ctx, db, locker); err != nil {
 		_ = db.Close()
 		return nil, err
 	}
@@ -196,6 +215,8 @@ func checkSchema(ctx context.Context, db *DB) error {
 	return nil
 }
 
+// migrate applies pending migrations under locker; nil for a caller that
+// holds the lock already (SQLite's, see Open).
 func migrate(ctx context.Context, db *DB, locker lock.SessionLocker) error {
 	dialect := goose.DialectSQLite3
 	if db.Driver == Postgres {
@@ -205,7 +226,11 @@ func migrate(ctx context.Context, db *DB, locker lock.SessionLocker) error {
 	if err != nil {
 		return fmt.Errorf("migrations for %s: %w", db.Driver, err)
 	}
-	p, err := goose.NewProvider(dialect, db.DB, dir, goose.WithSessionLocker(locker))
+	var opts []goose.ProviderOption
+	if locker != nil {
+		opts = append(opts, goose.WithSessionLocker(locker))
+	}
+	p, err := goose.NewProvider(dialect, db.DB, dir, opts...)
 	if err != nil {
 		return fmt.Errorf("prepare migrations for %s: %w", db.Driver, err)
 	}
