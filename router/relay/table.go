@@ -17,6 +17,9 @@ const (
 	statePending   = 0
 	stateForwarded = 1
 	stateParked    = 2
+	// stateHeld is a pending row of a topic the relay cannot produce to now;
+	// it waits out of the pending index, so it holds back only its topic.
+	stateHeld = 3
 )
 
 // Record is one event on its way to Kafka: a row of the outbox.
@@ -85,8 +88,12 @@ func InsertStatement(rec Record) (query string, args []any, err error) {
 // Pending returns up to limit pending rows with ids above after, oldest id
 // first.
 func (t *Table) Pending(ctx context.Context, after int64, limit int) ([]Row, error) {
-	rows, err := t.db.Read.QueryContext(ctx,
-		`SELECT id, topic, key, headers, payload FROM eventfn_outbox WHERE state = 0 AND id > $1 ORDER BY id LIMIT $2`, after, limit)
+	return t.rows(ctx, `SELECT id, topic, key, headers, payload FROM eventfn_outbox WHERE state = 0 AND id > $1 ORDER BY id LIMIT $2`, after, limit)
+}
+
+// rows runs query, which selects outbox rows, on the read pool.
+func (t *Table) rows(ctx context.Context, query string, args ...any) ([]Row, error) {
+	rows, err := t.db.Read.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, fmt.Errorf("read pending outbox rows: %w", err)
 	}
@@ -119,11 +126,51 @@ func (t *Table) MarkForwarded(ctx context.Context, ids []int64) error {
 	if len(ids) == 0 {
 		return nil
 	}
-	q, args := t.inList(`UPDATE eventfn_outbox SET state = 1, done_at = `+t.now()+` WHERE state = 0 AND id`, ids)
+	q, args := t.inList(`UPDATE eventfn_outbox SET state = 1, done_at = `+t.now()+` WHERE state IN (0, 3) AND id`, ids)
 	if _, err := t.db.ExecContext(ctx, q, args...); err != nil {
 		return fmt.Errorf("mark %d outbox rows forwarded: %w", len(ids), err)
 	}
 	return nil
+}
+
+// Hold moves pending rows of a topic the relay cannot produce to now out of
+// the pending rows: the relay's reads no longer meet them, so they hold back
+// only their topic, and HeldRows gives them back, in id order, to retry.
+func (t *Table) Hold(ctx context.Context, ids []int64) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	q, args := t.inList(`UPDATE eventfn_outbox SET state = 3 WHERE state = 0 AND id`, ids)
+	if _, err := t.db.ExecContext(ctx, q, args...); err != nil {
+		return fmt.Errorf("hold %d outbox rows: %w", len(ids), err)
+	}
+	return nil
+}
+
+// HeldTopics lists the topics that have held rows.
+func (t *Table) HeldTopics(ctx context.Context) ([]string, error) {
+	rows, err := t.db.QueryContext(ctx, `SELECT DISTINCT topic FROM eventfn_outbox WHERE state = 3`)
+	if err != nil {
+		return nil, fmt.Errorf("read the topics of held outbox rows: %w", err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var topic string
+		if err := rows.Scan(&topic); err != nil {
+			return nil, fmt.Errorf("scan a held topic: %w", err)
+		}
+		out = append(out, topic)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read the topics of held outbox rows: %w", err)
+	}
+	return out, nil
+}
+
+// HeldRows returns up to limit held rows of topic, oldest id first.
+func (t *Table) HeldRows(ctx context.Context, topic string, limit int) ([]Row, error) {
+	return t.rows(ctx, `SELECT id, topic, key, headers, payload FROM eventfn_outbox WHERE state = 3 AND topic = $1 ORDER BY id LIMIT $2`, topic, limit)
 }
 
 // Park moves a row that can never be produced out of the relay's way, with the
@@ -137,11 +184,13 @@ func (t *Table) Park(ctx context.Context, id int64, reason string) error {
 	return nil
 }
 
-// PendingCount counts the rows not yet forwarded; it reads only the partial
-// index of pending rows, so it stays cheap however many rows were forwarded.
+// PendingCount counts the rows not yet forwarded, held ones too; it reads
+// only the partial indexes of pending and held rows, so it stays cheap
+// however many rows were forwarded.
 func (t *Table) PendingCount(ctx context.Context) (int64, error) {
 	var n int64
-	if err := t.db.Read.QueryRowContext(ctx, `SELECT COUNT(*) FROM eventfn_outbox WHERE state = 0`).Scan(&n); err != nil {
+	if err := t.db.Read.QueryRowContext(ctx, `SELECT (SELECT COUNT(*) FROM eventfn_outbox WHERE state = 0) +
+		(SELECT COUNT(*) FROM eventfn_outbox WHERE state = 3)`).Scan(&n); err != nil {
 		return 0, fmt.Errorf("count pending outbox rows: %w", err)
 	}
 	return n, nil
@@ -149,8 +198,11 @@ func (t *Table) PendingCount(ctx context.Context) (int64, error) {
 
 // Stats describes the outbox for metrics and operators.
 type Stats struct {
-	// Pending counts rows not yet forwarded.
+	// Pending counts rows not yet forwarded, Held among them.
 	Pending int64
+	// Held counts the pending rows of topics the relay cannot produce to
+	// now (see Table.Hold).
+	Held int64
 	// Parked counts rows that can never be produced.
 	Parked int64
 	// OldestPending is when the oldest pending row was written; zero if none.
@@ -160,13 +212,20 @@ type Stats struct {
 // Stats counts pending and parked rows.
 func (t *Table) Stats(ctx context.Context) (Stats, error) {
 	var s Stats
-	var oldest sql.NullString
+	var oldest, oldestHeld sql.NullString
 	err := t.db.Read.QueryRowContext(ctx, `SELECT
 		(SELECT COUNT(*) FROM eventfn_outbox WHERE state = 0),
+		(SELECT COUNT(*) FROM eventfn_outbox WHERE state = 3),
 		(SELECT COUNT(*) FROM eventfn_outbox WHERE state = 2),
-		(SELECT `+t.text("MIN(created_at)")+` FROM eventfn_outbox WHERE state = 0)`).Scan(&s.Pending, &s.Parked, &oldest)
+		(SELECT `+t.text("MIN(created_at)")+` FROM eventfn_outbox WHERE state = 0),
+		(SELECT `+t.text("MIN(created_at)")+` FROM eventfn_outbox WHERE state = 3)`).
+		Scan(&s.Pending, &s.Held, &s.Parked, &oldest, &oldestHeld)
 	if err != nil {
 		return s, fmt.Errorf("count outbox rows: %w", err)
+	}
+	s.Pending += s.Held
+	if !oldest.Valid || oldestHeld.Valid && oldestHeld.String < oldest.String {
+		oldest = oldestHeld
 	}
 	if oldest.Valid {
 		if ts, err := time.Parse(time.RFC3339Nano, strings.Replace(oldest.String, " ", "T", 1)); err == nil {
@@ -174,6 +233,34 @@ func (t *Table) Stats(ctx context.Context) (Stats, error) {
 		}
 	}
 	return s, nil
+}
+
+// HeldTopic is a topic the relay cannot produce to now, and how many of its
+// rows wait for it.
+type HeldTopic struct {
+	Topic string `json:"topic"`
+	Rows  int64  `json:"rows"`
+}
+
+// HeldByTopic counts the held rows of each held topic, by topic name.
+func (t *Table) HeldByTopic(ctx context.Context) ([]HeldTopic, error) {
+	rows, err := t.db.Read.QueryContext(ctx, `SELECT topic, COUNT(*) FROM eventfn_outbox WHERE state = 3 GROUP BY topic ORDER BY topic`)
+	if err != nil {
+		return nil, fmt.Errorf("count held outbox rows: %w", err)
+	}
+	defer rows.Close()
+	var out []HeldTopic
+	for rows.Next() {
+		var h HeldTopic
+		if err := rows.Scan(&h.Topic, &h.Rows); err != nil {
+			return nil, fmt.Errorf("scan held outbox rows: %w", err)
+		}
+		out = append(out, h)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("count held outbox rows: %w", err)
+	}
+	return out, nil
 }
 
 // ParkedRow is a row the relay moved aside.
