@@ -101,7 +101,7 @@ func TestABrokerOutageIsLoggedOnceAndItsEndOnce(t *testing.T) {
 	if n := strings.Count(out, "level=ERROR"); n != 1 {
 		t.Errorf("%d ERROR lines over %v failed attempts, want 1:\n%s", n, counter(t, reg, "eventfn_relay_errors_total"), out)
 	}
-	if n := strings.Count(out, `msg="outbox relay forwarding again"`); n != 1 {
+	if n := strings.Count(out, `msg="outbox relay produces to every topic again"`); n != 1 {
 		t.Errorf("%d recovery lines, want 1:\n%s", n, out)
 	}
 	if n := counter(t, reg, "eventfn_relay_healthy"); n != 1 {

@@ -4,8 +4,9 @@
 // (pipelined, acks=all, idempotent: one key's records keep their order), waits
 // for every ack, and marks the batch forwarded in one statement. A row that can
 // never be produced (too large for the broker, say) is parked with its reason,
-// and the rows behind it go on. A failed produce leaves the rows pending, and
-// the relay retries them in order with a capped backoff.
+// and the rows behind it go on. A row that fails to produce for now holds its
+// topic: the topic's rows wait aside and are retried in order with a capped
+// backoff, while other topics' rows go on (see hold.go).
 //
 // A commit in this process wakes the relay at once (Nudge); commits of other
 // processes wake it through PostgreSQL's LISTEN/NOTIFY (Listen, Notifier),
@@ -20,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -85,6 +87,11 @@ type Source interface {
 	Pending(ctx context.Context, after int64, limit int) ([]Row, error)
 	MarkForwarded(ctx context.Context, ids []int64) error
 	Park(ctx context.Context, id int64, reason string) error
+	// Hold, HeldTopics and HeldRows keep the rows of topics the relay
+	// cannot produce to now aside (see Table.Hold).
+	Hold(ctx context.Context, ids []int64) error
+	HeldTopics(ctx context.Context) ([]string, error)
+	HeldRows(ctx context.Context, topic string, limit int) ([]Row, error)
 }
 
 // Sink produces batches: Send hands a batch over in order and returns a
@@ -122,6 +129,8 @@ type Relay struct {
 	// again, the same batch once per retry for as long as the mark failed.
 	// Only Run's goroutine touches it.
 	unmarked []int64
+	// holds are the topics the relay cannot produce to now (see hold.go).
+	holds holds
 }
 
 // New builds a relay; Run starts it.
@@ -129,7 +138,8 @@ func New(cfg Config, source Source, sink Sink, lease Lease, m *Metrics, logger *
 	cfg.setDefaults()
 	return &Relay{cfg: cfg, source: source, sink: sink, lease: lease, metrics: m, logger: logger, nudges: make(chan struct{}, 1),
 		outage: outage.New("outbox relay cannot forward; retrying with backoff, events stay in the outbox",
-			"outbox relay forwarding again", cfg.OutageReportInterval, logger)}
+			"outbox relay forwarding again", cfg.OutageReportInterval, logger),
+		holds: newHolds(cfg.OutageReportInterval, logger)}
 }
 
 // Nudge wakes an idle relay: rows were committed. It never blocks; nudges made
@@ -145,9 +155,10 @@ func (r *Relay) Nudge() {
 // nudges it, and otherwise notifies the leader of another process.
 func (r *Relay) Leading() bool { return r.lease.Leading() }
 
-// Healthy reports nil, or why the relay cannot forward now and since when.
+// Healthy reports nil, or why the relay cannot forward now and since when:
+// the database, or the topics it cannot produce to.
 func (r *Relay) Healthy() error {
-	return r.outage.Err()
+	return errors.Join(r.outage.Err(), r.holds.err())
 }
 
 // batch is a batch of rows handed to the producer and not yet marked.
@@ -201,7 +212,17 @@ func (r *Relay) Run(ctx context.Context) error {
 			}
 			continue
 		}
+		if !r.lease.Leading() {
+			// Another replica may have held or released topics meanwhile.
+			r.holds.loaded = false
+		}
 		if err := r.lease.Acquire(ctx, r.standingBy); err != nil {
+			if ctx.Err() == nil {
+				fail(err)
+			}
+			continue
+		}
+		if err := r.probe(ctx); err != nil {
 			if ctx.Err() == nil {
 				fail(err)
 			}
@@ -245,7 +266,15 @@ func (r *Relay) Run(ctx context.Context) error {
 		}
 		var doneErr error
 		if prev != nil {
-			doneErr = r.complete(ctx, prev)
+			var held bool
+			held, doneErr = r.complete(ctx, prev)
+			if held && next != nil && doneErr == nil && err == nil {
+				// next went to the producer before prev's topic was held:
+				// it is settled before the held rows are tried again, so
+				// that no row is in flight twice.
+				_, doneErr = r.complete(ctx, next)
+				next = nil
+			}
 		}
 		inFlight = next
 		if ctx.Err() != nil {
@@ -257,7 +286,8 @@ func (r *Relay) Run(ctx context.Context) error {
 			// Finish what is in flight: its records may be on Kafka already,
 			// and marking them spares sending them twice.
 			if inFlight != nil {
-				err = errors.Join(err, r.complete(ctx, inFlight))
+				_, doneErr := r.complete(ctx, inFlight)
+				err = errors.Join(err, doneErr)
 				inFlight = nil
 			}
 			if ctx.Err() == nil {
@@ -320,13 +350,31 @@ var errLeaseLost = errors.New("lost the relay lease to another replica")
 
 // send reads up to BatchSize pending rows above after and hands them to the
 // producer; nil when there are none.
+//
+// The rows of held topics are not sent but held (moved aside), behind the
+// rows of their topic that wait already.
 func (r *Relay) send(ctx context.Context, after int64) (*batch, error) {
-	rows, err := r.source.Pending(ctx, after, r.cfg.BatchSize)
-	if err != nil || len(rows) == 0 {
-		return nil, err
-	}
-	if !r.lease.Held(ctx) {
-		return nil, errLeaseLost
+	var rows []Row
+	for {
+		read, err := r.source.Pending(ctx, after, r.cfg.BatchSize)
+		if err != nil || len(read) == 0 {
+			return nil, err
+		}
+		if !r.lease.Held(ctx) {
+			return nil, errLeaseLost
+		}
+		var held []int64
+		rows, held = r.holds.split(read)
+		if err := r.source.Hold(ctx, held); err != nil {
+			return nil, err
+		}
+		if len(rows) > 0 {
+			break
+		}
+		if len(read) < r.cfg.BatchSize {
+			return nil, nil
+		}
+		after = read[len(read)-1].ID
 	}
 	recs := make([]Record, len(rows))
 	spans := make([]trace.Span, len(rows))
@@ -337,21 +385,57 @@ func (r *Relay) send(ctx context.Context, after int64) (*batch, error) {
 	return &batch{rows: rows, wait: r.sink.Send(ctx, recs), start: time.Now(), spans: spans}, nil
 }
 
-// complete waits for b's acks, parks the rows that can never be produced and
-// marks the produced ones forwarded in one statement. A transient failure of
-// any row is returned; its row stays pending and is sent again.
-func (r *Relay) complete(ctx context.Context, b *batch) error {
-	errs := b.wait()
-	for i, span := range b.spans {
+// complete waits for b's acks and settles its rows (see settle). held says
+// that a topic was held by it, one the relay could produce to until now. A
+// failure of the database is returned; a row that failed to produce is not
+// a failure of the batch, as its topic is held and tried again on its own.
+func (r *Relay) complete(ctx context.Context, b *batch) (held bool, err error) {
+	failed, err := r.settle(ctx, b.rows, b.wait(), b.spans)
+	if err != nil {
+		return false, err
+	}
+	r.metrics.batchSeconds.Observe(time.Since(b.start).Seconds())
+	if len(failed) == 0 {
+		return false, nil
+	}
+	var ids []int64
+	for _, f := range failed {
+		ids = append(ids, f.ids...)
+	}
+	if err := r.source.Hold(ctx, ids); err != nil {
+		return false, fmt.Errorf("%w (after %v)", err, failed[0].err)
+	}
+	r.metrics.errors.Inc()
+	for _, f := range failed {
+		held = r.holds.hold(f.topic, f.err, r.cfg.MinBackoff) || held
+	}
+	r.holdsChanged()
+	return held, nil
+}
+
+// topicFailure is the rows of one topic that failed to produce for now.
+type topicFailure struct {
+	topic string
+	ids   []int64
+	err   error // the first row's
+}
+
+// settle ends the spans of rows, parks those that can never be produced and
+// marks the produced ones forwarded in one statement; errs has each row's
+// produce error. It returns the rows that failed for now, by topic, in the
+// order of their first row. The error is the database's, or ctx's when it
+// ended the wait: the rows stay as they are, and are sent again.
+func (r *Relay) settle(ctx context.Context, rows []Row, errs []error, spans []trace.Span) ([]topicFailure, error) {
+	for i, span := range spans {
 		if errs[i] != nil {
 			span.RecordError(errs[i])
 			span.SetStatus(codes.Error, "produce failed")
 		}
 		span.End()
 	}
-	rows := b.rows
 	forwarded := make([]int64, 0, len(rows))
-	var transient error
+	var failed []topicFailure
+	var dbErr error
 	for i, err := range errs {
 		row := rows[i]
 		switch {
@@ -360,27 +444,35 @@ func (r *Relay) complete(ctx context.Context, b *batch) error {
 		case Unproducible(err) || row.Headers[headerDecodeError] != "":
 			reason := fmt.Sprintf("cannot be produced to %s: %v", row.Topic, err)
 			if perr := r.source.Park(ctx, row.ID, reason); perr != nil {
-				transient = errors.Join(transient, perr)
+				dbErr = errors.Join(dbErr, perr)
 				continue
 			}
 			r.metrics.parked.Inc()
 			r.logger.ErrorContext(ctx, "outbox row parked: it can never be produced; the rows behind it go on",
 				"row", row.ID, "topic", row.Topic, "bytes", row.Size(), "reason", reason)
 		default:
-			if transient == nil {
-				transient = fmt.Errorf("produce to %s: %w", row.Topic, err)
+			j := slices.IndexFunc(failed, func(f topicFailure) bool { return f.topic == row.Topic })
+			if j < 0 {
+				failed = append(failed, topicFailure{topic: row.Topic, err: fmt.Errorf("produce to %s: %w", row.Topic, err)})
+				j = len(failed) - 1
 			}
+			failed[j].ids = append(failed[j].ids, row.ID)
 		}
 	}
 	// Produced rows are marked even when others failed: they are on Kafka, and
 	// marking them keeps the next attempt from sending them twice.
 	if err := r.source.MarkForwarded(ctx, forwarded); err != nil {
 		r.unmarked = append(r.unmarked, forwarded...)
-		return errors.Join(err, transient)
+		dbErr = errors.Join(dbErr, err)
+	} else {
+		r.metrics.forwarded.Add(float64(len(forwarded)))
 	}
-	r.metrics.forwarded.Add(float64(len(forwarded)))
-	r.metrics.batchSeconds.Observe(time.Since(b.start).Seconds())
-	return transient
+	if dbErr == nil && len(failed) > 0 && ctx.Err() != nil {
+		// The wait ended with ctx (a stop): the rows stay pending as they
+		// are, and their topic is not held for it.
+		dbErr = context.Cause(ctx)
+	}
+	return failed, dbErr
 }
 
 // markUnmarked marks the rows whose mark failed after they were produced.
@@ -401,23 +493,25 @@ func (r *Relay) markUnmarked(ctx context.Context) error {
 func (r *Relay) failed(err error) {
 	r.metrics.errors.Inc()
 	if r.outage.Failed(err) {
-		r.metrics.healthy.Set(0)
+		r.setHealthy()
 	}
 }
 
 func (r *Relay) recovered() {
 	if r.outage.Succeeded() {
-		r.metrics.healthy.Set(1)
+		r.setHealthy()
 	}
 }
 
-// idle waits for a nudge, the poll interval or the end of ctx.
+// idle waits for a nudge, the poll interval, the end of the retry of held
+// rows in flight or the time to start the next, or the end of ctx.
 func (r *Relay) idle(ctx context.Context) {
-	t := time.NewTimer(r.cfg.PollInterval)
+	t := time.NewTimer(r.holds.untilDue(r.cfg.PollInterval))
 	defer t.Stop()
 	select {
 	case <-r.nudges:
 	case <-t.C:
+	case <-r.holds.probed():
 	case <-ctx.Done():
 	}
 }
@@ -437,6 +531,7 @@ type Metrics struct {
 	parked       prometheus.Counter
 	errors       prometheus.Counter
 	healthy      prometheus.Gauge
+	heldTopics   prometheus.Gauge
 	batchSeconds prometheus.Histogram
 }
 
@@ -455,13 +550,16 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		healthy: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "eventfn_relay_healthy", Help: "1 while the relay forwards normally, 0 during an outage.",
 		}),
+		heldTopics: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "eventfn_relay_held_topics", Help: "Topics the relay cannot produce to now; their events wait in the outbox, other topics' go on.",
+		}),
 		batchSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "eventfn_relay_batch_seconds", Help: "Time to produce one batch and receive every ack.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 		}),
 	}
 	m.healthy.Set(1)
-	for _, c := range []prometheus.Collector{m.forwarded, m.parked, m.errors, m.healthy, m.batchSeconds} {
+	for _, c := range []prometheus.Collector{m.forwarded, m.parked, m.errors, m.healthy, m.heldTopics, m.batchSeconds} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register relay metrics: %w", err)
 		}

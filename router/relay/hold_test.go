@@ -1,0 +1,164 @@
+package relay_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/eventfn/eventfn/internal/testenv"
+	"github.com/eventfn/eventfn/router/relay"
+)
+
+// heldRelay is a relay quick to give up on a topic and to try it again.
+type heldRelay struct {
+	*relay.Relay
+	reg  *prometheus.Registry
+	logs *testenv.LogBuffer
+	stop func()
+}
+
+// startHeld runs a relay of batches of 10 until stop or the test's end.
+func startHeld(t *testing.T, e engines) heldRelay {
+	t.Helper()
+	p, err := relay.NewProducer(relay.ProducerConfig{Brokers: e.brokers, MaxRecordBytes: 1_000_000, DeliveryTimeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := heldRelay{reg: prometheus.NewRegistry(), logs: &testenv.LogBuffer{}}
+	m, err := relay.NewMetrics(h.reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.Relay = relay.New(relay.Config{BatchSize: 10, PollInterval: 10 * time.Millisecond, MinBackoff: 10 * time.Millisecond, MaxBackoff: 200 * time.Millisecond},
+		relay.NewTable(e.db), p, relay.NewLease(e.db), m, slog.New(slog.NewTextHandler(h.logs, nil)))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = h.Run(ctx)
+	}()
+	h.stop = func() {
+		cancel()
+		<-done
+		p.Close()
+	}
+	t.Cleanup(h.stop)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("relay log:\n%s", h.logs.String())
+		}
+	})
+	return h
+}
+
+// keyed is the n-th row of key k of topic, its payload "k/n".
+func keyed(topic string, k, n int) relay.Record {
+	v := fmt.Sprintf("%d/%d", k, n)
+	return relay.Record{Topic: topic, Key: []byte("key-" + strconv.Itoa(k)), Headers: map[string]string{"ce_id": topic + v}, Payload: []byte(v)}
+}
+
+// inKeyOrder fails t unless recs hold rows 0, 1, ... of every key, each
+// key's in order, as keyed made them.
+func inKeyOrder(t *testing.T, topic string, recs []*kgo.Record) {
+	t.Helper()
+	next := map[string]int{}
+	for _, r := range recs {
+		k, n, _ := strings.Cut(string(r.Value), "/")
+		if got, _ := strconv.Atoi(n); got != next[k] {
+			t.Fatalf("%s: key %s's row %d arrived where row %d was due", topic, k, got, next[k])
+		}
+		next[k]++
+	}
+}
+
+// TestATopicThatCannotBeProducedToHoldsBackOnlyItsOwnRows: a topic the relay
+// cannot produce to (here one that does not exist, as after a deletion) once
+// held every topic's events: each batch waited for its rows' failure, and once
+// a batch's worth of them (10 here) led the outbox, no other row went out
+// again, for as long as the topic was away. Now its rows wait aside, the other
+// topic's go on, and once the topic exists its rows follow, each key's in the
+// order written, those written while it was away included.
+func TestATopicThatCannotBeProducedToHoldsBackOnlyItsOwnRows(t *testing.T) {
+	e := open(t)
+	good := e.topic(t, 2)
+	away := testenv.UniqueName("relay-away-")
+	testenv.DeleteTopicsAtCleanup(t, away)
+
+	const keys = 3
+	var recs []relay.Record
+	for n := range 8 { // 24 rows of away lead the outbox
+		for k := range keys {
+			recs = append(recs, keyed(away, k, n))
+		}
+	}
+	for n := range 10 {
+		for k := range keys {
+			recs = append(recs, keyed(good, k, n))
+		}
+		recs = append(recs, keyed(away, n%keys, 8+n/keys))
+	}
+	insert(t, e, recs, 4)
+	r := startHeld(t, e)
+
+	inKeyOrder(t, good, consume(t, e, good, 10*keys))
+	waitFor(t, "the away topic's rows held", 30*time.Second, func() bool { return stats(t, e).Held == 8*keys+10 })
+	if err := r.Healthy(); err == nil || !strings.Contains(err.Error(), away) {
+		t.Errorf("Healthy() = %v while %s is away, want it named", err, away)
+	}
+	if n := counter(t, r.reg, "eventfn_relay_held_topics"); n != 1 {
+		t.Errorf("eventfn_relay_held_topics = %v while %s is away, want 1", n, away)
+	}
+
+	// Rows written while it is held go behind the held ones.
+	insert(t, e, []relay.Record{keyed(away, 1, 11), keyed(away, 2, 11), keyed(good, 0, 10)}, 1)
+	waitFor(t, "the good topic's last row forwarded", 30*time.Second, func() bool { return stats(t, e).Pending == stats(t, e).Held })
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := e.admin(t).CreateTopic(ctx, 2, 1, nil, away); err != nil {
+		t.Fatal(err)
+	}
+	inKeyOrder(t, away, consume(t, e, away, 8*keys+12))
+	waitFor(t, "every row forwarded", 30*time.Second, func() bool { return stats(t, e).Pending == 0 })
+	waitFor(t, "the relay healthy again", 10*time.Second, func() bool { return r.Healthy() == nil })
+	if n := counter(t, r.reg, "eventfn_relay_held_topics"); n != 0 {
+		t.Errorf("eventfn_relay_held_topics = %v once %s is back, want 0", n, away)
+	}
+	out := r.logs.String()
+	if n := strings.Count(out, "level=ERROR"); n != 1 {
+		t.Errorf("%d ERROR lines for one topic away, want 1:\n%s", n, out)
+	}
+	if n := strings.Count(out, `msg="outbox relay produces to every topic again"`); n != 1 {
+		t.Errorf("%d lines saying the topic is back, want 1:\n%s", n, out)
+	}
+}
+
+// TestHeldRowsGoFirstAfterARestart: rows held when a relay stops are retried
+// by the next relay before any newer row of their topic: a new relay that
+// did not know of them sent the newer ones first, or never sent the held.
+func TestHeldRowsGoFirstAfterARestart(t *testing.T) {
+	e := open(t)
+	away := testenv.UniqueName("relay-away-")
+	testenv.DeleteTopicsAtCleanup(t, away)
+	insert(t, e, []relay.Record{keyed(away, 0, 0), keyed(away, 0, 1), keyed(away, 0, 2)}, 1)
+	first := startHeld(t, e)
+	waitFor(t, "the rows held", 30*time.Second, func() bool { return stats(t, e).Held == 3 })
+	first.stop()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := e.admin(t).CreateTopic(ctx, 1, 1, nil, away); err != nil {
+		t.Fatal(err)
+	}
+	insert(t, e, []relay.Record{keyed(away, 0, 3)}, 1)
+	startHeld(t, e)
+	inKeyOrder(t, away, consume(t, e, away, 4))
+	waitFor(t, "every row forwarded", 30*time.Second, func() bool { return stats(t, e).Pending == 0 })
+}
