@@ -22,6 +22,9 @@ type OutboxState struct {
 	// seconds; 0 when none is pending.
 	OldestPendingAge float64    `json:"oldest_pending_age_seconds"`
 	OldestPendingAt  *time.Time `json:"oldest_pending_at"`
+	// Held lists the topics the relay cannot produce to now, with how many
+	// of the pending rows wait for each (counted in Pending too).
+	Held []relay.HeldTopic `json:"held"`
 	// Parked rows can never be produced (too large, undecodable); they stay
 	// for an operator.
 	Parked int64 `json:"parked"`
@@ -60,7 +63,8 @@ func newOutboxCmd(g *globalFlags, stdout io.Writer, environ []string) *cobra.Com
 		Use:   "outbox",
 		Short: "The outbox: pending rows and the oldest one's age, parked and forwarded rows, the relay",
 		Long: `Show the transactional outbox of the configured database: rows waiting for the
-relay (and how long the oldest has waited), parked rows (never producible),
+relay (and how long the oldest has waited), and among them those held for a
+topic the relay cannot produce to now, parked rows (never producible),
 forwarded rows that retention.outbox has not removed yet, and who relays: on
 PostgreSQL whether some session holds the relay's advisory lock and how many
 replicas wait for it; on SQLite the one process that owns the file.`,
@@ -89,6 +93,9 @@ replicas wait for it; on SQLite the one process that owns the file.`,
 			}
 			fmt.Fprintf(tw, "pending\t%d\n", st.Pending)
 			fmt.Fprintf(tw, "oldest pending\t%s\n", oldest)
+			for _, h := range st.Held {
+				fmt.Fprintf(tw, "held\t%d of them for %s (the relay cannot produce to it now; other topics' go on)\n", h.Rows, h.Topic)
+			}
 			fmt.Fprintf(tw, "parked\t%d\n", st.Parked)
 			keep := "kept (retention.outbox 0)"
 			if cfg.Retention.Outbox > 0 {
@@ -111,6 +118,11 @@ func Outbox(ctx context.Context, db *store.DB, now time.Time) (OutboxState, erro
 		return st, err
 	}
 	st.Pending, st.Parked = stats.Pending, stats.Parked
+	if stats.Held > 0 {
+		if st.Held, err = relay.NewTable(db).HeldByTopic(ctx); err != nil {
+			return st, err
+		}
+	}
 	if !stats.OldestPending.IsZero() {
 		at := stats.OldestPending.UTC()
 		st.OldestPendingAt = &at
