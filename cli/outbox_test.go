@@ -35,7 +35,7 @@ func TestOutboxShowsTheRowsHeldForATopic(t *testing.T) {
 	if err := tx.Commit(); err != nil {
 		t.Fatal(err)
 	}
-	if err := table.Hold(ctx, []int64{1, 2}); err != nil {
+	if err := table.Hold(ctx, nil, []int64{1, 2}); err != nil {
 		t.Fatal(err)
 	}
 	if err := db.Close(); err != nil {

@@ -29,6 +29,10 @@ func (soleLease) Held(context.Context) bool             { return true }
 func (soleLease) Release()                              {}
 func (soleLease) Leading() bool                         { return true }
 
+func (soleLease) Fenced(ctx context.Context, stmt func(context.Context, Execer) error) error {
+	return stmt(ctx, nil)
+}
+
 // pgLeaseKey is the first half of the advisory lock key; the second is the
 // hash of the schema, so eventfn deployments in different schemas of one
 // database (and parallel tests) do not wait for each other.
@@ -110,6 +114,25 @@ func (l *pgLease) Held(ctx context.Context) bool {
 	}
 	l.checked = time.Now()
 	return true
+}
+
+// Fenced runs stmt on the lock's own session: it commits only while the
+// lock is held, as a session that ends takes its lock and its open
+// statement with it.
+func (l *pgLease) Fenced(ctx context.Context, stmt func(context.Context, Execer) error) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.conn == nil {
+		return errLeaseLost
+	}
+	err := stmt(ctx, l.conn)
+	if err != nil && ctx.Err() == nil {
+		if perr := l.conn.PingContext(ctx); perr != nil {
+			l.dropLocked()
+			return fmt.Errorf("%w: %w", errLeaseLost, err)
+		}
+	}
+	return err
 }
 
 func (l *pgLease) Release() {

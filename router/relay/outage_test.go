@@ -2,6 +2,7 @@ package relay_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -145,6 +146,9 @@ func (l *awayThenStandby) Acquire(ctx context.Context, standby func()) error {
 func (*awayThenStandby) Held(context.Context) bool { return false }
 func (*awayThenStandby) Release()                  {}
 func (*awayThenStandby) Leading() bool             { return false }
+func (*awayThenStandby) Fenced(context.Context, func(context.Context, relay.Execer) error) error {
+	return errors.New("not leading")
+}
 
 // TestAStandbyIsHealthyOnceTheDatabaseAnswers: a replica that waits for the
 // lease while another forwards reported the database outage it saw before

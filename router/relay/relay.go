@@ -18,6 +18,7 @@ package relay
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -89,7 +90,9 @@ type Source interface {
 	Park(ctx context.Context, id int64, reason string) error
 	// Hold, HeldTopics and HeldRows keep the rows of topics the relay
 	// cannot produce to now aside (see Table.Hold).
-	Hold(ctx context.Context, ids []int64) error
+	// exec is where Hold runs its statement: Lease.Fenced's, or nil for
+	// the source's own connections.
+	Hold(ctx context.Context, exec Execer, ids []int64) error
 	HeldTopics(ctx context.Context) ([]string, error)
 	HeldRows(ctx context.Context, topic string, limit int) ([]Row, error)
 }
@@ -111,6 +114,15 @@ type Lease interface {
 	// Leading reports, at once and without a round trip, whether this relay
 	// held the lease when it last knew.
 	Leading() bool
+	// Fenced runs stmt so that it takes effect only while this relay holds
+	// the lease, and fails with errLeaseLost when it does not; stmt gets
+	// the connection to run on, nil for any.
+	Fenced(ctx context.Context, stmt func(ctx context.Context, exec Execer) error) error
+}
+
+// Execer runs a statement: a connection or a pool.
+type Execer interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
 }
 
 // Relay forwards the outbox to Kafka.
@@ -365,7 +377,7 @@ func (r *Relay) send(ctx context.Context, after int64) (*batch, error) {
 		}
 		var held []int64
 		rows, held = r.holds.split(read)
-		if err := r.source.Hold(ctx, held); err != nil {
+		if err := r.hold(ctx, held); err != nil {
 			return nil, err
 		}
 		if len(rows) > 0 {
@@ -402,7 +414,11 @@ func (r *Relay) complete(ctx context.Context, b *batch) (held bool, err error) {
 	for _, f := range failed {
 		ids = append(ids, f.ids...)
 	}
-	if err := r.source.Hold(ctx, ids); err != nil {
+	if err := r.hold(ctx, ids); err != nil {
+		if errors.Is(err, errLeaseLost) {
+			// The rows stay pending, for the relay that leads now.
+			return false, nil
+		}
 		return false, fmt.Errorf("%w (after %v)", err, failed[0].err)
 	}
 	r.metrics.errors.Inc()

@@ -136,12 +136,16 @@ func (t *Table) MarkForwarded(ctx context.Context, ids []int64) error {
 // Hold moves pending rows of a topic the relay cannot produce to now out of
 // the pending rows: the relay's reads no longer meet them, so they hold back
 // only their topic, and HeldRows gives them back, in id order, to retry.
-func (t *Table) Hold(ctx context.Context, ids []int64) error {
+// It runs on exec, or on the table's database when exec is nil.
+func (t *Table) Hold(ctx context.Context, exec Execer, ids []int64) error {
 	if len(ids) == 0 {
 		return nil
 	}
+	if exec == nil {
+		exec = t.db
+	}
 	q, args := t.inList(`UPDATE eventfn_outbox SET state = 3 WHERE state = 0 AND id`, ids)
-	if _, err := t.db.ExecContext(ctx, q, args...); err != nil {
+	if _, err := exec.ExecContext(ctx, q, args...); err != nil {
 		return fmt.Errorf("hold %d outbox rows: %w", len(ids), err)
 	}
 	return nil
