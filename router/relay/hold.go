@@ -78,6 +78,22 @@ func (h *holds) hold(topic string, err error, backoff time.Duration) bool {
 	return true
 }
 
+// hold moves the rows with ids aside (Source.Hold), fenced by the lease: a
+// relay that lost its lease without knowing yet (its check is a second old)
+// moved rows aside after the new leader had read which topics are held, and
+// the new leader never sent them, while it sent the newer rows of their
+// keys (found by a fresh-eyed attack, 1 to 2 in 6 hand-overs on PostgreSQL).
+// On PostgreSQL the statement runs in the lock's own session, so it commits
+// only while the lock is held: before the next leader takes it and reads.
+func (r *Relay) hold(ctx context.Context, ids []int64) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	return r.lease.Fenced(ctx, func(ctx context.Context, exec Execer) error {
+		return r.source.Hold(ctx, exec, ids)
+	})
+}
+
 // split parts rows into those to send and the ids of those of held topics.
 func (h *holds) split(rows []Row) (send []Row, held []int64) {
 	if len(h.topics) == 0 {
@@ -177,10 +193,19 @@ func (r *Relay) probe(ctx context.Context) error {
 	var rows []Row
 	full := map[string]bool{}
 	for topic, held := range h.topics {
+		// One probe takes BatchSize rows at most, as a batch does: with
+		// every broker away and many topics held, a probe of BatchSize rows
+		// per topic outgrew the client's buffer (10,000 records), and
+		// handing it over blocked the relay's loop. A topic left out stays
+		// due, for the next probe.
+		limit := r.cfg.BatchSize - len(rows)
+		if limit == 0 {
+			break
+		}
 		if now.Before(held.next) {
 			continue
 		}
-		read, err := r.source.HeldRows(ctx, topic, r.cfg.BatchSize)
+		read, err := r.source.HeldRows(ctx, topic, limit)
 		if err != nil {
 			return err
 		}
@@ -190,7 +215,7 @@ func (r *Relay) probe(ctx context.Context) error {
 			r.holdsChanged()
 			continue
 		}
-		full[topic] = len(read) == r.cfg.BatchSize
+		full[topic] = len(read) == limit
 		rows = append(rows, read...)
 	}
 	if len(rows) == 0 {
