@@ -257,6 +257,18 @@ func (a *app) get(t *testing.T, path string) string {
 	return string(body)
 }
 
+// readyz asks GET /readyz: its status and body, or 0 and why the request
+// failed.
+func (a *app) readyz() (int, string) {
+	resp, err := http.Get(a.base + "/readyz")
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
 func (a *app) orderStatus(t *testing.T, id string) string {
 	t.Helper()
 	resp, err := http.Get(a.base + "/orders/" + id)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
-	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -62,10 +61,11 @@ func TestAnIdleTransactionElsewhereDoesNotStallOrders(t *testing.T) {
 // email.sent events wait; /readyz names the topic; once it exists again,
 // every order reaches emailed. On real Kafka the topic stays away until the
 // test creates it; before, 14 of the 16 confirmations were sent in 60 s, the
-// payment.confirmed events of two orders stuck behind email.sent's. The embedded broker creates a topic a client asks
-// metadata for (kfake.AllowAutoTopicCreation and Sarama's default), so there
-// the topic comes back by itself soon after, and the test checks only that
-// nothing is lost or doubled.
+// payment.confirmed events of two orders stuck behind email.sent's. The
+// embedded broker creates a topic a client asks metadata for
+// (kfake.AllowAutoTopicCreation and Sarama's default), so there the topic
+// comes back by itself soon after, and the test checks only that nothing is
+// lost or doubled.
 func TestADeletedTopicHoldsBackOnlyItsOwnEvents(t *testing.T) {
 	t.Parallel()
 	e := newEngines(t)
@@ -101,13 +101,8 @@ func TestADeletedTopicHoldsBackOnlyItsOwnEvents(t *testing.T) {
 		return len(behind) == 0 && a.Mailer.Count() == 1+len(ids), fmt.Sprintf("%d emails; not paid: %v", a.Mailer.Count(), behind)
 	})
 	eventually(t, 30*time.Second, "/readyz naming the deleted topic", func() (bool, string) {
-		resp, err := http.Get(a.base + "/readyz")
-		if err != nil {
-			return false, err.Error()
-		}
-		defer resp.Body.Close()
-		body, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode == http.StatusServiceUnavailable && strings.Contains(string(body), emailSent), fmt.Sprintf("%d %s", resp.StatusCode, body)
+		status, body := a.readyz()
+		return status == http.StatusServiceUnavailable && strings.Contains(body, emailSent), fmt.Sprintf("%d %s", status, body)
 	})
 
 	testenv.CreateTopicAgain(ctx, t, admin, emailSent, int32(cfg.Kafka.Partitions))
