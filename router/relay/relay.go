@@ -89,9 +89,9 @@ type Source interface {
 	MarkForwarded(ctx context.Context, ids []int64) error
 	Park(ctx context.Context, id int64, reason string) error
 	// Hold, HeldTopics and HeldRows keep the rows of topics the relay
-	// cannot produce to now aside (see Table.Hold).
-	// exec is where Hold runs its statement: Lease.Fenced's, or nil for
-	// the source's own connections.
+	// cannot produce to now aside (see Table.Hold). Hold runs its
+	// statement on exec, Lease.Fenced's connection, or on the source's own
+	// when exec is nil.
 	Hold(ctx context.Context, exec Execer, ids []int64) error
 	HeldTopics(ctx context.Context) ([]string, error)
 	HeldRows(ctx context.Context, topic string, limit int) ([]Row, error)
