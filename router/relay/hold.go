@@ -227,9 +227,9 @@ func (r *Relay) probe(ctx context.Context) error {
 		recs[i] = row.Record
 		p.spans[i] = r.traceSend(ctx, &recs[i])
 	}
-	wait := r.sink.Send(ctx, recs)
+	sent := r.sink.Send(ctx, recs)
 	go func() {
-		p.errs = wait()
+		p.errs = sent.Wait()
 		close(p.done)
 	}()
 	h.probing = p

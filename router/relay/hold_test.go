@@ -4,12 +4,15 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/eventfn/eventfn/internal/testenv"
@@ -24,8 +27,21 @@ type heldRelay struct {
 	stop func()
 }
 
+// heldOption changes startHeld's relay.
+type heldOption func(*relay.Config, *relay.Sink)
+
+// wrapSink gives the relay what wrap makes of its producer.
+func wrapSink(wrap func(relay.Sink) relay.Sink) heldOption {
+	return func(_ *relay.Config, s *relay.Sink) { *s = wrap(*s) }
+}
+
+// batchOf gives the relay batches of n rows.
+func batchOf(n int) heldOption {
+	return func(c *relay.Config, _ *relay.Sink) { c.BatchSize = n }
+}
+
 // startHeld runs a relay of batches of 10 until stop or the test's end.
-func startHeld(t *testing.T, e engines) heldRelay {
+func startHeld(t *testing.T, e engines, opts ...heldOption) heldRelay {
 	t.Helper()
 	p, err := relay.NewProducer(relay.ProducerConfig{Brokers: e.brokers, MaxRecordBytes: 1_000_000, DeliveryTimeout: 2 * time.Second})
 	if err != nil {
@@ -36,8 +52,12 @@ func startHeld(t *testing.T, e engines) heldRelay {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.Relay = relay.New(relay.Config{BatchSize: 10, PollInterval: 10 * time.Millisecond, MinBackoff: 10 * time.Millisecond, MaxBackoff: 200 * time.Millisecond},
-		relay.NewTable(e.db), p, relay.NewLease(e.db), m, slog.New(slog.NewTextHandler(h.logs, nil)))
+	cfg := relay.Config{BatchSize: 10, PollInterval: 10 * time.Millisecond, MinBackoff: 10 * time.Millisecond, MaxBackoff: 200 * time.Millisecond}
+	var sink relay.Sink = p
+	for _, o := range opts {
+		o(&cfg, &sink)
+	}
+	h.Relay = relay.New(cfg, relay.NewTable(e.db), sink, relay.NewLease(e.db), m, slog.New(slog.NewTextHandler(h.logs, nil)))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
@@ -209,4 +229,74 @@ func TestARelayThatLostItsLeaseHoldsNoRow(t *testing.T) {
 	if lease.Leading() {
 		t.Error("the lease still says it leads after a statement in its ended session failed")
 	}
+}
+
+// failOnce fails, at once, every record of topic in the first batch that
+// has one, as franz-go fails a partition's buffered records together when
+// one of them fails; every other record goes to the sink underneath.
+type failOnce struct {
+	relay.Sink
+	topic  string
+	failed atomic.Bool
+}
+
+func (f *failOnce) Send(ctx context.Context, recs []relay.Record) relay.Sent {
+	isTopic := func(r relay.Record) bool { return r.Topic == f.topic }
+	if !slices.ContainsFunc(recs, isTopic) || f.failed.Swap(true) {
+		return f.Sink.Send(ctx, recs)
+	}
+	var pass []relay.Record
+	for _, r := range recs {
+		if !isTopic(r) {
+			pass = append(pass, r)
+		}
+	}
+	return &failedNow{recs: recs, topic: f.topic, rest: f.Sink.Send(ctx, pass)}
+}
+
+// failedNow is a batch whose records of topic failed as it was handed over.
+type failedNow struct {
+	recs  []relay.Record
+	topic string
+	rest  relay.Sent // the other records'
+}
+
+func (s *failedNow) Failed() bool { return true }
+
+func (s *failedNow) Wait() []error {
+	rest := s.rest.Wait()
+	errs := make([]error, len(s.recs))
+	for i, r := range s.recs {
+		if r.Topic == s.topic {
+			errs[i] = fmt.Errorf("%s: %w", r.Topic, kerr.NotLeaderForPartition)
+			continue
+		}
+		errs[i], rest = rest[0], rest[1:]
+	}
+	return errs
+}
+
+// TestRowsReadAheadDoNotOvertakeARowThatFailed: a batch's row that fails
+// holds its topic, and is tried again once its batch is settled. The next
+// batch, read ahead while the first waited for its acks, was handed to the
+// producer all the same, and its rows of that topic landed first when the
+// partition answered again by then: key 0's row 1 before its row 0.
+func TestRowsReadAheadDoNotOvertakeARowThatFailed(t *testing.T) {
+	e := open(t)
+	flaky, other := e.topic(t, 1), e.topic(t, 1)
+	var recs []relay.Record
+	for n := range 9 {
+		recs = append(recs, keyed(other, 0, n))
+	}
+	recs = append(recs, keyed(flaky, 0, 0)) // the first batch's last row
+	for n := range 9 {
+		recs = append(recs, keyed(other, 0, 9+n))
+	}
+	recs = append(recs, keyed(flaky, 0, 1), keyed(flaky, 0, 2))
+	insert(t, e, recs, len(recs))
+	startHeld(t, e, wrapSink(func(s relay.Sink) relay.Sink { return &failOnce{Sink: s, topic: flaky} }))
+
+	inKeyOrder(t, flaky, consume(t, e, flaky, 3))
+	inKeyOrder(t, other, consume(t, e, other, 18))
+	waitFor(t, "every row forwarded", 30*time.Second, func() bool { return stats(t, e).Pending == 0 })
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kerr"
@@ -78,13 +79,27 @@ func (p *Producer) Client() *kgo.Client { return p.client }
 
 // Produce sends recs together and waits for every ack. The result has one error
 // (or nil) per record, in order.
-func (p *Producer) Produce(ctx context.Context, recs []Record) []error { return p.Send(ctx, recs)() }
+func (p *Producer) Produce(ctx context.Context, recs []Record) []error {
+	return p.Send(ctx, recs).Wait()
+}
 
-// Send hands recs to the client in order, all in flight together, and
-// returns a function that waits for every ack and returns one error (or nil)
-// per record. Records of one partition land in the order they were handed
-// over, across Send calls too, so a caller may Send the next batch before
-// waiting for this one.
+// sending is a batch handed to the client.
+type sending struct {
+	p    *Producer
+	ctx  context.Context
+	recs []Record
+	wg   sync.WaitGroup
+	// failed is set by the first promise with an error.
+	failed atomic.Bool
+	mu     sync.Mutex // guards errs and answered: promises run on the client's goroutines
+	errs   []error
+	// answered says which records have their result in errs.
+	answered []bool
+}
+
+// Send hands recs to the client in order, all in flight together. Records of
+// one partition land in the order they were handed over, across Send calls
+// too, so a caller may Send the next batch before waiting for this one.
 //
 // The wait ends by itself. franz-go fails a record at its delivery timeout only
 // while it can talk to some broker; with every broker gone it keeps the records
@@ -93,68 +108,76 @@ func (p *Producer) Produce(ctx context.Context, recs []Record) []error { return 
 // them in order, with nothing stale left to land behind them), and its
 // records fail with ErrStalled.
 // The wait also ends with ctx, failing what is unanswered with ctx's error.
-func (p *Producer) Send(ctx context.Context, recs []Record) (wait func() []error) {
-	var mu sync.Mutex // guards errs and answered: promises run on the client's goroutines
-	errs := make([]error, len(recs))
-	answered := make([]bool, len(recs))
-	var wg sync.WaitGroup
+func (p *Producer) Send(ctx context.Context, recs []Record) Sent {
+	s := &sending{p: p, ctx: ctx, recs: recs, errs: make([]error, len(recs)), answered: make([]bool, len(recs))}
 	for i, r := range recs {
 		if size := r.Size(); size > p.max {
-			errs[i], answered[i] = fmt.Errorf("%w: %d bytes, the limit (kafka.max_message_bytes) is %d", ErrTooLarge, size, p.max), true
+			s.errs[i], s.answered[i] = fmt.Errorf("%w: %d bytes, the limit (kafka.max_message_bytes) is %d", ErrTooLarge, size, p.max), true
 			continue
 		}
 		kr := &kgo.Record{Topic: r.Topic, Key: r.Key, Value: r.Payload, Headers: make([]kgo.RecordHeader, 0, len(r.Headers))}
 		for k, v := range r.Headers {
 			kr.Headers = append(kr.Headers, kgo.RecordHeader{Key: k, Value: []byte(v)})
 		}
-		wg.Add(1)
+		s.wg.Add(1)
 		p.client.Produce(ctx, kr, func(_ *kgo.Record, err error) {
-			mu.Lock()
-			errs[i], answered[i] = err, true
-			mu.Unlock()
-			wg.Done()
+			if err != nil {
+				s.failed.Store(true)
+			}
+			s.mu.Lock()
+			s.errs[i], s.answered[i] = err, true
+			s.mu.Unlock()
+			s.wg.Done()
 		})
 	}
-	return func() []error {
-		done := make(chan struct{})
-		go func() {
-			wg.Wait()
-			close(done)
-		}()
-		stall := time.NewTimer(p.timeout + stallGrace)
-		defer stall.Stop()
-		var giveUp error
+	return s
+}
+
+// Failed reports whether the client has failed a record of the batch
+// already; a record refused before it reached the client (too large) does not
+// count.
+func (s *sending) Failed() bool { return s.failed.Load() }
+
+// Wait waits for every ack and returns one error (or nil) per record.
+func (s *sending) Wait() []error {
+	done := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(done)
+	}()
+	stall := time.NewTimer(s.p.timeout + stallGrace)
+	defer stall.Stop()
+	var giveUp error
+	select {
+	case <-done:
+		s.p.followRecreated(s.recs, s.errs)
+		return s.errs
+	case <-s.ctx.Done():
+		giveUp = context.Cause(s.ctx)
+	case <-stall.C:
+		giveUp = ErrStalled
+		// The safe AbortBufferedRecords waits for a produce attempt that
+		// never comes while no broker answers. Without transactions the
+		// unsafe one is safe: the client bumps its producer epoch for a
+		// record it had sent, so no sequence number is reused; a record
+		// that did land comes again with the retry, and the inbox absorbs
+		// it.
+		s.p.client.UnsafeAbortBufferedRecords()
 		select {
 		case <-done:
-			p.followRecreated(recs, errs)
-			return errs
-		case <-ctx.Done():
-			giveUp = context.Cause(ctx)
-		case <-stall.C:
-			giveUp = ErrStalled
-			// The safe AbortBufferedRecords waits for a produce attempt that
-			// never comes while no broker answers. Without transactions the
-			// unsafe one is safe: the client bumps its producer epoch for a
-			// record it had sent, so no sequence number is reused; a record
-			// that did land comes again with the retry, and the inbox absorbs
-			// it.
-			p.client.UnsafeAbortBufferedRecords()
-			select {
-			case <-done:
-			case <-time.After(stallGrace):
-			}
+		case <-time.After(stallGrace):
 		}
-		mu.Lock()
-		defer mu.Unlock()
-		out := make([]error, len(errs))
-		for i := range errs {
-			out[i] = errs[i]
-			if !answered[i] {
-				out[i] = giveUp
-			}
-		}
-		return out
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]error, len(s.errs))
+	for i := range s.errs {
+		out[i] = s.errs[i]
+		if !s.answered[i] {
+			out[i] = giveUp
+		}
+	}
+	return out
 }
 
 // followRecreated purges from the client every topic of recs that failed

@@ -97,10 +97,21 @@ type Source interface {
 	HeldRows(ctx context.Context, topic string, limit int) ([]Row, error)
 }
 
-// Sink produces batches: Send hands a batch over in order and returns a
-// function that waits for its acks, one error per record.
+// Sink produces batches: Send hands a batch over in order, all in flight
+// together; one partition's records land in the order handed over, across
+// calls too.
 type Sink interface {
-	Send(ctx context.Context, recs []Record) (wait func() []error)
+	Send(ctx context.Context, recs []Record) Sent
+}
+
+// Sent is a batch handed to a Sink.
+type Sent interface {
+	// Wait waits for every ack and returns one error (or nil) per record,
+	// in order.
+	Wait() []error
+	// Failed reports at once, without waiting, whether the client has
+	// failed a record of the batch already.
+	Failed() bool
 }
 
 // Lease decides which relay of several replicas forwards. Acquire blocks until
@@ -176,9 +187,18 @@ func (r *Relay) Healthy() error {
 // batch is a batch of rows handed to the producer and not yet marked.
 type batch struct {
 	rows  []Row
-	wait  func() []error
+	sent  Sent
 	start time.Time
 	spans []trace.Span
+	errs  []error // the acks, once waited for
+}
+
+// acks waits for b's acks, once: one error (or nil) per row.
+func (b *batch) acks() []error {
+	if b.errs == nil {
+		b.errs = b.sent.Wait()
+	}
+	return b.errs
 }
 
 // Run forwards until ctx ends. It returns nil then: stopping is not a failure,
@@ -248,7 +268,7 @@ func (r *Relay) Run(ctx context.Context) error {
 			var nudged bool
 			readAhead, nudged = r.moreLikely(prev)
 			owed = owed || nudged
-			if readAhead && time.Since(fromLowest) >= r.cfg.LateCommitWait {
+			if prev.sent.Failed() || readAhead && time.Since(fromLowest) >= r.cfg.LateCommitWait {
 				// Let prev finish, then read from the lowest pending id.
 				readAhead, owed = false, true
 			}
@@ -259,7 +279,8 @@ func (r *Relay) Run(ctx context.Context) error {
 		var next *batch
 		var err error
 		if readAhead {
-			next, err = r.send(ctx, after)
+			next, err = r.send(ctx, after, prev)
+			owed = owed || next == nil && prev != nil && prev.sent.Failed()
 		}
 		// Another replica leads now (this one's lock session ended: a
 		// restart of PostgreSQL, say). Not a failure of the relay: it was
@@ -361,11 +382,18 @@ func (r *Relay) moreLikely(inFlight *batch) (readAhead, nudged bool) {
 var errLeaseLost = errors.New("lost the relay lease to another replica")
 
 // send reads up to BatchSize pending rows above after and hands them to the
-// producer; nil when there are none.
+// producer; nil when there are none, or when a record of inFlight (nil for
+// none) has failed by then.
 //
 // The rows of held topics are not sent but held (moved aside), behind the
 // rows of their topic that wait already.
-func (r *Relay) send(ctx context.Context, after int64) (*batch, error) {
+//
+// A failed record of inFlight is tried again once inFlight is settled (its
+// topic held, or the record produced again alone). Rows of its partition
+// handed over before then could land first: franz-go fails a partition's
+// buffered records together, but not those handed over after it failed
+// them. So the rows read stay pending, for the next read.
+func (r *Relay) send(ctx context.Context, after int64, inFlight *batch) (*batch, error) {
 	var rows []Row
 	for {
 		read, err := r.source.Pending(ctx, after, r.cfg.BatchSize)
@@ -388,13 +416,16 @@ func (r *Relay) send(ctx context.Context, after int64) (*batch, error) {
 		}
 		after = read[len(read)-1].ID
 	}
+	if inFlight != nil && inFlight.sent.Failed() {
+		return nil, nil
+	}
 	recs := make([]Record, len(rows))
 	spans := make([]trace.Span, len(rows))
 	for i, row := range rows {
 		recs[i] = row.Record
 		spans[i] = r.traceSend(ctx, &recs[i])
 	}
-	return &batch{rows: rows, wait: r.sink.Send(ctx, recs), start: time.Now(), spans: spans}, nil
+	return &batch{rows: rows, sent: r.sink.Send(ctx, recs), start: time.Now(), spans: spans}, nil
 }
 
 // complete waits for b's acks and settles its rows (see settle). held says
@@ -402,7 +433,7 @@ func (r *Relay) send(ctx context.Context, after int64) (*batch, error) {
 // failure of the database is returned; a row that failed to produce is not
 // a failure of the batch, as its topic is held and tried again on its own.
 func (r *Relay) complete(ctx context.Context, b *batch) (held bool, err error) {
-	failed, err := r.settle(ctx, b.rows, b.wait(), b.spans)
+	failed, err := r.settle(ctx, b.rows, b.acks(), b.spans)
 	if err != nil {
 		return false, err
 	}

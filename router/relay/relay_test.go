@@ -421,10 +421,10 @@ type sendHook struct {
 	onSend func(recs []relay.Record)
 }
 
-func (s *sendHook) Send(ctx context.Context, recs []relay.Record) func() []error {
-	wait := s.Sink.Send(ctx, recs)
+func (s *sendHook) Send(ctx context.Context, recs []relay.Record) relay.Sent {
+	sent := s.Sink.Send(ctx, recs)
 	s.onSend(recs)
-	return wait
+	return sent
 }
 
 // lowRow inserts a row "low" into topic in a transaction left open: it
