@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
@@ -154,6 +155,9 @@ type Relay struct {
 	unmarked []int64
 	// holds are the topics the relay cannot produce to now (see hold.go).
 	holds holds
+	// refusedBatches are the topics that refused a record batch as too
+	// large, each warned of once (see alone). Only Run's goroutine touches it.
+	refusedBatches map[string]struct{}
 }
 
 // New builds a relay; Run starts it.
@@ -162,7 +166,7 @@ func New(cfg Config, source Source, sink Sink, lease Lease, m *Metrics, logger *
 	return &Relay{cfg: cfg, source: source, sink: sink, lease: lease, metrics: m, logger: logger, nudges: make(chan struct{}, 1),
 		outage: outage.New("outbox relay cannot forward; retrying with backoff, events stay in the outbox",
 			"outbox relay forwarding again", cfg.OutageReportInterval, logger),
-		holds: newHolds(cfg.OutageReportInterval, logger)}
+		holds: newHolds(cfg.OutageReportInterval, logger), refusedBatches: map[string]struct{}{}}
 }
 
 // Nudge wakes an idle relay: rows were committed. It never blocks; nudges made
@@ -299,6 +303,12 @@ func (r *Relay) Run(ctx context.Context) error {
 		}
 		var doneErr error
 		if prev != nil {
+			if next != nil && slices.ContainsFunc(prev.acks(), batchTooLarge) {
+				// prev's rows go again one at a time (see alone); next's
+				// records, those of the refused partition above all, end
+				// first, or they would share a record batch.
+				next.acks()
+			}
 			var held bool
 			held, doneErr = r.complete(ctx, prev)
 			if held && next != nil && doneErr == nil && err == nil {
@@ -480,6 +490,7 @@ func (r *Relay) settle(ctx context.Context, rows []Row, errs []error, spans []tr
 		}
 		span.End()
 	}
+	errs = r.alone(ctx, rows, errs)
 	forwarded := make([]int64, 0, len(rows))
 	var failed []topicFailure
 	var dbErr error
@@ -520,6 +531,51 @@ func (r *Relay) settle(ctx context.Context, rows []Row, errs []error, spans []tr
 		dbErr = context.Cause(ctx)
 	}
 	return failed, dbErr
+}
+
+// alone produces again, one at a time and in order, the rows that failed
+// because a topic refused their record batch as too large, and returns errs
+// with their new results. A topic whose max.message.bytes is below
+// kafka.max_message_bytes refuses a batch larger than its limit, of rows
+// each well under it; Kafka fails every record of that batch, and franz-go
+// every record of the partition buffered behind them. All of them were
+// parked, as if each could never be produced. Alone, a row is refused only
+// when it is over the topic's limit itself.
+//
+// Once a row of a topic fails alone for another reason (the broker went
+// away), the topic's rows after it keep their batch's error unsent: sent
+// alone, they could land before it.
+func (r *Relay) alone(ctx context.Context, rows []Row, errs []error) []error {
+	var stopped map[string]error // topics whose rows are not sent alone any more
+	for i, err := range errs {
+		if !batchTooLarge(err) || ctx.Err() != nil {
+			continue
+		}
+		row := rows[i]
+		if serr, ok := stopped[row.Topic]; ok {
+			errs[i] = serr
+			continue
+		}
+		if _, warned := r.refusedBatches[row.Topic]; !warned {
+			r.refusedBatches[row.Topic] = struct{}{}
+			r.logger.WarnContext(ctx, "a topic refused a record batch as too large: its max.message.bytes is below kafka.max_message_bytes; its rows are produced again one at a time, slowly; lower kafka.max_message_bytes to the topic's limit or raise the topic's",
+				"topic", row.Topic, "err", err)
+		}
+		errs[i] = r.sink.Send(ctx, []Record{row.Record}).Wait()[0]
+		if errs[i] != nil && !Unproducible(errs[i]) {
+			if stopped == nil {
+				stopped = map[string]error{}
+			}
+			stopped[row.Topic] = errs[i]
+		}
+	}
+	return errs
+}
+
+// batchTooLarge says that the broker refused err's record batch as too large:
+// the batch, not necessarily its every record.
+func batchTooLarge(err error) bool {
+	return errors.Is(err, kerr.MessageTooLarge) || errors.Is(err, kerr.RecordListTooLarge)
 }
 
 // markUnmarked marks the rows whose mark failed after they were produced.

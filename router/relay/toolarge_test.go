@@ -1,0 +1,64 @@
+package relay_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/eventfn/eventfn/internal/testenv"
+	"github.com/eventfn/eventfn/router/relay"
+)
+
+// TestATopicWithASmallerRecordLimitParksOnlyTheRowsOverIt: a topic whose
+// max.message.bytes is below kafka.max_message_bytes refuses a record batch
+// larger than its limit, and Kafka fails every record of that batch with
+// MESSAGE_TOO_LARGE, and franz-go every record buffered behind them. Rows
+// that fit the topic's limit on their own must go out, each key's in order;
+// only the row over it is parked, and the topic's limit is named once in the
+// log. Before, every row of the topic went to the parked rows.
+func TestATopicWithASmallerRecordLimitParksOnlyTheRowsOverIt(t *testing.T) {
+	e := open(t)
+	topic := testenv.UniqueName("relay-small-")
+	testenv.DeleteTopicsAtCleanup(t, topic)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	limit := "20000"
+	if _, err := e.admin(t).CreateTopic(ctx, 1, 1, map[string]*string{"max.message.bytes": &limit}, topic); err != nil {
+		t.Fatal(err)
+	}
+	const keys, perKey = 3, 20
+	var recs []relay.Record
+	for n := range perKey {
+		for k := range keys {
+			r := keyed(topic, k, n)
+			r.Payload = append(r.Payload, []byte(" "+strings.Repeat("x", 3000))...)
+			recs = append(recs, r)
+		}
+	}
+	big := relay.Record{Topic: topic, Key: []byte("big"), Payload: []byte(strings.Repeat("b", 30000))}
+	recs = append(recs[:30], append([]relay.Record{big}, recs[30:]...)...)
+	insert(t, e, recs, 7)
+	// One relay batch of every row (183 KB), so that no batch is read ahead
+	// of a refused one: one handed over before the client reports the
+	// refusal can land first (see docs/reliability.md).
+	r := startHeld(t, e, batchOf(len(recs)))
+
+	waitFor(t, "nothing pending", 60*time.Second, func() bool { return stats(t, e).Pending == 0 })
+	parked, err := relay.NewTable(e.db).Parked(context.Background(), 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(parked) != 1 || parked[0].ID != 31 || !strings.Contains(parked[0].Reason, "MESSAGE_TOO_LARGE") {
+		t.Errorf("parked rows %+v, want row 31 (the one over the topic's limit), refused as too large", parked)
+	}
+	got := consume(t, e, topic, keys*perKey)
+	for _, r := range got {
+		v, _, _ := strings.Cut(string(r.Value), " ")
+		r.Value = []byte(v)
+	}
+	inKeyOrder(t, topic, got)
+	if n := strings.Count(r.logs.String(), "level=WARN msg=\"a topic refused a record batch as too large"); n != 1 {
+		t.Errorf("%d warnings of the topic's limit, want 1:\n%s", n, r.logs.String())
+	}
+}
