@@ -62,7 +62,10 @@ func NewProducer(cfg ProducerConfig) (*Producer, error) {
 		// A batch is sent as soon as the relay hands it over: the relay batches
 		// already, and lingering would only add latency.
 		kgo.ProducerLinger(0),
-		kgo.ProducerBatchMaxBytes(int32(cfg.MaxRecordBytes + recordOverhead)),
+		// No record batch over kafka.max_message_bytes, so that a topic
+		// that takes that much takes every batch. A record of Size() up to
+		// it fits alone: Size counts more than its batch's framing.
+		kgo.ProducerBatchMaxBytes(int32(cfg.MaxRecordBytes)),
 		kgo.RecordDeliveryTimeout(cfg.DeliveryTimeout),
 		kgo.ProducerBatchCompression(kgo.NoCompression()),
 		// The default partitioner hashes keys with murmur2 exactly as the Java

@@ -2,6 +2,7 @@ package relay_test
 
 import (
 	"context"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -60,5 +61,54 @@ func TestATopicWithASmallerRecordLimitParksOnlyTheRowsOverIt(t *testing.T) {
 	inKeyOrder(t, topic, got)
 	if n := strings.Count(r.logs.String(), "level=WARN msg=\"a topic refused a record batch as too large"); n != 1 {
 		t.Errorf("%d warnings of the topic's limit, want 1:\n%s", n, r.logs.String())
+	}
+}
+
+// TestATopicThatTakesKafkaMaxMessageBytesTakesEveryBatch: a topic whose
+// max.message.bytes is kafka.max_message_bytes (what start-up asks for)
+// takes every record batch the relay makes, a record of that size itself
+// included; none is refused and none goes again alone. The producer once
+// made batches 256 bytes larger than kafka.max_message_bytes.
+func TestATopicThatTakesKafkaMaxMessageBytesTakesEveryBatch(t *testing.T) {
+	e := open(t)
+	topic := testenv.UniqueName("relay-limit-")
+	testenv.DeleteTopicsAtCleanup(t, topic)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	const limit = 1_000_000
+	v := strconv.Itoa(limit)
+	if _, err := e.admin(t).CreateTopic(ctx, 1, 1, map[string]*string{"max.message.bytes": &v}, topic); err != nil {
+		t.Fatal(err)
+	}
+	var recs []relay.Record
+	// 40 rows of about 100,010 bytes in a record batch: ten of them take
+	// more than the limit, and less than the limit and 256.
+	for n := range 40 {
+		r := keyed(topic, 0, n)
+		r.Payload = append(r.Payload, []byte(" "+strings.Repeat("x", 99_960))...)
+		recs = append(recs, r)
+	}
+	whole := keyed(topic, 0, 40)
+	whole.Payload = append(whole.Payload, ' ')
+	whole.Payload = append(whole.Payload, strings.Repeat("x", limit-whole.Size())...)
+	if whole.Size() != limit {
+		t.Fatalf("the last row takes %d bytes, want %d", whole.Size(), limit)
+	}
+	recs = append(recs, whole)
+	insert(t, e, recs, len(recs))
+	r := startHeld(t, e, batchOf(len(recs)))
+
+	waitFor(t, "nothing pending", 60*time.Second, func() bool { return stats(t, e).Pending == 0 })
+	if s := stats(t, e); s.Parked != 0 {
+		t.Errorf("%d rows parked, want none", s.Parked)
+	}
+	got := consume(t, e, topic, len(recs))
+	for _, r := range got {
+		v, _, _ := strings.Cut(string(r.Value), " ")
+		r.Value = []byte(v)
+	}
+	inKeyOrder(t, topic, got)
+	if out := r.logs.String(); strings.Contains(out, "level=WARN") || strings.Contains(out, "level=ERROR") {
+		t.Errorf("a batch was refused:\n%s", out)
 	}
 }
