@@ -29,14 +29,15 @@ func TestADeadLetterKafkaRefusesIsNotCounted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	a := startApp(t, cfg)
+	// An operator lowers the dead-letter topic's limit once the app runs
+	// (start-up refuses a topic that takes less than kafka.max_message_bytes).
 	limit := "20000"
 	dlq := cfg.Kafka.Topic(cfg.Kafka.DeadLetterTopic)
-	// Created before the app starts, which then leaves the topic as it is.
-	if err := admin.CreateTopic(dlq, &sarama.TopicDetail{NumPartitions: 1, ReplicationFactor: int16(cfg.Kafka.ReplicationFactor),
-		ConfigEntries: map[string]*string{"max.message.bytes": &limit}}, false); err != nil {
-		t.Fatalf("create %s: %v", dlq, err)
+	if err := admin.IncrementalAlterConfig(sarama.TopicResource, dlq, map[string]sarama.IncrementalAlterConfigsEntry{
+		"max.message.bytes": {Operation: sarama.IncrementalAlterConfigsOperationSet, Value: &limit}}, false); err != nil {
+		t.Fatalf("lower %s's max.message.bytes: %v", dlq, err)
 	}
-	a := startApp(t, cfg)
 
 	key := "o-" + uuid.NewString()
 	bad, err := json.Marshal(map[string]any{"order_id": key, "customer_email": strings.Repeat("x", 100_000), "total_cents": 1})

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -164,5 +165,44 @@ func TestAnInboxRetentionTheTopicsOutliveIsRefused(t *testing.T) {
 	err = built.Run(ctx)
 	if err == nil || !strings.Contains(err.Error(), "retention.inbox") || !strings.Contains(err.Error(), "168h0m0s") {
 		t.Fatalf("err = %v, want a refusal naming retention.inbox and the topic's retention", err)
+	}
+}
+
+// TestAKafkaMaxMessageBytesAboveATopicsLimitIsRefused: a topic that takes
+// record batches of at most 100,000 bytes, and kafka.max_message_bytes at its
+// default of 1,000,000. Emit would accept events the topic refuses, and the
+// relay's batches of small ones would be refused too. Start-up refuses it,
+// naming the topic and what it takes; at the topic's limit eventfn starts.
+func TestAKafkaMaxMessageBytesAboveATopicsLimitIsRefused(t *testing.T) {
+	t.Parallel()
+	e := newEngines(t)
+	cfg := e.config(t, nil)
+	topic := cfg.Kafka.Topic("email.sent")
+	client := kafkaClient(t, cfg)
+	admin, err := sarama.NewClusterAdminFromClient(client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	limit := "100000"
+	if err := admin.CreateTopic(topic, &sarama.TopicDetail{NumPartitions: 1, ReplicationFactor: int16(cfg.Kafka.ReplicationFactor),
+		ConfigEntries: map[string]*string{"max.message.bytes": &limit}}, false); err != nil {
+		t.Fatalf("create %s: %v", topic, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	built, cleanup, err := wiring.BuildApp(ctx, wiring.BaseConfig(cfg), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cleanup()
+	err = built.Run(ctx)
+	if err == nil || !strings.Contains(err.Error(), "kafka.max_message_bytes") || !strings.Contains(err.Error(), topic+" takes 100000") {
+		t.Fatalf("err = %v, want a refusal naming kafka.max_message_bytes, the topic and its limit", err)
+	}
+
+	cfg.Kafka.MaxMessageBytes = 100000
+	a := startApp(t, cfg)
+	if code, body := a.readyz(); code != http.StatusOK {
+		t.Fatalf("/readyz = %d %s at the topic's limit, want 200", code, body)
 	}
 }

@@ -10,7 +10,6 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/eventfn/eventfn/configs"
 	"github.com/eventfn/eventfn/runtime"
 )
 
@@ -27,17 +26,15 @@ func TestADeadLetterTopicThatRefusesWritesHoldsTheEvent(t *testing.T) {
 		mu.Unlock()
 		return nil
 	}, runtime.WithPolicy(runtime.Policy{MaxRetries: -1}))
-	var dlq string
-	tr := startRuntime(t, func(c *configs.Config) {
-		// The dead-letter topic exists before eventfn starts, with a record
-		// size limit far below the dead letter's.
-		dlq = c.Kafka.Topic(c.Kafka.DeadLetterTopic)
-		adminDo(t, c.Kafka.Brokers, func(ctx context.Context, adm *kadm.Client) error {
-			limit := "1024"
-			_, err := adm.CreateTopic(ctx, 1, 1, map[string]*string{"max.message.bytes": &limit}, dlq)
-			return err
-		})
-	}, h)
+	tr := startRuntime(t, nil, h)
+	// An operator lowers the dead-letter topic's record size limit far
+	// below the dead letter's (start-up refuses such a topic).
+	dlq := tr.cfg.Kafka.Topic(tr.cfg.Kafka.DeadLetterTopic)
+	adminDo(t, tr.cfg.Kafka.Brokers, func(ctx context.Context, adm *kadm.Client) error {
+		limit := "1024"
+		_, err := adm.AlterTopicConfigs(ctx, []kadm.AlterConfig{{Op: kadm.SetConfig, Name: "max.message.bytes", Value: &limit}}, dlq)
+		return err
+	})
 	produceEvent(t, tr, signup{Key: "k", Email: strings.Repeat("x", 4000)})
 	produceEvent(t, tr, signup{Key: "k", Email: "ok@example.com"})
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -379,6 +380,42 @@ func PingKafka(ctx context.Context, k configs.Kafka) error {
 // TopicRetentions reads retention.ms of each topic; -1 (keep forever) is a
 // negative duration.
 func TopicRetentions(ctx context.Context, k configs.Kafka, topics []string) (map[string]time.Duration, error) {
+	values, err := topicConfigs(ctx, k, topics, "retention.ms")
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]time.Duration, len(values))
+	for t, v := range values {
+		ms, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("topic %s: retention.ms %q: %w", t, v, err)
+		}
+		out[t] = time.Duration(ms) * time.Millisecond
+	}
+	return out, nil
+}
+
+// TopicRecordLimits reads max.message.bytes of each topic: the largest
+// record batch it takes.
+func TopicRecordLimits(ctx context.Context, k configs.Kafka, topics []string) (map[string]int, error) {
+	values, err := topicConfigs(ctx, k, topics, "max.message.bytes")
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]int, len(values))
+	for t, v := range values {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return nil, fmt.Errorf("topic %s: max.message.bytes %q: %w", t, v, err)
+		}
+		out[t] = n
+	}
+	return out, nil
+}
+
+// topicConfigs reads one configuration entry of each topic; a topic whose
+// broker reports no such entry is missing from the result.
+func topicConfigs(ctx context.Context, k configs.Kafka, topics []string, name string) (map[string]string, error) {
 	sc, err := SaramaConfig(k)
 	if err != nil {
 		return nil, err
@@ -388,37 +425,32 @@ func TopicRetentions(ctx context.Context, k configs.Kafka, topics []string) (map
 		return nil, err
 	}
 	defer admin.Close()
-	out := make(map[string]time.Duration, len(topics))
+	out := make(map[string]string, len(topics))
 	for _, t := range topics {
-		entries, err := describeRetention(ctx, admin, t)
+		entries, err := describeTopicConfig(ctx, admin, t, name)
 		if err != nil {
-			return nil, fmt.Errorf("read retention.ms of topic %s: %w", t, err)
+			return nil, fmt.Errorf("read %s of topic %s: %w", name, t, err)
 		}
 		for _, e := range entries {
-			if e.Name != "retention.ms" {
-				continue
+			if e.Name == name {
+				out[t] = e.Value
 			}
-			ms, err := strconv.ParseInt(e.Value, 10, 64)
-			if err != nil {
-				return nil, fmt.Errorf("topic %s: retention.ms %q: %w", t, e.Value, err)
-			}
-			out[t] = time.Duration(ms) * time.Millisecond
 		}
 	}
 	return out, nil
 }
 
-// describeRetention reads topic's retention.ms from the broker admin asks.
-// A topic that broker does not serve yet is asked for again until
-// topicsVisibleWithin or ctx ends: start-up reads retentions after
+// describeTopicConfig reads topic's configuration entry name from the broker
+// admin asks. A topic that broker does not serve yet is asked for again until
+// topicsVisibleWithin or ctx ends: start-up reads topics' configuration after
 // EnsureTopics, which waits only for the topics it created itself, and a
 // topic another replica created a moment before (replicas starting
 // together) is not on every broker yet; one such replica in five exited
 // with "does not exist on this broker" on three brokers.
-func describeRetention(ctx context.Context, admin sarama.ClusterAdmin, topic string) ([]sarama.ConfigEntry, error) {
+func describeTopicConfig(ctx context.Context, admin sarama.ClusterAdmin, topic, name string) ([]sarama.ConfigEntry, error) {
 	deadline := time.Now().Add(topicsVisibleWithin)
 	for {
-		entries, err := admin.DescribeConfig(sarama.ConfigResource{Type: sarama.TopicResource, Name: topic, ConfigNames: []string{"retention.ms"}})
+		entries, err := admin.DescribeConfig(sarama.ConfigResource{Type: sarama.TopicResource, Name: topic, ConfigNames: []string{name}})
 		if !errors.Is(err, sarama.ErrUnknownTopicOrPartition) || time.Now().After(deadline) {
 			return entries, err
 		}
@@ -428,6 +460,26 @@ func describeRetention(ctx context.Context, admin sarama.ClusterAdmin, topic str
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// checkRecordLimits refuses a kafka.max_message_bytes above a topic's
+// max.message.bytes. The relay puts records up to kafka.max_message_bytes in
+// one record batch, and such a topic refuses every batch over its own limit:
+// those records then go one at a time (and a record over the topic's limit
+// is parked), so the topic's events would crawl.
+func checkRecordLimits(maxBytes int, limits map[string]int) error {
+	var low []string
+	for _, t := range slices.Sorted(maps.Keys(limits)) {
+		if limits[t] < maxBytes {
+			low = append(low, fmt.Sprintf("%s takes %d", t, limits[t]))
+		}
+	}
+	if len(low) == 0 {
+		return nil
+	}
+	return fmt.Errorf("kafka.max_message_bytes (%s) is %d, above what topics take in one record batch (max.message.bytes): %s; "+
+		"set it to at most the smallest, or raise the topics' max.message.bytes",
+		configs.EnvName("kafka.max_message_bytes"), maxBytes, strings.Join(low, ", "))
 }
 
 // checkInboxRetention refuses an inbox retention that a redelivery can

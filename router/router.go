@@ -352,7 +352,17 @@ func (r *Runtime) Run(ctx context.Context, extraTopics ...string) error {
 	defer cancel()
 	// Every handler's topics, not only those of the handlers run here: the
 	// relay of every replica forwards whatever the outbox holds.
-	if err := EnsureTopics(setupCtx, r.cfg.Kafka, append(Topics(r.cfg, r.all), extraTopics...), r.logger); err != nil {
+	topics := append(Topics(r.cfg, r.all), extraTopics...)
+	if err := EnsureTopics(setupCtx, r.cfg.Kafka, topics, r.logger); err != nil {
+		return err
+	}
+	// Any of them may get events from the outbox: the handlers' emits, the
+	// HTTP ingress's, dead letters and runs.
+	if limits, err := TopicRecordLimits(setupCtx, r.cfg.Kafka, topics); err != nil {
+		// No reason not to start (an ACL without DescribeConfigs, say): a
+		// topic that refuses a record batch as too large is warned of then.
+		r.logger.Warn("cannot check kafka.max_message_bytes against the topics' max.message.bytes", "err", err)
+	} else if err := checkRecordLimits(r.cfg.Kafka.MaxMessageBytes, limits); err != nil {
 		return err
 	}
 	if r.cfg.Retention.Inbox > 0 {
