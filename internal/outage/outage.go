@@ -1,7 +1,8 @@
 // Package outage reports a failing dependency the way an operator wants to read
 // it: once when the failure starts, then a summary at a bounded rate while it
 // lasts, and once when it ends. A broker or database that is away for a minute
-// gives three lines, not one per attempt.
+// gives three lines, not one per attempt. One that flaps (fails again soon
+// after each recovery) is one incident too, not an ERROR per relapse.
 package outage
 
 import (
@@ -26,6 +27,14 @@ type Reporter struct {
 	reported int       // failures already summarised
 	next     time.Time // when the next summary may be logged
 	last     error
+	// ended is when the last outage ended; an outage that starts within
+	// interval of it is a relapse.
+	ended time.Time
+	// quietUntil is when the next relapse may be logged.
+	quietUntil time.Time
+	// logged says whether this outage was logged (its start or a summary),
+	// and so its end is.
+	logged bool
 }
 
 // New returns a Reporter whose outage is logged as what, its end as up; a
@@ -42,7 +51,10 @@ func (r *Reporter) WithClock(now func() time.Time) *Reporter {
 
 // Failed records a failure. It reports whether this failure began an outage:
 // that one is logged at ERROR; later ones are summarised at WARN at most once
-// per interval.
+// per interval. An outage that begins within interval of the last one's end
+// is a relapse of it: logged at WARN, at most once per interval, and its end
+// only when its start was. A dependency that flapped under load logged an
+// ERROR and an INFO per relapse.
 func (r *Reporter) Failed(err error, attrs ...any) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -51,7 +63,17 @@ func (r *Reporter) Failed(err error, attrs ...any) bool {
 	r.failures++
 	if r.since.IsZero() {
 		r.since, r.failures, r.reported, r.next = now, 1, 1, now.Add(r.interval)
-		r.logger.Error(r.what, append(attrs, "err", err)...)
+		relapse := !r.ended.IsZero() && now.Sub(r.ended) < r.interval
+		r.logged = !relapse || !now.Before(r.quietUntil)
+		switch {
+		case !relapse:
+			r.logger.Error(r.what, append(attrs, "err", err)...)
+		case r.logged:
+			r.logger.Warn(r.what+" (again, soon after it recovered)", append(attrs, "recovered_for", now.Sub(r.ended).Round(time.Millisecond), "err", err)...)
+		}
+		if r.logged {
+			r.quietUntil = now.Add(r.interval)
+		}
 		return true
 	}
 	if now.Before(r.next) {
@@ -59,7 +81,7 @@ func (r *Reporter) Failed(err error, attrs ...any) bool {
 	}
 	r.logger.Warn(r.what+" (still failing)", append(attrs, "since", r.since.UTC(), "for", now.Sub(r.since).Round(time.Second),
 		"failures", r.failures-r.reported, "err", err)...)
-	r.reported, r.next = r.failures, now.Add(r.interval)
+	r.reported, r.next, r.logged = r.failures, now.Add(r.interval), true
 	return false
 }
 
@@ -71,8 +93,11 @@ func (r *Reporter) Succeeded(attrs ...any) bool {
 	if r.since.IsZero() {
 		return false
 	}
-	r.logger.Info(r.up, append(attrs, "after", r.now().Sub(r.since).Round(time.Millisecond), "failures", r.failures)...)
-	r.since, r.failures, r.reported, r.last = time.Time{}, 0, 0, nil
+	now := r.now()
+	if r.logged {
+		r.logger.Info(r.up, append(attrs, "after", now.Sub(r.since).Round(time.Millisecond), "failures", r.failures)...)
+	}
+	r.since, r.failures, r.reported, r.last, r.ended = time.Time{}, 0, 0, nil, now
 	return true
 }
 

@@ -13,7 +13,7 @@ import (
 
 // TestAnOutageIsReportedNotShouted: a minute of failures, one every 100 ms,
 // gives one ERROR when it starts, one WARN summary per interval and one INFO
-// when it ends; then a new outage is reported afresh.
+// when it ends; then a new outage, an interval later, is reported afresh.
 func TestAnOutageIsReportedNotShouted(t *testing.T) {
 	var buf bytes.Buffer
 	now := time.Date(2026, 11, 25, 9, 0, 0, 0, time.UTC)
@@ -41,6 +41,7 @@ func TestAnOutageIsReportedNotShouted(t *testing.T) {
 	if r.Err() != nil {
 		t.Errorf("Err() = %v after recovery", r.Err())
 	}
+	now = now.Add(31 * time.Second) // more than an interval after the end
 	if !r.Failed(errors.New("again")) {
 		t.Error("a failure after recovery begins a new outage")
 	}
@@ -59,5 +60,54 @@ func TestAnOutageIsReportedNotShouted(t *testing.T) {
 	}
 	if !strings.Contains(buf.String(), "failures=300") {
 		t.Errorf("the summary must count the failures since the last report:\n%s", buf.String())
+	}
+}
+
+// TestAFlappingDependencyIsOneIncident: a dependency that fails for 200 ms
+// and recovers for 300 ms, for a minute (a database at the edge of its
+// lock table under load), logged an ERROR and an INFO per relapse: 120
+// each. A relapse within an interval of the last recovery is the same
+// incident: one ERROR, then at most one WARN (and its end) per interval,
+// while Err still says at once whether it fails now.
+func TestAFlappingDependencyIsOneIncident(t *testing.T) {
+	var buf bytes.Buffer
+	start := time.Date(2026, 12, 3, 9, 0, 0, 0, time.UTC)
+	now := start
+	r := outage.New("orders cannot be stored", "orders stored again", 30*time.Second, slog.New(slog.NewTextHandler(&buf, nil))).
+		WithClock(func() time.Time { return now })
+	began := 0
+	for now.Before(start.Add(time.Minute)) {
+		if r.Failed(errors.New("lock table full")) {
+			began++
+		}
+		if r.Err() == nil {
+			t.Fatal("Err() = nil right after a failure")
+		}
+		now = now.Add(200 * time.Millisecond)
+		r.Succeeded()
+		if err := r.Err(); err != nil {
+			t.Fatalf("Err() = %v right after a success", err)
+		}
+		now = now.Add(300 * time.Millisecond)
+	}
+	if began != 120 {
+		t.Errorf("Failed reported %d outage starts, want 120", began)
+	}
+	count := func(level string) int { return strings.Count(buf.String(), "level="+level) }
+	if got := count("ERROR"); got != 1 {
+		t.Errorf("%d ERROR lines for one flapping minute, want 1:\n%s", got, buf.String())
+	}
+	if got := count("WARN"); got != 1 || !strings.Contains(buf.String(), "again, soon after it recovered") {
+		t.Errorf("%d WARN lines, want 1 relapse 30 s in:\n%s", got, buf.String())
+	}
+	if got := count("INFO"); got != 2 {
+		t.Errorf("%d INFO lines, want 2 (the ends of the logged outages):\n%s", got, buf.String())
+	}
+
+	// An interval after the last end, a failure is a new outage again.
+	now = now.Add(31 * time.Second)
+	r.Failed(errors.New("lock table full"))
+	if got := count("ERROR"); got != 2 {
+		t.Errorf("%d ERROR lines after a quiet interval and a new failure, want 2:\n%s", got, buf.String())
 	}
 }
