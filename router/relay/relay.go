@@ -548,7 +548,12 @@ func (r *Relay) settle(ctx context.Context, rows []Row, errs []error, spans []tr
 func (r *Relay) alone(ctx context.Context, rows []Row, errs []error) []error {
 	var stopped map[string]error // topics whose rows are not sent alone any more
 	for i, err := range errs {
-		if !batchTooLarge(err) || ctx.Err() != nil {
+		if !batchTooLarge(err) {
+			continue
+		}
+		if ctx.Err() != nil {
+			// Not parked for a stop: the row stays pending as it is.
+			errs[i] = context.Cause(ctx)
 			continue
 		}
 		row := rows[i]

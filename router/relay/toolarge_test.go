@@ -4,8 +4,11 @@ import (
 	"context"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/twmb/franz-go/pkg/kerr"
 
 	"github.com/eventfn/eventfn/internal/testenv"
 	"github.com/eventfn/eventfn/router/relay"
@@ -110,5 +113,62 @@ func TestATopicThatTakesKafkaMaxMessageBytesTakesEveryBatch(t *testing.T) {
 	inKeyOrder(t, topic, got)
 	if out := r.logs.String(); strings.Contains(out, "level=WARN") || strings.Contains(out, "level=ERROR") {
 		t.Errorf("a batch was refused:\n%s", out)
+	}
+}
+
+// refuseBatches fails every record of a batch of more than one with
+// MESSAGE_TOO_LARGE, as a topic does with a batch over its limit, and holds
+// a record sent alone until ctx ends (a relay stopping meanwhile).
+type refuseBatches struct {
+	alone chan struct{} // closed when the first record is sent alone
+	once  sync.Once
+}
+
+func (f *refuseBatches) Send(ctx context.Context, recs []relay.Record) relay.Sent {
+	if len(recs) == 1 {
+		f.once.Do(func() { close(f.alone) })
+	}
+	return &refused{ctx: ctx, n: len(recs)}
+}
+
+type refused struct {
+	ctx context.Context
+	n   int
+}
+
+func (s *refused) Failed() bool { return s.n > 1 }
+
+func (s *refused) Wait() []error {
+	errs := make([]error, s.n)
+	for i := range errs {
+		errs[i] = kerr.MessageTooLarge
+	}
+	if s.n == 1 {
+		<-s.ctx.Done()
+		errs[0] = context.Cause(s.ctx)
+	}
+	return errs
+}
+
+// TestARelayStoppingWhileRowsGoAloneParksNone: rows of a refused batch not
+// yet sent alone when the relay stops stay pending; they were parked, as if
+// each had been refused alone.
+func TestARelayStoppingWhileRowsGoAloneParksNone(t *testing.T) {
+	e := open(t)
+	var recs []relay.Record
+	for n := range 5 { // two topics: one stops going alone at its first failure
+		recs = append(recs, keyed("t", 0, n), keyed("u", 0, n))
+	}
+	insert(t, e, recs, len(recs))
+	sink := &refuseBatches{alone: make(chan struct{})}
+	r := startHeld(t, e, wrapSink(func(relay.Sink) relay.Sink { return sink }))
+	select {
+	case <-sink.alone:
+	case <-time.After(30 * time.Second):
+		t.Fatal("no row was sent alone")
+	}
+	r.stop()
+	if s := stats(t, e); s.Parked != 0 || s.Pending != 10 {
+		t.Fatalf("%d rows parked and %d pending after a stop, want 0 and 10", s.Parked, s.Pending)
 	}
 }
