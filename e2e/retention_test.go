@@ -155,14 +155,7 @@ func TestAnInboxRetentionTheTopicsOutliveIsRefused(t *testing.T) {
 	e := newEngines(t)
 	cfg := e.config(t, func(c *configs.Config) { c.Retention.Inbox = 24 * time.Hour })
 	createTopicsWithRetention(t, cfg, 7*24*time.Hour)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	built, cleanup, err := wiring.BuildApp(ctx, wiring.BaseConfig(cfg), slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cleanup()
-	err = built.Run(ctx)
+	err := startRefused(t, cfg)
 	if err == nil || !strings.Contains(err.Error(), "retention.inbox") || !strings.Contains(err.Error(), "168h0m0s") {
 		t.Fatalf("err = %v, want a refusal naming retention.inbox and the topic's retention", err)
 	}
@@ -188,14 +181,7 @@ func TestAKafkaMaxMessageBytesAboveATopicsLimitIsRefused(t *testing.T) {
 		ConfigEntries: map[string]*string{"max.message.bytes": &limit}}, false); err != nil {
 		t.Fatalf("create %s: %v", topic, err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	built, cleanup, err := wiring.BuildApp(ctx, wiring.BaseConfig(cfg), slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cleanup()
-	err = built.Run(ctx)
+	err = startRefused(t, cfg)
 	if err == nil || !strings.Contains(err.Error(), "kafka.max_message_bytes") || !strings.Contains(err.Error(), topic+" takes 100000") {
 		t.Fatalf("err = %v, want a refusal naming kafka.max_message_bytes, the topic and its limit", err)
 	}
@@ -205,4 +191,18 @@ func TestAKafkaMaxMessageBytesAboveATopicsLimitIsRefused(t *testing.T) {
 	if code, body := a.readyz(); code != http.StatusOK {
 		t.Fatalf("/readyz = %d %s at the topic's limit, want 200", code, body)
 	}
+}
+
+// startRefused runs an app of cfg that must refuse to start, and returns why;
+// it fails t if the app starts.
+func startRefused(t *testing.T, cfg configs.Config) error {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	built, cleanup, err := wiring.BuildApp(ctx, wiring.BaseConfig(cfg), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cleanup()
+	return built.Run(ctx)
 }

@@ -9,10 +9,36 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/eventfn/eventfn/internal/testenv"
 	"github.com/eventfn/eventfn/router/relay"
 )
+
+// topicTaking creates a topic of one partition whose max.message.bytes is
+// limit, deleted when the test ends.
+func (e engines) topicTaking(t *testing.T, limit int) string {
+	t.Helper()
+	topic := testenv.UniqueName("relay-limit-")
+	testenv.DeleteTopicsAtCleanup(t, topic)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	v := strconv.Itoa(limit)
+	if _, err := e.admin(t).CreateTopic(ctx, 1, 1, map[string]*string{"max.message.bytes": &v}, topic); err != nil {
+		t.Fatal(err)
+	}
+	return topic
+}
+
+// padless cuts the padding (from the first space) off recs' values, as
+// keyed made them, for inKeyOrder.
+func padless(recs []*kgo.Record) []*kgo.Record {
+	for _, r := range recs {
+		v, _, _ := strings.Cut(string(r.Value), " ")
+		r.Value = []byte(v)
+	}
+	return recs
+}
 
 // TestATopicWithASmallerRecordLimitParksOnlyTheRowsOverIt: a topic whose
 // max.message.bytes is below kafka.max_message_bytes refuses a record batch
@@ -23,14 +49,7 @@ import (
 // log. Before, every row of the topic went to the parked rows.
 func TestATopicWithASmallerRecordLimitParksOnlyTheRowsOverIt(t *testing.T) {
 	e := open(t)
-	topic := testenv.UniqueName("relay-small-")
-	testenv.DeleteTopicsAtCleanup(t, topic)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	limit := "20000"
-	if _, err := e.admin(t).CreateTopic(ctx, 1, 1, map[string]*string{"max.message.bytes": &limit}, topic); err != nil {
-		t.Fatal(err)
-	}
+	topic := e.topicTaking(t, 20_000)
 	const keys, perKey = 3, 20
 	var recs []relay.Record
 	for n := range perKey {
@@ -56,12 +75,7 @@ func TestATopicWithASmallerRecordLimitParksOnlyTheRowsOverIt(t *testing.T) {
 	if len(parked) != 1 || parked[0].ID != 31 || !strings.Contains(parked[0].Reason, "MESSAGE_TOO_LARGE") {
 		t.Errorf("parked rows %+v, want row 31 (the one over the topic's limit), refused as too large", parked)
 	}
-	got := consume(t, e, topic, keys*perKey)
-	for _, r := range got {
-		v, _, _ := strings.Cut(string(r.Value), " ")
-		r.Value = []byte(v)
-	}
-	inKeyOrder(t, topic, got)
+	inKeyOrder(t, topic, padless(consume(t, e, topic, keys*perKey)))
 	if n := strings.Count(r.logs.String(), "level=WARN msg=\"a topic refused a record batch as too large"); n != 1 {
 		t.Errorf("%d warnings of the topic's limit, want 1:\n%s", n, r.logs.String())
 	}
@@ -74,15 +88,8 @@ func TestATopicWithASmallerRecordLimitParksOnlyTheRowsOverIt(t *testing.T) {
 // made batches 256 bytes larger than kafka.max_message_bytes.
 func TestATopicThatTakesKafkaMaxMessageBytesTakesEveryBatch(t *testing.T) {
 	e := open(t)
-	topic := testenv.UniqueName("relay-limit-")
-	testenv.DeleteTopicsAtCleanup(t, topic)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
 	const limit = 1_000_000
-	v := strconv.Itoa(limit)
-	if _, err := e.admin(t).CreateTopic(ctx, 1, 1, map[string]*string{"max.message.bytes": &v}, topic); err != nil {
-		t.Fatal(err)
-	}
+	topic := e.topicTaking(t, limit)
 	var recs []relay.Record
 	// 40 rows of about 100,010 bytes in a record batch: ten of them take
 	// more than the limit, and less than the limit and 256.
@@ -105,12 +112,7 @@ func TestATopicThatTakesKafkaMaxMessageBytesTakesEveryBatch(t *testing.T) {
 	if s := stats(t, e); s.Parked != 0 {
 		t.Errorf("%d rows parked, want none", s.Parked)
 	}
-	got := consume(t, e, topic, len(recs))
-	for _, r := range got {
-		v, _, _ := strings.Cut(string(r.Value), " ")
-		r.Value = []byte(v)
-	}
-	inKeyOrder(t, topic, got)
+	inKeyOrder(t, topic, padless(consume(t, e, topic, len(recs))))
 	if out := r.logs.String(); strings.Contains(out, "level=WARN") || strings.Contains(out, "level=ERROR") {
 		t.Errorf("a batch was refused:\n%s", out)
 	}
