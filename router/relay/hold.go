@@ -241,7 +241,7 @@ func (r *Relay) probe(ctx context.Context) error {
 // none; one whose rows failed again waits twice as long as before, up to
 // MaxBackoff.
 func (r *Relay) settleProbe(ctx context.Context, p *probe) error {
-	failed, err := r.settle(ctx, p.rows, p.errs, p.spans)
+	failed, err := r.settle(ctx, p.rows, p.errs, p.spans, true)
 	if err != nil {
 		return err
 	}

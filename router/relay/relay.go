@@ -443,7 +443,7 @@ func (r *Relay) send(ctx context.Context, after int64, inFlight *batch) (*batch,
 // failure of the database is returned; a row that failed to produce is not
 // a failure of the batch, as its topic is held and tried again on its own.
 func (r *Relay) complete(ctx context.Context, b *batch) (held bool, err error) {
-	failed, err := r.settle(ctx, b.rows, b.acks(), b.spans)
+	failed, err := r.settle(ctx, b.rows, b.acks(), b.spans, false)
 	if err != nil {
 		return false, err
 	}
@@ -482,7 +482,7 @@ type topicFailure struct {
 // produce error. It returns the rows that failed for now, by topic, in the
 // order of their first row. The error is the database's, or ctx's when it
 // ended the wait: the rows stay as they are, and are sent again.
-func (r *Relay) settle(ctx context.Context, rows []Row, errs []error, spans []trace.Span) ([]topicFailure, error) {
+func (r *Relay) settle(ctx context.Context, rows []Row, errs []error, spans []trace.Span, probed bool) ([]topicFailure, error) {
 	for i, span := range spans {
 		if errs[i] != nil {
 			span.RecordError(errs[i])
@@ -490,7 +490,7 @@ func (r *Relay) settle(ctx context.Context, rows []Row, errs []error, spans []tr
 		}
 		span.End()
 	}
-	errs = r.alone(ctx, rows, errs)
+	errs = r.alone(ctx, rows, errs, probed)
 	forwarded := make([]int64, 0, len(rows))
 	var failed []topicFailure
 	var dbErr error
@@ -544,8 +544,14 @@ func (r *Relay) settle(ctx context.Context, rows []Row, errs []error, spans []tr
 //
 // Once a row of a topic fails alone for another reason (the broker went
 // away), the topic's rows after it keep their batch's error unsent: sent
-// alone, they could land before it.
-func (r *Relay) alone(ctx context.Context, rows []Row, errs []error) []error {
+// alone, they could land before it. So do the rows of a topic held now,
+// unless they are the probe's (probed): held by the batch before this one,
+// whose rows went alone first, they would land before its held rows (found
+// by a fresh-eyed attack: a key's rows 10–19 before its rows 0–9).
+//
+// A relay that lost its lease sends nothing alone: the rows stay pending
+// for the one that leads now.
+func (r *Relay) alone(ctx context.Context, rows []Row, errs []error, probed bool) []error {
 	var stopped map[string]error // topics whose rows are not sent alone any more
 	for i, err := range errs {
 		if !batchTooLarge(err) {
@@ -559,6 +565,14 @@ func (r *Relay) alone(ctx context.Context, rows []Row, errs []error) []error {
 		row := rows[i]
 		if serr, ok := stopped[row.Topic]; ok {
 			errs[i] = serr
+			continue
+		}
+		if _, held := r.holds.topics[row.Topic]; held && !probed {
+			errs[i] = fmt.Errorf("%w (after %v)", errHeldBehind, err)
+			continue
+		}
+		if !r.lease.Held(ctx) {
+			errs[i] = fmt.Errorf("%w (after %v)", errLeaseLost, err)
 			continue
 		}
 		if _, warned := r.refusedBatches[row.Topic]; !warned {
@@ -576,6 +590,9 @@ func (r *Relay) alone(ctx context.Context, rows []Row, errs []error) []error {
 	}
 	return errs
 }
+
+// errHeldBehind fails a row that waits behind the held rows of its topic.
+var errHeldBehind = errors.New("its topic is held: the row waits behind the topic's held rows")
 
 // batchTooLarge says that the broker refused err's record batch as too large:
 // the batch, not necessarily its every record.
