@@ -4,11 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
@@ -35,8 +38,17 @@ type ProducerConfig struct {
 // order given.
 type Producer struct {
 	client  *kgo.Client
+	opts    []kgo.Opt // client's, for the clients of limited topics
 	max     int
 	timeout time.Duration // DeliveryTimeout
+	// limited are the topics found to take smaller record batches than
+	// max (max.message.bytes lowered while eventfn runs), each produced by
+	// a client of its own whose batches fit: a topic refuses a batch over
+	// its limit as a whole, and franz-go fails every record buffered behind
+	// it. Replaced whole under limitsMu; read without a lock by Send.
+	limited  atomic.Pointer[map[string]*kgo.Client]
+	limitsMu sync.Mutex
+	retired  []*kgo.Client // clients of limits replaced since, closed with p
 }
 
 // stallGrace is how long past its delivery timeout a batch may still be
@@ -55,7 +67,7 @@ func NewProducer(cfg ProducerConfig) (*Producer, error) {
 	if cfg.DeliveryTimeout <= 0 {
 		cfg.DeliveryTimeout = 10 * time.Second
 	}
-	client, err := kgo.NewClient(append([]kgo.Opt{
+	opts := append([]kgo.Opt{
 		kgo.SeedBrokers(cfg.Brokers...),
 		kgo.ClientID(cfg.ClientID),
 		kgo.RequiredAcks(kgo.AllISRAcks()),
@@ -70,11 +82,93 @@ func NewProducer(cfg ProducerConfig) (*Producer, error) {
 		kgo.ProducerBatchCompression(kgo.NoCompression()),
 		// The default partitioner hashes keys with murmur2 exactly as the Java
 		// client does, so other producers' events of one key share a partition.
-	}, cfg.Opts...)...)
+	}, cfg.Opts...)
+	client, err := kgo.NewClient(opts...)
 	if err != nil {
 		return nil, fmt.Errorf("kafka producer for %v: %w", cfg.Brokers, err)
 	}
-	return &Producer{client: client, max: cfg.MaxRecordBytes, timeout: cfg.DeliveryTimeout}, nil
+	return &Producer{client: client, opts: opts, max: cfg.MaxRecordBytes, timeout: cfg.DeliveryTimeout}, nil
+}
+
+// clientFor is the client that produces to topic.
+func (p *Producer) clientFor(topic string) *kgo.Client {
+	if m := p.limited.Load(); m != nil {
+		if cl, ok := (*m)[topic]; ok {
+			return cl
+		}
+	}
+	return p.client
+}
+
+// clients are every client of p.
+func (p *Producer) clients() []*kgo.Client {
+	out := []*kgo.Client{p.client}
+	if m := p.limited.Load(); m != nil {
+		for _, cl := range *m {
+			out = append(out, cl)
+		}
+	}
+	return out
+}
+
+// limitTopics reads max.message.bytes of every topic of recs whose record
+// batch the broker refused as too large, and gives a topic that takes less
+// than max a client whose batches fit (one whose limit is max again goes
+// back to the shared client). After that the topic refuses no batch but one
+// of a record over its limit, alone. A limit that cannot be read changes
+// nothing: the relay sends the refused rows one at a time.
+func (p *Producer) limitTopics(ctx context.Context, recs []Record, errs []error) {
+	var topics []string
+	for i, err := range errs {
+		if (errors.Is(err, kerr.MessageTooLarge) || errors.Is(err, kerr.RecordListTooLarge)) && !slices.Contains(topics, recs[i].Topic) {
+			topics = append(topics, recs[i].Topic)
+		}
+	}
+	if len(topics) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.timeout)
+	defer cancel()
+	described, err := kadm.NewClient(p.client).DescribeTopicConfigs(ctx, topics...)
+	if err != nil {
+		return
+	}
+	p.limitsMu.Lock()
+	defer p.limitsMu.Unlock()
+	next := map[string]*kgo.Client{}
+	if m := p.limited.Load(); m != nil {
+		maps.Copy(next, *m)
+	}
+	for _, d := range described {
+		if d.Err != nil {
+			continue
+		}
+		limit := p.max
+		for _, c := range d.Configs {
+			if c.Key == "max.message.bytes" && c.Value != nil {
+				if n, err := strconv.Atoi(*c.Value); err == nil {
+					limit = n
+				}
+			}
+		}
+		old, had := next[d.Name]
+		if had && old.OptValue(kgo.ProducerBatchMaxBytes) == int32(limit) {
+			continue
+		}
+		if had {
+			p.retired = append(p.retired, old)
+			delete(next, d.Name)
+		}
+		if limit >= p.max {
+			continue
+		}
+		cl, err := kgo.NewClient(append(slices.Clone(p.opts), kgo.ProducerBatchMaxBytes(int32(limit)))...)
+		if err != nil {
+			continue
+		}
+		next[d.Name] = cl
+	}
+	p.limited.Store(&next)
 }
 
 // Client is the underlying franz-go client, for pings and admin requests.
@@ -123,7 +217,7 @@ func (p *Producer) Send(ctx context.Context, recs []Record) Sent {
 			kr.Headers = append(kr.Headers, kgo.RecordHeader{Key: k, Value: []byte(v)})
 		}
 		s.wg.Add(1)
-		p.client.Produce(ctx, kr, func(_ *kgo.Record, err error) {
+		p.clientFor(r.Topic).Produce(ctx, kr, func(_ *kgo.Record, err error) {
 			if err != nil {
 				s.failed.Store(true)
 			}
@@ -154,6 +248,7 @@ func (s *sending) Wait() []error {
 	select {
 	case <-done:
 		s.p.followRecreated(s.recs, s.errs)
+		s.p.limitTopics(s.ctx, s.recs, s.errs)
 		return s.errs
 	case <-s.ctx.Done():
 		giveUp = context.Cause(s.ctx)
@@ -165,7 +260,9 @@ func (s *sending) Wait() []error {
 		// record it had sent, so no sequence number is reused; a record
 		// that did land comes again with the retry, and the inbox absorbs
 		// it.
-		s.p.client.UnsafeAbortBufferedRecords()
+		for _, cl := range s.p.clients() {
+			cl.UnsafeAbortBufferedRecords()
+		}
 		select {
 		case <-done:
 		case <-time.After(stallGrace):
@@ -197,11 +294,19 @@ func (p *Producer) followRecreated(recs []Record, errs []error) {
 			topics = append(topics, recs[i].Topic)
 		}
 	}
-	p.client.PurgeTopicsFromProducing(topics...)
+	for _, t := range topics {
+		p.clientFor(t).PurgeTopicsFromProducing(t)
+	}
 }
 
 // Close flushes nothing (every Produce waited for its acks) and disconnects.
-func (p *Producer) Close() { p.client.Close() }
+func (p *Producer) Close() {
+	p.limitsMu.Lock()
+	defer p.limitsMu.Unlock()
+	for _, cl := range append(p.clients(), p.retired...) {
+		cl.Close()
+	}
+}
 
 // ErrTooLarge is a record larger than the producer may send.
 var ErrTooLarge = errors.New("record too large for Kafka")

@@ -577,7 +577,7 @@ func (r *Relay) alone(ctx context.Context, rows []Row, errs []error, probed bool
 		}
 		if _, warned := r.refusedBatches[row.Topic]; !warned {
 			r.refusedBatches[row.Topic] = struct{}{}
-			r.logger.WarnContext(ctx, "a topic refused a record batch as too large: its max.message.bytes is below kafka.max_message_bytes; its rows are produced again one at a time, slowly; lower kafka.max_message_bytes to the topic's limit or raise the topic's",
+			r.logger.WarnContext(ctx, "a topic refused a record batch as too large: its max.message.bytes is below kafka.max_message_bytes (or its compression.type makes batches larger); the refused rows go again one at a time, and its batches are cut to its limit from now on; set kafka.max_message_bytes to at most the topic's limit, or raise the topic's",
 				"topic", row.Topic, "err", err)
 		}
 		errs[i] = r.sink.Send(ctx, []Record{row.Record}).Wait()[0]

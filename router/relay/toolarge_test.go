@@ -2,6 +2,7 @@ package relay_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -254,5 +256,74 @@ func TestRowsGoingAloneDoNotPassAHeldTopic(t *testing.T) {
 	waitFor(t, "nothing pending", 30*time.Second, func() bool { return stats(t, e).Pending == 0 })
 	if s := stats(t, e); s.Parked != 0 {
 		t.Errorf("%d rows parked, want none", s.Parked)
+	}
+}
+
+// countRefusals counts the batches of more than one record some of whose
+// records failed with MESSAGE_TOO_LARGE.
+type countRefusals struct {
+	relay.Sink
+	n atomic.Int32
+}
+
+func (c *countRefusals) Send(ctx context.Context, recs []relay.Record) relay.Sent {
+	return &countedSent{Sent: c.Sink.Send(ctx, recs), c: c, batch: len(recs) > 1}
+}
+
+type countedSent struct {
+	relay.Sent
+	c     *countRefusals
+	batch bool
+}
+
+func (s *countedSent) Wait() []error {
+	errs := s.Sent.Wait()
+	if s.batch && slices.ContainsFunc(errs, func(err error) bool { return errors.Is(err, kerr.MessageTooLarge) }) {
+		s.c.n.Add(1)
+	}
+	return errs
+}
+
+// TestATopicWhoseLimitIsLoweredGetsBatchesItTakes: a topic's
+// max.message.bytes lowered to 20,000 while the relay streams rows of 3 KB in
+// batches of 20 (60 KB). Every batch after that was refused, every record
+// behind it failed, and its rows went one at a time: on real Kafka the
+// refusals also stalled the producer's connection now and then (a broker
+// that never answers a produce request whose batch franz-go emptied while
+// writing it), holding the topic for 14 s. The producer now reads the
+// topic's limit at the first refusal and cuts its batches to it: at most the
+// batch in flight and the one read ahead are refused, and no row is parked.
+func TestATopicWhoseLimitIsLoweredGetsBatchesItTakes(t *testing.T) {
+	e := open(t)
+	topic := e.topic(t, 1)
+	const n = 200
+	var recs []relay.Record
+	for i := range n {
+		r := keyed(topic, i%4, i/4)
+		r.Payload = append(r.Payload, []byte(" "+strings.Repeat("x", 3000))...)
+		recs = append(recs, r)
+	}
+	insert(t, e, recs[:40], 40)
+	sink := &countRefusals{}
+	r := startHeld(t, e, batchOf(20), wrapSink(func(s relay.Sink) relay.Sink { sink.Sink = s; return sink }))
+	waitFor(t, "the first rows forwarded", 30*time.Second, func() bool { return stats(t, e).Pending == 0 })
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	limit := "20000"
+	if _, err := e.admin(t).AlterTopicConfigs(ctx, []kadm.AlterConfig{{Op: kadm.SetConfig, Name: "max.message.bytes", Value: &limit}}, topic); err != nil {
+		t.Fatal(err)
+	}
+	insert(t, e, recs[40:], n-40)
+	r.Nudge()
+	waitFor(t, "every row forwarded", 60*time.Second, func() bool { return stats(t, e).Pending == 0 })
+	if s := stats(t, e); s.Parked != 0 {
+		t.Errorf("%d rows parked, want none", s.Parked)
+	}
+	if got := sink.n.Load(); got == 0 || got > 2 {
+		t.Errorf("%d batches refused, want 1 or 2 (the one in flight at the change, and the one read ahead)", got)
+	}
+	if got := len(consume(t, e, topic, n)); got != n {
+		t.Errorf("%d records on Kafka, want %d", got, n)
 	}
 }
