@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -328,5 +330,45 @@ func TestRetentionsWaitForATopicAnotherReplicaIsCreating(t *testing.T) {
 	}
 	if got := r.retentions[topic]; got != time.Hour {
 		t.Fatalf("retention %s, want 1h", got)
+	}
+}
+
+// TestTopicRecordLimitsReadEachTopicsLimitAndCodec: start-up's check of
+// kafka.max_message_bytes reads each topic's max.message.bytes and whether
+// the broker compresses its batches again (compression.type).
+func TestTopicRecordLimitsReadEachTopicsLimitAndCodec(t *testing.T) {
+	brokers := testBrokers(t)
+	prefix := testenv.UniqueName("limits-") + "."
+	testenv.DeleteTopicsAtCleanup(t, prefix)
+	cfg, err := configs.Load(configs.Options{Profile: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Kafka.Brokers = brokers
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	want := map[string]router.RecordLimit{
+		prefix + "plain":           {Bytes: 100_000},
+		prefix + "gzipped":         {Bytes: 1_000_000, Recompresses: true},
+		prefix + "by-the-producer": {Bytes: 2_000_000},
+	}
+	codecs := map[string]string{prefix + "plain": "uncompressed", prefix + "gzipped": "gzip", prefix + "by-the-producer": "producer"}
+	for topic, l := range want {
+		if _, err := kadm.NewClient(cl).CreateTopic(ctx, 1, 1, map[string]*string{
+			"max.message.bytes": kadm.StringPtr(fmt.Sprint(l.Bytes)), "compression.type": kadm.StringPtr(codecs[topic])}, topic); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := router.TopicRecordLimits(ctx, cfg.Kafka, slices.Collect(maps.Keys(want)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !maps.Equal(got, want) {
+		t.Fatalf("limits %v, want %v", got, want)
 	}
 }

@@ -386,36 +386,50 @@ func TopicRetentions(ctx context.Context, k configs.Kafka, topics []string) (map
 	}
 	out := make(map[string]time.Duration, len(values))
 	for t, v := range values {
-		ms, err := strconv.ParseInt(v, 10, 64)
+		ms, err := strconv.ParseInt(v["retention.ms"], 10, 64)
 		if err != nil {
-			return nil, fmt.Errorf("topic %s: retention.ms %q: %w", t, v, err)
+			return nil, fmt.Errorf("topic %s: retention.ms %q: %w", t, v["retention.ms"], err)
 		}
 		out[t] = time.Duration(ms) * time.Millisecond
 	}
 	return out, nil
 }
 
-// TopicRecordLimits reads max.message.bytes of each topic: the largest
-// record batch it takes.
-func TopicRecordLimits(ctx context.Context, k configs.Kafka, topics []string) (map[string]int, error) {
-	values, err := topicConfigs(ctx, k, topics, "max.message.bytes")
+// RecordLimit is what one topic takes in a record batch.
+type RecordLimit struct {
+	// Bytes is its max.message.bytes.
+	Bytes int
+	// Recompresses says that the broker compresses batches again with a
+	// codec of the topic's own (compression.type), and checks Bytes after.
+	Recompresses bool
+}
+
+// TopicRecordLimits reads max.message.bytes and compression.type of each
+// topic.
+func TopicRecordLimits(ctx context.Context, k configs.Kafka, topics []string) (map[string]RecordLimit, error) {
+	values, err := topicConfigs(ctx, k, topics, "max.message.bytes", "compression.type")
 	if err != nil {
 		return nil, err
 	}
-	out := make(map[string]int, len(values))
+	out := make(map[string]RecordLimit, len(values))
 	for t, v := range values {
-		n, err := strconv.Atoi(v)
-		if err != nil {
-			return nil, fmt.Errorf("topic %s: max.message.bytes %q: %w", t, v, err)
+		raw, ok := v["max.message.bytes"]
+		if !ok {
+			continue
 		}
-		out[t] = n
+		n, err := strconv.Atoi(raw)
+		if err != nil {
+			return nil, fmt.Errorf("topic %s: max.message.bytes %q: %w", t, raw, err)
+		}
+		codec := v["compression.type"]
+		out[t] = RecordLimit{Bytes: n, Recompresses: codec != "" && codec != "producer" && codec != "uncompressed"}
 	}
 	return out, nil
 }
 
-// topicConfigs reads one configuration entry of each topic; a topic whose
-// broker reports no such entry is missing from the result.
-func topicConfigs(ctx context.Context, k configs.Kafka, topics []string, name string) (map[string]string, error) {
+// topicConfigs reads configuration entries of each topic; an entry its
+// broker does not report is missing from the result.
+func topicConfigs(ctx context.Context, k configs.Kafka, topics []string, names ...string) (map[string]map[string]string, error) {
 	sc, err := SaramaConfig(k)
 	if err != nil {
 		return nil, err
@@ -425,32 +439,33 @@ func topicConfigs(ctx context.Context, k configs.Kafka, topics []string, name st
 		return nil, err
 	}
 	defer admin.Close()
-	out := make(map[string]string, len(topics))
+	out := make(map[string]map[string]string, len(topics))
 	for _, t := range topics {
-		entries, err := describeTopicConfig(ctx, admin, t, name)
+		entries, err := describeTopicConfig(ctx, admin, t, names)
 		if err != nil {
-			return nil, fmt.Errorf("read %s of topic %s: %w", name, t, err)
+			return nil, fmt.Errorf("read %s of topic %s: %w", strings.Join(names, ", "), t, err)
 		}
+		out[t] = map[string]string{}
 		for _, e := range entries {
-			if e.Name == name {
-				out[t] = e.Value
+			if slices.Contains(names, e.Name) {
+				out[t][e.Name] = e.Value
 			}
 		}
 	}
 	return out, nil
 }
 
-// describeTopicConfig reads topic's configuration entry name from the broker
+// describeTopicConfig reads topic's configuration entries names from the broker
 // admin asks. A topic that broker does not serve yet is asked for again until
 // topicsVisibleWithin or ctx ends: start-up reads topics' configuration after
 // EnsureTopics, which waits only for the topics it created itself, and a
 // topic another replica created a moment before (replicas starting
 // together) is not on every broker yet; one such replica in five exited
 // with "does not exist on this broker" on three brokers.
-func describeTopicConfig(ctx context.Context, admin sarama.ClusterAdmin, topic, name string) ([]sarama.ConfigEntry, error) {
+func describeTopicConfig(ctx context.Context, admin sarama.ClusterAdmin, topic string, names []string) ([]sarama.ConfigEntry, error) {
 	deadline := time.Now().Add(topicsVisibleWithin)
 	for {
-		entries, err := admin.DescribeConfig(sarama.ConfigResource{Type: sarama.TopicResource, Name: topic, ConfigNames: []string{name}})
+		entries, err := admin.DescribeConfig(sarama.ConfigResource{Type: sarama.TopicResource, Name: topic, ConfigNames: names})
 		if !errors.Is(err, sarama.ErrUnknownTopicOrPartition) || time.Now().After(deadline) {
 			return entries, err
 		}
@@ -462,16 +477,25 @@ func describeTopicConfig(ctx context.Context, admin sarama.ClusterAdmin, topic, 
 	}
 }
 
+// recompressionMargin is how much below max.message.bytes a batch must stay
+// on a topic that compresses batches again: gzip and snappy make an
+// incompressible batch a little larger, and Kafka checks the limit after
+// (a record of exactly the limit was refused and parked; 1 % more took it).
+const recompressionMargin = 100 // a hundredth
+
 // checkRecordLimits refuses a kafka.max_message_bytes above a topic's
-// max.message.bytes. The relay puts records up to kafka.max_message_bytes in
-// one record batch, and such a topic refuses every batch over its own limit:
-// those records then go one at a time (and a record over the topic's limit
-// is parked), so the topic's events would crawl.
-func checkRecordLimits(maxBytes int, limits map[string]int) error {
+// max.message.bytes (less a hundredth on a topic that compresses again). The
+// relay puts records up to kafka.max_message_bytes in one record batch, and
+// Emit accepts events that large: such a topic refuses them.
+func checkRecordLimits(maxBytes int, limits map[string]RecordLimit) error {
 	var low []string
 	for _, t := range slices.Sorted(maps.Keys(limits)) {
-		if limits[t] < maxBytes {
-			low = append(low, fmt.Sprintf("%s takes %d", t, limits[t]))
+		l := limits[t]
+		switch {
+		case l.Bytes < maxBytes:
+			low = append(low, fmt.Sprintf("%s takes %d", t, l.Bytes))
+		case l.Recompresses && l.Bytes < maxBytes+maxBytes/recompressionMargin:
+			low = append(low, fmt.Sprintf("%s takes %d and compresses batches again (compression.type), which needs %d", t, l.Bytes, maxBytes+maxBytes/recompressionMargin))
 		}
 	}
 	if len(low) == 0 {

@@ -36,3 +36,34 @@ func TestCheckInboxRetention(t *testing.T) {
 		})
 	}
 }
+
+func TestCheckRecordLimits(t *testing.T) {
+	const max = 1_000_000
+	cases := []struct {
+		name   string
+		limits map[string]RecordLimit
+		want   string // "" accepts
+	}{
+		{"the broker's default", map[string]RecordLimit{"a": {Bytes: 1_048_588}}, ""},
+		{"exactly the limit", map[string]RecordLimit{"a": {Bytes: max}}, ""},
+		{"one byte less", map[string]RecordLimit{"a": {Bytes: max - 1}, "b": {Bytes: 2 * max}}, "a takes 999999"},
+		{"every low topic named", map[string]RecordLimit{"a": {Bytes: 20_000}, "b": {Bytes: 100_000}}, "a takes 20000, b takes 100000"},
+		{"recompressed at the limit", map[string]RecordLimit{"a": {Bytes: max, Recompresses: true}}, "a takes 1000000 and compresses batches again (compression.type), which needs 1010000"},
+		{"recompressed with a hundredth more", map[string]RecordLimit{"a": {Bytes: max + max/100, Recompresses: true}}, ""},
+		{"no topic", nil, ""},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			err := checkRecordLimits(max, c.limits)
+			if c.want == "" {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "EVENTFN_KAFKA_MAX_MESSAGE_BYTES") {
+				t.Fatalf("err = %v, want it to name EVENTFN_KAFKA_MAX_MESSAGE_BYTES and say %q", err, c.want)
+			}
+		})
+	}
+}
