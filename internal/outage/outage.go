@@ -27,9 +27,12 @@ type Reporter struct {
 	reported int       // failures already summarised
 	next     time.Time // when the next summary may be logged
 	last     error
-	// ended is when the last outage ended; an outage that starts within
+	// ended is when the last outage ended, and endedKey its attributes: an
+	// outage of the same attributes (the same topic, say) that starts within
 	// interval of it is a relapse.
-	ended time.Time
+	ended    time.Time
+	endedKey string
+	key      string // this outage's attributes
 	// quietUntil is when the next relapse may be logged.
 	quietUntil time.Time
 	// logged says whether this outage was logged (its start or a summary),
@@ -51,10 +54,11 @@ func (r *Reporter) WithClock(now func() time.Time) *Reporter {
 
 // Failed records a failure. It reports whether this failure began an outage:
 // that one is logged at ERROR; later ones are summarised at WARN at most once
-// per interval. An outage that begins within interval of the last one's end
-// is a relapse of it: logged at WARN, at most once per interval, and its end
-// only when its start was. A dependency that flapped under load logged an
-// ERROR and an INFO per relapse.
+// per interval. An outage that begins within interval of the last one's end,
+// with the same attrs (another topic is another outage), is a relapse of
+// it: logged at WARN, at most once per interval, and its end only when its
+// start was. A dependency that flapped under load logged an ERROR and an
+// INFO per relapse.
 func (r *Reporter) Failed(err error, attrs ...any) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -63,7 +67,8 @@ func (r *Reporter) Failed(err error, attrs ...any) bool {
 	r.failures++
 	if r.since.IsZero() {
 		r.since, r.failures, r.reported, r.next = now, 1, 1, now.Add(r.interval)
-		relapse := !r.ended.IsZero() && now.Sub(r.ended) < r.interval
+		r.key = fmt.Sprint(attrs...)
+		relapse := !r.ended.IsZero() && now.Sub(r.ended) < r.interval && r.key == r.endedKey
 		r.logged = !relapse || !now.Before(r.quietUntil)
 		switch {
 		case !relapse:
@@ -97,7 +102,7 @@ func (r *Reporter) Succeeded(attrs ...any) bool {
 	if r.logged {
 		r.logger.Info(r.up, append(attrs, "after", now.Sub(r.since).Round(time.Millisecond), "failures", r.failures)...)
 	}
-	r.since, r.failures, r.reported, r.last, r.ended = time.Time{}, 0, 0, nil, now
+	r.since, r.failures, r.reported, r.last, r.ended, r.endedKey = time.Time{}, 0, 0, nil, now, r.key
 	return true
 }
 

@@ -111,3 +111,28 @@ func TestAFlappingDependencyIsOneIncident(t *testing.T) {
 		t.Errorf("%d ERROR lines after a quiet interval and a new failure, want 2:\n%s", got, buf.String())
 	}
 }
+
+// TestAnotherOutageSoonAfterIsNotARelapse: one reporter follows every
+// topic the relay cannot produce to. Topic b held a second after topic a
+// was let go is a new outage, logged with its end; as a relapse of a's it
+// was never logged at all (found by a fresh-eyed attack).
+func TestAnotherOutageSoonAfterIsNotARelapse(t *testing.T) {
+	var buf bytes.Buffer
+	now := time.Date(2026, 12, 4, 0, 0, 0, 0, time.UTC)
+	r := outage.New("relay cannot produce to a topic", "relay produces to every topic again", 30*time.Second, slog.New(slog.NewTextHandler(&buf, nil))).
+		WithClock(func() time.Time { return now })
+	r.Failed(errors.New("unknown topic"), "topic", "a")
+	now = now.Add(2 * time.Second)
+	r.Succeeded()
+	now = now.Add(time.Second)
+	r.Failed(errors.New("unknown topic"), "topic", "b")
+	now = now.Add(2 * time.Second)
+	r.Succeeded()
+	out := buf.String()
+	if n := strings.Count(out, "level=ERROR"); n != 2 || !strings.Contains(out, "topic=b") {
+		t.Errorf("%d ERROR lines, want 2, one naming topic b:\n%s", n, out)
+	}
+	if n := strings.Count(out, "level=INFO"); n != 2 {
+		t.Errorf("%d INFO lines, want 2 (each outage's end):\n%s", n, out)
+	}
+}
