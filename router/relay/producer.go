@@ -46,7 +46,7 @@ type Producer struct {
 	// a client of its own whose batches fit: a topic refuses a batch over
 	// its limit as a whole, and franz-go fails every record buffered behind
 	// it. Replaced whole under limitsMu; read without a lock by Send.
-	limited  atomic.Pointer[map[string]*kgo.Client]
+	limited  atomic.Pointer[map[string]limitedTopic]
 	limitsMu sync.Mutex
 	retired  []*kgo.Client // clients of limits replaced since, closed with p
 }
@@ -90,22 +90,35 @@ func NewProducer(cfg ProducerConfig) (*Producer, error) {
 	return &Producer{client: client, opts: opts, max: cfg.MaxRecordBytes, timeout: cfg.DeliveryTimeout}, nil
 }
 
-// clientFor is the client that produces to topic.
-func (p *Producer) clientFor(topic string) *kgo.Client {
+// limitedTopic is a topic that takes smaller record batches than
+// kafka.max_message_bytes, and the client whose batches fit it.
+type limitedTopic struct {
+	client *kgo.Client
+	limit  int
+}
+
+// franzBatchSlack is how much more franz-go counts in a record batch than
+// Kafka checks against max.message.bytes (the records array's length): a
+// client of a topic's limit plus this makes every batch the topic takes.
+const franzBatchSlack = 4
+
+// clientFor is the client that produces to topic, and the topic's limit
+// when it takes less than max (0 when not).
+func (p *Producer) clientFor(topic string) (*kgo.Client, int) {
 	if m := p.limited.Load(); m != nil {
-		if cl, ok := (*m)[topic]; ok {
-			return cl
+		if lt, ok := (*m)[topic]; ok {
+			return lt.client, lt.limit
 		}
 	}
-	return p.client
+	return p.client, 0
 }
 
 // clients are every client of p.
 func (p *Producer) clients() []*kgo.Client {
 	out := []*kgo.Client{p.client}
 	if m := p.limited.Load(); m != nil {
-		for _, cl := range *m {
-			out = append(out, cl)
+		for _, lt := range *m {
+			out = append(out, lt.client)
 		}
 	}
 	return out
@@ -135,7 +148,7 @@ func (p *Producer) limitTopics(ctx context.Context, recs []Record, errs []error)
 	}
 	p.limitsMu.Lock()
 	defer p.limitsMu.Unlock()
-	next := map[string]*kgo.Client{}
+	next := map[string]limitedTopic{}
 	if m := p.limited.Load(); m != nil {
 		maps.Copy(next, *m)
 	}
@@ -152,21 +165,21 @@ func (p *Producer) limitTopics(ctx context.Context, recs []Record, errs []error)
 			}
 		}
 		old, had := next[d.Name]
-		if had && old.OptValue(kgo.ProducerBatchMaxBytes) == int32(limit) {
+		if had && old.limit == limit {
 			continue
 		}
 		if had {
-			p.retired = append(p.retired, old)
+			p.retired = append(p.retired, old.client)
 			delete(next, d.Name)
 		}
 		if limit >= p.max {
 			continue
 		}
-		cl, err := kgo.NewClient(append(slices.Clone(p.opts), kgo.ProducerBatchMaxBytes(int32(limit)))...)
+		cl, err := kgo.NewClient(append(slices.Clone(p.opts), kgo.ProducerBatchMaxBytes(int32(limit+franzBatchSlack)))...)
 		if err != nil {
 			continue
 		}
-		next[d.Name] = cl
+		next[d.Name] = limitedTopic{client: cl, limit: limit}
 	}
 	p.limited.Store(&next)
 }
@@ -207,17 +220,34 @@ type sending struct {
 // The wait also ends with ctx, failing what is unanswered with ctx's error.
 func (p *Producer) Send(ctx context.Context, recs []Record) Sent {
 	s := &sending{p: p, ctx: ctx, recs: recs, errs: make([]error, len(recs)), answered: make([]bool, len(recs))}
+	var behind map[string]bool // topics whose later records wait (see ErrBehindTooLarge)
 	for i, r := range recs {
-		if size := r.Size(); size > p.max {
+		size := r.Size()
+		if size > p.max {
 			s.errs[i], s.answered[i] = fmt.Errorf("%w: %d bytes, the limit (kafka.max_message_bytes) is %d", ErrTooLarge, size, p.max), true
 			continue
+		}
+		if behind[r.Topic] {
+			s.errs[i], s.answered[i] = ErrBehindTooLarge, true
+			continue
+		}
+		client, limit := p.clientFor(r.Topic)
+		if limit > 0 && size > limit {
+			// franz-go may refuse this record alone, and take those behind
+			// it: they wait, so that it is not tried again after them (its
+			// topic's limit may be higher by now).
+			if behind == nil {
+				behind = map[string]bool{}
+			}
+			behind[r.Topic] = true
+			s.failed.Store(true)
 		}
 		kr := &kgo.Record{Topic: r.Topic, Key: r.Key, Value: r.Payload, Headers: make([]kgo.RecordHeader, 0, len(r.Headers))}
 		for k, v := range r.Headers {
 			kr.Headers = append(kr.Headers, kgo.RecordHeader{Key: k, Value: []byte(v)})
 		}
 		s.wg.Add(1)
-		p.clientFor(r.Topic).Produce(ctx, kr, func(_ *kgo.Record, err error) {
+		client.Produce(ctx, kr, func(_ *kgo.Record, err error) {
 			if err != nil {
 				s.failed.Store(true)
 			}
@@ -295,7 +325,8 @@ func (p *Producer) followRecreated(recs []Record, errs []error) {
 		}
 	}
 	for _, t := range topics {
-		p.clientFor(t).PurgeTopicsFromProducing(t)
+		client, _ := p.clientFor(t)
+		client.PurgeTopicsFromProducing(t)
 	}
 }
 
@@ -310,6 +341,11 @@ func (p *Producer) Close() {
 
 // ErrTooLarge is a record larger than the producer may send.
 var ErrTooLarge = errors.New("record too large for Kafka")
+
+// ErrBehindTooLarge fails a record behind one of its topic that may be too
+// large for the topic's lowered limit, in one batch: it was not handed over,
+// and goes again after that one.
+var ErrBehindTooLarge = errors.New("not produced: behind a record that may be too large for its topic")
 
 // Unproducible reports whether err means the record can never be produced, as
 // opposed to a broker or network that is away for now.

@@ -594,10 +594,11 @@ func (r *Relay) alone(ctx context.Context, rows []Row, errs []error, probed bool
 // errHeldBehind fails a row that waits behind the held rows of its topic.
 var errHeldBehind = errors.New("its topic is held: the row waits behind the topic's held rows")
 
-// batchTooLarge says that the broker refused err's record batch as too large:
-// the batch, not necessarily its every record.
+// batchTooLarge says that the broker refused err's record batch as too large
+// (the batch, not necessarily its every record), or that the record waited
+// behind one that may be too large.
 func batchTooLarge(err error) bool {
-	return errors.Is(err, kerr.MessageTooLarge) || errors.Is(err, kerr.RecordListTooLarge)
+	return errors.Is(err, kerr.MessageTooLarge) || errors.Is(err, kerr.RecordListTooLarge) || errors.Is(err, ErrBehindTooLarge)
 }
 
 // markUnmarked marks the rows whose mark failed after they were produced.
