@@ -49,6 +49,7 @@ type Producer struct {
 	limited  atomic.Pointer[map[string]limitedTopic]
 	limitsMu sync.Mutex
 	retired  []*kgo.Client // clients of limits replaced since, closed with p
+	closed   bool          // Close ran: no client is made any more
 }
 
 // stallGrace is how long past its delivery timeout a batch may still be
@@ -140,7 +141,7 @@ func (p *Producer) limitTopics(ctx context.Context, recs []Record, errs []error)
 	if len(topics) == 0 {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.timeout)
+	ctx, cancel := context.WithTimeout(ctx, p.timeout)
 	defer cancel()
 	described, err := kadm.NewClient(p.client).DescribeTopicConfigs(ctx, topics...)
 	if err != nil {
@@ -148,6 +149,9 @@ func (p *Producer) limitTopics(ctx context.Context, recs []Record, errs []error)
 	}
 	p.limitsMu.Lock()
 	defer p.limitsMu.Unlock()
+	if p.closed {
+		return
+	}
 	next := map[string]limitedTopic{}
 	if m := p.limited.Load(); m != nil {
 		maps.Copy(next, *m)
@@ -334,6 +338,7 @@ func (p *Producer) followRecreated(recs []Record, errs []error) {
 func (p *Producer) Close() {
 	p.limitsMu.Lock()
 	defer p.limitsMu.Unlock()
+	p.closed = true
 	for _, cl := range append(p.clients(), p.retired...) {
 		cl.Close()
 	}
