@@ -292,28 +292,18 @@ func brokerServes(ctx context.Context, cl *kgo.Client, node int32, topics []stri
 // the topic is created half a second after the read began: the read waits
 // for it.
 func TestRetentionsWaitForATopicAnotherReplicaIsCreating(t *testing.T) {
-	brokers := testBrokers(t)
 	topic := testenv.UniqueName("retention-")
 	testenv.DeleteTopicsAtCleanup(t, topic)
-	cfg, err := configs.Load(configs.Options{Profile: "test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.Kafka.Brokers = brokers
+	k, cl := testKafka(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
 	type result struct {
 		retentions map[string]time.Duration
 		err        error
 	}
 	read := make(chan result, 1)
 	go func() {
-		r, err := router.TopicRetentions(ctx, cfg.Kafka, []string{topic})
+		r, err := router.TopicRetentions(ctx, k, []string{topic})
 		read <- result{r, err}
 	}()
 	select {
@@ -337,21 +327,11 @@ func TestRetentionsWaitForATopicAnotherReplicaIsCreating(t *testing.T) {
 // kafka.max_message_bytes reads each topic's max.message.bytes and whether
 // the broker compresses its batches again (compression.type).
 func TestTopicRecordLimitsReadEachTopicsLimitAndCodec(t *testing.T) {
-	brokers := testBrokers(t)
 	prefix := testenv.UniqueName("limits-") + "."
 	testenv.DeleteTopicsAtCleanup(t, prefix)
-	cfg, err := configs.Load(configs.Options{Profile: "test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.Kafka.Brokers = brokers
+	k, cl := testKafka(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
 	want := map[string]router.RecordLimit{
 		prefix + "plain":           {Bytes: 100_000},
 		prefix + "gzipped":         {Bytes: 1_000_000, Recompresses: true},
@@ -364,11 +344,29 @@ func TestTopicRecordLimitsReadEachTopicsLimitAndCodec(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	got, err := router.TopicRecordLimits(ctx, cfg.Kafka, slices.Collect(maps.Keys(want)))
+	got, err := router.TopicRecordLimits(ctx, k, slices.Collect(maps.Keys(want)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !maps.Equal(got, want) {
 		t.Fatalf("limits %v, want %v", got, want)
 	}
+}
+
+// testKafka is the test profile's Kafka configuration on the test brokers,
+// and a client of them closed when the test ends.
+func testKafka(t *testing.T) (configs.Kafka, *kgo.Client) {
+	t.Helper()
+	brokers := testBrokers(t)
+	cfg, err := configs.Load(configs.Options{Profile: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Kafka.Brokers = brokers
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Close)
+	return cfg.Kafka, cl
 }

@@ -241,34 +241,45 @@ type failOnce struct {
 }
 
 func (f *failOnce) Send(ctx context.Context, recs []relay.Record) relay.Sent {
-	isTopic := func(r relay.Record) bool { return r.Topic == f.topic }
-	if !slices.ContainsFunc(recs, isTopic) || f.failed.Swap(true) {
+	if !slices.ContainsFunc(recs, func(r relay.Record) bool { return r.Topic == f.topic }) || f.failed.Swap(true) {
 		return f.Sink.Send(ctx, recs)
 	}
+	return failTopic(ctx, f.Sink, recs, f.topic, kerr.NotLeaderForPartition, true)
+}
+
+// failTopic hands recs but those of topic to sink, and fails those with
+// err: at once (Failed says so before Wait) when early, else once waited
+// for, as when the failure comes after the next batch was handed over.
+func failTopic(ctx context.Context, sink relay.Sink, recs []relay.Record, topic string, err error, early bool) relay.Sent {
 	var pass []relay.Record
 	for _, r := range recs {
-		if !isTopic(r) {
+		if r.Topic != topic {
 			pass = append(pass, r)
 		}
 	}
-	return &failedNow{recs: recs, topic: f.topic, rest: f.Sink.Send(ctx, pass)}
+	f := &topicFailed{recs: recs, topic: topic, err: err, rest: sink.Send(ctx, pass)}
+	f.failed.Store(early)
+	return f
 }
 
-// failedNow is a batch whose records of topic failed as it was handed over.
-type failedNow struct {
-	recs  []relay.Record
-	topic string
-	rest  relay.Sent // the other records'
+// topicFailed is a batch whose records of topic fail with err.
+type topicFailed struct {
+	recs   []relay.Record
+	topic  string
+	err    error
+	rest   relay.Sent // the other records'
+	failed atomic.Bool
 }
 
-func (s *failedNow) Failed() bool { return true }
+func (s *topicFailed) Failed() bool { return s.failed.Load() }
 
-func (s *failedNow) Wait() []error {
+func (s *topicFailed) Wait() []error {
+	s.failed.Store(true)
 	rest := s.rest.Wait()
 	errs := make([]error, len(s.recs))
 	for i, r := range s.recs {
 		if r.Topic == s.topic {
-			errs[i] = fmt.Errorf("%s: %w", r.Topic, kerr.NotLeaderForPartition)
+			errs[i] = fmt.Errorf("%s: %w", r.Topic, s.err)
 			continue
 		}
 		errs[i], rest = rest[0], rest[1:]

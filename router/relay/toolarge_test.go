@@ -35,6 +35,12 @@ func (e engines) topicTaking(t *testing.T, limit int) string {
 	return topic
 }
 
+// padded is r with n bytes of padding after a space, which padless cuts.
+func padded(r relay.Record, n int) relay.Record {
+	r.Payload = append(r.Payload, []byte(" "+strings.Repeat("x", n))...)
+	return r
+}
+
 // padless cuts the padding (from the first space) off recs' values, as
 // keyed made them, for inKeyOrder.
 func padless(recs []*kgo.Record) []*kgo.Record {
@@ -59,9 +65,7 @@ func TestATopicWithASmallerRecordLimitParksOnlyTheRowsOverIt(t *testing.T) {
 	var recs []relay.Record
 	for n := range perKey {
 		for k := range keys {
-			r := keyed(topic, k, n)
-			r.Payload = append(r.Payload, []byte(" "+strings.Repeat("x", 3000))...)
-			recs = append(recs, r)
+			recs = append(recs, padded(keyed(topic, k, n), 3000))
 		}
 	}
 	big := relay.Record{Topic: topic, Key: []byte("big"), Payload: []byte(strings.Repeat("b", 30000))}
@@ -99,9 +103,7 @@ func TestATopicThatTakesKafkaMaxMessageBytesTakesEveryBatch(t *testing.T) {
 	// 40 rows of about 100,010 bytes in a record batch: ten of them take
 	// more than the limit, and less than the limit and 256.
 	for n := range 40 {
-		r := keyed(topic, 0, n)
-		r.Payload = append(r.Payload, []byte(" "+strings.Repeat("x", 99_960))...)
-		recs = append(recs, r)
+		recs = append(recs, padded(keyed(topic, 0, n), 99_960))
 	}
 	whole := keyed(topic, 0, 40)
 	whole.Payload = append(whole.Payload, ' ')
@@ -195,44 +197,12 @@ type refuseThenBlip struct {
 func (f *refuseThenBlip) Send(ctx context.Context, recs []relay.Record) relay.Sent {
 	isTopic := func(r relay.Record) bool { return r.Topic == f.topic }
 	if len(recs) == 1 && isTopic(recs[0]) && !f.blipped.Swap(true) {
-		return &failedNow{recs: recs, topic: f.topic, rest: f.Sink.Send(ctx, nil)}
+		return failTopic(ctx, f.Sink, recs, f.topic, kerr.NotLeaderForPartition, true)
 	}
 	if len(recs) < 2 || !slices.ContainsFunc(recs, isTopic) || f.refuse.Add(-1) < 0 {
 		return f.Sink.Send(ctx, recs)
 	}
-	var pass []relay.Record
-	for _, r := range recs {
-		if !isTopic(r) {
-			pass = append(pass, r)
-		}
-	}
-	return &refusedLater{recs: recs, topic: f.topic, rest: f.Sink.Send(ctx, pass)}
-}
-
-// refusedLater fails topic's records with MESSAGE_TOO_LARGE once waited for;
-// Failed is false until then, as when the refusal comes after the next
-// batch was handed over.
-type refusedLater struct {
-	recs   []relay.Record
-	topic  string
-	rest   relay.Sent
-	waited atomic.Bool
-}
-
-func (s *refusedLater) Failed() bool { return s.waited.Load() }
-
-func (s *refusedLater) Wait() []error {
-	s.waited.Store(true)
-	rest := s.rest.Wait()
-	errs := make([]error, len(s.recs))
-	for i, r := range s.recs {
-		if r.Topic == s.topic {
-			errs[i] = fmt.Errorf("%w (uncompressed_bytes=1)", kerr.MessageTooLarge)
-			continue
-		}
-		errs[i], rest = rest[0], rest[1:]
-	}
-	return errs
+	return failTopic(ctx, f.Sink, recs, f.topic, kerr.MessageTooLarge, false)
 }
 
 // TestRowsGoingAloneDoNotPassAHeldTopic: the batch in flight and the one read
@@ -299,9 +269,7 @@ func TestATopicWhoseLimitIsLoweredGetsBatchesItTakes(t *testing.T) {
 	const n = 200
 	var recs []relay.Record
 	for i := range n {
-		r := keyed(topic, i%4, i/4)
-		r.Payload = append(r.Payload, []byte(" "+strings.Repeat("x", 3000))...)
-		recs = append(recs, r)
+		recs = append(recs, padded(keyed(topic, i%4, i/4), 3000))
 	}
 	insert(t, e, recs[:40], 40)
 	sink := &countRefusals{}
@@ -371,9 +339,7 @@ func TestALimitRaisedAgainKeepsTheOrderOfARecordOverTheOldOne(t *testing.T) {
 			setTopicLimit(t, e, topic, 20_000, 0)
 			var recs []relay.Record
 			for n := range 40 { // the producer learns the limit
-				r := keyed(topic, 1, n)
-				r.Payload = append(r.Payload, []byte(" "+strings.Repeat("x", 3000))...)
-				recs = append(recs, r)
+				recs = append(recs, padded(keyed(topic, 1, n), 3000))
 			}
 			insert(t, e, recs, len(recs))
 			r := startHeld(t, e, batchOf(20))
@@ -382,13 +348,11 @@ func TestALimitRaisedAgainKeepsTheOrderOfARecordOverTheOldOne(t *testing.T) {
 			setTopicLimit(t, e, topic, raised, 30_100)
 			recs = recs[:0]
 			for n := range 10 {
-				r := keyed(topic, 0, n)
 				pad := 100
 				if n == 3 {
 					pad = 30_000
 				}
-				r.Payload = append(r.Payload, []byte(" "+strings.Repeat("x", pad))...)
-				recs = append(recs, r)
+				recs = append(recs, padded(keyed(topic, 0, n), pad))
 			}
 			insert(t, e, recs, len(recs))
 			r.Nudge()
@@ -416,13 +380,8 @@ func TestARecordATopicTakesAloneIsNotParked(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer raw.Close()
-	padded := func(n int) relay.Record {
-		r := keyed(topic, 9, 0)
-		r.Payload = append(r.Payload, []byte(" "+strings.Repeat("y", n))...)
-		return r
-	}
 	takes := func(n int) bool {
-		r := padded(n)
+		r := padded(keyed(topic, 9, 0), n)
 		kr := &kgo.Record{Topic: topic, Key: r.Key, Value: r.Payload}
 		for k, v := range r.Headers {
 			kr.Headers = append(kr.Headers, kgo.RecordHeader{Key: k, Value: []byte(v)})
@@ -446,15 +405,13 @@ func TestARecordATopicTakesAloneIsNotParked(t *testing.T) {
 	}
 	var recs []relay.Record
 	for n := range 20 { // a refused batch: the producer learns the limit
-		r := keyed(topic, 1, n)
-		r.Payload = append(r.Payload, []byte(" "+strings.Repeat("x", 3000))...)
-		recs = append(recs, r)
+		recs = append(recs, padded(keyed(topic, 1, n), 3000))
 	}
 	insert(t, e, recs, len(recs))
 	r := startHeld(t, e, batchOf(20))
 	waitFor(t, "the limit learned", 30*time.Second, func() bool { return stats(t, e).Pending == 0 })
 	for _, n := range []int{lo, lo - 2, lo - 4, lo - 8} {
-		insert(t, e, []relay.Record{padded(n)}, 1)
+		insert(t, e, []relay.Record{padded(keyed(topic, 9, 0), n)}, 1)
 	}
 	r.Nudge()
 	waitFor(t, "every row settled", 30*time.Second, func() bool { return stats(t, e).Pending == 0 })
