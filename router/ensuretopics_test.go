@@ -370,3 +370,26 @@ func testKafka(t *testing.T) (configs.Kafka, *kgo.Client) {
 	t.Cleanup(cl.Close)
 	return cfg.Kafka, cl
 }
+
+// TestTopicsCreatedForALargeRecordLimitTakeIt: with kafka.max_message_bytes
+// above the broker's default, start-up created topics of that default and
+// then refused them, on every start (found by a fresh-eyed attack). Topics
+// it creates now take kafka.max_message_bytes and a hundredth.
+func TestTopicsCreatedForALargeRecordLimitTakeIt(t *testing.T) {
+	topic := testenv.UniqueName("large-limit-")
+	testenv.DeleteTopicsAtCleanup(t, topic)
+	k, _ := testKafka(t)
+	k.MaxMessageBytes = 2_000_000
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := router.EnsureTopics(ctx, k, []string{topic}, nil); err != nil {
+		t.Fatal(err)
+	}
+	got, err := router.TopicRecordLimits(ctx, k, []string{topic})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got[topic].Bytes != 2_020_000 {
+		t.Fatalf("the topic takes %d bytes, want 2,020,000", got[topic].Bytes)
+	}
+}

@@ -91,6 +91,7 @@ func EnsureTopics(ctx context.Context, k configs.Kafka, topics []string, logger 
 		err := admin.CreateTopic(t, &sarama.TopicDetail{
 			NumPartitions:     int32(k.Partitions),
 			ReplicationFactor: int16(k.ReplicationFactor),
+			ConfigEntries:     createdTopicConfig(k.MaxMessageBytes),
 		}, false)
 		if err != nil && !errors.Is(err, sarama.ErrTopicAlreadyExists) {
 			return fmt.Errorf("create topic %s (%d partitions, replication %d): %w", t, k.Partitions, k.ReplicationFactor, err)
@@ -104,6 +105,23 @@ func EnsureTopics(ctx context.Context, k configs.Kafka, topics []string, logger 
 	// a partition of it without a leader (a broker down) is the consumers'
 	// and the relay's to wait out, as before, not a reason not to start.
 	return awaitTopics(ctx, k, created, topicsVisibleWithin)
+}
+
+// kafkaDefaultMaxMessageBytes is a topic's max.message.bytes on a broker of
+// Kafka's defaults.
+const kafkaDefaultMaxMessageBytes = 1048588
+
+// createdTopicConfig is the configuration of a topic start-up creates: the
+// broker's, unless kafka.max_message_bytes needs more than Kafka's default,
+// which start-up would refuse on a topic it had just made itself. The
+// hundredth more covers a broker that compresses batches again.
+func createdTopicConfig(maxBytes int) map[string]*string {
+	need := maxBytes + maxBytes/recompressionMargin
+	if need <= kafkaDefaultMaxMessageBytes {
+		return nil
+	}
+	v := strconv.Itoa(need)
+	return map[string]*string{"max.message.bytes": &v}
 }
 
 // topicsVisibleWithin bounds how long start-up waits for topics it created

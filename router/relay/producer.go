@@ -48,7 +48,7 @@ type Producer struct {
 	// it. Replaced whole under limitsMu; read without a lock by Send.
 	limited  atomic.Pointer[map[string]limitedTopic]
 	limitsMu sync.Mutex
-	retired  []*kgo.Client // clients of limits replaced since, closed with p
+	retired  []*kgo.Client // clients of limits replaced since, closed with p, aborted with the rest
 	closed   bool          // Close ran: no client is made any more
 }
 
@@ -294,9 +294,11 @@ func (s *sending) Wait() []error {
 		// record it had sent, so no sequence number is reused; a record
 		// that did land comes again with the retry, and the inbox absorbs
 		// it.
-		for _, cl := range s.p.clients() {
+		s.p.limitsMu.Lock()
+		for _, cl := range append(s.p.clients(), s.p.retired...) {
 			cl.UnsafeAbortBufferedRecords()
 		}
+		s.p.limitsMu.Unlock()
 		select {
 		case <-done:
 		case <-time.After(stallGrace):
