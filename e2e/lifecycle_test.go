@@ -21,8 +21,12 @@ import (
 func TestShutdownMidTrafficLosesNothing(t *testing.T) {
 	t.Parallel()
 	e := newEngines(t)
-	// A slow gateway keeps work in flight when the stop comes.
-	cfg := e.config(t, func(c *configs.Config) { c.Payments.Delay = 30 * time.Millisecond })
+	// A slow gateway keeps work in flight when the stop comes: slower than
+	// an order's POST, or the last order accepted can be emailed before the
+	// stop begins. At 30 ms, under CPU contention, a POST took longer than
+	// the whole chain, and CI once found all 42 orders finished; at 200 ms,
+	// 6 to 9 of 41 were unfinished in each run.
+	cfg := e.config(t, func(c *configs.Config) { c.Payments.Delay = 200 * time.Millisecond })
 	first := startApp(t, cfg)
 
 	var mu sync.Mutex
