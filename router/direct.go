@@ -97,7 +97,7 @@ func (d *Direct) Deliver(ctx context.Context, h runtime.Handler, ev DirectEvent,
 		shouldRetry: func(err error) bool {
 			// Not once the caller gave up; a handler's own error that wraps
 			// context.Canceled is retried, as in the runtime.
-			return !runtime.IsPermanent(err) && !isInfra(err) && ctx.Err() == nil
+			return usesRetry(err) && ctx.Err() == nil
 		},
 		sleep:   sleep,
 		waitOut: sleep,

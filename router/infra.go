@@ -33,6 +33,13 @@ func isInfra(err error) bool {
 	return errors.As(err, &ie)
 }
 
+// usesRetry reports whether a failed call counts against the handler's
+// retries: not a permanent error (dead-lettered at once) and not an
+// infrastructure failure (waited out without using a retry).
+func usesRetry(err error) bool {
+	return !runtime.IsPermanent(err) && !isInfra(err)
+}
+
 // pgConflictCodes are the PostgreSQL errors of a transaction that met
 // another session's: a lock not available (past the transaction's
 // lock_timeout, see lockTimeoutFor, or a NOWAIT refused), a deadlock, a

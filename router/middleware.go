@@ -80,7 +80,7 @@ func middlewares(p runtime.Policy, dlq message.Publisher, dlqTopic string, closi
 	// context.Canceled is a failure like any other, and was dead-lettered
 	// on its first attempt while this also refused to retry those.
 	retry := retrying(p, func(err error) bool {
-		return !runtime.IsPermanent(err) && !isInfra(err) && !closing.Load()
+		return usesRetry(err) && !closing.Load()
 	}, ops, newDependencyWatch(ops.unavailable, p.MaxBackoff, slogger), slogger)
 	return []message.HandlerMiddleware{
 		grownStack,
