@@ -402,11 +402,20 @@ func TopicRetentions(ctx context.Context, k configs.Kafka, topics []string) (map
 	if err != nil {
 		return nil, err
 	}
-	out := make(map[string]time.Duration, len(values))
-	for t, v := range values {
-		ms, err := strconv.ParseInt(v["retention.ms"], 10, 64)
+	return retentionsOf(values, topics)
+}
+
+// retentionsOf parses the retention.ms that topicConfigs read of topics.
+func retentionsOf(values map[string]map[string]string, topics []string) (map[string]time.Duration, error) {
+	out := make(map[string]time.Duration, len(topics))
+	for _, t := range topics {
+		raw, ok := values[t]["retention.ms"]
+		if !ok {
+			continue // checkInboxRetention says so
+		}
+		ms, err := strconv.ParseInt(raw, 10, 64)
 		if err != nil {
-			return nil, fmt.Errorf("topic %s: retention.ms %q: %w", t, v["retention.ms"], err)
+			return nil, fmt.Errorf("topic %s: retention.ms %q: %w", t, raw, err)
 		}
 		out[t] = time.Duration(ms) * time.Millisecond
 	}
@@ -425,10 +434,18 @@ type RecordLimit struct {
 // TopicRecordLimits reads max.message.bytes and compression.type of each
 // topic.
 func TopicRecordLimits(ctx context.Context, k configs.Kafka, topics []string) (map[string]RecordLimit, error) {
-	values, err := topicConfigs(ctx, k, topics, "max.message.bytes", "compression.type")
+	values, err := topicConfigs(ctx, k, topics, recordLimitConfigs...)
 	if err != nil {
 		return nil, err
 	}
+	return recordLimitsOf(values)
+}
+
+// recordLimitConfigs are the topic configuration entries of a RecordLimit.
+var recordLimitConfigs = []string{"max.message.bytes", "compression.type"}
+
+// recordLimitsOf parses the record limits that topicConfigs read.
+func recordLimitsOf(values map[string]map[string]string) (map[string]RecordLimit, error) {
 	out := make(map[string]RecordLimit, len(values))
 	for t, v := range values {
 		raw, ok := v["max.message.bytes"]

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -253,6 +254,7 @@ func New(cfg configs.Config, db *store.DB, outbox *Outbox, handlers []runtime.Ha
 	rm, err := relay.NewMetrics(reg)
 	if err != nil {
 		producer.Close()
+		r.runs.close()
 		return nil, err
 	}
 	r.relay = relay.New(relay.Config{BatchSize: cfg.Relay.BatchSize, PollInterval: cfg.Relay.PollInterval, Tracer: o.tracer,
@@ -262,6 +264,7 @@ func New(cfg configs.Config, db *store.DB, outbox *Outbox, handlers []runtime.Ha
 	r.cleaner, err = newCleaner(cfg.Retention, db, outbox.table, reg, logger.With("component", "retention"))
 	if err != nil {
 		producer.Close()
+		r.runs.close()
 		return nil, err
 	}
 	return r, nil
@@ -343,6 +346,44 @@ func Topics(cfg configs.Config, infos []HandlerInfo) []string {
 	return out
 }
 
+// checkTopicConfigs reads the topics' configuration once and refuses a
+// kafka.max_message_bytes or a retention.inbox that they make unsafe.
+func (r *Runtime) checkTopicConfigs(ctx context.Context, topics []string) error {
+	names := recordLimitConfigs
+	if r.cfg.Retention.Inbox > 0 {
+		names = append(slices.Clip(names), "retention.ms")
+	}
+	values, err := topicConfigs(ctx, r.cfg.Kafka, topics, names...)
+	if err != nil {
+		if r.cfg.Retention.Inbox > 0 {
+			return fmt.Errorf("retention.inbox needs the handlers' topics' retention: %w", err)
+		}
+		// No reason not to start (an ACL without DescribeConfigs, say): a
+		// topic that refuses a record batch as too large is warned of then.
+		r.logger.Warn("cannot check kafka.max_message_bytes against the topics' max.message.bytes", "err", err)
+		return nil
+	}
+	// Any of them may get events from the outbox: the handlers' emits, the
+	// HTTP ingress's, dead letters and runs.
+	if limits, err := recordLimitsOf(values); err != nil {
+		r.logger.Warn("cannot check kafka.max_message_bytes against the topics' max.message.bytes", "err", err)
+	} else if err := checkRecordLimits(r.cfg.Kafka.MaxMessageBytes, limits); err != nil {
+		return err
+	}
+	if r.cfg.Retention.Inbox <= 0 {
+		return nil
+	}
+	consumed := make([]string, 0, len(r.infos))
+	for _, i := range r.infos {
+		consumed = append(consumed, i.Topic)
+	}
+	retentions, err := retentionsOf(values, consumed)
+	if err != nil {
+		return fmt.Errorf("retention.inbox needs the handlers' topics' retention: %w", err)
+	}
+	return checkInboxRetention(r.cfg.Retention.Inbox, retentions, consumed)
+}
+
 // Run creates missing topics and outbox tables, starts the relay and the
 // handlers, and blocks until ctx ends; then it shuts down gracefully: handlers
 // stop taking events and finish the calls in flight, the relay forwards what
@@ -356,27 +397,8 @@ func (r *Runtime) Run(ctx context.Context, extraTopics ...string) error {
 	if err := EnsureTopics(setupCtx, r.cfg.Kafka, topics, r.logger); err != nil {
 		return err
 	}
-	// Any of them may get events from the outbox: the handlers' emits, the
-	// HTTP ingress's, dead letters and runs.
-	if limits, err := TopicRecordLimits(setupCtx, r.cfg.Kafka, topics); err != nil {
-		// No reason not to start (an ACL without DescribeConfigs, say): a
-		// topic that refuses a record batch as too large is warned of then.
-		r.logger.Warn("cannot check kafka.max_message_bytes against the topics' max.message.bytes", "err", err)
-	} else if err := checkRecordLimits(r.cfg.Kafka.MaxMessageBytes, limits); err != nil {
+	if err := r.checkTopicConfigs(setupCtx, topics); err != nil {
 		return err
-	}
-	if r.cfg.Retention.Inbox > 0 {
-		consumed := make([]string, 0, len(r.infos))
-		for _, i := range r.infos {
-			consumed = append(consumed, i.Topic)
-		}
-		retentions, err := TopicRetentions(setupCtx, r.cfg.Kafka, consumed)
-		if err != nil {
-			return fmt.Errorf("retention.inbox needs the handlers' topics' retention: %w", err)
-		}
-		if err := checkInboxRetention(r.cfg.Retention.Inbox, retentions, consumed); err != nil {
-			return err
-		}
 	}
 
 	// The routers get contexts of their own: ctx ending starts the shutdown
