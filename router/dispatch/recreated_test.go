@@ -66,9 +66,13 @@ func TestARecreatedTopicLosesNoRecordOfTheNewOne(t *testing.T) {
 				t.Cleanup(cl.Close)
 				return cl
 			}
-			send := func(cl *kgo.Client, key, value string) {
+			send := func(cl *kgo.Client, key, value string, partition ...int32) {
 				t.Helper()
-				if err := cl.ProduceSync(ctx, &kgo.Record{Key: []byte(key), Value: []byte(value)}).FirstErr(); err != nil {
+				r := &kgo.Record{Key: []byte(key), Value: []byte(value)}
+				if len(partition) > 0 {
+					r.Partition = partition[0]
+				}
+				if err := cl.ProduceSync(ctx, r).FirstErr(); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -84,13 +88,22 @@ func TestARecreatedTopicLosesNoRecordOfTheNewOne(t *testing.T) {
 				return missing
 			}
 			old := producer()
-			// The members are placed before the first records: from the end,
-			// a record sent before that is skipped, as it should be.
-			waitFor(t, "both members placed", 60*time.Second, func() bool {
-				send(old, "probe", "probe")
+			// Both partitions are placed before the first records: from the
+			// end, a record sent before that is skipped, as it should be. A
+			// probe of one key reached one partition only, and the other's
+			// records were once skipped (real Kafka, under CPU contention).
+			probes, err := kgo.NewClient(kgo.SeedBrokers(addrs...), kgo.DefaultProduceTopic(topic), kgo.RecordPartitioner(kgo.ManualPartitioner()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer probes.Close()
+			waitFor(t, "both partitions placed", 60*time.Second, func() bool {
+				for p := range int32(2) {
+					send(probes, "probe", fmt.Sprint("probe-", p), p)
+				}
 				mu.Lock()
 				defer mu.Unlock()
-				return count["probe"] > 0
+				return count["probe-0"] > 0 && count["probe-1"] > 0
 			})
 			for i := range 20 {
 				send(old, fmt.Sprint("k", i%5), fmt.Sprint("old-", i))
