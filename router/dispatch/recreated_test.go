@@ -58,8 +58,8 @@ func TestARecreatedTopicLosesNoRecordOfTheNewOne(t *testing.T) {
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
-			producer := func() *kgo.Client {
-				cl, err := kgo.NewClient(kgo.SeedBrokers(addrs...), kgo.DefaultProduceTopic(topic), kgo.UnknownTopicRetries(-1))
+			producer := func(opts ...kgo.Opt) *kgo.Client {
+				cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(addrs...), kgo.DefaultProduceTopic(topic), kgo.UnknownTopicRetries(-1)}, opts...)...)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -92,11 +92,7 @@ func TestARecreatedTopicLosesNoRecordOfTheNewOne(t *testing.T) {
 			// end, a record sent before that is skipped, as it should be. A
 			// probe of one key reached one partition only, and the other's
 			// records were once skipped (real Kafka, under CPU contention).
-			probes, err := kgo.NewClient(kgo.SeedBrokers(addrs...), kgo.DefaultProduceTopic(topic), kgo.RecordPartitioner(kgo.ManualPartitioner()))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer probes.Close()
+			probes := producer(kgo.RecordPartitioner(kgo.ManualPartitioner()))
 			waitFor(t, "both partitions placed", 60*time.Second, func() bool {
 				for p := range int32(2) {
 					send(probes, "probe", fmt.Sprint("probe-", p), p)
