@@ -51,6 +51,9 @@ install_packages() {
   [ -n "$(pg_bin)" ] || missing+=(postgresql)
   command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
   command -v mvn >/dev/null || missing+=(maven)
+  # Tests start PgBouncer in front of PostgreSQL (store: a pooler that
+  # shares sessions is refused at start); Debian puts it in /usr/sbin.
+  command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
   [ ${#missing[@]} -eq 0 ] && return 0
   [ "$(id -u)" = 0 ] || die "missing ${missing[*]}; install them (apt-get install ${missing[*]}) or run as root"
   say "installing ${missing[*]}"

@@ -91,6 +91,10 @@ func Open(ctx context.Context, cfg Config) (*DB, error) {
 		_ = db.Close()
 		return nil, fmt.Errorf("reach %s database %s: %w", db.Driver, db.Where, err)
 	}
+	if err := checkSessions(ctx, db); err != nil {
+		_ = db.Close()
+		return nil, err
+	}
 	if err := checkSchema(ctx, db); err != nil {
 		_ = db.Close()
 		return nil, err

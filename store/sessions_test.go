@@ -1,0 +1,85 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"net/url"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/eventfn/eventfn/internal/testenv"
+)
+
+// TestAPoolerThatSharesSessionsIsRefusedAtStart: behind PgBouncer in
+// transaction mode two replicas both led the relay (its lease is a session
+// advisory lock, which landed on pooled sessions), sent rows twice and left
+// the lock with a pooled session after both exited; and with pgx's prepared
+// statements handler transactions failed "prepared statement does not
+// exist" and good events were dead-lettered. Open now refuses such a URL
+// and says why and what to do, whatever the pool's size; a pool in session
+// mode, which gives each connection a session of its own, is taken.
+func TestAPoolerThatSharesSessionsIsRefusedAtStart(t *testing.T) {
+	base := testenv.RequirePostgres(t)
+	tests := []struct {
+		mode     string
+		poolSize int
+		refused  bool
+	}{
+		{"transaction", 1, true},
+		{"transaction", 4, true},
+		{"statement", 4, true},
+		{"session", 4, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.mode+"/"+strconv.Itoa(tt.poolSize), func(t *testing.T) {
+			schemaURL := testenv.PostgresSchema(t, base)
+			su, err := url.Parse(schemaURL)
+			if err != nil {
+				t.Fatal(err)
+			}
+			schema := su.Query().Get("search_path")
+			through := testenv.PgBouncer(t, base, tt.mode, tt.poolSize, schema)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			db, err := Open(ctx, Config{Driver: Postgres, URL: through, MaxOpenConns: 8})
+			if !tt.refused {
+				if err != nil {
+					t.Fatalf("Open through a pool in %s mode: %v", tt.mode, err)
+				}
+				defer db.Close()
+				var n int
+				if err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = $1 AND table_name = 'eventfn_outbox'`, schema).Scan(&n); err != nil {
+					t.Fatalf("find the outbox: %v", err)
+				}
+				if n != 1 {
+					t.Fatalf("schema %s has %d outbox tables after Open, want 1", schema, n)
+				}
+				return
+			}
+			if err == nil {
+				_ = db.Close()
+				t.Fatalf("Open through a pool in %s mode succeeded; want it refused", tt.mode)
+			}
+			for _, want := range []string{"own server session", "pool_mode=transaction", "session mode", "database.url"} {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error %q does not say %q", err, want)
+				}
+			}
+			// Refused before the migration: nothing half-made in the schema.
+			direct, err := sql.Open("pgx", base)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer direct.Close()
+			var n int
+			if err := direct.QueryRowContext(ctx, `SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = $1`, schema).Scan(&n); err != nil {
+				t.Fatalf("count the tables of %s: %v", schema, err)
+			}
+			if n != 0 {
+				t.Fatalf("schema %s has %d tables after a refused Open, want none", schema, n)
+			}
+		})
+	}
+}
