@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"database/sql"
-	"database/sql/driver"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -36,26 +35,28 @@ const sessionProbeSetting = "eventfn.session_probe"
 // one after the other, and read it back: with a session each, both read
 // their own; a pooler that shares or swaps sessions makes one read the
 // other's value, or none.
-func checkSessions(ctx context.Context, db *DB) error {
+func checkSessions(ctx context.Context, db *DB, url string) error {
 	if db.Driver != Postgres {
 		return nil
 	}
 	refuse := func(detail string) error {
 		return fmt.Errorf("PostgreSQL database %s: %s, so a connection does not keep its own server session, as behind a pooler in transaction or statement mode (PgBouncer's pool_mode=transaction, say). eventfn keeps state in sessions (the relay's lease is a session advisory lock, its wake-up a LISTEN, statements are prepared per session): point database.url at PostgreSQL itself or at a pool in session mode", db.Where, detail)
 	}
+	// A pool of its own: two connections of db's would wait for each
+	// other forever under max_open_conns 1, and its idle connections would
+	// keep the probe's setting.
+	pool, err := sql.Open("pgx", url)
+	if err != nil {
+		return fmt.Errorf("check the sessions of PostgreSQL database %s: %w", db.Where, err)
+	}
+	defer pool.Close()
 	var conns [2]*sql.Conn
 	for i := range conns {
-		c, err := db.Conn(ctx)
+		c, err := pool.Conn(ctx)
 		if err != nil {
 			return fmt.Errorf("check the sessions of PostgreSQL database %s: connect: %w", db.Where, err)
 		}
-		// Dropped, not pooled: the probe's setting is no business of the
-		// work that would take this connection next.
-		defer func() {
-			// database/sql discards a connection whose Raw says it is bad.
-			_ = c.Raw(func(any) error { return driver.ErrBadConn })
-			_ = c.Close()
-		}()
+		defer c.Close()
 		conns[i] = c
 	}
 	probeErr := func(err error) error {

@@ -91,7 +91,7 @@ func Open(ctx context.Context, cfg Config) (*DB, error) {
 		_ = db.Close()
 		return nil, fmt.Errorf("reach %s database %s: %w", db.Driver, db.Where, err)
 	}
-	if err := checkSessions(ctx, db); err != nil {
+	if err := checkSessions(ctx, db, cfg.URL); err != nil {
 		_ = db.Close()
 		return nil, err
 	}
