@@ -79,9 +79,19 @@ func (l *advisoryLock) SessionLock(ctx context.Context, conn *sql.Conn) error {
 	}
 	return waitReporting(ctx, l.log, l.where, func(ctx context.Context) error {
 		// Blocks in the server until the holder gives the lock back or its
-		// session ends; ctx's end cancels the statement.
+		// session ends; ctx's end cancels the statement. A
+		// statement_timeout or lock_timeout of the role or database
+		// cancelled it too, and the replica failed to start whenever
+		// another migrated for longer: the wait runs with both off, and
+		// they are back at the role's values for the migration itself.
+		if _, err := conn.ExecContext(ctx, `SELECT set_config('statement_timeout', '0', false), set_config('lock_timeout', '0', false)`); err != nil {
+			return fmt.Errorf("wait for the migration lock: %w", err)
+		}
 		if _, err := conn.ExecContext(ctx, `SELECT pg_advisory_lock(`+advisoryKey+`)`, migrationLockClass); err != nil {
 			return fmt.Errorf("wait for the migration lock: %w", err)
+		}
+		if _, err := conn.ExecContext(ctx, `RESET statement_timeout; RESET lock_timeout`); err != nil {
+			return fmt.Errorf("took the migration lock, then failed to restore the session's timeouts: %w", err)
 		}
 		return nil
 	})

@@ -2,7 +2,9 @@ package store
 
 import (
 	"context"
+	"database/sql"
 	"log/slog"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -166,4 +168,95 @@ func TestOneSQLiteFileUnderTwoNamesMigratesOnce(t *testing.T) {
 		}
 		assertMigratedOnce(t, Config{Driver: SQLite, SQLitePath: file})
 	}
+}
+
+// TestAWaitForAnothersMigrationOutlastsTheRolesTimeouts: with
+// statement_timeout and lock_timeout set for the database, a replica that
+// waited for another's migration longer than them failed to start
+// ("canceling statement due to statement timeout"). It now waits as long
+// as the migration takes, and its sessions keep the database's timeouts.
+func TestAWaitForAnothersMigrationOutlastsTheRolesTimeouts(t *testing.T) {
+	base := testenv.RequirePostgres(t)
+	d := testenv.NewPostgresDatabase(t, base)
+	admin, err := sql.Open("pgx", base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	name := strings.TrimPrefix(mustParseURL(t, d.URL).Path, "/")
+	for _, stmt := range []string{
+		`ALTER DATABASE ` + name + ` SET statement_timeout = '200ms'`,
+		`ALTER DATABASE ` + name + ` SET lock_timeout = '100ms'`,
+	} {
+		if _, err := admin.ExecContext(ctx, stmt); err != nil {
+			t.Fatalf("%s: %v", stmt, err)
+		}
+	}
+	cfg := Config{Driver: Postgres, URL: d.URL, MaxOpenConns: 1}
+	holder, err := connect(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close()
+	conn, err := holder.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	held := migrationLocker(holder, "", slog.New(slog.DiscardHandler))
+	if err := held.SessionLock(ctx, conn); err != nil {
+		t.Fatal(err)
+	}
+	opened := make(chan error, 1)
+	var db *DB
+	go func() {
+		var err error
+		db, err = Open(ctx, cfg)
+		opened <- err
+	}()
+	// The wait outlasts both timeouts many times over.
+	for {
+		var waiting bool
+		if err := admin.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+			WHERE datname = $1 AND wait_event_type = 'Lock' AND wait_event = 'advisory'
+			AND now() - query_start > interval '2 seconds')`, name).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		if waiting {
+			break
+		}
+		select {
+		case err := <-opened:
+			t.Fatalf("Open returned while another process held the migration lock: %v", err)
+		case <-ctx.Done():
+			t.Fatal("Open never waited 2 s for the migration lock")
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	if err := held.SessionUnlock(ctx, conn); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-opened; err != nil {
+		t.Fatalf("Open after the lock was given back: %v", err)
+	}
+	defer db.Close()
+	// MaxOpenConns 1: this is the session that waited.
+	var timeout string
+	if err := db.QueryRowContext(ctx, `SHOW statement_timeout`).Scan(&timeout); err != nil {
+		t.Fatal(err)
+	}
+	if timeout != "200ms" {
+		t.Fatalf("statement_timeout after the wait is %s; want the database's 200ms", timeout)
+	}
+}
+
+func mustParseURL(t *testing.T, raw string) *url.URL {
+	t.Helper()
+	u, err := url.Parse(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
 }
