@@ -4,10 +4,14 @@ import (
 	"context"
 	"database/sql"
 	"database/sql/driver"
+	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/eventfn/eventfn/store"
 )
@@ -42,19 +46,41 @@ const pgLeaseKey = LeaseKey
 // tools that show who holds it; the second is hashtext(current_schema()).
 const LeaseKey = 7262652
 
-// heldCheckInterval is how often a leader checks that its lock session lives.
-// A session that died mid-check means another replica may already forward:
-// the worst case is a batch sent twice, which the inbox absorbs.
+// heldCheckInterval is how often a leader checks that its lock session lives,
+// busy or idle. A session that died mid-check means another replica may
+// already forward: the worst case is a batch sent twice, which the inbox
+// absorbs.
 const heldCheckInterval = time.Second
+
+// leaseIdleTimeout is the lock session's idle_session_timeout: PostgreSQL
+// ends it, and with it the lock, once the leader has been silent this long.
+// A leader that is frozen (stopped, swapped out) or cut off behind a
+// half-open connection keeps its session, and its lock, for as long as the
+// server's TCP keepalive takes to notice, two hours by default; the standby
+// waited all that while, healthy by /readyz, with nothing forwarded. A live
+// leader checks its session every heldCheckInterval, so only one silent
+// for ten such checks loses it. (PostgreSQL 14 and later; older servers do
+// not have the setting, and keep the old behaviour.)
+const leaseIdleTimeout = 10 * time.Second
+
+// leasePingTimeout bounds a check of the lock session: over a half-open
+// connection a ping waits for an answer that never comes, and the leader
+// would go on believing it leads while the server has ended its session.
+const leasePingTimeout = 5 * time.Second
 
 // pgLease holds a session-level advisory lock on a connection of its own. A
 // standby replica waits inside pg_advisory_lock, so it takes over as soon as
-// the leader's session ends (process exit, crash, or network loss).
+// the leader's session ends (process exit, crash, network loss, or silence
+// past leaseIdleTimeout).
 type pgLease struct {
 	db      *sql.DB
 	mu      sync.Mutex
 	conn    *sql.Conn
 	checked time.Time
+	// stopKeepAlive ends the keep-alive of the lock held now.
+	stopKeepAlive chan struct{}
+	// idleTimeout is leaseIdleTimeout; tests shorten it.
+	idleTimeout time.Duration
 	// leading mirrors conn != nil for Leading, which commits call and
 	// which must not wait for a check of the session in progress.
 	leading atomic.Bool
@@ -90,24 +116,83 @@ func (l *pgLease) Acquire(ctx context.Context, standby func()) error {
 		if standby != nil {
 			standby()
 		}
+		// The wait lasts as long as the leader leads: a statement_timeout
+		// or lock_timeout set for the role or the database cancelled it
+		// every few seconds, which logged an error and flapped the
+		// standby's readiness. This session is the lease's alone, and is
+		// dropped, never pooled, when the lease ends.
+		if _, err := conn.ExecContext(ctx, `SELECT set_config('statement_timeout', '0', false), set_config('lock_timeout', '0', false)`); err != nil {
+			return fail(err)
+		}
 		if _, err := conn.ExecContext(ctx, `SELECT pg_advisory_lock($1, hashtext(current_schema()))`, pgLeaseKey); err != nil {
 			return fail(err)
 		}
 	}
+	if _, err := conn.ExecContext(ctx, `SELECT set_config('idle_session_timeout', $1, false)`, strconv.FormatInt(l.idleTimeoutOrDefault().Milliseconds(), 10)); err != nil && !unknownSetting(err) {
+		return fail(err)
+	}
 	l.conn, l.checked = conn, time.Now()
 	l.leading.Store(true)
+	l.stopKeepAlive = make(chan struct{})
+	go l.keepAlive(l.stopKeepAlive)
 	return nil
+}
+
+func (l *pgLease) idleTimeoutOrDefault() time.Duration {
+	if l.idleTimeout > 0 {
+		return l.idleTimeout
+	}
+	return leaseIdleTimeout
+}
+
+// unknownSetting says err is PostgreSQL's answer to a setting it does not
+// have (before version 14, idle_session_timeout).
+func unknownSetting(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "42704"
+}
+
+// keepAlive checks the lock session every heldCheckInterval until stop is
+// closed, so that an idle leader is not taken for a silent one, and finds
+// out that it lost its session while no rows come.
+func (l *pgLease) keepAlive(stop <-chan struct{}) {
+	t := time.NewTicker(heldCheckInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		l.mu.Lock()
+		select {
+		case <-stop:
+			// Released, or lost and perhaps taken again since: that lease
+			// has a keep-alive of its own.
+		default:
+			l.checkLocked(context.Background())
+		}
+		l.mu.Unlock()
+	}
 }
 
 func (l *pgLease) Held(ctx context.Context) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	return l.checkLocked(ctx)
+}
+
+// checkLocked pings the lock session if it was not checked for
+// heldCheckInterval, drops it when that fails, and says whether it is held.
+func (l *pgLease) checkLocked(ctx context.Context) bool {
 	if l.conn == nil {
 		return false
 	}
 	if time.Since(l.checked) < heldCheckInterval {
 		return true
 	}
+	ctx, cancel := context.WithTimeout(ctx, leasePingTimeout)
+	defer cancel()
 	if err := l.conn.PingContext(ctx); err != nil {
 		l.dropLocked()
 		return false
@@ -127,10 +212,16 @@ func (l *pgLease) Fenced(ctx context.Context, stmt func(context.Context, Execer)
 	}
 	err := stmt(ctx, l.conn)
 	if err != nil && ctx.Err() == nil {
-		if perr := l.conn.PingContext(ctx); perr != nil {
+		pctx, cancel := context.WithTimeout(ctx, leasePingTimeout)
+		defer cancel()
+		if perr := l.conn.PingContext(pctx); perr != nil {
 			l.dropLocked()
 			return fmt.Errorf("%w: %w", errLeaseLost, err)
 		}
+	}
+	if err == nil {
+		// A statement is as good a sign of life as a ping.
+		l.checked = time.Now()
 	}
 	return err
 }
@@ -144,18 +235,20 @@ func (l *pgLease) Release() {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	_, _ = l.conn.ExecContext(ctx, `SELECT pg_advisory_unlock($1, hashtext(current_schema()))`, pgLeaseKey)
-	_ = l.conn.Close()
-	l.conn = nil
-	l.leading.Store(false)
+	// Dropped even so: the session carries the lease's settings (no
+	// timeouts, an idle timeout of its own) that pooled work must not get.
+	l.dropLocked()
 }
 
 // dropLocked discards the lock connection rather than returning it to the
-// pool, where it would carry a lock nobody knows of.
+// pool, where it would carry a lock nobody knows of, and ends its
+// keep-alive.
 func (l *pgLease) dropLocked() {
 	_ = l.conn.Raw(func(any) error { return dropConn })
 	_ = l.conn.Close()
 	l.conn = nil
 	l.leading.Store(false)
+	close(l.stopKeepAlive)
 }
 
 // dropConn, returned from sql.Conn.Raw, makes database/sql discard the

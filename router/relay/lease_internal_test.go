@@ -1,0 +1,339 @@
+package relay
+
+import (
+	"bufio"
+	"context"
+	"database/sql"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/eventfn/eventfn/internal/testenv"
+)
+
+// Variables that make this test binary a lease holder of its own (see
+// TestLeaseHolderProcess).
+const (
+	leaseHolderURLVar  = "EVENTFN_LEASE_HOLDER_URL"
+	leaseHolderIdleVar = "EVENTFN_LEASE_HOLDER_IDLE_MS"
+)
+
+// testIdleTimeout shortens leaseIdleTimeout in these tests; several
+// heldCheckIntervals still fit in it, so a leader slowed by a loaded machine
+// keeps its lease.
+const testIdleTimeout = 4 * time.Second
+
+func openPostgres(t *testing.T, u string) *sql.DB {
+	t.Helper()
+	db, err := sql.Open("pgx", u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = db.Close() })
+	return db
+}
+
+// acquireAsync starts l.Acquire and returns where its result arrives.
+func acquireAsync(ctx context.Context, l *pgLease, standby func()) <-chan error {
+	done := make(chan error, 1)
+	go func() { done <- l.Acquire(ctx, standby) }()
+	return done
+}
+
+// TestMain makes this test binary a lease holder of its own when
+// leaseHolderURLVar is set (TestAFrozenLeaderLosesTheLease runs it so).
+func TestMain(m *testing.M) {
+	if u := os.Getenv(leaseHolderURLVar); u != "" {
+		if err := holdLease(u); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(2)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// holdLease takes the lease, says "leading", and says "lost" once it finds
+// its lock session gone; it returns when its stdin closes.
+func holdLease(u string) error {
+	idle, err := strconv.Atoi(os.Getenv(leaseHolderIdleVar))
+	if err != nil {
+		return fmt.Errorf("%s: %w", leaseHolderIdleVar, err)
+	}
+	db, err := sql.Open("pgx", u)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	l := &pgLease{db: db, idleTimeout: time.Duration(idle) * time.Millisecond}
+	if err := l.Acquire(context.Background(), nil); err != nil {
+		return err
+	}
+	fmt.Println("leading")
+	stdinClosed := make(chan struct{})
+	go func() { _, _ = io.Copy(io.Discard, os.Stdin); close(stdinClosed) }()
+	for l.Leading() {
+		select {
+		case <-stdinClosed:
+			return nil
+		case <-time.After(50 * time.Millisecond): // a poll of Leading, which has no channel
+		}
+	}
+	fmt.Println("lost")
+	<-stdinClosed
+	return nil
+}
+
+// TestAFrozenLeaderLosesTheLease: a leader process stopped (SIGSTOP: a
+// frozen VM, a debugger, a process swapped out) kept its lock session open,
+// so the standby waited without end, healthy by /readyz, while nothing was
+// forwarded. PostgreSQL now ends the silent session after the lease's idle
+// timeout; the standby takes over, and the leader, once it runs again,
+// finds that it lost the lease rather than forwarding beside the new one.
+func TestAFrozenLeaderLosesTheLease(t *testing.T) {
+	base := testenv.RequirePostgres(t)
+	u := testenv.PostgresSchema(t, base)
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), leaseHolderURLVar+"="+u, leaseHolderIdleVar+"="+strconv.FormatInt(testIdleTimeout.Milliseconds(), 10))
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGCONT)
+		_ = cmd.Process.Kill()
+		_ = stdin.Close()
+		_ = cmd.Wait()
+	})
+	said := make(chan string, 4)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			said <- sc.Text()
+		}
+		close(said)
+	}()
+	expect := func(want string, within time.Duration) {
+		t.Helper()
+		deadline := time.After(within)
+		for {
+			select {
+			case line, ok := <-said:
+				if !ok {
+					t.Fatalf("the holder process ended before saying %q", want)
+				}
+				if line == want {
+					return
+				}
+			case <-deadline:
+				t.Fatalf("the holder process did not say %q within %s", want, within)
+			}
+		}
+	}
+	expect("leading", time.Minute)
+	if err := cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	standby := &pgLease{db: openPostgres(t, u), idleTimeout: testIdleTimeout}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var stoodBy atomic.Bool
+	if err := <-acquireAsync(ctx, standby, func() { stoodBy.Store(true) }); err != nil {
+		t.Fatalf("the standby did not take the lease of a frozen leader: %v", err)
+	}
+	defer standby.Release()
+	if !stoodBy.Load() {
+		t.Error("the standby took the lease at once: the holder process never held it, and the test proves nothing")
+	}
+	if err := cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	expect("lost", time.Minute)
+}
+
+// freezeProxy forwards TCP to a server until frozen, from when it forwards
+// nothing more either way and closes nothing: a half-open connection, as a
+// network partition or a peer's vanished NAT entry leaves it.
+type freezeProxy struct {
+	ln     net.Listener
+	target string
+	frozen atomic.Bool
+	mu     sync.Mutex
+	conns  []net.Conn
+}
+
+func newFreezeProxy(t *testing.T, target string) *freezeProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &freezeProxy{ln: ln, target: target}
+	t.Cleanup(func() {
+		_ = ln.Close()
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		for _, c := range p.conns {
+			_ = c.Close()
+		}
+	})
+	go p.serve()
+	return p
+}
+
+func (p *freezeProxy) serve() {
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		up, err := net.Dial("tcp", p.target)
+		if err != nil {
+			_ = c.Close()
+			continue
+		}
+		p.mu.Lock()
+		p.conns = append(p.conns, c, up)
+		p.mu.Unlock()
+		go p.pipe(up, c)
+		go p.pipe(c, up)
+	}
+}
+
+// pipe copies from src to dst until either ends; bytes read once frozen are
+// never written.
+func (p *freezeProxy) pipe(dst, src net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if p.frozen.Load() {
+			// Swallow everything from here on, as a partition does.
+			_, _ = io.Copy(io.Discard, src)
+			return
+		}
+		if n > 0 {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			_ = dst.Close()
+			return
+		}
+	}
+}
+
+// TestALeaderCutOffByAHalfOpenConnectionLosesTheLease: a leader whose
+// connection to PostgreSQL went half-open (no reset, no more packets) kept
+// its lock on the server, which saw an idle session, and believed it led
+// while its checks waited for answers: nobody forwarded. Now the server ends
+// the silent session, the standby takes over, and the leader's own check
+// gives up within its timeout and reports the lease lost.
+func TestALeaderCutOffByAHalfOpenConnectionLosesTheLease(t *testing.T) {
+	base := testenv.RequirePostgres(t)
+	direct := testenv.PostgresSchema(t, base)
+	du, err := url.Parse(direct)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := newFreezeProxy(t, du.Host)
+	viaProxy := *du
+	viaProxy.Host = proxy.ln.Addr().String()
+	leader := &pgLease{db: openPostgres(t, viaProxy.String()), idleTimeout: testIdleTimeout}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := leader.Acquire(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	defer leader.Release()
+	proxy.frozen.Store(true)
+	standby := &pgLease{db: openPostgres(t, direct), idleTimeout: testIdleTimeout}
+	if err := <-acquireAsync(ctx, standby, nil); err != nil {
+		t.Fatalf("the standby did not take the lease of a leader cut off: %v", err)
+	}
+	defer standby.Release()
+	for leader.Leading() {
+		if ctx.Err() != nil {
+			t.Fatal("the leader cut off from PostgreSQL still believes it leads, beside the standby that took over")
+		}
+		time.Sleep(20 * time.Millisecond) // a poll of Leading, which has no channel
+	}
+}
+
+// TestAStandbyWaitsThroughTheRolesTimeouts: with statement_timeout and
+// lock_timeout set for the database (as managed services and careful
+// operators do), the standby's wait inside pg_advisory_lock was cancelled
+// every few hundred milliseconds: each time an ERROR in the log and /readyz
+// flapping to 503. The standby now waits as long as the leader leads, and
+// takes over when it lets go.
+func TestAStandbyWaitsThroughTheRolesTimeouts(t *testing.T) {
+	base := testenv.RequirePostgres(t)
+	d := testenv.NewPostgresDatabase(t, base)
+	admin := openPostgres(t, base)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	dbName := dbNameOf(t, d.URL)
+	for _, stmt := range []string{
+		`ALTER DATABASE ` + dbName + ` SET statement_timeout = '200ms'`,
+		`ALTER DATABASE ` + dbName + ` SET lock_timeout = '100ms'`,
+	} {
+		if _, err := admin.ExecContext(ctx, stmt); err != nil {
+			t.Fatalf("%s: %v", stmt, err)
+		}
+	}
+	leader := &pgLease{db: openPostgres(t, d.URL), idleTimeout: testIdleTimeout}
+	if err := leader.Acquire(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	standby := &pgLease{db: openPostgres(t, d.URL), idleTimeout: testIdleTimeout}
+	got := acquireAsync(ctx, standby, nil)
+	// The standby's wait outlasts both timeouts many times over.
+	for {
+		var waiting bool
+		if err := admin.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+			WHERE datname = $1 AND wait_event_type = 'Lock' AND wait_event = 'advisory'
+			AND now() - query_start > interval '2 seconds')`, dbName).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		if waiting {
+			break
+		}
+		select {
+		case err := <-got:
+			t.Fatalf("the standby's Acquire returned while the leader leads: %v", err)
+		case <-ctx.Done():
+			t.Fatal("the standby never waited 2 s for the lock")
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	leader.Release()
+	if err := <-got; err != nil {
+		t.Fatalf("the standby did not take over when the leader let go: %v", err)
+	}
+	standby.Release()
+}
+
+func dbNameOf(t *testing.T, raw string) string {
+	t.Helper()
+	u, err := url.Parse(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u.Path[1:]
+}
