@@ -9,6 +9,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/eventfn/eventfn/internal/testenv"
@@ -113,4 +114,106 @@ func TestAGroupThatStartsAtTheEndKeepsWhereItFirstJoined(t *testing.T) {
 		}
 		return true
 	})
+}
+
+// TestPartitionsAddedToATopicAreReadFromTheirStart: partitions added to a
+// topic (kafka-topics --alter --partitions) while a group that starts at
+// the end consumes it hold only records produced after the group started.
+// The group noticed them at its next metadata refresh (five minutes later,
+// by franz-go's default) and placed them at their end, as if they had been
+// there when it first joined: every record produced to them before then was
+// skipped, with no error and a lag of 0. Now they are read from their start
+// once the group notices them, within seconds.
+func TestPartitionsAddedToATopicAreReadFromTheirStart(t *testing.T) {
+	addrs := brokers(t)
+	topic := createTopic(t, addrs, 2)
+	sub, err := dispatch.NewSubscriber(dispatch.Config{
+		Brokers: addrs, Group: testenv.UniqueName("latest-"), Unmarshal: unmarshal, MaxInFlight: 8,
+		NackResendSleep: 10 * time.Millisecond, CommitInterval: 20 * time.Millisecond,
+		DrainTimeout: 10 * time.Second, StartAtEnd: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	handled := map[string]bool{}
+	runRouter(t, topic, sub, func(msg *message.Message) error {
+		mu.Lock()
+		defer mu.Unlock()
+		handled[string(msg.Payload)] = true
+		return nil
+	})
+	was := func(vs ...string) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, v := range vs {
+			if !handled[v] {
+				return false
+			}
+		}
+		return true
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	// producer is made after the partitions it writes to exist, so its
+	// first metadata has them.
+	producer := func() *kgo.Client {
+		cl, err := kgo.NewClient(kgo.SeedBrokers(addrs...), kgo.DefaultProduceTopic(topic),
+			kgo.UnknownTopicRetries(-1), kgo.RecordPartitioner(kgo.ManualPartitioner()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(cl.Close)
+		return cl
+	}
+	send := func(cl *kgo.Client, value string, partition int32) error {
+		return cl.ProduceSync(ctx, &kgo.Record{Key: []byte(value), Value: []byte(value), Partition: partition}).FirstErr()
+	}
+	probes := producer()
+	// Probes sent before the group is placed are skipped, as the start
+	// position says; one of each partition handled says it is placed.
+	for i := 0; ; i++ {
+		vs := []string{"probe-0-" + strconv.Itoa(i), "probe-1-" + strconv.Itoa(i)}
+		for p, v := range vs {
+			if err := send(probes, v, int32(p)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		deadline := time.Now().Add(time.Second)
+		for !was(vs...) && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond) // polling interval
+		}
+		if was(vs...) {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatal("the group was never placed on both partitions")
+		}
+	}
+
+	adm := kadm.NewClient(probes)
+	if resp, err := adm.CreatePartitions(ctx, 2, topic); err != nil || resp.Error() != nil {
+		t.Fatalf("add two partitions to %s: %v %v", topic, err, resp.Error())
+	}
+	var want []string
+	added := producer()
+	for p := int32(2); p < 4; p++ {
+		for i := range 10 {
+			v := "added-" + strconv.Itoa(int(p)) + "-" + strconv.Itoa(i)
+			// Until every broker serves the new partition, a produce to it
+			// fails; retried until the deadline.
+			for {
+				err := send(added, v, p)
+				if err == nil {
+					break
+				}
+				if ctx.Err() != nil {
+					t.Fatalf("produce to new partition %d: %v", p, err)
+				}
+				time.Sleep(100 * time.Millisecond) // pace of the retries
+			}
+			want = append(want, v)
+		}
+	}
+	waitFor(t, "every record produced to the added partitions", time.Minute, func() bool { return was(want...) })
 }

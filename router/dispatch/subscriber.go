@@ -20,6 +20,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -167,12 +169,18 @@ type Subscriber struct {
 	// client is the group's franz-go client. The poll goroutine replaces it
 	// when the topic was deleted (see followRecreated); others read it
 	// under mu.
-	client   *kgo.Client
-	topic    string
-	parts    map[topicPartition]*partition
-	buffered int
-	space    chan struct{} // signalled when buffered drops below the cap
-	out      chan *message.Message
+	client *kgo.Client
+	topic  string
+	parts  map[topicPartition]*partition
+	// owned are the partitions the group gave this member and has not
+	// taken back (see enqueue).
+	owned map[topicPartition]bool
+	// firstPartitions is, per topic, how many partitions it had when this
+	// subscriber's group first placed it (see startAtEnd).
+	firstPartitions map[string]int32
+	buffered        int
+	space           chan struct{} // signalled when buffered drops below the cap
+	out             chan *message.Message
 
 	slots      chan struct{}
 	closing    chan struct{}
@@ -196,6 +204,7 @@ func NewSubscriber(cfg Config) (*Subscriber, error) {
 	return &Subscriber{
 		cfg:        cfg,
 		parts:      map[topicPartition]*partition{},
+		owned:      map[topicPartition]bool{},
 		space:      make(chan struct{}, 1),
 		slots:      make(chan struct{}, cfg.MaxInFlight),
 		closing:    make(chan struct{}),
@@ -257,8 +266,13 @@ func (s *Subscriber) newClient(afterRecreation bool) (*kgo.Client, error) {
 		// member well inside 10 s.
 		kgo.SessionTimeout(10 * time.Second),
 		kgo.HeartbeatInterval(time.Second),
+		kgo.OnPartitionsAssigned(s.assigned),
 		kgo.OnPartitionsRevoked(s.revoked),
 		kgo.OnPartitionsLost(s.lost),
+		// The group leader sees partitions added to the topic when it
+		// refreshes metadata; at franz-go's default of five minutes their
+		// records waited that long.
+		kgo.MetadataMaxAge(metadataMaxAge),
 	}, s.cfg.Opts...)
 	if s.cfg.StartAtEnd && !afterRecreation {
 		opts = append(opts, kgo.AdjustFetchOffsetsFn(s.startAtEnd))
@@ -269,6 +283,10 @@ func (s *Subscriber) newClient(afterRecreation bool) (*kgo.Client, error) {
 	}
 	return client, nil
 }
+
+// metadataMaxAge is how often the group's client refreshes the topic's
+// metadata, and so how soon partitions added to it are consumed.
+const metadataMaxAge = 10 * time.Second
 
 // currentClient is the group's client now (see client).
 func (s *Subscriber) currentClient() *kgo.Client {
@@ -422,6 +440,14 @@ func (s *Subscriber) enqueue(r *kgo.Record) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	tp := topicPartition{r.Topic, r.Partition}
+	if !s.owned[tp] {
+		// Taken away between the poll that fetched r and now: the next
+		// owner fetches it from the committed offset. Enqueued, it made
+		// state for a partition this member no longer owns, which nothing
+		// released: its events ran here beside the new owner, and its
+		// unfinished count grew without end, holding the ingress back.
+		return
+	}
 	p := s.parts[tp]
 	if p == nil {
 		p = s.newPartition(r.Offset, r.Offset)
@@ -453,9 +479,23 @@ func (s *Subscriber) newPartition(next, committed int64) *partition {
 // the new owner reset to the end again and skipped every record produced
 // meanwhile, with no error and a lag of 0. Called by franz-go after it
 // fetched the group's offsets and before it fetches records.
+//
+// The end is for the partitions the topic had when this subscriber first
+// joined. A partition added to the topic later (kafka-topics --alter
+// --partitions) holds only records produced after the group started, so it
+// starts at its beginning: at its end, the records produced to it before
+// the group noticed it (up to the metadata refresh, five minutes by
+// franz-go's default) were skipped, with no error and a lag of 0.
 func (s *Subscriber) startAtEnd(ctx context.Context, offsets map[string]map[int32]kgo.Offset) (map[string]map[int32]kgo.Offset, error) {
+	// The topics to list: those with a partition to reset, and, once, every
+	// topic, to learn how many partitions it first had.
 	var topics []string
+	s.mu.Lock()
 	for topic, ps := range offsets {
+		if _, seen := s.firstPartitions[topic]; !seen {
+			topics = append(topics, topic)
+			continue
+		}
 		for _, o := range ps {
 			if o.EpochOffset().Offset < 0 { // no committed offset: the reset
 				topics = append(topics, topic)
@@ -463,10 +503,12 @@ func (s *Subscriber) startAtEnd(ctx context.Context, offsets map[string]map[int3
 			}
 		}
 	}
+	s.mu.Unlock()
 	if len(topics) == 0 {
 		return offsets, nil
 	}
-	ends, err := kadm.NewClient(s.currentClient()).ListEndOffsets(ctx, topics...)
+	adm := kadm.NewClient(s.currentClient())
+	ends, err := adm.ListEndOffsets(ctx, topics...)
 	if err == nil {
 		err = ends.Error()
 	}
@@ -476,20 +518,56 @@ func (s *Subscriber) startAtEnd(ctx context.Context, offsets map[string]map[int3
 		return nil, fmt.Errorf("list the end offsets where group %s starts: %w", s.cfg.Group, err)
 	}
 	s.mu.Lock()
+	if s.firstPartitions == nil {
+		s.firstPartitions = map[string]int32{}
+	}
+	added := map[string]bool{}
+	for _, topic := range topics {
+		first, seen := s.firstPartitions[topic]
+		if !seen {
+			first = int32(len(ends[topic]))
+			s.firstPartitions[topic] = first
+		}
+		for part, o := range offsets[topic] {
+			if o.EpochOffset().Offset < 0 && part >= first {
+				added[topic] = true
+			}
+		}
+	}
+	s.mu.Unlock()
+	var starts kadm.ListedOffsets
+	if len(added) > 0 {
+		starts, err = adm.ListStartOffsets(ctx, slices.Collect(maps.Keys(added))...)
+		if err == nil {
+			err = starts.Error()
+		}
+		if err != nil {
+			return nil, fmt.Errorf("list the start offsets of partitions added to %v, where group %s starts: %w", slices.Collect(maps.Keys(added)), s.cfg.Group, err)
+		}
+	}
+	s.mu.Lock()
 	defer s.mu.Unlock()
 	for topic, ps := range offsets {
 		for part, o := range ps {
 			if o.EpochOffset().Offset >= 0 {
 				continue
 			}
-			end, ok := ends.Lookup(topic, part)
-			if !ok {
-				return nil, fmt.Errorf("group %s starts at the end of %s[%d], which Kafka did not list", s.cfg.Group, topic, part)
+			from, ok := ends.Lookup(topic, part)
+			where := "end"
+			if part >= s.firstPartitions[topic] {
+				from, ok = starts.Lookup(topic, part)
+				where = "start"
 			}
-			ps[part] = kgo.NewOffset().At(end.Offset)
+			if !ok {
+				return nil, fmt.Errorf("group %s starts at the %s of %s[%d], which Kafka did not list", s.cfg.Group, where, topic, part)
+			}
+			if where == "start" {
+				s.cfg.Logger.Info("a partition was added to the topic while the group consumed it: it is read from its start", "topic", topic, "partition", part, "group", s.cfg.Group, "offset", from.Offset)
+			}
+			ps[part] = kgo.NewOffset().At(from.Offset)
 			tp := topicPartition{topic, part}
 			if s.parts[tp] == nil {
-				s.parts[tp] = s.newPartition(end.Offset, -1)
+				s.parts[tp] = s.newPartition(from.Offset, -1)
 			}
 		}
 	}
@@ -661,6 +739,18 @@ func (s *Subscriber) commit(ctx context.Context, only map[topicPartition]bool) {
 // revoked is called by the group before partitions move to another member:
 // their calls in flight finish (up to DrainTimeout), their offsets are
 // committed, and their waiting events are dropped for the new owner.
+// assigned is called when the group gives this member partitions, before
+// any of them is fetched.
+func (s *Subscriber) assigned(_ context.Context, _ *kgo.Client, assigned map[string][]int32) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for topic, ps := range assigned {
+		for _, part := range ps {
+			s.owned[topicPartition{topic, part}] = true
+		}
+	}
+}
+
 func (s *Subscriber) revoked(ctx context.Context, _ *kgo.Client, revoked map[string][]int32) {
 	s.release(ctx, revoked, true)
 }
@@ -677,6 +767,7 @@ func (s *Subscriber) release(ctx context.Context, tps map[string][]int32, commit
 	for topic, ps := range tps {
 		for _, part := range ps {
 			tp := topicPartition{topic, part}
+			delete(s.owned, tp)
 			if p := s.parts[tp]; p != nil {
 				close(p.revoked)
 				gone = append(gone, p)
@@ -757,7 +848,8 @@ func waitGroup(wg *sync.WaitGroup, timeout time.Duration) bool {
 	}
 }
 
-// errorReport logs an outage once when it starts, then at most every `every`,
+// errorReport logs an outage of the group's fetches or offset commits (each
+// error says which) once when it starts, then at most every `every`,
 // and once when it ends, instead of a line per failed fetch.
 type errorReport struct {
 	logger *slog.Logger
@@ -776,10 +868,10 @@ func (e *errorReport) report(err error) {
 	switch {
 	case e.since.IsZero():
 		e.since, e.last = now, now
-		e.logger.Warn("kafka fetch failing; retrying", "err", err)
+		e.logger.Warn("kafka consumer failing (fetch or offset commit); retrying", "err", err)
 	case now.Sub(e.last) >= e.every:
 		e.last = now
-		e.logger.Warn("kafka fetch still failing", "since", e.since.UTC(), "failures", e.count, "err", err)
+		e.logger.Warn("kafka consumer still failing (fetch or offset commit)", "since", e.since.UTC(), "failures", e.count, "err", err)
 	}
 }
 
@@ -787,7 +879,7 @@ func (e *errorReport) recovered() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if !e.since.IsZero() {
-		e.logger.Info("kafka fetch recovered", "after", time.Since(e.since).Round(time.Millisecond), "failures", e.count)
+		e.logger.Info("kafka consumer recovered", "after", time.Since(e.since).Round(time.Millisecond), "failures", e.count)
 		e.since, e.count = time.Time{}, 0
 	}
 }
