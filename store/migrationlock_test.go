@@ -217,24 +217,7 @@ func TestAWaitForAnothersMigrationOutlastsTheRolesTimeouts(t *testing.T) {
 		opened <- err
 	}()
 	// The wait outlasts both timeouts many times over.
-	for {
-		var waiting bool
-		if err := admin.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_stat_activity
-			WHERE datname = $1 AND wait_event_type = 'Lock' AND wait_event = 'advisory'
-			AND now() - query_start > interval '2 seconds')`, name).Scan(&waiting); err != nil {
-			t.Fatal(err)
-		}
-		if waiting {
-			break
-		}
-		select {
-		case err := <-opened:
-			t.Fatalf("Open returned while another process held the migration lock: %v", err)
-		case <-ctx.Done():
-			t.Fatal("Open never waited 2 s for the migration lock")
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+	testenv.AwaitAdvisoryLockWait(ctx, t, admin, name, 2*time.Second, opened, "Open")
 	if err := held.SessionUnlock(ctx, conn); err != nil {
 		t.Fatal(err)
 	}

@@ -190,3 +190,29 @@ func (l *LogBuffer) String() string {
 	defer l.mu.Unlock()
 	return l.b.String()
 }
+
+// AwaitAdvisoryLockWait returns once a session of database has waited for
+// an advisory lock for longer than atLeast. It fails the test if returned
+// delivers first (the waiter gave up: what the caller tests against) or
+// ctx ends; what names the waiter in the failure.
+func AwaitAdvisoryLockWait(ctx context.Context, t testing.TB, admin *sql.DB, database string, atLeast time.Duration, returned <-chan error, what string) {
+	t.Helper()
+	for {
+		var waiting bool
+		if err := admin.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+			WHERE datname = $1 AND wait_event_type = 'Lock' AND wait_event = 'advisory'
+			AND now() - query_start > $2 * interval '1 millisecond')`, database, atLeast.Milliseconds()).Scan(&waiting); err != nil {
+			t.Fatalf("look for a wait for an advisory lock: %v", err)
+		}
+		if waiting {
+			return
+		}
+		select {
+		case err := <-returned:
+			t.Fatalf("%s returned before it had waited %s for the lock: %v", what, atLeast, err)
+		case <-ctx.Done():
+			t.Fatalf("%s never waited %s for the lock", what, atLeast)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}

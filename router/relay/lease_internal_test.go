@@ -304,24 +304,7 @@ func TestAStandbyWaitsThroughTheRolesTimeouts(t *testing.T) {
 	standby := &pgLease{db: openPostgres(t, d.URL), idleTimeout: testIdleTimeout}
 	got := acquireAsync(ctx, standby, nil)
 	// The standby's wait outlasts both timeouts many times over.
-	for {
-		var waiting bool
-		if err := admin.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_stat_activity
-			WHERE datname = $1 AND wait_event_type = 'Lock' AND wait_event = 'advisory'
-			AND now() - query_start > interval '2 seconds')`, dbName).Scan(&waiting); err != nil {
-			t.Fatal(err)
-		}
-		if waiting {
-			break
-		}
-		select {
-		case err := <-got:
-			t.Fatalf("the standby's Acquire returned while the leader leads: %v", err)
-		case <-ctx.Done():
-			t.Fatal("the standby never waited 2 s for the lock")
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+	testenv.AwaitAdvisoryLockWait(ctx, t, admin, dbName, 2*time.Second, got, "the standby's Acquire")
 	leader.Release()
 	if err := <-got; err != nil {
 		t.Fatalf("the standby did not take over when the leader let go: %v", err)
