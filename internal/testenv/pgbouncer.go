@@ -9,6 +9,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -18,9 +19,10 @@ import (
 // sessions, each of which uses schema (set when it connects, and again
 // after the reset between two clients).
 // It returns a URL that reaches the database through it, and stops it when
-// the test ends. Without the pgbouncer program the test skips, or fails
+// the test ends. extra are lines added to its [pgbouncer] section, which
+// override the ones before. Without the pgbouncer program the test skips, or fails
 // under CI=true (ci/services.sh installs it).
-func PgBouncer(t testing.TB, baseURL, mode string, poolSize int, schema string) string {
+func PgBouncer(t testing.TB, baseURL, mode string, poolSize int, schema string, extra ...string) string {
 	t.Helper()
 	bin := pgbouncerProgram()
 	if bin == "" {
@@ -59,7 +61,8 @@ pool_mode = %[8]s
 max_client_conn = 200
 server_login_retry = 1
 server_reset_query = DISCARD ALL; SET search_path TO %[6]s
-`, db, host, port, pgUser, poolSize, schema, listen, mode)
+%[9]s
+`, db, host, port, pgUser, poolSize, schema, listen, mode, strings.Join(extra, "\n"))
 	conf := filepath.Join(dir, "pgbouncer.ini")
 	if err := os.WriteFile(conf, []byte(ini), 0o644); err != nil {
 		t.Fatal(err)

@@ -101,6 +101,7 @@ func (l *pgLease) Acquire(ctx context.Context, standby func()) error {
 		return fmt.Errorf("relay lease: connect: %w", err)
 	}
 	fail := func(err error) error {
+		resetSession(conn)
 		_ = conn.Raw(func(any) error { return dropConn })
 		_ = conn.Close()
 		return fmt.Errorf("relay lease: take the advisory lock: %w", err)
@@ -125,6 +126,12 @@ func (l *pgLease) Acquire(ctx context.Context, standby func()) error {
 			return fail(err)
 		}
 		if _, err := conn.ExecContext(ctx, `SELECT pg_advisory_lock($1, hashtext(current_schema()))`, pgLeaseKey); err != nil {
+			return fail(err)
+		}
+		// The leader's own statements (Fenced) keep the role's timeouts:
+		// without them a former standby's hold could wait on a row lock
+		// without end, holding the lease's mutex.
+		if _, err := conn.ExecContext(ctx, `RESET statement_timeout; RESET lock_timeout`); err != nil {
 			return fail(err)
 		}
 	}
@@ -235,9 +242,23 @@ func (l *pgLease) Release() {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	_, _ = l.conn.ExecContext(ctx, `SELECT pg_advisory_unlock($1, hashtext(current_schema()))`, pgLeaseKey)
-	// Dropped even so: the session carries the lease's settings (no
-	// timeouts, an idle timeout of its own) that pooled work must not get.
+	resetSession(l.conn)
+	// Dropped even so: the session carries the lease's idle timeout, which
+	// pooled work must not get.
 	l.dropLocked()
+}
+
+// resetSession gives the lease's session back as it found it, best effort,
+// before its connection is dropped: behind a pooler in session mode whose
+// server_reset_query is empty, dropping the client connection does not end
+// the server session, and the next client got its idle_session_timeout (and
+// no statement_timeout), and was ended after 10 s idle. DISCARD ALL, not
+// RESET ALL: the session's prepared statements would also meet the next
+// client's of the same text ("prepared statement already exists").
+func resetSession(conn *sql.Conn) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_, _ = conn.ExecContext(ctx, `DISCARD ALL`)
 }
 
 // dropLocked discards the lock connection rather than returning it to the

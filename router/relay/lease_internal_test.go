@@ -320,3 +320,78 @@ func dbNameOf(t *testing.T, raw string) string {
 	}
 	return u.Path[1:]
 }
+
+// TestTheLeasesSessionSettingsStayWithTheLease: the lease turns a session's
+// timeouts off while it waits and gives it an idle timeout while it leads.
+// A standby that took over kept the timeouts off for its own statements
+// (a hold's UPDATE could wait on a row lock without end), and behind a
+// pooler in session mode with an empty server_reset_query the settings
+// outlived the lease: the next client of the pool got no statement_timeout
+// and was ended after 10 s idle. The leader now has the database's
+// timeouts, and the pool's next client gets the database's settings.
+func TestTheLeasesSessionSettingsStayWithTheLease(t *testing.T) {
+	base := testenv.RequirePostgres(t)
+	d := testenv.NewPostgresDatabase(t, base)
+	admin := openPostgres(t, base)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	dbName := dbNameOf(t, d.URL)
+	for _, stmt := range []string{
+		`ALTER DATABASE ` + dbName + ` SET statement_timeout = '30s'`,
+		`ALTER DATABASE ` + dbName + ` SET lock_timeout = '20s'`,
+	} {
+		if _, err := admin.ExecContext(ctx, stmt); err != nil {
+			t.Fatalf("%s: %v", stmt, err)
+		}
+	}
+	// One server session, kept from client to client as it is.
+	pooled := testenv.PgBouncer(t, d.URL, "session", 1, "public", "server_reset_query =")
+	settings := func(e interface {
+		QueryRowContext(context.Context, string, ...any) *sql.Row
+	}) string {
+		t.Helper()
+		var st, lt, it string
+		for _, q := range []struct {
+			name string
+			into *string
+		}{{"statement_timeout", &st}, {"lock_timeout", &lt}, {"idle_session_timeout", &it}} {
+			if err := e.QueryRowContext(ctx, `SELECT current_setting($1)`, q.name).Scan(q.into); err != nil {
+				t.Fatalf("read %s: %v", q.name, err)
+			}
+		}
+		return fmt.Sprintf("statement_timeout=%s lock_timeout=%s idle_session_timeout=%s", st, lt, it)
+	}
+
+	leader := &pgLease{db: openPostgres(t, d.URL), idleTimeout: testIdleTimeout}
+	if err := leader.Acquire(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	standby := &pgLease{db: openPostgres(t, pooled), idleTimeout: testIdleTimeout}
+	got := acquireAsync(ctx, standby, nil)
+	testenv.AwaitAdvisoryLockWait(ctx, t, admin, dbName, 500*time.Millisecond, got, "the standby's Acquire")
+	leader.Release()
+	if err := <-got; err != nil {
+		t.Fatalf("the standby did not take over: %v", err)
+	}
+	var leading string
+	if err := standby.Fenced(ctx, func(ctx context.Context, e Execer) error {
+		conn, ok := e.(*sql.Conn)
+		if !ok {
+			return fmt.Errorf("the lease's session is a %T, not a *sql.Conn", e)
+		}
+		leading = settings(conn)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if want := "statement_timeout=30s lock_timeout=20s idle_session_timeout=" + fmt.Sprint(testIdleTimeout.Seconds()) + "s"; leading != want {
+		t.Errorf("the former standby leads with %s; want %s", leading, want)
+	}
+	standby.Release()
+
+	next := openPostgres(t, pooled)
+	next.SetMaxOpenConns(1)
+	if after, want := settings(next), "statement_timeout=30s lock_timeout=20s idle_session_timeout=0"; after != want {
+		t.Errorf("the pool's next client has %s; want the database's %s", after, want)
+	}
+}
