@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 )
@@ -15,6 +16,11 @@ import (
 // connections' session settings. One round catches a pooler that hands both
 // the same server session; more catch one that rotates its server sessions.
 const sessionProbeRounds = 3
+
+// sessionProbeTimeout bounds the check: a pooler with no session to spare
+// queues the second connection's first statement (PgBouncer for two
+// minutes by default).
+const sessionProbeTimeout = 15 * time.Second
 
 // sessionProbeSetting is a custom setting (a name with a dot needs no
 // declaration) that only checkSessions writes.
@@ -42,23 +48,40 @@ func checkSessions(ctx context.Context, db *DB, url string) error {
 	refuse := func(detail string) error {
 		return fmt.Errorf("PostgreSQL database %s: %s, so a connection does not keep its own server session, as behind a pooler in transaction or statement mode (PgBouncer's pool_mode=transaction, say). eventfn keeps state in sessions (the relay's lease is a session advisory lock, its wake-up a LISTEN, statements are prepared per session): point database.url at PostgreSQL itself or at a pool in session mode", db.Where, detail)
 	}
-	// A pool of its own: two connections of db's would wait for each
-	// other forever under max_open_conns 1, and its idle connections would
-	// keep the probe's setting.
+	ctx, cancel := context.WithTimeout(ctx, sessionProbeTimeout)
+	defer cancel()
+	connectErr := func(err error) error {
+		if ctx.Err() != nil {
+			return fmt.Errorf("check the sessions of PostgreSQL database %s: it gave no second session within %s, and the check needs two at once (a pool of one session, or a connection limit of one?): %w", db.Where, sessionProbeTimeout, err)
+		}
+		return fmt.Errorf("check the sessions of PostgreSQL database %s: connect: %w", db.Where, err)
+	}
+	// Two sessions at once and no more: one of db's, which its Ping left
+	// idle, and one of a pool of its own (two of db's would wait for each
+	// other forever under max_open_conns 1). A third, with db's idle one
+	// beside the probe's two, failed start-up under a role's connection
+	// limit of 2, which worked before.
+	own, err := db.Conn(ctx)
+	if err != nil {
+		return connectErr(err)
+	}
+	defer func() {
+		// The probe's setting is nothing to the work that takes this
+		// connection next; taken away all the same.
+		_, _ = own.ExecContext(context.Background(), `RESET `+sessionProbeSetting)
+		_ = own.Close()
+	}()
 	pool, err := sql.Open("pgx", url)
 	if err != nil {
 		return fmt.Errorf("check the sessions of PostgreSQL database %s: %w", db.Where, err)
 	}
 	defer pool.Close()
-	var conns [2]*sql.Conn
-	for i := range conns {
-		c, err := pool.Conn(ctx)
-		if err != nil {
-			return fmt.Errorf("check the sessions of PostgreSQL database %s: connect: %w", db.Where, err)
-		}
-		defer c.Close()
-		conns[i] = c
+	other, err := pool.Conn(ctx)
+	if err != nil {
+		return connectErr(err)
 	}
+	defer other.Close()
+	conns := [2]*sql.Conn{own, other}
 	probeErr := func(err error) error {
 		if pooledStatementError(err) {
 			return refuse(fmt.Sprintf("a prepared statement vanished between two statements (%v)", err))

@@ -31,6 +31,9 @@ func TestAPoolerThatSharesSessionsIsRefusedAtStart(t *testing.T) {
 		{"transaction", 4, true},
 		{"statement", 4, true},
 		{"session", 4, false},
+		// Two sessions are all the check takes: with max_open_conns as
+		// large as the pool, a third would wait for ever.
+		{"session", 2, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.mode+"/"+strconv.Itoa(tt.poolSize), func(t *testing.T) {
@@ -43,7 +46,7 @@ func TestAPoolerThatSharesSessionsIsRefusedAtStart(t *testing.T) {
 			through := testenv.PgBouncer(t, base, tt.mode, tt.poolSize, schema)
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
-			db, err := Open(ctx, Config{Driver: Postgres, URL: through, MaxOpenConns: 8})
+			db, err := Open(ctx, Config{Driver: Postgres, URL: through, MaxOpenConns: tt.poolSize})
 			if !tt.refused {
 				if err != nil {
 					t.Fatalf("Open through a pool in %s mode: %v", tt.mode, err)
@@ -81,5 +84,64 @@ func TestAPoolerThatSharesSessionsIsRefusedAtStart(t *testing.T) {
 				t.Fatalf("schema %s has %d tables after a refused Open, want none", schema, n)
 			}
 		})
+	}
+}
+
+// TestTheSessionCheckFitsInTwoConnections: a role whose connection limit is
+// 2 (as a small managed plan or a careful operator sets) started eventfn's
+// store with max_open_conns 1 or 2 before the session check; the check
+// opened two sessions beside the pool's idle one and start-up failed with
+// "too many connections for role". It now takes one of the pool's.
+func TestTheSessionCheckFitsInTwoConnections(t *testing.T) {
+	base := testenv.RequirePostgres(t)
+	schemaURL := testenv.PostgresSchema(t, base)
+	u, err := url.Parse(schemaURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	schema := u.Query().Get("search_path")
+	admin, err := sql.Open("pgx", base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	role := testenv.UniqueName("limited_")
+	for _, stmt := range []string{
+		`CREATE ROLE ` + role + ` LOGIN CONNECTION LIMIT 2`,
+		`GRANT ALL ON SCHEMA ` + schema + ` TO ` + role,
+	} {
+		if _, err := admin.ExecContext(ctx, stmt); err != nil {
+			t.Fatalf("%s: %v", stmt, err)
+		}
+	}
+	t.Cleanup(func() {
+		if _, err := admin.ExecContext(context.Background(), `DROP OWNED BY `+role+`; DROP ROLE `+role); err != nil {
+			t.Logf("drop role %s: %v", role, err)
+		}
+		_ = admin.Close()
+	})
+	u.User = url.User(role)
+	for _, maxOpen := range []int{1, 2} {
+		db, err := Open(ctx, Config{Driver: Postgres, URL: u.String(), MaxOpenConns: maxOpen})
+		if err != nil {
+			t.Fatalf("Open as a role limited to 2 connections, max_open_conns %d: %v", maxOpen, err)
+		}
+		// Close waits for nothing on the server: the next Open could meet
+		// this one's sessions still ending, and be refused for them.
+		_ = db.Close()
+		for {
+			var n int
+			if err := admin.QueryRowContext(ctx, `SELECT COUNT(*) FROM pg_stat_activity WHERE usename = $1`, role).Scan(&n); err != nil {
+				t.Fatal(err)
+			}
+			if n == 0 {
+				break
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("%d sessions of %s left after Close", n, role)
+			}
+			time.Sleep(10 * time.Millisecond) // polling interval
+		}
 	}
 }
