@@ -117,32 +117,55 @@ func TestAGroupThatStartsAtTheEndKeepsWhereItFirstJoined(t *testing.T) {
 }
 
 // TestPartitionsAddedToATopicAreReadFromTheirStart: partitions added to a
-// topic (kafka-topics --alter --partitions) while a group that starts at
-// the end consumes it hold only records produced after the group started.
-// The group noticed them at its next metadata refresh (five minutes later,
-// by franz-go's default) and placed them at their end, as if they had been
-// there when it first joined: every record produced to them before then was
-// skipped, with no error and a lag of 0. Now they are read from their start
-// once the group notices them, within seconds.
+// topic (kafka-topics --alter --partitions) after a group that starts at the
+// end started hold only records produced after that. The group placed them
+// at their end, as if they had been there when it first joined: found at
+// its next metadata refresh (five minutes later, by franz-go's default), by
+// a member started while the group had none, or by a second replica joining,
+// every record produced to them before was skipped, with no error and a lag
+// of 0. Now they are read from their start, on every path.
 func TestPartitionsAddedToATopicAreReadFromTheirStart(t *testing.T) {
+	tests := []struct {
+		name string
+		// then is what happens to the group's members once it is placed:
+		// before (stop) and after (start) the partitions are added and
+		// produced to.
+		stopFirst, startAnother bool
+	}{
+		{name: "while the group runs"},
+		{name: "while no member runs", stopFirst: true, startAnother: true},
+		{name: "then another replica joins", startAnother: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			addedPartitionsAreReadFromTheirStart(t, tt.stopFirst, tt.startAnother)
+		})
+	}
+}
+
+func addedPartitionsAreReadFromTheirStart(t *testing.T, stopFirst, startAnother bool) {
 	addrs := brokers(t)
 	topic := createTopic(t, addrs, 2)
-	sub, err := dispatch.NewSubscriber(dispatch.Config{
-		Brokers: addrs, Group: testenv.UniqueName("latest-"), Unmarshal: unmarshal, MaxInFlight: 8,
-		NackResendSleep: 10 * time.Millisecond, CommitInterval: 20 * time.Millisecond,
-		DrainTimeout: 10 * time.Second, StartAtEnd: true,
-	})
-	if err != nil {
-		t.Fatal(err)
+	group := testenv.UniqueName("latest-")
+	newSub := func() *dispatch.Subscriber {
+		sub, err := dispatch.NewSubscriber(dispatch.Config{
+			Brokers: addrs, Group: group, Unmarshal: unmarshal, MaxInFlight: 8,
+			NackResendSleep: 10 * time.Millisecond, CommitInterval: 20 * time.Millisecond,
+			DrainTimeout: 10 * time.Second, StartAtEnd: true,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sub
 	}
 	var mu sync.Mutex
 	handled := map[string]bool{}
-	runRouter(t, topic, sub, func(msg *message.Message) error {
+	fn := func(msg *message.Message) error {
 		mu.Lock()
 		defer mu.Unlock()
 		handled[string(msg.Payload)] = true
 		return nil
-	})
+	}
 	was := func(vs ...string) bool {
 		mu.Lock()
 		defer mu.Unlock()
@@ -153,29 +176,43 @@ func TestPartitionsAddedToATopicAreReadFromTheirStart(t *testing.T) {
 		}
 		return true
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	// producer is made after the partitions it writes to exist, so its
-	// first metadata has them.
-	producer := func() *kgo.Client {
+	// A client's partition count is its metadata's: a produce to a
+	// partition past it fails in the client, which does not look again.
+	// So each try is a client of its own, made after the partitions exist.
+	send := func(value string, partition int32) error {
 		cl, err := kgo.NewClient(kgo.SeedBrokers(addrs...), kgo.DefaultProduceTopic(topic),
 			kgo.UnknownTopicRetries(-1), kgo.RecordPartitioner(kgo.ManualPartitioner()))
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(cl.Close)
-		return cl
-	}
-	send := func(cl *kgo.Client, value string, partition int32) error {
+		defer cl.Close()
 		return cl.ProduceSync(ctx, &kgo.Record{Key: []byte(value), Value: []byte(value), Partition: partition}).FirstErr()
 	}
-	probes := producer()
+
+	first, err := message.NewRouter(message.RouterConfig{CloseTimeout: 15 * time.Second}, watermill.NopLogger{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first.AddConsumerHandler("h", topic, newSub(), fn)
+	done := make(chan error, 1)
+	go func() { done <- first.Run(context.Background()) }()
+	stop := func() {
+		_ = first.Close()
+		<-done
+	}
+	defer func() {
+		if !stopFirst {
+			stop()
+		}
+	}()
 	// Probes sent before the group is placed are skipped, as the start
 	// position says; one of each partition handled says it is placed.
 	for i := 0; ; i++ {
 		vs := []string{"probe-0-" + strconv.Itoa(i), "probe-1-" + strconv.Itoa(i)}
 		for p, v := range vs {
-			if err := send(probes, v, int32(p)); err != nil {
+			if err := send(v, int32(p)); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -190,20 +227,22 @@ func TestPartitionsAddedToATopicAreReadFromTheirStart(t *testing.T) {
 			t.Fatal("the group was never placed on both partitions")
 		}
 	}
+	if stopFirst {
+		stop()
+	}
 
-	adm := kadm.NewClient(probes)
+	adm := kadm.NewClient(mustClient(t, addrs))
 	if resp, err := adm.CreatePartitions(ctx, 2, topic); err != nil || resp.Error() != nil {
 		t.Fatalf("add two partitions to %s: %v %v", topic, err, resp.Error())
 	}
 	var want []string
-	added := producer()
 	for p := int32(2); p < 4; p++ {
 		for i := range 10 {
 			v := "added-" + strconv.Itoa(int(p)) + "-" + strconv.Itoa(i)
-			// Until every broker serves the new partition, a produce to it
-			// fails; retried until the deadline.
+			// Until the broker's metadata has the new partitions, a
+			// produce to them fails; retried until the deadline.
 			for {
-				err := send(added, v, p)
+				err := send(v, p)
 				if err == nil {
 					break
 				}
@@ -215,5 +254,18 @@ func TestPartitionsAddedToATopicAreReadFromTheirStart(t *testing.T) {
 			want = append(want, v)
 		}
 	}
+	if startAnother {
+		runRouter(t, topic, newSub(), fn)
+	}
 	waitFor(t, "every record produced to the added partitions", time.Minute, func() bool { return was(want...) })
+}
+
+func mustClient(t *testing.T, addrs []string) *kgo.Client {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(addrs...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Close)
+	return cl
 }
