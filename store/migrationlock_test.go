@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"log/slog"
-	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -185,15 +184,8 @@ func TestAWaitForAnothersMigrationOutlastsTheRolesTimeouts(t *testing.T) {
 	defer admin.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	name := strings.TrimPrefix(mustParseURL(t, d.URL).Path, "/")
-	for _, stmt := range []string{
-		`ALTER DATABASE ` + name + ` SET statement_timeout = '200ms'`,
-		`ALTER DATABASE ` + name + ` SET lock_timeout = '100ms'`,
-	} {
-		if _, err := admin.ExecContext(ctx, stmt); err != nil {
-			t.Fatalf("%s: %v", stmt, err)
-		}
-	}
+	d.Set(t, "statement_timeout", "200ms")
+	d.Set(t, "lock_timeout", "100ms")
 	cfg := Config{Driver: Postgres, URL: d.URL, MaxOpenConns: 1}
 	holder, err := connect(cfg)
 	if err != nil {
@@ -217,7 +209,7 @@ func TestAWaitForAnothersMigrationOutlastsTheRolesTimeouts(t *testing.T) {
 		opened <- err
 	}()
 	// The wait outlasts both timeouts many times over.
-	testenv.AwaitAdvisoryLockWait(ctx, t, admin, name, 2*time.Second, opened, "Open")
+	testenv.AwaitAdvisoryLockWait(ctx, t, admin, d.Name(), 2*time.Second, opened, "Open")
 	if err := held.SessionUnlock(ctx, conn); err != nil {
 		t.Fatal(err)
 	}
@@ -233,13 +225,4 @@ func TestAWaitForAnothersMigrationOutlastsTheRolesTimeouts(t *testing.T) {
 	if timeout != "200ms" {
 		t.Fatalf("statement_timeout after the wait is %s; want the database's 200ms", timeout)
 	}
-}
-
-func mustParseURL(t *testing.T, raw string) *url.URL {
-	t.Helper()
-	u, err := url.Parse(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return u
 }

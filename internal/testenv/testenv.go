@@ -151,6 +151,21 @@ func NewPostgresDatabase(t testing.TB, baseURL string) *PostgresDatabase {
 	return d
 }
 
+// Name is the database's name.
+func (d *PostgresDatabase) Name() string { return d.name }
+
+// Set makes setting value the database's default for new sessions (ALTER
+// DATABASE ... SET), as an operator or a managed service sets it.
+func (d *PostgresDatabase) Set(t testing.TB, setting, value string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	stmt := `ALTER DATABASE ` + d.name + ` SET ` + setting + ` = '` + strings.ReplaceAll(value, "'", "''") + `'`
+	if _, err := d.admin.ExecContext(ctx, stmt); err != nil {
+		t.Fatalf("%s: %v", stmt, err)
+	}
+}
+
 // SetReadOnly makes the server take no writes in this database, or take
 // them again, as a failover to a standby or a managed service whose disk
 // filled does: the setting for new sessions, then every open session ended

@@ -28,31 +28,8 @@ import (
 func TestAGroupThatStartsAtTheEndKeepsWhereItFirstJoined(t *testing.T) {
 	addrs := brokers(t)
 	topic := createTopic(t, addrs, 4)
-	group := testenv.UniqueName("latest-")
-	newSub := func() *dispatch.Subscriber {
-		sub, err := dispatch.NewSubscriber(dispatch.Config{
-			Brokers: addrs, Group: group, Unmarshal: unmarshal, MaxInFlight: 8,
-			NackResendSleep: 10 * time.Millisecond, CommitInterval: 20 * time.Millisecond,
-			DrainTimeout: 10 * time.Second, StartAtEnd: true,
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return sub
-	}
-	var mu sync.Mutex
-	handled := map[string]bool{}
-	fn := func(msg *message.Message) error {
-		mu.Lock()
-		handled[string(msg.Payload)] = true
-		mu.Unlock()
-		return nil
-	}
-	was := func(v string) bool {
-		mu.Lock()
-		defer mu.Unlock()
-		return handled[v]
-	}
+	g := newEndGroup(t, addrs)
+	newSub, fn, was := g.subscriber, g.handle, g.handledAll
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	cl, err := kgo.NewClient(kgo.SeedBrokers(addrs...), kgo.DefaultProduceTopic(topic), kgo.UnknownTopicRetries(-1))
@@ -146,36 +123,8 @@ func TestPartitionsAddedToATopicAreReadFromTheirStart(t *testing.T) {
 func addedPartitionsAreReadFromTheirStart(t *testing.T, stopFirst, startAnother bool) {
 	addrs := brokers(t)
 	topic := createTopic(t, addrs, 2)
-	group := testenv.UniqueName("latest-")
-	newSub := func() *dispatch.Subscriber {
-		sub, err := dispatch.NewSubscriber(dispatch.Config{
-			Brokers: addrs, Group: group, Unmarshal: unmarshal, MaxInFlight: 8,
-			NackResendSleep: 10 * time.Millisecond, CommitInterval: 20 * time.Millisecond,
-			DrainTimeout: 10 * time.Second, StartAtEnd: true,
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return sub
-	}
-	var mu sync.Mutex
-	handled := map[string]bool{}
-	fn := func(msg *message.Message) error {
-		mu.Lock()
-		defer mu.Unlock()
-		handled[string(msg.Payload)] = true
-		return nil
-	}
-	was := func(vs ...string) bool {
-		mu.Lock()
-		defer mu.Unlock()
-		for _, v := range vs {
-			if !handled[v] {
-				return false
-			}
-		}
-		return true
-	}
+	g := newEndGroup(t, addrs)
+	newSub, fn, was := g.subscriber, g.handle, g.handledAll
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	// A client's partition count is its metadata's: a produce to a
@@ -268,4 +217,51 @@ func mustClient(t *testing.T, addrs []string) *kgo.Client {
 	}
 	t.Cleanup(cl.Close)
 	return cl
+}
+
+// endGroup is a new consumer group that starts at the end (StartAtEnd),
+// with what its members handled.
+type endGroup struct {
+	t       *testing.T
+	addrs   []string
+	name    string
+	mu      sync.Mutex
+	handled map[string]bool
+}
+
+func newEndGroup(t *testing.T, addrs []string) *endGroup {
+	return &endGroup{t: t, addrs: addrs, name: testenv.UniqueName("latest-"), handled: map[string]bool{}}
+}
+
+// subscriber makes a member of the group.
+func (g *endGroup) subscriber() *dispatch.Subscriber {
+	sub, err := dispatch.NewSubscriber(dispatch.Config{
+		Brokers: g.addrs, Group: g.name, Unmarshal: unmarshal, MaxInFlight: 8,
+		NackResendSleep: 10 * time.Millisecond, CommitInterval: 20 * time.Millisecond,
+		DrainTimeout: 10 * time.Second, StartAtEnd: true,
+	})
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	return sub
+}
+
+// handle is the members' handler: it records the event's payload.
+func (g *endGroup) handle(msg *message.Message) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.handled[string(msg.Payload)] = true
+	return nil
+}
+
+// handledAll says whether every one of payloads was handled.
+func (g *endGroup) handledAll(payloads ...string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, v := range payloads {
+		if !g.handled[v] {
+			return false
+		}
+	}
+	return true
 }

@@ -288,15 +288,8 @@ func TestAStandbyWaitsThroughTheRolesTimeouts(t *testing.T) {
 	admin := openPostgres(t, base)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	dbName := dbNameOf(t, d.URL)
-	for _, stmt := range []string{
-		`ALTER DATABASE ` + dbName + ` SET statement_timeout = '200ms'`,
-		`ALTER DATABASE ` + dbName + ` SET lock_timeout = '100ms'`,
-	} {
-		if _, err := admin.ExecContext(ctx, stmt); err != nil {
-			t.Fatalf("%s: %v", stmt, err)
-		}
-	}
+	d.Set(t, "statement_timeout", "200ms")
+	d.Set(t, "lock_timeout", "100ms")
 	leader := &pgLease{db: openPostgres(t, d.URL), idleTimeout: testIdleTimeout}
 	if err := leader.Acquire(ctx, nil); err != nil {
 		t.Fatal(err)
@@ -304,21 +297,12 @@ func TestAStandbyWaitsThroughTheRolesTimeouts(t *testing.T) {
 	standby := &pgLease{db: openPostgres(t, d.URL), idleTimeout: testIdleTimeout}
 	got := acquireAsync(ctx, standby, nil)
 	// The standby's wait outlasts both timeouts many times over.
-	testenv.AwaitAdvisoryLockWait(ctx, t, admin, dbName, 2*time.Second, got, "the standby's Acquire")
+	testenv.AwaitAdvisoryLockWait(ctx, t, admin, d.Name(), 2*time.Second, got, "the standby's Acquire")
 	leader.Release()
 	if err := <-got; err != nil {
 		t.Fatalf("the standby did not take over when the leader let go: %v", err)
 	}
 	standby.Release()
-}
-
-func dbNameOf(t *testing.T, raw string) string {
-	t.Helper()
-	u, err := url.Parse(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return u.Path[1:]
 }
 
 // TestTheLeasesSessionSettingsStayWithTheLease: the lease turns a session's
@@ -335,15 +319,8 @@ func TestTheLeasesSessionSettingsStayWithTheLease(t *testing.T) {
 	admin := openPostgres(t, base)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	dbName := dbNameOf(t, d.URL)
-	for _, stmt := range []string{
-		`ALTER DATABASE ` + dbName + ` SET statement_timeout = '30s'`,
-		`ALTER DATABASE ` + dbName + ` SET lock_timeout = '20s'`,
-	} {
-		if _, err := admin.ExecContext(ctx, stmt); err != nil {
-			t.Fatalf("%s: %v", stmt, err)
-		}
-	}
+	d.Set(t, "statement_timeout", "30s")
+	d.Set(t, "lock_timeout", "20s")
 	// One server session, kept from client to client as it is.
 	pooled := testenv.PgBouncer(t, d.URL, "session", 1, "public", "server_reset_query =")
 	settings := func(e interface {
@@ -368,7 +345,7 @@ func TestTheLeasesSessionSettingsStayWithTheLease(t *testing.T) {
 	}
 	standby := &pgLease{db: openPostgres(t, pooled), idleTimeout: testIdleTimeout}
 	got := acquireAsync(ctx, standby, nil)
-	testenv.AwaitAdvisoryLockWait(ctx, t, admin, dbName, 500*time.Millisecond, got, "the standby's Acquire")
+	testenv.AwaitAdvisoryLockWait(ctx, t, admin, d.Name(), 500*time.Millisecond, got, "the standby's Acquire")
 	leader.Release()
 	if err := <-got; err != nil {
 		t.Fatalf("the standby did not take over: %v", err)
