@@ -4,14 +4,11 @@ import (
 	"context"
 	"database/sql"
 	"database/sql/driver"
-	"errors"
 	"fmt"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/eventfn/eventfn/store"
 )
@@ -77,6 +74,8 @@ type pgLease struct {
 	mu      sync.Mutex
 	conn    *sql.Conn
 	checked time.Time
+	// own are the lock session's settings as the lease found them.
+	own sessionSettings
 	// stopKeepAlive ends the keep-alive of the lock held now.
 	stopKeepAlive chan struct{}
 	// idleTimeout is leaseIdleTimeout; tests shorten it.
@@ -100,8 +99,20 @@ func (l *pgLease) Acquire(ctx context.Context, standby func()) error {
 	if err != nil {
 		return fmt.Errorf("relay lease: connect: %w", err)
 	}
+	// The session's own values of the settings the lease changes, given
+	// back when it is done with them: behind a pooler in session mode with
+	// an empty server_reset_query the session outlives the lease, and its
+	// settings went to the next client (no statement_timeout, ended after
+	// 10 s idle); RESET would give the role's values, not those the
+	// pooler's connect_query set (a search_path, a timeout).
+	var own sessionSettings
+	if err := conn.QueryRowContext(ctx, `SELECT current_setting('statement_timeout'), current_setting('lock_timeout'), current_setting('idle_session_timeout', true)`).Scan(&own.statementTimeout, &own.lockTimeout, &own.idleSessionTimeout); err != nil {
+		_ = conn.Raw(func(any) error { return dropConn })
+		_ = conn.Close()
+		return fmt.Errorf("relay lease: read the session's timeouts: %w", err)
+	}
 	fail := func(err error) error {
-		resetSession(conn)
+		own.restore(conn)
 		_ = conn.Raw(func(any) error { return dropConn })
 		_ = conn.Close()
 		return fmt.Errorf("relay lease: take the advisory lock: %w", err)
@@ -120,24 +131,26 @@ func (l *pgLease) Acquire(ctx context.Context, standby func()) error {
 		// The wait lasts as long as the leader leads: a statement_timeout
 		// or lock_timeout set for the role or the database cancelled it
 		// every few seconds, which logged an error and flapped the
-		// standby's readiness. This session is the lease's alone, and is
-		// dropped, never pooled, when the lease ends.
+		// standby's readiness.
 		if _, err := conn.ExecContext(ctx, `SELECT set_config('statement_timeout', '0', false), set_config('lock_timeout', '0', false)`); err != nil {
 			return fail(err)
 		}
 		if _, err := conn.ExecContext(ctx, `SELECT pg_advisory_lock($1, hashtext(current_schema()))`, pgLeaseKey); err != nil {
 			return fail(err)
 		}
-		// The leader's own statements (Fenced) keep the role's timeouts:
-		// without them a former standby's hold could wait on a row lock
-		// without end, holding the lease's mutex.
-		if _, err := conn.ExecContext(ctx, `RESET statement_timeout; RESET lock_timeout`); err != nil {
+		// The leader's own statements (Fenced) keep the session's
+		// timeouts: without them a former standby's hold could wait on a
+		// row lock without end, holding the lease's mutex.
+		if _, err := conn.ExecContext(ctx, `SELECT set_config('statement_timeout', $1, false), set_config('lock_timeout', $2, false)`, own.statementTimeout, own.lockTimeout); err != nil {
 			return fail(err)
 		}
 	}
-	if _, err := conn.ExecContext(ctx, `SELECT set_config('idle_session_timeout', $1, false)`, strconv.FormatInt(l.idleTimeoutOrDefault().Milliseconds(), 10)); err != nil && !unknownSetting(err) {
-		return fail(err)
+	if own.idleSessionTimeout.Valid { // PostgreSQL 14 and later
+		if _, err := conn.ExecContext(ctx, `SELECT set_config('idle_session_timeout', $1, false)`, strconv.FormatInt(l.idleTimeoutOrDefault().Milliseconds(), 10)); err != nil {
+			return fail(err)
+		}
 	}
+	l.own = own
 	l.conn, l.checked = conn, time.Now()
 	l.leading.Store(true)
 	l.stopKeepAlive = make(chan struct{})
@@ -150,13 +163,6 @@ func (l *pgLease) idleTimeoutOrDefault() time.Duration {
 		return l.idleTimeout
 	}
 	return leaseIdleTimeout
-}
-
-// unknownSetting says err is PostgreSQL's answer to a setting it does not
-// have (before version 14, idle_session_timeout).
-func unknownSetting(err error) bool {
-	var pe *pgconn.PgError
-	return errors.As(err, &pe) && pe.Code == "42704"
 }
 
 // keepAlive checks the lock session every heldCheckInterval until stop is
@@ -242,23 +248,29 @@ func (l *pgLease) Release() {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	_, _ = l.conn.ExecContext(ctx, `SELECT pg_advisory_unlock($1, hashtext(current_schema()))`, pgLeaseKey)
-	resetSession(l.conn)
-	// Dropped even so: the session carries the lease's idle timeout, which
-	// pooled work must not get.
+	l.own.restore(l.conn)
 	l.dropLocked()
 }
 
-// resetSession gives the lease's session back as it found it, best effort,
-// before its connection is dropped: behind a pooler in session mode whose
-// server_reset_query is empty, dropping the client connection does not end
-// the server session, and the next client got its idle_session_timeout (and
-// no statement_timeout), and was ended after 10 s idle. DISCARD ALL, not
-// RESET ALL: the session's prepared statements would also meet the next
-// client's of the same text ("prepared statement already exists").
-func resetSession(conn *sql.Conn) {
+// sessionSettings are a session's own values of the settings the lease
+// changes; idleSessionTimeout is NULL before PostgreSQL 14.
+type sessionSettings struct {
+	statementTimeout, lockTimeout string
+	idleSessionTimeout            sql.NullString
+}
+
+// restore gives the session these values back, best effort, before its
+// connection is dropped, and drops its prepared statements, which would
+// meet the next client's of the same text ("prepared statement already
+// exists") behind a pooler that keeps the session.
+func (s sessionSettings) restore(conn *sql.Conn) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	_, _ = conn.ExecContext(ctx, `DISCARD ALL`)
+	_, _ = conn.ExecContext(ctx, `SELECT set_config('statement_timeout', $1, false), set_config('lock_timeout', $2, false)`, s.statementTimeout, s.lockTimeout)
+	if s.idleSessionTimeout.Valid {
+		_, _ = conn.ExecContext(ctx, `SELECT set_config('idle_session_timeout', $1, false)`, s.idleSessionTimeout.String)
+	}
+	_, _ = conn.ExecContext(ctx, `DEALLOCATE ALL`)
 }
 
 // dropLocked discards the lock connection rather than returning it to the

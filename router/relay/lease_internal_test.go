@@ -311,8 +311,10 @@ func TestAStandbyWaitsThroughTheRolesTimeouts(t *testing.T) {
 // (a hold's UPDATE could wait on a row lock without end), and behind a
 // pooler in session mode with an empty server_reset_query the settings
 // outlived the lease: the next client of the pool got no statement_timeout
-// and was ended after 10 s idle. The leader now has the database's
-// timeouts, and the pool's next client gets the database's settings.
+// and was ended after 10 s idle; cleaned with DISCARD ALL, it lost the
+// search_path the pooler's connect_query had set. The leader now has the
+// session's timeouts, and the pool's next client gets the session as it
+// was.
 func TestTheLeasesSessionSettingsStayWithTheLease(t *testing.T) {
 	base := testenv.RequirePostgres(t)
 	d := testenv.NewPostgresDatabase(t, base)
@@ -321,25 +323,27 @@ func TestTheLeasesSessionSettingsStayWithTheLease(t *testing.T) {
 	defer cancel()
 	d.Set(t, "statement_timeout", "30s")
 	d.Set(t, "lock_timeout", "20s")
-	// One server session, kept from client to client as it is.
-	pooled := testenv.PgBouncer(t, d.URL, "session", 1, "public", "server_reset_query =")
+	// One server session, kept from client to client as it is, whose
+	// search_path the pooler sets when it connects.
+	su, err := url.Parse(testenv.PostgresSchema(t, d.URL))
+	if err != nil {
+		t.Fatal(err)
+	}
+	schema := su.Query().Get("search_path")
+	pooled := testenv.PgBouncer(t, d.URL, "session", 1, schema, "server_reset_query =")
 	settings := func(e interface {
 		QueryRowContext(context.Context, string, ...any) *sql.Row
 	}) string {
 		t.Helper()
-		var st, lt, it string
-		for _, q := range []struct {
-			name string
-			into *string
-		}{{"statement_timeout", &st}, {"lock_timeout", &lt}, {"idle_session_timeout", &it}} {
-			if err := e.QueryRowContext(ctx, `SELECT current_setting($1)`, q.name).Scan(q.into); err != nil {
-				t.Fatalf("read %s: %v", q.name, err)
-			}
+		var st, lt, it, cs string
+		if err := e.QueryRowContext(ctx, `SELECT current_setting('statement_timeout'), current_setting('lock_timeout'), current_setting('idle_session_timeout'), current_schema()`).Scan(&st, &lt, &it, &cs); err != nil {
+			t.Fatalf("read the session's settings: %v", err)
 		}
-		return fmt.Sprintf("statement_timeout=%s lock_timeout=%s idle_session_timeout=%s", st, lt, it)
+		return fmt.Sprintf("statement_timeout=%s lock_timeout=%s idle_session_timeout=%s schema=%s", st, lt, it, cs)
 	}
 
-	leader := &pgLease{db: openPostgres(t, d.URL), idleTimeout: testIdleTimeout}
+	// The leader in the same schema, so that the two want one lock.
+	leader := &pgLease{db: openPostgres(t, su.String()), idleTimeout: testIdleTimeout}
 	if err := leader.Acquire(ctx, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -361,14 +365,14 @@ func TestTheLeasesSessionSettingsStayWithTheLease(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if want := "statement_timeout=30s lock_timeout=20s idle_session_timeout=" + fmt.Sprint(testIdleTimeout.Seconds()) + "s"; leading != want {
+	if want := "statement_timeout=30s lock_timeout=20s idle_session_timeout=" + fmt.Sprint(testIdleTimeout.Seconds()) + "s schema=" + schema; leading != want {
 		t.Errorf("the former standby leads with %s; want %s", leading, want)
 	}
 	standby.Release()
 
 	next := openPostgres(t, pooled)
 	next.SetMaxOpenConns(1)
-	if after, want := settings(next), "statement_timeout=30s lock_timeout=20s idle_session_timeout=0"; after != want {
-		t.Errorf("the pool's next client has %s; want the database's %s", after, want)
+	if after, want := settings(next), "statement_timeout=30s lock_timeout=20s idle_session_timeout=0 schema="+schema; after != want {
+		t.Errorf("the pool's next client has %s; want the session as it was, %s", after, want)
 	}
 }
