@@ -83,6 +83,11 @@ func checkSessions(ctx context.Context, db *DB, url string) error {
 	defer other.Close()
 	conns := [2]*sql.Conn{own, other}
 	probeErr := func(err error) error {
+		if ctx.Err() != nil {
+			// A pooler with no session to spare takes the second
+			// connection and queues its first statement.
+			return connectErr(err)
+		}
 		if pooledStatementError(err) {
 			return refuse(fmt.Sprintf("a prepared statement vanished between two statements (%v)", err))
 		}
