@@ -176,11 +176,25 @@ func addedPartitionsAreReadFromTheirStart(t *testing.T, stopFirst, startAnother 
 			t.Fatal("the group was never placed on both partitions")
 		}
 	}
+	adm := kadm.NewClient(mustClient(t, addrs))
+	// The group is established: its placement is committed (a new group
+	// holds that back for a few seconds, see dispatch.addedPartitions).
+	waitFor(t, "the group's placement committed", time.Minute, func() bool {
+		committed, err := adm.FetchOffsets(ctx, g.name)
+		if err != nil {
+			return false
+		}
+		for p := range int32(2) {
+			if o, ok := committed.Lookup(topic, p); !ok || o.At < 0 {
+				return false
+			}
+		}
+		return true
+	})
 	if stopFirst {
 		stop()
 	}
 
-	adm := kadm.NewClient(mustClient(t, addrs))
 	if resp, err := adm.CreatePartitions(ctx, 2, topic); err != nil || resp.Error() != nil {
 		t.Fatalf("add two partitions to %s: %v %v", topic, err, resp.Error())
 	}
@@ -264,4 +278,98 @@ func (g *endGroup) handledAll(payloads ...string) bool {
 		}
 	}
 	return true
+}
+
+// TestANewGroupCommitsWhereItStartsOnlyOnceItsGenerationHasLooked: replicas
+// of a new group that join in one generation (Kafka gathers them for
+// group.initial.rebalance.delay.ms, 3 s by default) each place their
+// partitions at the end. One that looked at the group's commits after
+// another had committed its placement took its own partitions for ones
+// added since, and read their history: 90–150 of 240 old records in an
+// attack. A member that placed a new group's partitions at their end now
+// commits nothing for NewGroupSettle (the others of its generation look
+// within milliseconds), but when it leaves, so that the next member starts
+// where it did.
+func TestANewGroupCommitsWhereItStartsOnlyOnceItsGenerationHasLooked(t *testing.T) {
+	addrs := brokers(t)
+	topic := createTopic(t, addrs, 2)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cl := mustClient(t, addrs)
+	for i := range 10 {
+		if err := cl.ProduceSync(ctx, &kgo.Record{Topic: topic, Value: []byte("old-" + strconv.Itoa(i))}).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	adm := kadm.NewClient(cl)
+	g := newEndGroup(t, addrs)
+	sub, err := dispatch.NewSubscriber(dispatch.Config{
+		Brokers: addrs, Group: g.name, Unmarshal: unmarshal, MaxInFlight: 8,
+		NackResendSleep: 10 * time.Millisecond, CommitInterval: 20 * time.Millisecond,
+		DrainTimeout: 10 * time.Second, StartAtEnd: true, NewGroupSettle: time.Hour,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := message.NewRouter(message.RouterConfig{CloseTimeout: 15 * time.Second}, watermill.NopLogger{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.AddConsumerHandler("h", topic, sub, g.handle)
+	done := make(chan error, 1)
+	go func() { done <- r.Run(context.Background()) }()
+	// Placed on both partitions, and a record of each handled.
+	for i := 0; ; i++ {
+		vs := []string{"probe-0-" + strconv.Itoa(i), "probe-1-" + strconv.Itoa(i)}
+		for p, v := range vs {
+			if err := cl.ProduceSync(ctx, &kgo.Record{Topic: topic, Value: []byte(v), Partition: int32(p)}).FirstErr(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		deadline := time.Now().Add(time.Second)
+		for !g.handledAll(vs...) && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond) // polling interval
+		}
+		if g.handledAll(vs...) {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatal("the group was never placed on both partitions")
+		}
+	}
+	committed := func() map[int32]int64 {
+		t.Helper()
+		resp, err := adm.FetchOffsets(ctx, g.name)
+		if err == nil {
+			err = resp.Error()
+		}
+		if err != nil {
+			t.Fatalf("fetch the group's offsets: %v", err)
+		}
+		out := map[int32]int64{}
+		for p, o := range resp[topic] {
+			if o.At >= 0 {
+				out[p] = o.At
+			}
+		}
+		return out
+	}
+	// Fifty commit intervals: without the hold, the placement and the
+	// probes were committed within one.
+	for range 50 {
+		if c := committed(); len(c) > 0 {
+			t.Fatalf("a new group's member committed %v while its generation may still look; want nothing for NewGroupSettle", c)
+		}
+		time.Sleep(20 * time.Millisecond) // one commit interval
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	<-done
+	if c := committed(); len(c) != 2 {
+		t.Fatalf("after the member left, the group committed %v; want both partitions, where it had got to", c)
+	}
+	if g.handledAll("old-0") {
+		t.Fatal("a record produced before the group started was handled")
+	}
 }

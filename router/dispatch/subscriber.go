@@ -46,6 +46,10 @@ type Config struct {
 	// Kafka applies the same reset when a committed offset is no longer in the
 	// log (deleted by retention), so such a group then skips to the end too.
 	StartAtEnd bool
+	// NewGroupSettle is how long a member that placed partitions at their
+	// end holds its periodic commits back (see addedPartitions); 5 s when
+	// zero.
+	NewGroupSettle time.Duration
 	// Unmarshal maps a record to a message. It cannot fail: a record the
 	// handler cannot use is the handler's to dead-letter.
 	Unmarshal func(*kgo.Record) *message.Message
@@ -86,6 +90,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.EndOffsetsInterval <= 0 {
 		c.EndOffsetsInterval = time.Second
+	}
+	if c.NewGroupSettle <= 0 {
+		c.NewGroupSettle = newGroupSettle
 	}
 	if c.DrainTimeout <= 0 {
 		c.DrainTimeout = 30 * time.Second
@@ -175,8 +182,13 @@ type Subscriber struct {
 	// owned are the partitions the group gave this member and has not
 	// taken back (see enqueue).
 	owned map[topicPartition]bool
+	// commitsHeldUntil is when the commit loop may commit again after
+	// this member placed partitions at their end (see addedPartitions);
+	// a revoke and Close commit regardless.
+	commitsHeldUntil time.Time
 	// firstPartitions is, per topic, how many partitions it had when this
-	// subscriber's group first placed it (see startAtEnd).
+	// subscriber placed it for a new group, or -1 when the group had
+	// commits on it already (see addedPartitions).
 	firstPartitions map[string]int32
 	buffered        int
 	space           chan struct{} // signalled when buffered drops below the cap
@@ -283,6 +295,10 @@ func (s *Subscriber) newClient(afterRecreation bool) (*kgo.Client, error) {
 	}
 	return client, nil
 }
+
+// newGroupSettle is Config.NewGroupSettle's default: the members of one
+// generation look at the group's commits within milliseconds of each other.
+const newGroupSettle = 5 * time.Second
 
 // metadataMaxAge is how often the group's client refreshes the topic's
 // metadata, and so how soon partitions added to it are consumed.
@@ -552,6 +568,9 @@ func (s *Subscriber) startAtEnd(ctx context.Context, offsets map[string]map[int3
 			if !ok {
 				return nil, fmt.Errorf("group %s starts at the %s of %s[%d], which Kafka did not list", s.cfg.Group, where, topic, part)
 			}
+			if where == "end" {
+				s.commitsHeldUntil = time.Now().Add(s.cfg.NewGroupSettle)
+			}
 			if where == "start" {
 				s.cfg.Logger.Info("a partition with no committed offset in a group that has some was added to the topic after the group started: it is read from its start", "topic", topic, "partition", part, "group", s.cfg.Group, "offset", from.Offset)
 			}
@@ -566,72 +585,101 @@ func (s *Subscriber) startAtEnd(ctx context.Context, offsets map[string]map[int3
 
 // addedPartitions says which of the partitions in offsets with no committed
 // offset were added to their topic after the group started, and so start at
-// their beginning: those numbered past the partitions the topic had when
-// this subscriber first joined, and any of a topic on which the group has
-// committed offsets already. A group commits where it starts as soon as it
-// is placed, and before a partition moves to another member; a partition
-// without a commit in a group that has them was added since. The second
-// rule catches what the first cannot: partitions added while no member
-// ran, or given to a replica that started after they were added (all 20,
-// and 10 of 20, records produced to them were skipped, with a lag of 0).
-// It errs the other way only when a member died before its first commit
-// went out (within 200 ms of a new group's first join): that partition is
-// then read from its start.
+// their beginning. When this subscriber first met the topic, the group had
+// commits on it, or it had none (a new group, placed at the end). In the
+// first case every partition without a commit was added since: a group
+// commits where it starts, and a partition is committed before it moves to
+// another member. In the second, those numbered past the partitions the
+// topic had then were. The second rule catches what the first cannot:
+// partitions added while no member ran, or given to a replica that started
+// after they were added (all 20, and 10 of 20, records produced to them
+// were skipped, with a lag of 0).
+//
+// Replicas of a new group that join in one generation (Kafka's
+// group.initial.rebalance.delay.ms, 3 s by default, gathers them) each
+// place their partitions at the end; one whose look at the group's commits
+// came after another's first commit took its own partitions for added ones
+// and read their history (90–150 old records of 240). So a member that
+// places partitions at their end commits nothing, but on a revoke and at
+// Close, for newGroupSettle: the others of its generation have looked by
+// then. Left: a member of an established group that is new to it, and is
+// given a partition whose placement commit was lost (its member died
+// within newGroupSettle of a new group's first join), reads that
+// partition's history; and partitions added within newGroupSettle of a
+// new group's first join, before anything was committed, are placed at
+// their end by a member new to the group.
 func (s *Subscriber) addedPartitions(ctx context.Context, adm *kadm.Client, offsets map[string]map[int32]kgo.Offset, topics []string, ends kadm.ListedOffsets) (map[topicPartition]bool, error) {
 	fromStart := map[topicPartition]bool{}
-	// unsure holds, per topic, the partitions the first rule leaves at the
-	// end when nothing assigned here says whether the group committed.
+	// unsure holds, per topic met for the first time, its partitions with
+	// no commit when none assigned here says whether the group has commits.
 	unsure := map[string][]int32{}
 	s.mu.Lock()
 	if s.firstPartitions == nil {
 		s.firstPartitions = map[string]int32{}
 	}
 	for _, topic := range topics {
-		first, seen := s.firstPartitions[topic]
-		if !seen {
-			first = int32(len(ends[topic]))
-			s.firstPartitions[topic] = first
-		}
-		committed := false
 		var reset []int32
+		committed := false
 		for part, o := range offsets[topic] {
-			switch {
-			case o.EpochOffset().Offset >= 0:
+			if o.EpochOffset().Offset >= 0 {
 				committed = true
-			case part >= first:
-				fromStart[topicPartition{topic, part}] = true
-			default:
+			} else {
 				reset = append(reset, part)
 			}
 		}
+		first, seen := s.firstPartitions[topic]
 		switch {
-		case len(reset) == 0:
-		case committed:
+		case seen && first < 0:
+			// This member joined a group that had commits on the topic:
+			// any partition without one was added since.
 			for _, part := range reset {
 				fromStart[topicPartition{topic, part}] = true
 			}
-		default:
+		case seen:
+			// This member placed the topic's first partitions for a new
+			// group: one of them with no commit lost its placement commit
+			// with a member that died, and starts at the end, where the
+			// group started; only those past them were added.
+			for _, part := range reset {
+				if part >= first {
+					fromStart[topicPartition{topic, part}] = true
+				}
+			}
+		case committed:
+			s.firstPartitions[topic] = -1
+			for _, part := range reset {
+				fromStart[topicPartition{topic, part}] = true
+			}
+		case len(reset) > 0:
 			unsure[topic] = reset
 		}
 	}
 	s.mu.Unlock()
-	if len(unsure) == 0 {
-		return fromStart, nil
-	}
-	committed, err := adm.FetchOffsets(ctx, s.cfg.Group)
-	if err == nil {
-		err = committed.Error()
-	}
-	if err != nil {
-		// franz-go joins again and asks once more.
-		return nil, fmt.Errorf("fetch the committed offsets of group %s, to tell partitions added to %v from those it starts at the end of: %w", s.cfg.Group, slices.Collect(maps.Keys(unsure)), err)
-	}
-	for topic, reset := range unsure {
-		if !slices.ContainsFunc(slices.Collect(maps.Values(committed[topic])), func(o kadm.OffsetResponse) bool { return o.At >= 0 }) {
-			continue
+	established := map[string]bool{}
+	if len(unsure) > 0 {
+		committed, err := adm.FetchOffsets(ctx, s.cfg.Group)
+		if err == nil {
+			err = committed.Error()
 		}
-		for _, part := range reset {
-			fromStart[topicPartition{topic, part}] = true
+		if err != nil {
+			// franz-go joins again and asks once more.
+			return nil, fmt.Errorf("fetch the committed offsets of group %s, to tell partitions added to %v from those it starts at the end of: %w", s.cfg.Group, slices.Collect(maps.Keys(unsure)), err)
+		}
+		for topic := range unsure {
+			established[topic] = slices.ContainsFunc(slices.Collect(maps.Values(committed[topic])), func(o kadm.OffsetResponse) bool { return o.At >= 0 })
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for topic, reset := range unsure {
+		if established[topic] {
+			s.firstPartitions[topic] = -1
+			for _, part := range reset {
+				fromStart[topicPartition{topic, part}] = true
+			}
+		} else {
+			// A new group: its first partitions are those there now.
+			s.firstPartitions[topic] = int32(len(ends[topic]))
 		}
 	}
 	return fromStart, nil
@@ -738,7 +786,12 @@ func (s *Subscriber) commitLoop() {
 	for {
 		select {
 		case <-t.C:
-			s.commit(context.Background(), nil)
+			s.mu.Lock()
+			held := time.Now().Before(s.commitsHeldUntil)
+			s.mu.Unlock()
+			if !held {
+				s.commit(context.Background(), nil)
+			}
 		case <-s.closing:
 			return
 		}
