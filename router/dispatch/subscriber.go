@@ -496,15 +496,14 @@ func (s *Subscriber) newPartition(next, committed int64) *partition {
 // meanwhile, with no error and a lag of 0. Called by franz-go after it
 // fetched the group's offsets and before it fetches records.
 //
-// The end is for the partitions the topic had when this subscriber first
-// joined. A partition added to the topic later (kafka-topics --alter
-// --partitions) holds only records produced after the group started, so it
-// starts at its beginning: at its end, the records produced to it before
-// the group noticed it (up to the metadata refresh, five minutes by
-// franz-go's default) were skipped, with no error and a lag of 0.
+// A partition added to the topic after the group started (kafka-topics
+// --alter --partitions) holds only records produced since, so it starts at
+// its beginning (see addedPartitions): at its end, the records produced to
+// it before the group noticed it were skipped, with no error and a lag of 0.
 func (s *Subscriber) startAtEnd(ctx context.Context, offsets map[string]map[int32]kgo.Offset) (map[string]map[int32]kgo.Offset, error) {
 	// The topics to list: those with a partition to reset, and, once, every
-	// topic, to learn how many partitions it first had.
+	// topic, to learn whether the group had commits on it (see
+	// addedPartitions).
 	var topics []string
 	s.mu.Lock()
 	for topic, ps := range offsets {
