@@ -76,7 +76,8 @@ func relayPhase(ctx context.Context, cfg configs.Config, db *store.DB, n int) (r
 		return f, err
 	}
 	defer p.Close()
-	m, err := relay.NewMetrics(prometheus.NewRegistry())
+	reg := prometheus.NewRegistry()
+	m, err := relay.NewMetrics(reg)
 	if err != nil {
 		return f, err
 	}
@@ -86,24 +87,48 @@ func relayPhase(ctx context.Context, cfg configs.Config, db *store.DB, n int) (r
 	done := make(chan error, 1)
 	start := time.Now()
 	go func() { done <- r.Run(runCtx) }()
-	// Polled every 10 ms, not as fast as waitFor polls: a COUNT every few
-	// microseconds would compete with the relay for the database.
+	// The relay's own count of rows forwarded says when it is done, read
+	// every millisecond in this process. Polling the table instead (a COUNT
+	// of pending rows every 10 ms) slowed the relay it measured, from
+	// 51,000–57,000 to 40,000 rows/s on PostgreSQL (2026-12-04): the
+	// partial index of pending rows keeps the entries of rows marked since,
+	// until a vacuum, and every count visited them all.
 	deadline := time.Now().Add(5 * time.Minute)
 	for {
-		pending, perr := outbox.Pending(ctx)
-		if perr == nil && pending == 0 {
+		forwarded, gerr := counterValue(reg, "eventfn_relay_forwarded_total")
+		if gerr == nil && forwarded >= float64(n) {
 			break
 		}
 		if time.Now().After(deadline) {
-			err = fmt.Errorf("relay phase: %d of %d still pending after 5 minutes (%v)", pending, n, perr)
+			err = fmt.Errorf("relay phase: %.0f of %d forwarded after 5 minutes (%v)", forwarded, n, gerr)
 			break
 		}
-		time.Sleep(10 * time.Millisecond)
+		time.Sleep(time.Millisecond)
 	}
 	f.relay = rate(n, time.Since(start))
 	stop()
 	<-done
+	if err == nil {
+		// Every row was counted once: none may still be pending.
+		if pending, perr := outbox.Pending(ctx); perr != nil || pending != 0 {
+			err = fmt.Errorf("relay phase: the relay counted %d rows forwarded, but %d are still pending (%v)", n, pending, perr)
+		}
+	}
 	return f, err
+}
+
+// counterValue reads the counter named name from reg.
+func counterValue(reg prometheus.Gatherer, name string) (float64, error) {
+	families, err := reg.Gather()
+	if err != nil {
+		return 0, fmt.Errorf("gather metrics: %w", err)
+	}
+	for _, mf := range families {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetCounter().GetValue(), nil
+		}
+	}
+	return 0, fmt.Errorf("no counter %s", name)
 }
 
 // readAndMark reads the pending outbox rows batch by batch in id order and
