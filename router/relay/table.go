@@ -99,17 +99,21 @@ func (t *Table) rows(ctx context.Context, query string, args ...any) ([]Row, err
 	}
 	defer rows.Close()
 	var out []Row
+	// The headers are decoded from the driver's buffer: read as a string,
+	// they were copied twice per row before decodeHeaders copied them again.
+	var headers sql.RawBytes
 	for rows.Next() {
 		var r Row
-		var headers string
 		if err := rows.Scan(&r.ID, &r.Topic, &r.Key, &headers, &r.Payload); err != nil {
 			return nil, fmt.Errorf("scan outbox row: %w", err)
 		}
-		if err := json.Unmarshal([]byte(headers), &r.Headers); err != nil {
+		h, err := decodeHeaders(headers)
+		if err != nil {
 			// Rows are written by Insert; one that does not decode is parked
-			// rather than stopping the relay (see Relay.forward).
-			r.Headers = map[string]string{headerDecodeError: err.Error()}
+			// rather than stopping the relay (see Relay.settle).
+			h = map[string]string{headerDecodeError: err.Error()}
 		}
+		r.Headers = h
 		out = append(out, r)
 	}
 	if err := rows.Err(); err != nil {
