@@ -158,6 +158,9 @@ type Relay struct {
 	// refusedBatches are the topics that refused a record batch as too
 	// large, each warned of once (see alone). Only Run's goroutine touches it.
 	refusedBatches map[string]struct{}
+	// ahead is a read started before it was needed (see prefetch); nil for
+	// none. Only Run's goroutine touches it.
+	ahead *prefetched
 }
 
 // New builds a relay; Run starts it.
@@ -224,6 +227,7 @@ func (b *batch) acks() []error {
 // only while it streams.
 func (r *Relay) Run(ctx context.Context) error {
 	defer r.lease.Release()
+	defer r.dropPrefetch()
 	backoff := r.cfg.MinBackoff
 	var inFlight *batch
 	// owed says a nudge was taken for a read ahead: the relay then reads
@@ -405,8 +409,10 @@ var errLeaseLost = errors.New("lost the relay lease to another replica")
 // them. So the rows read stay pending, for the next read.
 func (r *Relay) send(ctx context.Context, after int64, inFlight *batch) (*batch, error) {
 	var rows []Row
+	var read []Row
 	for {
-		read, err := r.source.Pending(ctx, after, r.cfg.BatchSize)
+		var err error
+		read, err = r.pending(ctx, after)
 		if err != nil || len(read) == 0 {
 			return nil, err
 		}
@@ -429,6 +435,10 @@ func (r *Relay) send(ctx context.Context, after int64, inFlight *batch) (*batch,
 	if inFlight != nil && inFlight.sent.Failed() {
 		return nil, nil
 	}
+	if len(read) == r.cfg.BatchSize {
+		// A backlog: the next read will likely find a full batch too.
+		r.prefetch(ctx, read[len(read)-1].ID)
+	}
 	recs := make([]Record, len(rows))
 	spans := make([]trace.Span, len(rows))
 	for i, row := range rows {
@@ -436,6 +446,57 @@ func (r *Relay) send(ctx context.Context, after int64, inFlight *batch) (*batch,
 		spans[i] = r.traceSend(ctx, &recs[i])
 	}
 	return &batch{rows: rows, sent: r.sink.Send(ctx, recs), start: time.Now(), spans: spans}, nil
+}
+
+// prefetched is a read of the pending rows above an id, started before the
+// relay asked for them.
+type prefetched struct {
+	after int64
+	done  chan struct{}
+	rows  []Row
+	err   error
+}
+
+// prefetch starts reading the pending rows above after, for the next send.
+// The read then runs while the batch before it is acked and marked, not
+// after: draining a backlog, the relay read, handed over and marked one
+// batch after another, and a read took as long as a mark (0.55 of a raw
+// read-and-mark, 2026-12-04; docs/BENCHMARKS.md).
+//
+// The rows it reads cannot go stale before the next send: rows above after
+// are touched by nothing this relay does meanwhile (settling marks, parks
+// and holds rows of the batches before; holds and probes concern held rows,
+// which a read does not return), and another replica's relay does not lead
+// while this one holds the lease, which send checks after the read as it
+// always did. A send that asks for other rows drops the prefetch.
+func (r *Relay) prefetch(ctx context.Context, after int64) {
+	p := &prefetched{after: after, done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		p.rows, p.err = r.source.Pending(ctx, after, r.cfg.BatchSize)
+	}()
+	r.ahead = p
+}
+
+// pending reads up to BatchSize pending rows above after: those prefetched,
+// when the prefetch read from after, or else a read of its own.
+func (r *Relay) pending(ctx context.Context, after int64) ([]Row, error) {
+	if p := r.dropPrefetch(); p != nil && p.after == after {
+		return p.rows, p.err
+	}
+	return r.source.Pending(ctx, after, r.cfg.BatchSize)
+}
+
+// dropPrefetch waits for the prefetch started, if any, and returns it; the
+// relay has none after. Waiting keeps one read of the relay's at a time.
+func (r *Relay) dropPrefetch() *prefetched {
+	p := r.ahead
+	if p == nil {
+		return nil
+	}
+	r.ahead = nil
+	<-p.done
+	return p
 }
 
 // complete waits for b's acks and settles its rows (see settle). held says
