@@ -43,6 +43,9 @@ type holds struct {
 	names  []string // the held topics, for err
 }
 
+// none says that no topic is held and no retry of held rows is in flight.
+func (h *holds) none() bool { return len(h.topics) == 0 && h.probing == nil }
+
 // hold is one held topic.
 type hold struct {
 	backoff time.Duration

@@ -182,42 +182,60 @@ func TestAStandbyIsHealthyOnceTheDatabaseAnswers(t *testing.T) {
 // them before it reads again: each row reaches Kafka once. PostgreSQL only:
 // SQLite has no state that takes reads but refuses this write, and the
 // relay's part of it is the same on both.
+//
+// Draining a backlog, a batch's mark runs while the next batch is acked
+// (markBehind): the second case is a backlog of full batches, whose refused
+// marks surface a batch later.
 func TestRowsOnKafkaWhoseMarkFailedAreNotSentAgain(t *testing.T) {
-	pg := testenv.NewPostgresDatabase(t, testenv.RequirePostgres(t))
-	ctx := context.Background()
-	db, err := store.Open(ctx, store.Config{Driver: store.Postgres, URL: pg.URL, MaxOpenConns: 8})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = db.Close() })
-	e := open(t)
-	e.db = db
-	topic := e.topic(t, 1)
-	const n = 20
-	var recs []relay.Record
-	for i := range n {
-		recs = append(recs, relay.Record{Topic: topic, Key: []byte("k"), Headers: map[string]string{"ce_id": fmt.Sprint(i)}, Payload: []byte(fmt.Sprint(i))})
-	}
-	insert(t, e, recs, n)
-	pg.SetReadOnly(t, true)
+	for _, tc := range []struct {
+		name      string
+		rows      int
+		batchSize int
+	}{
+		{"one batch", 20, 100},
+		{"a backlog of full batches", 60, 10},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pg := testenv.NewPostgresDatabase(t, testenv.RequirePostgres(t))
+			ctx := context.Background()
+			db, err := store.Open(ctx, store.Config{Driver: store.Postgres, URL: pg.URL, MaxOpenConns: 8})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = db.Close() })
+			e := open(t)
+			e.db = db
+			topic := e.topic(t, 1)
+			var recs []relay.Record
+			for i := range tc.rows {
+				recs = append(recs, relay.Record{Topic: topic, Key: []byte("k"), Headers: map[string]string{"ce_id": fmt.Sprint(i)}, Payload: []byte(fmt.Sprint(i))})
+			}
+			insert(t, e, recs, tc.rows)
+			pg.SetReadOnly(t, true)
 
-	p, m := producerAndMetrics(t, e)
-	logs := &testenv.LogBuffer{}
-	r := relay.New(relay.Config{BatchSize: 100, PollInterval: 10 * time.Millisecond, MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond},
-		relay.NewTable(e.db), p, relay.NewLease(e.db), m, slog.New(slog.NewTextHandler(logs, nil)))
-	run(t, r)
-	consume(t, e, topic, n)
-	waitFor(t, "the relay to report the refused mark", 30*time.Second, func() bool {
-		err := r.Healthy()
-		return err != nil && strings.Contains(err.Error(), "read-only")
-	})
-	time.Sleep(time.Second) // the window's length: some twenty retries; not synchronisation
-	pg.SetReadOnly(t, false)
-	waitFor(t, "every row marked once writes are taken", 30*time.Second, func() bool { return stats(t, e).Pending == 0 })
-	waitFor(t, "the relay healthy again", 30*time.Second, func() bool { return r.Healthy() == nil })
-
-	if got := endOffset(t, e, topic); got != n {
-		t.Fatalf("%d records on Kafka for %d rows: rows were sent again while their mark failed\n%s", got, n, logs.String())
+			p, m := producerAndMetrics(t, e)
+			logs := &testenv.LogBuffer{}
+			r := relay.New(relay.Config{BatchSize: tc.batchSize, PollInterval: 10 * time.Millisecond, MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond},
+				relay.NewTable(e.db), p, relay.NewLease(e.db), m, slog.New(slog.NewTextHandler(logs, nil)))
+			run(t, r)
+			waitFor(t, "the relay to report the refused mark", 30*time.Second, func() bool {
+				err := r.Healthy()
+				return err != nil && strings.Contains(err.Error(), "read-only")
+			})
+			time.Sleep(time.Second) // the window's length: some twenty retries; not synchronisation
+			pg.SetReadOnly(t, false)
+			waitFor(t, "every row marked once writes are taken", 30*time.Second, func() bool { return stats(t, e).Pending == 0 })
+			waitFor(t, "the relay healthy again", 30*time.Second, func() bool { return r.Healthy() == nil })
+			got := consume(t, e, topic, tc.rows)
+			for i, rec := range got {
+				if string(rec.Value) != fmt.Sprint(i) {
+					t.Fatalf("record %d is %q: the key's order was lost", i, rec.Value)
+				}
+			}
+			if got := endOffset(t, e, topic); got != int64(tc.rows) {
+				t.Fatalf("%d records on Kafka for %d rows: rows were sent again while their mark failed\n%s", got, tc.rows, logs.String())
+			}
+		})
 	}
 }
 

@@ -161,6 +161,10 @@ type Relay struct {
 	// ahead is a read started before it was needed (see prefetch); nil for
 	// none. Only Run's goroutine touches it.
 	ahead *prefetched
+	// behind is the mark of an acked batch, running while the relay goes
+	// on with the next (see markBehind); nil for none. Only Run's
+	// goroutine touches it.
+	behind *marking
 }
 
 // New builds a relay; Run starts it.
@@ -228,6 +232,9 @@ func (b *batch) acks() []error {
 func (r *Relay) Run(ctx context.Context) error {
 	defer r.lease.Release()
 	defer r.dropPrefetch()
+	// A mark that fails now leaves its rows pending, sent again after the
+	// restart (the inbox absorbs them).
+	defer func() { _ = r.awaitMark() }()
 	backoff := r.cfg.MinBackoff
 	var inFlight *batch
 	// owed says a nudge was taken for a read ahead: the relay then reads
@@ -244,6 +251,17 @@ func (r *Relay) Run(ctx context.Context) error {
 		backoff = min(2*backoff, r.cfg.MaxBackoff)
 	}
 	for ctx.Err() == nil {
+		if inFlight == nil {
+			// The next read starts from the lowest pending id: it must not
+			// meet rows whose mark is still running. Reads ahead of a batch
+			// in flight start above every row marked behind.
+			if err := r.awaitMark(); err != nil {
+				if ctx.Err() == nil {
+					fail(err)
+				}
+				continue
+			}
+		}
 		// Before the lease: rows this relay put on Kafka are marked even
 		// when another replica leads now, which spares it sending them too.
 		if err := r.markUnmarked(ctx); err != nil {
@@ -314,7 +332,14 @@ func (r *Relay) Run(ctx context.Context) error {
 				next.acks()
 			}
 			var held bool
-			held, doneErr = r.complete(ctx, prev)
+			if next != nil && r.holds.none() && !slices.ContainsFunc(prev.acks(), isError) {
+				// Every record acked, and a batch follows: prev's mark runs
+				// while that one is acked.
+				doneErr = r.awaitMark()
+				r.markBehind(ctx, prev)
+			} else {
+				held, doneErr = r.complete(ctx, prev)
+			}
 			if held && next != nil && doneErr == nil && err == nil {
 				// next went to the producer before prev's topic was held:
 				// it is settled before the held rows are tried again, so
@@ -499,13 +524,59 @@ func (r *Relay) dropPrefetch() *prefetched {
 	return p
 }
 
-// complete waits for b's acks and settles its rows (see settle). held says
-// that a topic was held by it, one the relay could produce to until now. A
-// failure of the database is returned; a row that failed to produce is not
-// a failure of the batch, as its topic is held and tried again on its own.
+// marking is the mark of an acked batch's rows, running.
+type marking struct {
+	ids  []int64
+	done chan error
+}
+
+// markBehind settles b, whose every record was acked, while the relay goes
+// on: its rows are marked forwarded in a goroutine of their own, so that the
+// database marks one batch while the relay hands the next to the producer
+// and waits for its acks (awaitMark ends it). Draining a backlog, the mark
+// was half of each batch's time after the reads were prefetched
+// (2026-12-04; docs/BENCHMARKS.md).
+func (r *Relay) markBehind(ctx context.Context, b *batch) {
+	for _, span := range b.spans {
+		span.End()
+	}
+	r.metrics.batchSeconds.Observe(time.Since(b.start).Seconds())
+	m := &marking{ids: make([]int64, len(b.rows)), done: make(chan error, 1)}
+	for i, row := range b.rows {
+		m.ids[i] = row.ID
+	}
+	go func() { m.done <- r.source.MarkForwarded(ctx, m.ids) }()
+	r.behind = m
+}
+
+// awaitMark waits for the mark started by markBehind, if any. Rows whose
+// mark failed join unmarked: they are on Kafka, and are marked before
+// anything is read again.
+func (r *Relay) awaitMark() error {
+	m := r.behind
+	if m == nil {
+		return nil
+	}
+	r.behind = nil
+	if err := <-m.done; err != nil {
+		r.unmarked = append(r.unmarked, m.ids...)
+		return err
+	}
+	r.metrics.forwarded.Add(float64(len(m.ids)))
+	return nil
+}
+
+func isError(err error) bool { return err != nil }
+
+// complete waits for b's acks and settles its rows (see settle), after the
+// mark behind it, if any, has ended. held says that a topic was held by it,
+// one the relay could produce to until now. A failure of the database is
+// returned; a row that failed to produce is not a failure of the batch, as
+// its topic is held and tried again on its own.
 func (r *Relay) complete(ctx context.Context, b *batch) (held bool, err error) {
+	markErr := r.awaitMark()
 	failed, err := r.settle(ctx, b.rows, b.acks(), b.spans, false)
-	if err != nil {
+	if err = errors.Join(markErr, err); err != nil {
 		return false, err
 	}
 	r.metrics.batchSeconds.Observe(time.Since(b.start).Seconds())
