@@ -156,26 +156,7 @@ func addedPartitionsAreReadFromTheirStart(t *testing.T, stopFirst, startAnother 
 			stop()
 		}
 	}()
-	// Probes sent before the group is placed are skipped, as the start
-	// position says; one of each partition handled says it is placed.
-	for i := 0; ; i++ {
-		vs := []string{"probe-0-" + strconv.Itoa(i), "probe-1-" + strconv.Itoa(i)}
-		for p, v := range vs {
-			if err := send(v, int32(p)); err != nil {
-				t.Fatal(err)
-			}
-		}
-		deadline := time.Now().Add(time.Second)
-		for !was(vs...) && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond) // polling interval
-		}
-		if was(vs...) {
-			break
-		}
-		if ctx.Err() != nil {
-			t.Fatal("the group was never placed on both partitions")
-		}
-	}
+	g.awaitPlaced(ctx, t, send)
 	adm := kadm.NewClient(mustClient(t, addrs))
 	// The group is established: its placement is committed (a new group
 	// holds that back for a few seconds, see dispatch.addedPartitions).
@@ -269,6 +250,31 @@ func (g *endGroup) handle(msg *message.Message) error {
 }
 
 // handledAll says whether every one of payloads was handled.
+// awaitPlaced sends a probe to each of the topic's two partitions, with
+// send, until one of each is handled: probes sent before the group is
+// placed are skipped, as its start position says.
+func (g *endGroup) awaitPlaced(ctx context.Context, t *testing.T, send func(value string, partition int32) error) {
+	t.Helper()
+	for i := 0; ; i++ {
+		vs := []string{"probe-0-" + strconv.Itoa(i), "probe-1-" + strconv.Itoa(i)}
+		for p, v := range vs {
+			if err := send(v, int32(p)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		deadline := time.Now().Add(time.Second)
+		for !g.handledAll(vs...) && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond) // polling interval
+		}
+		if g.handledAll(vs...) {
+			return
+		}
+		if ctx.Err() != nil {
+			t.Fatal("the group was never placed on both partitions")
+		}
+	}
+}
+
 func (g *endGroup) handledAll(payloads ...string) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -318,25 +324,9 @@ func TestANewGroupCommitsWhereItStartsOnlyOnceItsGenerationHasLooked(t *testing.
 	r.AddConsumerHandler("h", topic, sub, g.handle)
 	done := make(chan error, 1)
 	go func() { done <- r.Run(context.Background()) }()
-	// Placed on both partitions, and a record of each handled.
-	for i := 0; ; i++ {
-		vs := []string{"probe-0-" + strconv.Itoa(i), "probe-1-" + strconv.Itoa(i)}
-		for p, v := range vs {
-			if err := cl.ProduceSync(ctx, &kgo.Record{Topic: topic, Value: []byte(v), Partition: int32(p)}).FirstErr(); err != nil {
-				t.Fatal(err)
-			}
-		}
-		deadline := time.Now().Add(time.Second)
-		for !g.handledAll(vs...) && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond) // polling interval
-		}
-		if g.handledAll(vs...) {
-			break
-		}
-		if ctx.Err() != nil {
-			t.Fatal("the group was never placed on both partitions")
-		}
-	}
+	g.awaitPlaced(ctx, t, func(v string, p int32) error {
+		return cl.ProduceSync(ctx, &kgo.Record{Topic: topic, Value: []byte(v), Partition: p}).FirstErr()
+	})
 	committed := func() map[int32]int64 {
 		t.Helper()
 		resp, err := adm.FetchOffsets(ctx, g.name)
