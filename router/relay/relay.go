@@ -545,9 +545,19 @@ func (r *Relay) markBehind(ctx context.Context, b *batch) {
 	for i, row := range b.rows {
 		m.ids[i] = row.ID
 	}
-	go func() { m.done <- r.source.MarkForwarded(ctx, m.ids) }()
+	// The rows are on Kafka: a stop does not cut their mark short, which
+	// would send them again after the restart. A database that does not
+	// answer still ends it.
+	markCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), markBehindTimeout)
+	go func() {
+		defer cancel()
+		m.done <- r.source.MarkForwarded(markCtx, m.ids)
+	}()
 	r.behind = m
 }
+
+// markBehindTimeout bounds a mark behind that a stop does not cancel.
+const markBehindTimeout = 10 * time.Second
 
 // awaitMark waits for the mark started by markBehind, if any. Rows whose
 // mark failed join unmarked: they are on Kafka, and are marked before

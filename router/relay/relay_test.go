@@ -642,3 +642,75 @@ func TestATopicDeletedAndCreatedAgainGetsItsRows(t *testing.T) {
 	}
 	waitFor(t, "every row marked forwarded", 30*time.Second, func() bool { return stats(t, e).Pending == 0 })
 }
+
+// stallingMarks holds the relay's second mark of rows forwarded until the
+// test releases it, then runs it with the context it was given.
+type stallingMarks struct {
+	*relay.Table
+	mu      sync.Mutex
+	marks   int
+	stalled chan []int64 // the held mark's ids, once it is held
+	release chan struct{}
+}
+
+func (s *stallingMarks) MarkForwarded(ctx context.Context, ids []int64) error {
+	s.mu.Lock()
+	s.marks++
+	second := s.marks == 2
+	s.mu.Unlock()
+	if second {
+		s.stalled <- ids
+		<-s.release
+	}
+	return s.Table.MarkForwarded(ctx, ids)
+}
+
+// TestAStopDoesNotCutAMarkBehindShort: draining a backlog, an acked batch
+// is marked while the next one is acked. A stop that arrived meanwhile
+// cancelled that mark, and its rows, already on Kafka, went again after the
+// restart. The mark now ends on its own.
+func TestAStopDoesNotCutAMarkBehindShort(t *testing.T) {
+	e := open(t)
+	topic := e.topic(t, 1)
+	p, m := producerAndMetrics(t, e)
+	const backlog, batch = 60, 10
+	recs := make([]relay.Record, backlog)
+	for i := range recs {
+		recs[i] = relay.Record{Topic: topic, Key: []byte("k"), Payload: []byte(strconv.Itoa(i))}
+	}
+	insert(t, e, recs, backlog)
+	src := &stallingMarks{Table: relay.NewTable(e.db), stalled: make(chan []int64, 1), release: make(chan struct{})}
+	r := relay.New(relay.Config{BatchSize: batch, PollInterval: time.Hour}, src, p, relay.NewLease(e.db), m, slog.New(slog.DiscardHandler))
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	var ids []int64
+	select {
+	case ids = <-src.stalled:
+	case <-time.After(time.Minute):
+		t.Fatal("the relay never marked a second batch")
+	}
+	stop()
+	close(src.release)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("the relay did not stop")
+	}
+
+	args := make([]any, len(ids))
+	marks := make([]string, len(ids))
+	for i, id := range ids {
+		args[i], marks[i] = id, fmt.Sprintf("$%d", i+1)
+	}
+	var forwarded int
+	if err := e.db.QueryRowContext(context.Background(), `SELECT COUNT(*) FROM eventfn_outbox WHERE state = 1 AND id IN (`+strings.Join(marks, ",")+`)`, args...).Scan(&forwarded); err != nil {
+		t.Fatal(err)
+	}
+	if forwarded != len(ids) {
+		t.Fatalf("%d of the %d rows whose mark the stop met are marked forwarded: the others go to Kafka again after a restart", forwarded, len(ids))
+	}
+}
