@@ -271,8 +271,10 @@ func (r *Relay) Run(ctx context.Context) error {
 			continue
 		}
 		if !r.lease.Leading() {
-			// Another replica may have held or released topics meanwhile.
+			// Another replica may have held or released topics meanwhile,
+			// and forwarded the rows a prefetch read.
 			r.holds.loaded = false
+			r.dropPrefetch()
 		}
 		if err := r.lease.Acquire(ctx, r.standingBy); err != nil {
 			if ctx.Err() == nil {
@@ -393,6 +395,8 @@ func (r *Relay) Run(ctx context.Context) error {
 // healthy. A failure before (the database away, at a restart) was otherwise
 // reported until this replica led again, with /readyz at 503 meanwhile.
 func (r *Relay) standingBy() {
+	// What a prefetch read, the relay that leads now forwards.
+	r.dropPrefetch()
 	r.logger.Info("another replica's relay forwards the outbox; this one waits to take over")
 	r.recovered()
 }
@@ -493,7 +497,10 @@ type prefetched struct {
 // and holds rows of the batches before; holds and probes concern held rows,
 // which a read does not return), and another replica's relay does not lead
 // while this one holds the lease, which send checks after the read as it
-// always did. A send that asks for other rows drops the prefetch.
+// always did. A lease lost (and maybe taken again) drops the prefetch: the
+// replica that led meanwhile forwarded those rows (found by a fresh-eyed
+// attack: a lease lost and regained within LateCommitWait sent them
+// twice). A send that asks for other rows drops it too.
 func (r *Relay) prefetch(ctx context.Context, after int64) {
 	p := &prefetched{after: after, done: make(chan struct{})}
 	go func() {

@@ -714,3 +714,133 @@ func TestAStopDoesNotCutAMarkBehindShort(t *testing.T) {
 		t.Fatalf("%d of the %d rows whose mark the stop met are marked forwarded: the others go to Kafka again after a restart", forwarded, len(ids))
 	}
 }
+
+// handoverLease is lost once, as pgLease is when its lock session ends:
+// Leading and Held turn false, and Acquire finds another replica's relay
+// holding the lock (it calls standby) and waits until the test hands the
+// lock back.
+type handoverLease struct {
+	waiting chan struct{} // closed once Acquire waits
+	back    chan struct{} // closed to hand the lease back
+	mu      sync.Mutex
+	held    bool
+}
+
+func newHandoverLease() *handoverLease {
+	return &handoverLease{waiting: make(chan struct{}), back: make(chan struct{}), held: true}
+}
+
+func (l *handoverLease) lose() {
+	l.mu.Lock()
+	l.held = false
+	l.mu.Unlock()
+}
+
+func (l *handoverLease) Acquire(ctx context.Context, standby func()) error {
+	if l.Leading() {
+		return nil
+	}
+	if standby != nil {
+		standby()
+	}
+	close(l.waiting)
+	select {
+	case <-l.back:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	l.mu.Lock()
+	l.held = true
+	l.mu.Unlock()
+	return nil
+}
+
+func (l *handoverLease) Held(context.Context) bool { return l.Leading() }
+func (l *handoverLease) Release()                  {}
+func (l *handoverLease) Leading() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.held
+}
+
+func (l *handoverLease) Fenced(ctx context.Context, stmt func(context.Context, relay.Execer) error) error {
+	return stmt(ctx, nil)
+}
+
+// TestRowsReadAheadAreNotSentAfterTheLeaseChangedHands: draining a backlog,
+// the relay reads the next batch before it needs it. When the lease was
+// lost meanwhile and came back, the replica that led in between had
+// forwarded those rows, and the relay sent them again from what it had read
+// before (found by a fresh-eyed attack). What was read ahead is dropped
+// when the lease is lost.
+func TestRowsReadAheadAreNotSentAfterTheLeaseChangedHands(t *testing.T) {
+	e := open(t)
+	topic := e.topic(t, 1)
+	p, m := producerAndMetrics(t, e)
+	const backlog, batch = 50, 10
+	recs := make([]relay.Record, backlog)
+	for i := range recs {
+		recs[i] = relay.Record{Topic: topic, Key: []byte("k"), Payload: []byte(strconv.Itoa(i))}
+	}
+	insert(t, e, recs, backlog)
+	lease := newHandoverLease()
+	var sends sync.Mutex
+	sent := 0
+	hook := &sendHook{Sink: p, onSend: func([]relay.Record) {
+		sends.Lock()
+		defer sends.Unlock()
+		if sent++; sent == 2 {
+			// Rows 0-19 are handed over, and 20-29 read ahead.
+			lease.lose()
+		}
+	}}
+	src := &countingSource{Table: relay.NewTable(e.db)}
+	// Reads go on ahead however long the hand-over takes.
+	r := relay.New(relay.Config{BatchSize: batch, PollInterval: time.Hour, LateCommitWait: time.Hour}, src, hook, lease, m, slog.New(slog.DiscardHandler))
+	run(t, r)
+	select {
+	case <-lease.waiting:
+	case <-time.After(time.Minute):
+		t.Fatal("the relay never waited for the lease it lost")
+	}
+	// Three reads have ended: rows 0-9, 10-19 and, ahead, 20-29.
+	waitFor(t, "the read ahead of rows 20-29", 30*time.Second, func() bool { return src.count() >= 3 })
+	// The replica that led meanwhile forwarded rows 20-29.
+	ids := rowIDs(t, e)
+	if _, err := e.db.ExecContext(context.Background(), `UPDATE eventfn_outbox SET state = 1 WHERE id >= $1 AND id <= $2`, ids[20], ids[29]); err != nil {
+		t.Fatal(err)
+	}
+	close(lease.back)
+	waitFor(t, "every row forwarded", 30*time.Second, func() bool { return stats(t, e).Pending == 0 })
+	got := consume(t, e, topic, backlog-10)
+	for _, rec := range got {
+		if i, _ := strconv.Atoi(string(rec.Value)); i >= 20 && i < 30 {
+			t.Fatalf("row %d, forwarded by the replica that led meanwhile, was sent again", i)
+		}
+	}
+	if n := endOffset(t, e, topic); n != backlog-10 {
+		t.Fatalf("%d records on Kafka, want %d", n, backlog-10)
+	}
+}
+
+// rowIDs are the outbox's row ids, in order.
+func rowIDs(t *testing.T, e engines) []int64 {
+	t.Helper()
+	rows, err := e.db.QueryContext(context.Background(), `SELECT id FROM eventfn_outbox ORDER BY id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var ids []int64
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return ids
+}
