@@ -43,11 +43,21 @@ const pgLeaseKey = LeaseKey
 // tools that show who holds it; the second is hashtext(current_schema()).
 const LeaseKey = 7262652
 
-// heldCheckInterval is how often a leader checks that its lock session lives,
-// busy or idle. A session that died mid-check means another replica may
-// already forward: the worst case is a batch sent twice, which the inbox
-// absorbs.
-const heldCheckInterval = time.Second
+// heldCheckInterval is how long a busy leader trusts its last check that its
+// lock session lives: the relay asks (Held) after every read, and the
+// session is pinged when the last check is older. Once the session has
+// ended (terminated, the server restarted, the network gone), a standby
+// takes the lock at once, and both relays forward the same rows until the
+// leader checks: up to this long, at full speed. With a second, a lock
+// session terminated under a 3,000-row backlog had most of it sent twice
+// (found by a fresh-eyed attack, 2026-12-04); the inbox absorbs the copies,
+// but they cost. Busy, a check every 100 ms is ten round trips a second.
+const heldCheckInterval = 100 * time.Millisecond
+
+// keepAliveInterval is how often an idle leader checks its lock session, so
+// that the server does not end it as silent (leaseIdleTimeout) and the
+// leader finds out that it lost the session while no rows come.
+const keepAliveInterval = time.Second
 
 // leaseIdleTimeout is the lock session's idle_session_timeout: PostgreSQL
 // ends it, and with it the lock, once the leader has been silent this long.
@@ -55,8 +65,8 @@ const heldCheckInterval = time.Second
 // half-open connection keeps its session, and its lock, for as long as the
 // server's TCP keepalive takes to notice, two hours by default; the standby
 // waited all that while, healthy by /readyz, with nothing forwarded. A live
-// leader checks its session every heldCheckInterval, so only one silent
-// for ten such checks loses it. (PostgreSQL 14 and later; older servers do
+// leader checks its session every keepAliveInterval at least, so only one
+// silent for ten such checks loses it. (PostgreSQL 14 and later; older servers do
 // not have the setting, and keep the old behaviour.)
 const leaseIdleTimeout = 10 * time.Second
 
@@ -165,11 +175,11 @@ func (l *pgLease) idleTimeoutOrDefault() time.Duration {
 	return leaseIdleTimeout
 }
 
-// keepAlive checks the lock session every heldCheckInterval until stop is
+// keepAlive checks the lock session every keepAliveInterval until stop is
 // closed, so that an idle leader is not taken for a silent one, and finds
 // out that it lost its session while no rows come.
 func (l *pgLease) keepAlive(stop <-chan struct{}) {
-	t := time.NewTicker(heldCheckInterval)
+	t := time.NewTicker(keepAliveInterval)
 	defer t.Stop()
 	for {
 		select {

@@ -28,7 +28,7 @@ const (
 )
 
 // testIdleTimeout shortens leaseIdleTimeout in these tests; several
-// heldCheckIntervals still fit in it, so a leader slowed by a loaded machine
+// keepAliveIntervals still fit in it, so a leader slowed by a loaded machine
 // keeps its lease.
 const testIdleTimeout = 4 * time.Second
 
@@ -374,5 +374,54 @@ func TestTheLeasesSessionSettingsStayWithTheLease(t *testing.T) {
 	next.SetMaxOpenConns(1)
 	if after, want := settings(next), "statement_timeout=30s lock_timeout=20s idle_session_timeout=0 schema="+schema; after != want {
 		t.Errorf("the pool's next client has %s; want the session as it was, %s", after, want)
+	}
+}
+
+// TestABusyLeaderLearnsSoonThatItsSessionEnded: once the lock session has
+// ended (terminated, a restart), a standby takes the lock at once, and the
+// leader forwards beside it until its next check. Checks a second apart
+// sent most of a 3,000-row backlog twice; the relay asks Held after every
+// read, and a check older than heldCheckInterval is made again.
+func TestABusyLeaderLearnsSoonThatItsSessionEnded(t *testing.T) {
+	base := testenv.RequirePostgres(t)
+	admin := openPostgres(t, base)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	leader := &pgLease{db: openPostgres(t, testenv.PostgresSchema(t, base)), idleTimeout: testIdleTimeout}
+	if err := leader.Acquire(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	defer leader.Release()
+	var pid int
+	if err := leader.Fenced(ctx, func(ctx context.Context, e Execer) error {
+		return e.(*sql.Conn).QueryRowContext(ctx, `SELECT pg_backend_pid()`).Scan(&pid)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if !leader.Held(ctx) {
+		t.Fatal("the lease is not held before its session ended")
+	}
+	if _, err := admin.ExecContext(ctx, `SELECT pg_terminate_backend($1)`, pid); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		var alive bool
+		if err := admin.QueryRowContext(ctx, `SELECT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $1)`, pid).Scan(&alive); err != nil {
+			t.Fatal(err)
+		}
+		if !alive {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatal("the lock session was never terminated")
+		}
+		time.Sleep(10 * time.Millisecond) // polling interval
+	}
+	// Time passes, as it does while a relay reads and produces; not
+	// synchronisation: Held's answer depends only on how long it was.
+	const bound = 100 * time.Millisecond
+	time.Sleep(bound)
+	if leader.Held(ctx) {
+		t.Fatalf("the leader still believes it holds the lease %v after its session ended", bound)
 	}
 }
