@@ -202,23 +202,7 @@ func waitFor(t *testing.T, cond func() bool) {
 
 func column(t *testing.T, db *store.DB, query string) []string {
 	t.Helper()
-	rows, err := db.Read.Query(query)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var s string
-		if err := rows.Scan(&s); err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, s)
-	}
-	if err := rows.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return out
+	return testenv.Column[string](context.Background(), t, db.Read, query)
 }
 
 // serialCommitter runs one batch at a time and never starts another for a

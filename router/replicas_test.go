@@ -72,23 +72,8 @@ func TestAReplicasCommitsWakeTheLeadingRelayOfAnother(t *testing.T) {
 	}
 	var pids []int
 	listening := func() bool {
-		rows, err := leader.db.QueryContext(ctx, `SELECT pid FROM pg_stat_activity
+		pids = testenv.Column[int](ctx, t, leader.db, `SELECT pid FROM pg_stat_activity
 			WHERE datname = current_database() AND query LIKE 'LISTEN %' AND position($1 in query) > 0`, channel)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer rows.Close()
-		pids = pids[:0]
-		for rows.Next() {
-			var pid int
-			if err := rows.Scan(&pid); err != nil {
-				t.Fatal(err)
-			}
-			pids = append(pids, pid)
-		}
-		if err := rows.Err(); err != nil {
-			t.Fatal(err)
-		}
 		return len(pids) == 2
 	}
 	waitUntil(t, "one listening session per replica", time.Minute, listening)

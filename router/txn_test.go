@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/eventfn/eventfn/internal/testenv"
 	"github.com/eventfn/eventfn/router"
 	"github.com/eventfn/eventfn/runtime"
 	"github.com/eventfn/eventfn/store"
@@ -29,23 +30,7 @@ func (probed) EventType() string { return "probe.handled" }
 // textRows is the one text column of query's rows, in order.
 func textRows(t *testing.T, tr *testRuntime, query string, args ...any) []string {
 	t.Helper()
-	rows, err := tr.db.Read.Query(query, args...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var s string
-		if err := rows.Scan(&s); err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, s)
-	}
-	if err := rows.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return out
+	return testenv.Column[string](context.Background(), t, tr.db.Read, query, args...)
 }
 
 func countRows(t *testing.T, tr *testRuntime, query string, args ...any) int {

@@ -231,3 +231,31 @@ func AwaitAdvisoryLockWait(ctx context.Context, t testing.TB, admin *sql.DB, dat
 		}
 	}
 }
+
+// Querier runs a query: a *sql.DB, *sql.Conn or *sql.Tx.
+type Querier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}
+
+// Column is the one column of query's rows, in order, scanned as T; a
+// failure fails t.
+func Column[T any](ctx context.Context, t testing.TB, db Querier, query string, args ...any) []T {
+	t.Helper()
+	rows, err := db.QueryContext(ctx, query, args...)
+	if err != nil {
+		t.Fatalf("%s: %v", query, err)
+	}
+	defer rows.Close()
+	var out []T
+	for rows.Next() {
+		var v T
+		if err := rows.Scan(&v); err != nil {
+			t.Fatalf("%s: scan: %v", query, err)
+		}
+		out = append(out, v)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatalf("%s: %v", query, err)
+	}
+	return out
+}

@@ -553,18 +553,20 @@ func (r *Relay) markBehind(ctx context.Context, b *batch) {
 		m.ids[i] = row.ID
 	}
 	// The rows are on Kafka: a stop does not cut their mark short, which
-	// would send them again after the restart. A database that does not
-	// answer still ends it.
-	markCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), markBehindTimeout)
+	// would send them again after the restart, but gives it stopGrace to
+	// end, so that a database that does not answer does not hold the stop.
+	markCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	stopped := context.AfterFunc(ctx, func() { time.AfterFunc(stopGrace, cancel) })
 	go func() {
 		defer cancel()
+		defer stopped()
 		m.done <- r.source.MarkForwarded(markCtx, m.ids)
 	}()
 	r.behind = m
 }
 
-// markBehindTimeout bounds a mark behind that a stop does not cancel.
-const markBehindTimeout = 10 * time.Second
+// stopGrace is how long a mark behind may go on once the relay is stopped.
+const stopGrace = 2 * time.Second
 
 // awaitMark waits for the mark started by markBehind, if any. Rows whose
 // mark failed join unmarked: they are on Kafka, and are marked before
