@@ -86,8 +86,12 @@ type pgLease struct {
 	checked time.Time
 	// own are the lock session's settings as the lease found them.
 	own sessionSettings
-	// stopKeepAlive ends the keep-alive of the lock held now.
-	stopKeepAlive chan struct{}
+	// endKeepAlive ends the keep-alive of the lock held now, and its check
+	// in progress. Release calls it before it waits for mu, which a check
+	// holds: against a database that does not answer, a stop waited for the
+	// check's leasePingTimeout (found by a fresh-eyed attack: 5.6 s where
+	// the unlock's own bound is 2 s).
+	endKeepAlive atomic.Pointer[context.CancelFunc]
 	// idleTimeout is leaseIdleTimeout; tests shorten it.
 	idleTimeout time.Duration
 	// leading mirrors conn != nil for Leading, which commits call and
@@ -163,8 +167,9 @@ func (l *pgLease) Acquire(ctx context.Context, standby func()) error {
 	l.own = own
 	l.conn, l.checked = conn, time.Now()
 	l.leading.Store(true)
-	l.stopKeepAlive = make(chan struct{})
-	go l.keepAlive(l.stopKeepAlive)
+	keepAliveCtx, end := context.WithCancel(context.Background())
+	l.endKeepAlive.Store(&end)
+	go l.keepAlive(keepAliveCtx)
 	return nil
 }
 
@@ -175,25 +180,23 @@ func (l *pgLease) idleTimeoutOrDefault() time.Duration {
 	return leaseIdleTimeout
 }
 
-// keepAlive checks the lock session every keepAliveInterval until stop is
-// closed, so that an idle leader is not taken for a silent one, and finds
-// out that it lost its session while no rows come.
-func (l *pgLease) keepAlive(stop <-chan struct{}) {
+// keepAlive checks the lock session every keepAliveInterval until ctx
+// ends, so that an idle leader is not taken for a silent one, and finds out
+// that it lost its session while no rows come.
+func (l *pgLease) keepAlive(ctx context.Context) {
 	t := time.NewTicker(keepAliveInterval)
 	defer t.Stop()
 	for {
 		select {
-		case <-stop:
+		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
 		l.mu.Lock()
-		select {
-		case <-stop:
-			// Released, or lost and perhaps taken again since: that lease
-			// has a keep-alive of its own.
-		default:
-			l.checkLocked(context.Background())
+		// Unless released, or lost and perhaps taken again since: that
+		// lease has a keep-alive of its own.
+		if ctx.Err() == nil {
+			l.checkLocked(ctx)
 		}
 		l.mu.Unlock()
 	}
@@ -250,6 +253,7 @@ func (l *pgLease) Fenced(ctx context.Context, stmt func(context.Context, Execer)
 }
 
 func (l *pgLease) Release() {
+	l.stopKeepAlive()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.conn == nil {
@@ -291,7 +295,14 @@ func (l *pgLease) dropLocked() {
 	_ = l.conn.Close()
 	l.conn = nil
 	l.leading.Store(false)
-	close(l.stopKeepAlive)
+	l.stopKeepAlive()
+}
+
+// stopKeepAlive ends the keep-alive of the lock held now, if any.
+func (l *pgLease) stopKeepAlive() {
+	if end := l.endKeepAlive.Load(); end != nil {
+		(*end)()
+	}
 }
 
 // dropConn, returned from sql.Conn.Raw, makes database/sql discard the

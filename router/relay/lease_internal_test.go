@@ -425,3 +425,45 @@ func TestABusyLeaderLearnsSoonThatItsSessionEnded(t *testing.T) {
 		t.Fatalf("the leader still believes it holds the lease %v after its session ended", bound)
 	}
 }
+
+// TestAReleaseDoesNotWaitForAKeepAliveThatGetsNoAnswer: the keep-alive
+// holds the lease's mutex while it checks the lock session, and Release
+// waited for that mutex: against a database that did not answer, a stop
+// waited out the check's leasePingTimeout (5 s) before its own bounded
+// unlock (found by a fresh-eyed attack). Release now ends the check first.
+func TestAReleaseDoesNotWaitForAKeepAliveThatGetsNoAnswer(t *testing.T) {
+	base := testenv.RequirePostgres(t)
+	du, err := url.Parse(testenv.PostgresSchema(t, base))
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := newFreezeProxy(t, du.Host)
+	viaProxy := *du
+	viaProxy.Host = proxy.ln.Addr().String()
+	leader := &pgLease{db: openPostgres(t, viaProxy.String()), idleTimeout: testIdleTimeout}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := leader.Acquire(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	proxy.frozen.Store(true)
+	// The keep-alive's next check waits for an answer, holding the mutex.
+	for held := 0; held < 5; {
+		if leader.mu.TryLock() {
+			leader.mu.Unlock()
+			held = 0
+		} else {
+			held++
+		}
+		if ctx.Err() != nil {
+			t.Fatal("the keep-alive never checked the lock session")
+		}
+		time.Sleep(10 * time.Millisecond) // polling interval
+	}
+	start := time.Now()
+	leader.Release()
+	// Its own unlock is bounded by 2 s; the check it waited for, by 5 s.
+	if took := time.Since(start); took >= leasePingTimeout-time.Second {
+		t.Fatalf("Release took %v: it waited for the keep-alive's check", took)
+	}
+}

@@ -226,6 +226,10 @@ func (p *Producer) Send(ctx context.Context, recs []Record) Sent {
 	s := &sending{p: p, ctx: ctx, recs: recs, errs: make([]error, len(recs)), answered: make([]bool, len(recs))}
 	var behind map[string]bool // topics whose later records wait (see ErrBehindTooLarge)
 	for i, r := range recs {
+		if msg, bad := r.Headers[headerDecodeError]; bad {
+			s.errs[i], s.answered[i] = fmt.Errorf("%w: %s", ErrUndecodableHeaders, msg), true
+			continue
+		}
 		size := r.Size()
 		if size > p.max {
 			s.errs[i], s.answered[i] = fmt.Errorf("%w: %d bytes, the limit (kafka.max_message_bytes) is %d", ErrTooLarge, size, p.max), true
@@ -349,6 +353,13 @@ func (p *Producer) Close() {
 // ErrTooLarge is a record larger than the producer may send.
 var ErrTooLarge = errors.New("record too large for Kafka")
 
+// ErrUndecodableHeaders is an outbox row whose headers column is not a JSON
+// object of strings: without its CloudEvents attributes its consumers could
+// neither route nor deduplicate it. Such rows were produced with a header
+// saying so, and marked forwarded (found by a fresh-eyed attack); they are
+// parked now.
+var ErrUndecodableHeaders = errors.New("the row's headers column is not a JSON object of strings")
+
 // ErrBehindTooLarge fails a record behind one of its topic that may be too
 // large for the topic's lowered limit, in one batch: it was not handed over,
 // and goes again after that one.
@@ -358,6 +369,7 @@ var ErrBehindTooLarge = errors.New("not produced: behind a record that may be to
 // opposed to a broker or network that is away for now.
 func Unproducible(err error) bool {
 	return errors.Is(err, ErrTooLarge) ||
+		errors.Is(err, ErrUndecodableHeaders) ||
 		errors.Is(err, kerr.MessageTooLarge) ||
 		errors.Is(err, kerr.RecordListTooLarge) ||
 		errors.Is(err, kerr.InvalidRecord) ||

@@ -232,6 +232,14 @@ func (b *batch) acks() []error {
 func (r *Relay) Run(ctx context.Context) error {
 	defer r.lease.Release()
 	defer r.dropPrefetch()
+	// Marks behind run on a context of their own: their rows are on Kafka,
+	// and a stop that cut a mark short sent them again after the restart.
+	// A stop gives them stopGrace, counted from the stop for all of them (a
+	// mark begun after the stop, the batch acked meanwhile, once got a
+	// grace of its own and made it twice as long).
+	markCtx, cancelMarks := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelMarks()
+	defer context.AfterFunc(ctx, func() { time.AfterFunc(stopGrace, cancelMarks) })()
 	// A mark that fails now leaves its rows pending, sent again after the
 	// restart (the inbox absorbs them).
 	defer func() { _ = r.awaitMark() }()
@@ -338,7 +346,7 @@ func (r *Relay) Run(ctx context.Context) error {
 				// Every record acked, and a batch follows: prev's mark runs
 				// while that one is acked.
 				doneErr = r.awaitMark()
-				r.markBehind(ctx, prev)
+				r.markBehind(markCtx, prev)
 			} else {
 				held, doneErr = r.complete(ctx, prev)
 			}
@@ -542,7 +550,7 @@ type marking struct {
 // database marks one batch while the relay hands the next to the producer
 // and waits for its acks (awaitMark ends it). Draining a backlog, the mark
 // was half of each batch's time after the reads were prefetched
-// (2026-12-04; docs/BENCHMARKS.md).
+// (2026-12-04; docs/BENCHMARKS.md). ctx is Run's context for marks.
 func (r *Relay) markBehind(ctx context.Context, b *batch) {
 	for _, span := range b.spans {
 		span.End()
@@ -552,16 +560,7 @@ func (r *Relay) markBehind(ctx context.Context, b *batch) {
 	for i, row := range b.rows {
 		m.ids[i] = row.ID
 	}
-	// The rows are on Kafka: a stop does not cut their mark short, which
-	// would send them again after the restart, but gives it stopGrace to
-	// end, so that a database that does not answer does not hold the stop.
-	markCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	stopped := context.AfterFunc(ctx, func() { time.AfterFunc(stopGrace, cancel) })
-	go func() {
-		defer cancel()
-		defer stopped()
-		m.done <- r.source.MarkForwarded(markCtx, m.ids)
-	}()
+	go func() { m.done <- r.source.MarkForwarded(ctx, m.ids) }()
 	r.behind = m
 }
 
@@ -650,7 +649,7 @@ func (r *Relay) settle(ctx context.Context, rows []Row, errs []error, spans []tr
 		switch {
 		case err == nil:
 			forwarded = append(forwarded, row.ID)
-		case Unproducible(err) || row.Headers[headerDecodeError] != "":
+		case Unproducible(err):
 			reason := fmt.Sprintf("cannot be produced to %s: %v", row.Topic, err)
 			if perr := r.source.Park(ctx, row.ID, reason); perr != nil {
 				dbErr = errors.Join(dbErr, perr)

@@ -242,6 +242,49 @@ func TestARowThatCanNeverBeProducedIsParkedAndTheRowsBehindItGoOn(t *testing.T) 
 	}
 }
 
+// TestARowWhoseHeadersDoNotDecodeIsParked: an outbox row written by
+// something other than eventfn, whose headers column is not a JSON object
+// of strings, has no CloudEvents attributes for its consumers to route or
+// deduplicate it by. Such rows went to Kafka with a header saying the
+// decode failed, and were marked forwarded (found by a fresh-eyed attack);
+// they are parked now, and the rows around them go on in order.
+func TestARowWhoseHeadersDoNotDecodeIsParked(t *testing.T) {
+	e := open(t)
+	topic := e.topic(t, 1)
+	ctx := context.Background()
+	for i, headers := range []string{`{"n":"0"}`, `not json`, `{"n":"2"}`, `{"n":3}`, `[]`, `{"n":"5"} x`, `{"n":"6","ce_type":"caf\u00e9"}`} {
+		if _, err := e.db.ExecContext(ctx, `INSERT INTO eventfn_outbox (topic, key, headers, payload) VALUES ($1, $2, $3, $4)`,
+			topic, []byte("k"), headers, []byte(strconv.Itoa(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start(t, e, 1_000_000, relay.NewLease(e.db))
+	waitFor(t, "every row forwarded or parked", 30*time.Second, func() bool { s := stats(t, e); return s.Pending == 0 && s.Parked == 4 })
+	got := consume(t, e, topic, 3)
+	var values []string
+	for _, rec := range got {
+		values = append(values, string(rec.Value))
+	}
+	if strings.Join(values, ",") != "0,2,6" {
+		t.Fatalf("records %v on Kafka, want 0,2,6: the rows whose headers decode, in order", values)
+	}
+	if !slices.ContainsFunc(got[2].Headers, func(h kgo.RecordHeader) bool { return h.Key == "ce_type" && string(h.Value) == "café" }) {
+		t.Fatalf("the escaped header did not arrive decoded: %v", got[2].Headers)
+	}
+	if n := endOffset(t, e, topic); n != 3 {
+		t.Fatalf("%d records on Kafka, want 3", n)
+	}
+	parked, err := relay.NewTable(e.db).Parked(ctx, 10)
+	if err != nil || len(parked) != 4 {
+		t.Fatalf("parked rows %+v (%v)", parked, err)
+	}
+	for _, p := range parked {
+		if !strings.Contains(p.Reason, "headers column") {
+			t.Fatalf("parked for %q; want the reason to name the headers column", p.Reason)
+		}
+	}
+}
+
 // TestAnOpenTransactionElsewhereDoesNotHoldTheRelay: on PostgreSQL an idle
 // transaction anywhere on the server (and a slow one that wrote an outbox row
 // itself) once held every event back until it ended.
@@ -846,4 +889,65 @@ func oneKey(topic string, n int) []relay.Record {
 func rowIDs(t *testing.T, e engines) []int64 {
 	t.Helper()
 	return testenv.Column[int64](context.Background(), t, e.db, `SELECT id FROM eventfn_outbox ORDER BY id`)
+}
+
+// deafMarks is a database that stops answering the relay's marks after the
+// first: each waits until its context ends.
+type deafMarks struct {
+	*relay.Table
+	mu      sync.Mutex
+	marks   int
+	stalled chan struct{} // closed when the second mark waits
+}
+
+func (s *deafMarks) MarkForwarded(ctx context.Context, ids []int64) error {
+	s.mu.Lock()
+	s.marks++
+	n := s.marks
+	s.mu.Unlock()
+	if n == 1 {
+		return s.Table.MarkForwarded(ctx, ids)
+	}
+	if n == 2 {
+		close(s.stalled)
+	}
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// TestAStopGivesMarksBehindOneGrace: a stop gives the marks in progress
+// stopGrace to end, counted from the stop. A batch acked while the relay
+// waited for a mark got a mark of its own after the stop, with a grace of
+// its own: a database that did not answer held the stop twice as long
+// (found by a fresh-eyed attack).
+func TestAStopGivesMarksBehindOneGrace(t *testing.T) {
+	e := open(t)
+	topic := e.topic(t, 1)
+	p, m := producerAndMetrics(t, e)
+	const backlog, batch = 100, 10
+	insert(t, e, oneKey(topic, backlog), backlog)
+	src := &deafMarks{Table: relay.NewTable(e.db), stalled: make(chan struct{})}
+	r := relay.New(relay.Config{BatchSize: batch, PollInterval: time.Hour}, src, p, relay.NewLease(e.db), m, slog.New(slog.DiscardHandler))
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	select {
+	case <-src.stalled:
+	case <-time.After(time.Minute):
+		t.Fatal("the relay never marked a second batch")
+	}
+	stop()
+	stopped := time.Now()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("the relay did not stop")
+	}
+	// The grace is two seconds; a second grace would make four.
+	if took := time.Since(stopped); took > 3*time.Second {
+		t.Fatalf("the stop took %v against a database that did not answer: the marks it met had more than one grace", took)
+	}
 }
