@@ -197,6 +197,20 @@ func newFreezeProxy(t *testing.T, target string) *freezeProxy {
 	return p
 }
 
+// leaseBehindProxy is a lease on the database at direct (a URL), reached
+// through a freezeProxy of its own.
+func leaseBehindProxy(t *testing.T, direct string) (*pgLease, *freezeProxy) {
+	t.Helper()
+	du, err := url.Parse(direct)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := newFreezeProxy(t, du.Host)
+	viaProxy := *du
+	viaProxy.Host = proxy.ln.Addr().String()
+	return &pgLease{db: openPostgres(t, viaProxy.String()), idleTimeout: testIdleTimeout}, proxy
+}
+
 func (p *freezeProxy) serve() {
 	for {
 		c, err := p.ln.Accept()
@@ -246,16 +260,8 @@ func (p *freezeProxy) pipe(dst, src net.Conn) {
 // the silent session, the standby takes over, and the leader's own check
 // gives up within its timeout and reports the lease lost.
 func TestALeaderCutOffByAHalfOpenConnectionLosesTheLease(t *testing.T) {
-	base := testenv.RequirePostgres(t)
-	direct := testenv.PostgresSchema(t, base)
-	du, err := url.Parse(direct)
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxy := newFreezeProxy(t, du.Host)
-	viaProxy := *du
-	viaProxy.Host = proxy.ln.Addr().String()
-	leader := &pgLease{db: openPostgres(t, viaProxy.String()), idleTimeout: testIdleTimeout}
+	direct := testenv.PostgresSchema(t, testenv.RequirePostgres(t))
+	leader, proxy := leaseBehindProxy(t, direct)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	if err := leader.Acquire(ctx, nil); err != nil {
@@ -432,15 +438,7 @@ func TestABusyLeaderLearnsSoonThatItsSessionEnded(t *testing.T) {
 // waited out the check's leasePingTimeout (5 s) before its own bounded
 // unlock (found by a fresh-eyed attack). Release now ends the check first.
 func TestAReleaseDoesNotWaitForAKeepAliveThatGetsNoAnswer(t *testing.T) {
-	base := testenv.RequirePostgres(t)
-	du, err := url.Parse(testenv.PostgresSchema(t, base))
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxy := newFreezeProxy(t, du.Host)
-	viaProxy := *du
-	viaProxy.Host = proxy.ln.Addr().String()
-	leader := &pgLease{db: openPostgres(t, viaProxy.String()), idleTimeout: testIdleTimeout}
+	leader, proxy := leaseBehindProxy(t, testenv.PostgresSchema(t, testenv.RequirePostgres(t)))
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if err := leader.Acquire(ctx, nil); err != nil {

@@ -124,6 +124,27 @@ func start(t *testing.T, e engines, maxBytes int, lease relay.Lease) *relay.Rela
 	return r
 }
 
+// stoppable runs r until stop is called; stopped then waits for Run to
+// return, and fails t if it returns an error or takes over a minute.
+func stoppable(t *testing.T, r *relay.Relay) (stop, stopped func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	return cancel, func() {
+		t.Helper()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(time.Minute):
+			t.Fatal("the relay did not stop")
+		}
+	}
+}
+
 // run runs r until the test ends.
 func run(t *testing.T, r *relay.Relay) {
 	t.Helper()
@@ -734,9 +755,7 @@ func TestAStopDoesNotCutAMarkBehindShort(t *testing.T) {
 			insert(t, e, oneKey(topic, backlog), backlog)
 			src := &stallingMarks{Table: relay.NewTable(e.db), stalled: make(chan []int64, 1), release: make(chan struct{})}
 			r := relay.New(relay.Config{BatchSize: batch, PollInterval: time.Hour}, src, p, relay.NewLease(e.db), m, slog.New(slog.DiscardHandler))
-			ctx, stop := context.WithCancel(context.Background())
-			done := make(chan error, 1)
-			go func() { done <- r.Run(ctx) }()
+			stop, stopped := stoppable(t, r)
 			var ids []int64
 			select {
 			case ids = <-src.stalled:
@@ -747,14 +766,7 @@ func TestAStopDoesNotCutAMarkBehindShort(t *testing.T) {
 			if tc.answers {
 				close(src.release)
 			}
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Fatal(err)
-				}
-			case <-time.After(time.Minute):
-				t.Fatal("the relay did not stop")
-			}
+			stopped()
 
 			args := make([]any, len(ids))
 			marks := make([]string, len(ids))
@@ -928,26 +940,17 @@ func TestAStopGivesMarksBehindOneGrace(t *testing.T) {
 	insert(t, e, oneKey(topic, backlog), backlog)
 	src := &deafMarks{Table: relay.NewTable(e.db), stalled: make(chan struct{})}
 	r := relay.New(relay.Config{BatchSize: batch, PollInterval: time.Hour}, src, p, relay.NewLease(e.db), m, slog.New(slog.DiscardHandler))
-	ctx, stop := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
+	stop, stopped := stoppable(t, r)
 	select {
 	case <-src.stalled:
 	case <-time.After(time.Minute):
 		t.Fatal("the relay never marked a second batch")
 	}
 	stop()
-	stopped := time.Now()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(time.Minute):
-		t.Fatal("the relay did not stop")
-	}
+	start := time.Now()
+	stopped()
 	// The grace is two seconds; a second grace would make four.
-	if took := time.Since(stopped); took > 3*time.Second {
+	if took := time.Since(start); took > 3*time.Second {
 		t.Fatalf("the stop took %v against a database that did not answer: the marks it met had more than one grace", took)
 	}
 }
