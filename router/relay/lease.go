@@ -217,10 +217,15 @@ func (l *pgLease) checkLocked(ctx context.Context) bool {
 	if time.Since(l.checked) < heldCheckInterval {
 		return true
 	}
-	ctx, cancel := context.WithTimeout(ctx, leasePingTimeout)
+	pingCtx, cancel := context.WithTimeout(ctx, leasePingTimeout)
 	defer cancel()
-	if err := l.conn.PingContext(ctx); err != nil {
-		l.dropLocked()
+	if err := l.conn.PingContext(pingCtx); err != nil {
+		if ctx.Err() == nil {
+			l.dropLocked()
+		}
+		// Otherwise the caller gave up (a stop, or Release ending the
+		// keep-alive): Release lets the lease go, and gives the session
+		// its settings back first, for a pooler's next client.
 		return false
 	}
 	l.checked = time.Now()
