@@ -261,7 +261,10 @@ func (r *Relay) Run(ctx context.Context) error {
 	for ctx.Err() == nil {
 		if inFlight == nil {
 			// The next read starts from the lowest pending id: it must not
-			// meet rows whose mark is still running. Reads ahead of a batch
+			// meet rows whose mark is still running. Every path that leaves
+			// nothing in flight has waited for the mark already (complete
+			// does, and a mark behind starts only with a batch in flight);
+			// this keeps the rule where the read is. Reads ahead of a batch
 			// in flight start above every row marked behind.
 			if err := r.awaitMark(); err != nil {
 				if ctx.Err() == nil {
