@@ -230,6 +230,9 @@ type Relay struct {
 	PollInterval time.Duration `koanf:"poll_interval"`
 	// BatchSize is how many outbox rows one poll reads at most.
 	BatchSize int `koanf:"batch_size"`
+	// BatchBytes bounds the key and payload bytes one poll reads (a row
+	// larger than it is read alone).
+	BatchBytes int `koanf:"batch_bytes"`
 }
 
 // Retention configures the background deletion of rows eventfn no longer needs.
@@ -324,6 +327,7 @@ func defaults() map[string]any {
 		"database.max_open_conns":        16,
 		"relay.poll_interval":            "1s",
 		"relay.batch_size":               500,
+		"relay.batch_bytes":              16 << 20,
 		"retention.outbox":               "1h",
 		"retention.outbox_archive":       false,
 		"retention.inbox":                "0s",
@@ -675,6 +679,9 @@ func (c Config) Validate() error {
 	}
 	if c.Relay.BatchSize < 1 {
 		bad("relay.batch_size", "%d: must be at least 1", c.Relay.BatchSize)
+	}
+	if c.Relay.BatchBytes < 1 {
+		bad("relay.batch_bytes", "%d: must be at least 1 (a row larger than it is read alone)", c.Relay.BatchBytes)
 	}
 	if c.Retention.Outbox < 0 {
 		bad("retention.outbox", "%s: must not be negative (0 keeps every forwarded row)", c.Retention.Outbox)

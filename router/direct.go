@@ -121,7 +121,7 @@ func (d *Direct) Deliver(ctx context.Context, h runtime.Handler, ev DirectEvent,
 		msg.Metadata.Set(metaKey, ev.Key)
 	}
 	_, res.Err = chain(msg)
-	rows, err := d.table.Pending(ctx, before, 1<<20)
+	rows, err := d.table.Pending(ctx, before, relay.Limit{Rows: 1 << 20})
 	if err != nil {
 		res.Err = errors.Join(res.Err, err)
 	}

@@ -257,7 +257,7 @@ func New(cfg configs.Config, db *store.DB, outbox *Outbox, handlers []runtime.Ha
 		r.runs.close()
 		return nil, err
 	}
-	r.relay = relay.New(relay.Config{BatchSize: cfg.Relay.BatchSize, PollInterval: cfg.Relay.PollInterval, Tracer: o.tracer,
+	r.relay = relay.New(relay.Config{BatchSize: cfg.Relay.BatchSize, BatchBytes: cfg.Relay.BatchBytes, PollInterval: cfg.Relay.PollInterval, Tracer: o.tracer,
 		LostLease: outbox.wake.notifier.Notify},
 		outbox.table, producer, relay.NewLease(db), rm, logger.With("component", "relay"))
 	outbox.wake.relay.Store(r.relay)

@@ -84,3 +84,15 @@ func Unavailable(err error) bool {
 	return strings.Contains(msg, "SQLITE_BUSY") || strings.Contains(msg, "database is locked") ||
 		strings.Contains(msg, "conn closed") || strings.Contains(msg, "failed to connect")
 }
+
+// StatementTimedOut reports whether err says PostgreSQL cancelled a statement
+// (57014, query_canceled): its statement_timeout, as a role's or database's
+// setting can make it, or a cancel request from someone else. Unlike the
+// failures Unavailable names, a smaller statement may get through: a caller
+// whose statements grow with a batch (the relay's reads and marks) can go on
+// with smaller batches. A caller's own context cancels a statement the same
+// way; that caller checks its context first.
+func StatementTimedOut(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "57014"
+}

@@ -265,3 +265,38 @@ func TestUnavailableTellsADatabaseThatCannotServeFromBadWork(t *testing.T) {
 		})
 	})
 }
+
+// TestStatementTimedOutTellsACancelledStatement: a statement PostgreSQL
+// cancelled at its statement_timeout is told apart from the failures that a
+// smaller statement would meet as well.
+func TestStatementTimedOutTellsACancelledStatement(t *testing.T) {
+	ctx := context.Background()
+	db, err := Open(ctx, Config{Driver: Postgres, URL: testenv.PostgresSchema(t, testenv.RequirePostgres(t)), MaxOpenConns: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	for _, tc := range []struct {
+		name  string
+		query string
+		want  bool
+	}{
+		{"past statement_timeout", `SET statement_timeout = '50ms'; SELECT pg_sleep(5)`, true},
+		{"a division by zero", `SET statement_timeout = 0; SELECT 1/0`, false},
+		{"a relation that does not exist", `SET statement_timeout = 0; SELECT * FROM no_such_table`, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := db.ExecContext(ctx, tc.query)
+			if err == nil {
+				t.Fatal("no error")
+			}
+			wrapped := fmt.Errorf("mark 500 outbox rows forwarded: %w", err)
+			if got := StatementTimedOut(wrapped); got != tc.want {
+				t.Fatalf("StatementTimedOut(%v) = %v, want %v", wrapped, got, tc.want)
+			}
+		})
+	}
+	if StatementTimedOut(nil) || StatementTimedOut(context.DeadlineExceeded) {
+		t.Fatal("StatementTimedOut is true for nil or a context's end")
+	}
+}

@@ -196,13 +196,13 @@ func (r *Relay) probe(ctx context.Context) error {
 	var rows []Row
 	full := map[string]bool{}
 	for topic, held := range h.topics {
-		// One probe takes BatchSize rows at most, as a batch does: with
-		// every broker away and many topics held, a probe of BatchSize rows
+		// One probe takes a batch's rows and bytes at most, as a batch
+		// does: with every broker away and many topics held, a probe of BatchSize rows
 		// per topic outgrew the client's buffer (10,000 records), and
 		// handing it over blocked the relay's loop. A topic left out stays
 		// due, for the next probe.
-		limit := r.cfg.BatchSize - len(rows)
-		if limit == 0 {
+		limit := Limit{Rows: r.limit - len(rows), Bytes: r.cfg.BatchBytes - keyAndPayloadBytes(rows)}
+		if limit.Rows <= 0 || limit.Bytes <= 0 {
 			break
 		}
 		if now.Before(held.next) {
@@ -218,7 +218,7 @@ func (r *Relay) probe(ctx context.Context) error {
 			r.holdsChanged()
 			continue
 		}
-		full[topic] = len(read) == limit
+		full[topic] = limit.Full(read)
 		rows = append(rows, read...)
 	}
 	if len(rows) == 0 {

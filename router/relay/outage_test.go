@@ -252,3 +252,94 @@ func endOffset(t *testing.T, e engines, topic string) int64 {
 	ends.Each(func(o kadm.ListedOffset) { total += o.Offset })
 	return total
 }
+
+// TestARelayWhoseStatementsTimeOutGoesOnWithSmallerBatches: a database
+// whose statement_timeout is shorter than the mark of a whole batch (a
+// trigger makes each row's update take 5 ms, so 500 rows take 2.5 s against
+// a timeout of 300 ms) once stopped the relay for good: it retried the same
+// batch, cancelled each time. It now halves its batches until they get
+// through, sends no row twice meanwhile (the rows on Kafka are marked in
+// smaller statements before anything is read again), keeps each key's
+// order, and grows its batches back once the statements get through again.
+// The second case is a backlog, whose marks run behind the next batch.
+func TestARelayWhoseStatementsTimeOutGoesOnWithSmallerBatches(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		rows int
+	}{
+		{"one batch", 200},
+		{"a backlog of full batches", 1000},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			const batchSize = 500
+			pg := testenv.NewPostgresDatabase(t, testenv.RequirePostgres(t))
+			ctx := context.Background()
+			setup, err := store.Open(ctx, store.Config{Driver: store.Postgres, URL: pg.URL, MaxOpenConns: 4})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = setup.Close() })
+			if _, err := setup.ExecContext(ctx, `CREATE FUNCTION slow_update() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.005); RETURN NEW; END $$`); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := setup.ExecContext(ctx, `CREATE TRIGGER slow_update BEFORE UPDATE ON eventfn_outbox FOR EACH ROW EXECUTE FUNCTION slow_update()`); err != nil {
+				t.Fatal(err)
+			}
+			e := open(t)
+			e.db = setup
+			topic := e.topic(t, 3)
+			var recs []relay.Record
+			for i := range tc.rows {
+				recs = append(recs, relay.Record{Topic: topic, Key: []byte(fmt.Sprint(i % 7)), Headers: map[string]string{"ce_id": fmt.Sprint(i)}, Payload: []byte(fmt.Sprint(i))})
+			}
+			insert(t, e, recs, 100)
+
+			pg.Set(t, "statement_timeout", "300ms")
+			db, err := store.Open(ctx, store.Config{Driver: store.Postgres, URL: pg.URL, MaxOpenConns: 8})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = db.Close() })
+			e.db = db
+			p, _ := producerAndMetrics(t, e)
+			reg := prometheus.NewRegistry()
+			m, err := relay.NewMetrics(reg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			logs := &testenv.LogBuffer{}
+			r := relay.New(relay.Config{BatchSize: batchSize, PollInterval: 10 * time.Millisecond, MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond, RegrowAfter: 200 * time.Millisecond},
+				relay.NewTable(db), p, relay.NewLease(db), m, slog.New(slog.NewTextHandler(logs, nil)))
+			run(t, r)
+			waitFor(t, "every row forwarded and marked", 60*time.Second, func() bool { return stats(t, e).Pending == 0 })
+			if got := counter(t, reg, "eventfn_relay_forwarded_total"); got != float64(tc.rows) {
+				t.Errorf("eventfn_relay_forwarded_total = %v for %d rows", got, tc.rows)
+			}
+			if !strings.Contains(logs.String(), "statement_timeout") {
+				t.Errorf("no warning named statement_timeout:\n%s", logs.String())
+			}
+			byKey := map[string][]int{}
+			for _, rec := range consume(t, e, topic, tc.rows) {
+				var n int
+				if _, err := fmt.Sscan(string(rec.Value), &n); err != nil {
+					t.Fatal(err)
+				}
+				k := string(rec.Key)
+				if l := byKey[k]; len(l) > 0 && l[len(l)-1] >= n {
+					t.Fatalf("key %s: row %d after row %d", k, n, l[len(l)-1])
+				}
+				byKey[k] = append(byKey[k], n)
+			}
+			if got := endOffset(t, e, topic); got != int64(tc.rows) {
+				t.Fatalf("%d records on Kafka for %d rows: rows were sent again while their marks timed out\n%s", got, tc.rows, logs.String())
+			}
+
+			if _, err := setup.ExecContext(ctx, `DROP TRIGGER slow_update ON eventfn_outbox`); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, "batches back to relay.batch_size", 30*time.Second, func() bool {
+				return counter(t, reg, "eventfn_relay_batch_limit") == batchSize
+			})
+		})
+	}
+}

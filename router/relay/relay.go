@@ -33,12 +33,18 @@ import (
 
 	"github.com/eventfn/eventfn/internal/outage"
 	"github.com/eventfn/eventfn/internal/tracing"
+	"github.com/eventfn/eventfn/store"
 )
 
 // Config configures a Relay.
 type Config struct {
 	// BatchSize is the most rows one batch reads and produces.
 	BatchSize int
+	// BatchBytes bounds the key and payload bytes of one batch's rows (one
+	// row larger than it goes alone): the relay holds up to three batches
+	// while it drains a backlog, and a backlog of large rows held BatchSize
+	// times the largest record the broker takes, three times over.
+	BatchBytes int
 	// PollInterval is how often an idle relay looks for rows written by other
 	// processes; rows this process writes wake it at once.
 	PollInterval time.Duration
@@ -53,6 +59,9 @@ type Config struct {
 	// Tracer makes one span per record sent, a child of the span that emitted
 	// it; nil traces nothing.
 	Tracer trace.Tracer
+	// RegrowAfter is how long batches stay at a limit the relay shrank them
+	// to (see shrink) before it doubles it again, up to BatchSize.
+	RegrowAfter time.Duration
 	// LostLease is called when this relay finds pending rows but no longer
 	// holds the lease: another replica's relay leads, and must hear of rows
 	// this process committed while it believed it led itself (its commits
@@ -63,6 +72,9 @@ type Config struct {
 func (c *Config) setDefaults() {
 	if c.BatchSize <= 0 {
 		c.BatchSize = 500
+	}
+	if c.BatchBytes <= 0 {
+		c.BatchBytes = DefaultBatchBytes
 	}
 	if c.PollInterval <= 0 {
 		c.PollInterval = 10 * time.Millisecond
@@ -79,14 +91,20 @@ func (c *Config) setDefaults() {
 	if c.LateCommitWait <= 0 {
 		c.LateCommitWait = 100 * time.Millisecond
 	}
+	if c.RegrowAfter <= 0 {
+		c.RegrowAfter = time.Minute
+	}
 	if c.Tracer == nil {
 		c.Tracer = tracing.Tracer(nil)
 	}
 }
 
+// DefaultBatchBytes is Config.BatchBytes when it is not set.
+const DefaultBatchBytes = 16 << 20
+
 // Source is where the relay reads and marks rows: the outbox table.
 type Source interface {
-	Pending(ctx context.Context, after int64, limit int) ([]Row, error)
+	Pending(ctx context.Context, after int64, limit Limit) ([]Row, error)
 	MarkForwarded(ctx context.Context, ids []int64) error
 	Park(ctx context.Context, id int64, reason string) error
 	// Hold, HeldTopics and HeldRows keep the rows of topics the relay
@@ -95,7 +113,7 @@ type Source interface {
 	// when exec is nil.
 	Hold(ctx context.Context, exec Execer, ids []int64) error
 	HeldTopics(ctx context.Context) ([]string, error)
-	HeldRows(ctx context.Context, topic string, limit int) ([]Row, error)
+	HeldRows(ctx context.Context, topic string, limit Limit) ([]Row, error)
 }
 
 // Sink produces batches: Send hands a batch over in order, all in flight
@@ -165,15 +183,22 @@ type Relay struct {
 	// on with the next (see markBehind); nil for none. Only Run's
 	// goroutine touches it.
 	behind *marking
+	// limit is the most rows a batch reads and marks now: BatchSize, or
+	// less after the database cancelled a statement at its
+	// statement_timeout (see shrink). limitSince is when it last changed.
+	// Only Run's goroutine touches them.
+	limit      int
+	limitSince time.Time
 }
 
 // New builds a relay; Run starts it.
 func New(cfg Config, source Source, sink Sink, lease Lease, m *Metrics, logger *slog.Logger) *Relay {
 	cfg.setDefaults()
+	m.batchLimit.Set(float64(cfg.BatchSize))
 	return &Relay{cfg: cfg, source: source, sink: sink, lease: lease, metrics: m, logger: logger, nudges: make(chan struct{}, 1),
 		outage: outage.New("outbox relay cannot forward; retrying with backoff, events stay in the outbox",
 			"outbox relay forwarding again", cfg.OutageReportInterval, logger),
-		holds: newHolds(cfg.OutageReportInterval, logger), refusedBatches: map[string]struct{}{}}
+		holds: newHolds(cfg.OutageReportInterval, logger), refusedBatches: map[string]struct{}{}, limit: cfg.BatchSize}
 }
 
 // Nudge wakes an idle relay: rows were committed. It never blocks; nudges made
@@ -254,6 +279,10 @@ func (r *Relay) Run(ctx context.Context) error {
 	// fromLowest is when the last read from the lowest pending id began.
 	fromLowest := time.Now()
 	fail := func(err error) {
+		if r.shrink(err) {
+			// Tried again at once, with smaller batches.
+			return
+		}
 		r.failed(err)
 		sleep(ctx, backoff)
 		backoff = min(2*backoff, r.cfg.MaxBackoff)
@@ -392,6 +421,7 @@ func (r *Relay) Run(ctx context.Context) error {
 			// nothing; counting it as a recovery made a broker outage log
 			// its start again after every retry.
 			r.recovered()
+			r.regrow()
 			backoff = r.cfg.MinBackoff
 		}
 		if inFlight == nil && !owed {
@@ -420,7 +450,7 @@ func (r *Relay) standingBy() {
 // of the relay's statements at 100 orders/s. Rows that other processes
 // commit do not nudge; the poll finds them, as when idle.
 func (r *Relay) moreLikely(inFlight *batch) (readAhead, nudged bool) {
-	if len(inFlight.rows) >= r.cfg.BatchSize {
+	if r.readLimit().Full(inFlight.rows) {
 		return true, false
 	}
 	select {
@@ -467,7 +497,7 @@ func (r *Relay) send(ctx context.Context, after int64, inFlight *batch) (*batch,
 		if len(rows) > 0 {
 			break
 		}
-		if len(read) < r.cfg.BatchSize {
+		if !r.readLimit().Full(read) {
 			return nil, nil
 		}
 		after = read[len(read)-1].ID
@@ -475,7 +505,7 @@ func (r *Relay) send(ctx context.Context, after int64, inFlight *batch) (*batch,
 	if inFlight != nil && inFlight.sent.Failed() {
 		return nil, nil
 	}
-	if len(read) == r.cfg.BatchSize {
+	if r.readLimit().Full(read) {
 		// A backlog: the next read will likely find a full batch too.
 		r.prefetch(ctx, read[len(read)-1].ID)
 	}
@@ -492,6 +522,7 @@ func (r *Relay) send(ctx context.Context, after int64, inFlight *batch) (*batch,
 // relay asked for them.
 type prefetched struct {
 	after int64
+	limit Limit
 	done  chan struct{}
 	rows  []Row
 	err   error
@@ -513,22 +544,26 @@ type prefetched struct {
 // attack: a lease lost and regained within LateCommitWait sent them
 // twice). A send that asks for other rows drops it too.
 func (r *Relay) prefetch(ctx context.Context, after int64) {
-	p := &prefetched{after: after, done: make(chan struct{})}
+	p := &prefetched{after: after, limit: r.readLimit(), done: make(chan struct{})}
 	go func() {
 		defer close(p.done)
-		p.rows, p.err = r.source.Pending(ctx, after, r.cfg.BatchSize)
+		p.rows, p.err = r.source.Pending(ctx, after, p.limit)
 	}()
 	r.ahead = p
 }
 
-// pending reads up to BatchSize pending rows above after: those prefetched,
-// when the prefetch read from after, or else a read of its own.
+// pending reads the pending rows above after that readLimit takes: those
+// prefetched, when the prefetch read from after with the same limit, or else
+// a read of its own.
 func (r *Relay) pending(ctx context.Context, after int64) ([]Row, error) {
-	if p := r.dropPrefetch(); p != nil && p.after == after {
+	if p := r.dropPrefetch(); p != nil && p.after == after && p.limit == r.readLimit() {
 		return p.rows, p.err
 	}
-	return r.source.Pending(ctx, after, r.cfg.BatchSize)
+	return r.source.Pending(ctx, after, r.readLimit())
 }
+
+// readLimit is what one read takes now: limit rows, BatchBytes bytes.
+func (r *Relay) readLimit() Limit { return Limit{Rows: r.limit, Bytes: r.cfg.BatchBytes} }
 
 // dropPrefetch waits for the prefetch started, if any, and returns it; the
 // relay has none after. Waiting keeps one read of the relay's at a time.
@@ -545,7 +580,14 @@ func (r *Relay) dropPrefetch() *prefetched {
 // marking is the mark of an acked batch's rows, running.
 type marking struct {
 	ids  []int64
-	done chan error
+	done chan marked
+}
+
+// marked is how a mark ended: the ids it did not mark (nil for none), and
+// why.
+type marked struct {
+	rest []int64
+	err  error
 }
 
 // markBehind settles b, whose every record was acked, while the relay goes
@@ -559,11 +601,15 @@ func (r *Relay) markBehind(ctx context.Context, b *batch) {
 		span.End()
 	}
 	r.metrics.batchSeconds.Observe(time.Since(b.start).Seconds())
-	m := &marking{ids: make([]int64, len(b.rows)), done: make(chan error, 1)}
+	m := &marking{ids: make([]int64, len(b.rows)), done: make(chan marked, 1)}
 	for i, row := range b.rows {
 		m.ids[i] = row.ID
 	}
-	go func() { m.done <- r.source.MarkForwarded(ctx, m.ids) }()
+	limit := r.limit
+	go func() {
+		rest, err := markForwarded(ctx, r.source, m.ids, limit)
+		m.done <- marked{rest, err}
+	}()
 	r.behind = m
 }
 
@@ -579,12 +625,25 @@ func (r *Relay) awaitMark() error {
 		return nil
 	}
 	r.behind = nil
-	if err := <-m.done; err != nil {
-		r.unmarked = append(r.unmarked, m.ids...)
-		return err
+	done := <-m.done
+	r.metrics.forwarded.Add(float64(len(m.ids) - len(done.rest)))
+	r.unmarked = append(r.unmarked, done.rest...)
+	return done.err
+}
+
+// markForwarded marks ids forwarded, at most limit in one statement, and
+// returns the ids it did not mark: those of the statement that failed, and
+// after. A statement_timeout that cancels a batch's mark may let a smaller
+// one through (see shrink); a rows' mark of its own would not.
+func markForwarded(ctx context.Context, source Source, ids []int64, limit int) (rest []int64, err error) {
+	for len(ids) > 0 {
+		n := min(limit, len(ids))
+		if err := source.MarkForwarded(ctx, ids[:n]); err != nil {
+			return ids, err
+		}
+		ids = ids[n:]
 	}
-	r.metrics.forwarded.Add(float64(len(m.ids)))
-	return nil
+	return nil, nil
 }
 
 func isError(err error) bool { return err != nil }
@@ -672,12 +731,10 @@ func (r *Relay) settle(ctx context.Context, rows []Row, errs []error, spans []tr
 	}
 	// Produced rows are marked even when others failed: they are on Kafka, and
 	// marking them keeps the next attempt from sending them twice.
-	if err := r.source.MarkForwarded(ctx, forwarded); err != nil {
-		r.unmarked = append(r.unmarked, forwarded...)
-		dbErr = errors.Join(dbErr, err)
-	} else {
-		r.metrics.forwarded.Add(float64(len(forwarded)))
-	}
+	rest, err := markForwarded(ctx, r.source, forwarded, r.limit)
+	r.metrics.forwarded.Add(float64(len(forwarded) - len(rest)))
+	r.unmarked = append(r.unmarked, rest...)
+	dbErr = errors.Join(dbErr, err)
 	if dbErr == nil && len(failed) > 0 && ctx.Err() != nil {
 		// The wait ended with ctx (a stop): the rows stay pending as they
 		// are, and their topic is not held for it.
@@ -759,12 +816,50 @@ func (r *Relay) markUnmarked(ctx context.Context) error {
 	if len(r.unmarked) == 0 {
 		return nil
 	}
-	if err := r.source.MarkForwarded(ctx, r.unmarked); err != nil {
+	rest, err := markForwarded(ctx, r.source, r.unmarked, r.limit)
+	r.metrics.forwarded.Add(float64(len(r.unmarked) - len(rest)))
+	r.unmarked = rest
+	if err != nil {
 		return fmt.Errorf("mark rows already on Kafka: %w", err)
 	}
-	r.metrics.forwarded.Add(float64(len(r.unmarked)))
-	r.unmarked = nil
 	return nil
+}
+
+// shrink halves the batch limit when err says that the database cancelled
+// a statement at its statement_timeout (a role's or database's setting,
+// set for the application's queries), and reports whether it did: the
+// relay then tries again at once. A batch's read and mark take time in
+// proportion to its rows, and the relay retried the same batch, cancelled
+// each time, without end: nothing was forwarded until the setting changed.
+// At one row a timeout is a failure like any other, retried with backoff.
+// The limit grows back by regrow.
+func (r *Relay) shrink(err error) bool {
+	if r.limit <= 1 || !store.StatementTimedOut(err) {
+		return false
+	}
+	r.limit = max(1, r.limit/2)
+	r.limitSince = time.Now()
+	r.metrics.errors.Inc()
+	r.metrics.batchLimit.Set(float64(r.limit))
+	r.logger.Warn("the database cancelled a relay statement at its statement_timeout; the relay goes on at once with batches half as large, and doubles them again after regrow_after without one; raise the role's statement_timeout, or lower relay.batch_size",
+		"batch_limit", r.limit, "relay.batch_size", r.cfg.BatchSize, "regrow_after", r.cfg.RegrowAfter, "err", err)
+	return true
+}
+
+// regrow doubles a shrunk batch limit, up to BatchSize, once RegrowAfter
+// has passed without a statement cancelled: the timeout may have been the
+// load of the moment, or the setting changed. If it was not, one statement
+// a RegrowAfter is cancelled, and the limit halved again.
+func (r *Relay) regrow() {
+	if r.limit >= r.cfg.BatchSize || time.Since(r.limitSince) < r.cfg.RegrowAfter {
+		return
+	}
+	r.limit = min(2*r.limit, r.cfg.BatchSize)
+	r.limitSince = time.Now()
+	r.metrics.batchLimit.Set(float64(r.limit))
+	if r.limit == r.cfg.BatchSize {
+		r.logger.Info("relay batches are back to relay.batch_size", "relay.batch_size", r.cfg.BatchSize)
+	}
 }
 
 // failed records a failure; an outage is logged when it starts and then
@@ -811,6 +906,7 @@ type Metrics struct {
 	errors       prometheus.Counter
 	healthy      prometheus.Gauge
 	heldTopics   prometheus.Gauge
+	batchLimit   prometheus.Gauge
 	batchSeconds prometheus.Histogram
 }
 
@@ -832,13 +928,16 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		heldTopics: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "eventfn_relay_held_topics", Help: "Topics the relay cannot produce to now; their events wait in the outbox, other topics' go on.",
 		}),
+		batchLimit: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "eventfn_relay_batch_limit", Help: "The most outbox rows one relay batch reads and marks now: relay.batch_size, or less while the database cancels larger batches' statements at its statement_timeout.",
+		}),
 		batchSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "eventfn_relay_batch_seconds", Help: "Time to produce one batch and receive every ack.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 		}),
 	}
 	m.healthy.Set(1)
-	for _, c := range []prometheus.Collector{m.forwarded, m.parked, m.errors, m.healthy, m.heldTopics, m.batchSeconds} {
+	for _, c := range []prometheus.Collector{m.forwarded, m.parked, m.errors, m.healthy, m.heldTopics, m.batchLimit, m.batchSeconds} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register relay metrics: %w", err)
 		}

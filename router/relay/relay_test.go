@@ -1,6 +1,7 @@
 package relay_test
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"fmt"
@@ -423,7 +424,7 @@ type countingSource struct {
 
 // Pending counts a read once it returned: a test that waits for the count
 // knows the read is over, and a row it commits next cannot be in it.
-func (s *countingSource) Pending(ctx context.Context, after int64, limit int) ([]relay.Row, error) {
+func (s *countingSource) Pending(ctx context.Context, after int64, limit relay.Limit) ([]relay.Row, error) {
 	rows, err := s.Table.Pending(ctx, after, limit)
 	s.mu.Lock()
 	s.reads++
@@ -601,7 +602,7 @@ type slowLowestSource struct {
 	fromLowest, ahead int
 }
 
-func (s *slowLowestSource) Pending(ctx context.Context, after int64, limit int) ([]relay.Row, error) {
+func (s *slowLowestSource) Pending(ctx context.Context, after int64, limit relay.Limit) ([]relay.Row, error) {
 	if after == 0 {
 		time.Sleep(s.slow)
 	}
@@ -952,5 +953,134 @@ func TestAStopGivesMarksBehindOneGrace(t *testing.T) {
 	// The grace is two seconds; a second grace would make four.
 	if took := time.Since(start); took > 3*time.Second {
 		t.Fatalf("the stop took %v against a database that did not answer: the marks it met had more than one grace", took)
+	}
+}
+
+// TestAReadTakesRowsUpToItsBytes: a read with a byte bound takes rows while
+// the rows before them hold fewer key and payload bytes than the bound, so a
+// row larger than the bound comes alone and none is ever skipped; Full says
+// when rows may have been left behind.
+func TestAReadTakesRowsUpToItsBytes(t *testing.T) {
+	e := open(t)
+	table := relay.NewTable(e.db)
+	// Key and payload bytes of the rows, in id order: the key is 2 bytes,
+	// or none for the fourth.
+	sizes := []int{40, 40, 40, 300, 10, 10}
+	var recs []relay.Record
+	for i, n := range sizes {
+		rec := relay.Record{Topic: "t", Key: []byte("k" + strconv.Itoa(i)), Payload: bytes.Repeat([]byte{'x'}, n-2)}
+		if i == 3 {
+			rec.Key, rec.Payload = nil, bytes.Repeat([]byte{'x'}, n)
+		}
+		recs = append(recs, rec)
+	}
+	insert(t, e, recs, len(recs))
+	ids := func(rows []relay.Row) []int { // 0-based positions of rows
+		var out []int
+		for _, r := range rows {
+			out = append(out, int(r.ID)-1)
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		name  string
+		after int64
+		limit relay.Limit
+		want  []int
+		full  bool
+	}{
+		{"no byte bound", 0, relay.Limit{Rows: 100}, []int{0, 1, 2, 3, 4, 5}, false},
+		{"rows bound first", 0, relay.Limit{Rows: 2, Bytes: 1000}, []int{0, 1}, true},
+		{"bytes bound first", 0, relay.Limit{Rows: 100, Bytes: 100}, []int{0, 1, 2}, true},
+		{"bound met exactly by the rows before", 0, relay.Limit{Rows: 100, Bytes: 80}, []int{0, 1}, true},
+		{"a row larger than the bound comes alone", 3, relay.Limit{Rows: 100, Bytes: 100}, []int{3}, true},
+		{"a bound of one byte takes one row", 0, relay.Limit{Rows: 100, Bytes: 1}, []int{0}, true},
+		{"the last rows, under the bound", 4, relay.Limit{Rows: 100, Bytes: 100}, []int{4, 5}, false},
+		{"nothing left", 6, relay.Limit{Rows: 100, Bytes: 100}, nil, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rows, err := table.Pending(context.Background(), tc.after, tc.limit)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := ids(rows); !slices.Equal(got, tc.want) {
+				t.Fatalf("read rows %v, want %v", got, tc.want)
+			}
+			if got := tc.limit.Full(rows); got != tc.full {
+				t.Fatalf("Full = %v, want %v", got, tc.full)
+			}
+		})
+	}
+}
+
+// sizingSource records the most key and payload bytes one read of the relay
+// returned.
+type sizingSource struct {
+	*relay.Table
+	mu       sync.Mutex
+	maxBytes int
+}
+
+func (s *sizingSource) Pending(ctx context.Context, after int64, limit relay.Limit) ([]relay.Row, error) {
+	rows, err := s.Table.Pending(ctx, after, limit)
+	n := 0
+	for _, r := range rows {
+		n += len(r.Key) + len(r.Payload)
+	}
+	s.mu.Lock()
+	s.maxBytes = max(s.maxBytes, n)
+	s.mu.Unlock()
+	return rows, err
+}
+
+// TestABacklogOfLargeRowsIsReadInBatchesOfBoundedBytes: a backlog of rows of
+// 20 KB, and one of 200 KB among them, with batches of 500 rows and 64 KB:
+// every row reaches Kafka once, each key's in order, and no read held more
+// than the bound and one row. The relay read 500 rows whatever their size,
+// so a backlog of large events held 500 times the largest record the broker
+// takes, three times over (two batches in flight and one read ahead).
+func TestABacklogOfLargeRowsIsReadInBatchesOfBoundedBytes(t *testing.T) {
+	const (
+		rows       = 120
+		batchBytes = 64 << 10
+		rowBytes   = 20 << 10
+		largeBytes = 200 << 10
+	)
+	e := open(t)
+	topic := e.topic(t, 2)
+	var recs []relay.Record
+	for i := range rows {
+		size := rowBytes
+		if i == rows/2 {
+			size = largeBytes
+		}
+		payload := bytes.Repeat([]byte{'x'}, size)
+		copy(payload, strconv.Itoa(i)+" ")
+		recs = append(recs, relay.Record{Topic: topic, Key: []byte(strconv.Itoa(i % 3)), Payload: payload})
+	}
+	insert(t, e, recs, 20)
+	p, m := producerAndMetrics(t, e)
+	src := &sizingSource{Table: relay.NewTable(e.db)}
+	r := relay.New(relay.Config{BatchSize: 500, BatchBytes: batchBytes, PollInterval: 10 * time.Millisecond}, src, p, relay.NewLease(e.db), m, slog.New(slog.DiscardHandler))
+	run(t, r)
+	waitFor(t, "every row forwarded", 60*time.Second, func() bool { return stats(t, e).Pending == 0 })
+	last := map[string]int{}
+	for _, rec := range consume(t, e, topic, rows) {
+		var n int
+		if _, err := fmt.Sscan(string(rec.Value[:16]), &n); err != nil {
+			t.Fatal(err)
+		}
+		if prev, ok := last[string(rec.Key)]; ok && prev >= n {
+			t.Fatalf("key %s: row %d after row %d", rec.Key, n, prev)
+		}
+		last[string(rec.Key)] = n
+	}
+	if got := endOffset(t, e, topic); got != rows {
+		t.Fatalf("%d records on Kafka for %d rows", got, rows)
+	}
+	src.mu.Lock()
+	defer src.mu.Unlock()
+	if limit := batchBytes + largeBytes; src.maxBytes >= limit || src.maxBytes == 0 {
+		t.Fatalf("a read held %d bytes of keys and payloads; the bound and one row are %d", src.maxBytes, limit)
 	}
 }

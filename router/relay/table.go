@@ -85,14 +85,63 @@ func InsertStatement(rec Record) (query string, args []any, err error) {
 		[]any{rec.Topic, rec.Key, string(headers), rec.Payload}, nil
 }
 
-// Pending returns up to limit pending rows with ids above after, oldest id
-// first.
-func (t *Table) Pending(ctx context.Context, after int64, limit int) ([]Row, error) {
-	return t.rows(ctx, `SELECT id, topic, key, headers, payload FROM eventfn_outbox WHERE state = 0 AND id > $1 ORDER BY id LIMIT $2`, after, limit)
+// Limit bounds a read of outbox rows.
+type Limit struct {
+	// Rows is the most rows read.
+	Rows int
+	// Bytes, when above 0, bounds the rows' key and payload bytes: rows are
+	// read while those before them hold fewer, so the first row is read
+	// whatever its size, and the bytes read stay below Bytes plus one row.
+	Bytes int
+}
+
+// Full reports whether rows, read with l, may have left rows behind that
+// fit no more: as many rows as l takes, or as many bytes.
+func (l Limit) Full(rows []Row) bool {
+	if len(rows) >= l.Rows {
+		return true
+	}
+	return l.Bytes > 0 && keyAndPayloadBytes(rows) >= l.Bytes
+}
+
+// keyAndPayloadBytes is what Limit.Bytes counts of rows.
+func keyAndPayloadBytes(rows []Row) int {
+	n := 0
+	for _, r := range rows {
+		n += len(r.Key) + len(r.Payload)
+	}
+	return n
+}
+
+// Pending returns the pending rows with ids above after that limit takes,
+// oldest id first.
+func (t *Table) Pending(ctx context.Context, after int64, limit Limit) ([]Row, error) {
+	query, args := t.bounded(`state = 0 AND id > $1`, after, limit)
+	return t.rows(ctx, query, args)
+}
+
+// bounded is the query of the rows where cond holds (its parameter $1 is
+// arg) that limit takes, oldest id first, and its arguments. The sizes are summed over the
+// rows the row limit takes, before any is sent: a row left out costs its
+// length, which neither engine reads from the value itself (PostgreSQL's
+// from the TOAST pointer, SQLite's from the record header).
+func (t *Table) bounded(cond string, arg any, limit Limit) (string, []any) {
+	if limit.Bytes <= 0 {
+		return `SELECT id, topic, key, headers, payload FROM eventfn_outbox WHERE ` + cond + ` ORDER BY id LIMIT $2`, []any{arg, limit.Rows}
+	}
+	size := `octet_length(payload) + coalesce(octet_length(key), 0)`
+	if t.db.Driver == store.SQLite {
+		size = `length(payload) + coalesce(length(key), 0)`
+	}
+	return `SELECT id, topic, key, headers, payload FROM (
+		SELECT id, topic, key, headers, payload, sum(size) OVER (ORDER BY id) - size AS before FROM (
+			SELECT id, topic, key, headers, payload, ` + size + ` AS size FROM eventfn_outbox WHERE ` + cond + ` ORDER BY id LIMIT $2
+		) AS taken
+	) AS sized WHERE before < $3 ORDER BY id`, []any{arg, limit.Rows, limit.Bytes}
 }
 
 // rows runs query, which selects outbox rows, on the read pool.
-func (t *Table) rows(ctx context.Context, query string, args ...any) ([]Row, error) {
+func (t *Table) rows(ctx context.Context, query string, args []any) ([]Row, error) {
 	rows, err := t.db.Read.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, fmt.Errorf("read pending outbox rows: %w", err)
@@ -176,9 +225,10 @@ func (t *Table) HeldTopics(ctx context.Context) ([]string, error) {
 	return out, nil
 }
 
-// HeldRows returns up to limit held rows of topic, oldest id first.
-func (t *Table) HeldRows(ctx context.Context, topic string, limit int) ([]Row, error) {
-	return t.rows(ctx, `SELECT id, topic, key, headers, payload FROM eventfn_outbox WHERE state = 3 AND topic = $1 ORDER BY id LIMIT $2`, topic, limit)
+// HeldRows returns the held rows of topic that limit takes, oldest id first.
+func (t *Table) HeldRows(ctx context.Context, topic string, limit Limit) ([]Row, error) {
+	query, args := t.bounded(`state = 3 AND topic = $1`, topic, limit)
+	return t.rows(ctx, query, args)
 }
 
 // Park moves a row that can never be produced out of the relay's way, with the
