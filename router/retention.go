@@ -28,10 +28,14 @@ type cleaner struct {
 	deleted *prometheus.CounterVec
 	errors  prometheus.Counter
 	logger  *slog.Logger
+	// limit is the most rows one DELETE removes now: retention.batch_size,
+	// or less after the database cancelled one at its statement_timeout.
+	// Only run's goroutine touches it.
+	limit int
 }
 
 func newCleaner(cfg configs.Retention, db *store.DB, outbox *relay.Table, reg prometheus.Registerer, logger *slog.Logger) (*cleaner, error) {
-	c := &cleaner{cfg: cfg, db: db, outbox: outbox, logger: logger,
+	c := &cleaner{cfg: cfg, db: db, outbox: outbox, logger: logger, limit: cfg.BatchSize,
 		deleted: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "eventfn", Name: "retention_deleted_rows_total",
 			Help: "Rows removed by retention: table is outbox (deleted or archived) or inbox.",
@@ -80,7 +84,7 @@ func (c *cleaner) sweep(ctx context.Context) error {
 	var errs []error
 	if c.cfg.Outbox > 0 {
 		errs = append(errs, c.batches(ctx, "outbox", func(ctx context.Context) (int, error) {
-			return c.outbox.DeleteForwarded(ctx, c.cfg.Outbox, c.cfg.BatchSize, c.cfg.OutboxArchive)
+			return c.outbox.DeleteForwarded(ctx, c.cfg.Outbox, c.limit, c.cfg.OutboxArchive)
 		}))
 	}
 	if c.cfg.Inbox > 0 {
@@ -89,14 +93,31 @@ func (c *cleaner) sweep(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// batches deletes with del, a batch of up to c.limit rows at a time, until
+// a batch finds fewer. A batch the database cancels at its
+// statement_timeout is tried again at once with half as many rows: a
+// DELETE's time grows with its rows, and a sweep that failed so failed
+// every interval, while the table grew. A sweep that met no cancel doubles
+// the limit back, up to retention.batch_size.
 func (c *cleaner) batches(ctx context.Context, table string, del func(context.Context) (int, error)) error {
+	cancelled := false
 	for {
 		n, err := del(ctx)
 		c.deleted.WithLabelValues(table).Add(float64(n))
+		if err != nil && c.limit > 1 && ctx.Err() == nil && store.StatementTimedOut(err) {
+			cancelled = true
+			c.limit = max(1, c.limit/2)
+			c.logger.Warn("the database cancelled a retention DELETE at its statement_timeout; trying again with batches half as large; raise the role's statement_timeout, or lower retention.batch_size",
+				"table", table, "batch_limit", c.limit, "retention.batch_size", c.cfg.BatchSize, "err", err)
+			continue
+		}
 		if err != nil {
 			return err
 		}
-		if n < c.cfg.BatchSize {
+		if n < c.limit {
+			if !cancelled {
+				c.limit = min(2*c.limit, c.cfg.BatchSize)
+			}
 			return nil
 		}
 		select {
@@ -122,7 +143,7 @@ func (c *cleaner) deleteInbox(ctx context.Context) (int, error) {
 		q = `DELETE FROM eventfn_inbox WHERE ctid = ANY (ARRAY(SELECT ctid FROM eventfn_inbox WHERE processed_at < now() - $1 * interval '1 microsecond' LIMIT $2))`
 		cutoff = c.cfg.Inbox.Microseconds()
 	}
-	res, err := c.db.ExecContext(ctx, q, cutoff, c.cfg.BatchSize)
+	res, err := c.db.ExecContext(ctx, q, cutoff, c.limit)
 	if err != nil {
 		return 0, fmt.Errorf("delete inbox rows older than %s: %w", c.cfg.Inbox, err)
 	}
