@@ -201,7 +201,7 @@ func (r *Relay) probe(ctx context.Context) error {
 		// per topic outgrew the client's buffer (10,000 records), and
 		// handing it over blocked the relay's loop. A topic left out stays
 		// due, for the next probe.
-		limit := Limit{Rows: r.limit - len(rows), Bytes: r.cfg.BatchBytes - keyAndPayloadBytes(rows)}
+		limit := Limit{Rows: r.limit - len(rows), Bytes: r.cfg.BatchBytes - storedBytes(rows)}
 		if limit.Rows <= 0 || limit.Bytes <= 0 {
 			break
 		}

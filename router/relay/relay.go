@@ -40,7 +40,8 @@ import (
 type Config struct {
 	// BatchSize is the most rows one batch reads and produces.
 	BatchSize int
-	// BatchBytes bounds the key and payload bytes of one batch's rows (one
+	// BatchBytes bounds the bytes of one batch's rows, as stored: keys,
+	// headers and payloads (one
 	// row larger than it goes alone): the relay holds up to three batches
 	// while it drains a backlog, and a backlog of large rows held BatchSize
 	// times the largest record the broker takes, three times over.
@@ -380,13 +381,13 @@ func (r *Relay) Run(ctx context.Context) error {
 				doneErr = r.awaitMark()
 				r.markBehind(markCtx, prev)
 			} else {
-				held, doneErr = r.complete(ctx, prev)
+				held, doneErr = r.complete(ctx, prev, true)
 			}
 			if held && next != nil && doneErr == nil && err == nil {
 				// next went to the producer before prev's topic was held:
 				// it is settled before the held rows are tried again, so
 				// that no row is in flight twice.
-				_, doneErr = r.complete(ctx, next)
+				_, doneErr = r.complete(ctx, next, true)
 				next = nil
 			}
 		}
@@ -398,9 +399,14 @@ func (r *Relay) Run(ctx context.Context) error {
 		}
 		if err = errors.Join(err, doneErr); err != nil {
 			// Finish what is in flight: its records may be on Kafka already,
-			// and marking them spares sending them twice.
+			// and marking them spares sending them twice. Its rows that
+			// failed stay pending, not held: the batch before may have left
+			// rows of their topic pending (its hold failed), and held rows
+			// go before pending ones, so a key's later rows went first
+			// (found by a fresh-eyed attack). Read again from the lowest
+			// id, they keep their order.
 			if inFlight != nil {
-				_, doneErr := r.complete(ctx, inFlight)
+				_, doneErr := r.complete(ctx, inFlight, false)
 				err = errors.Join(err, doneErr)
 				inFlight = nil
 			}
@@ -652,15 +658,16 @@ func isError(err error) bool { return err != nil }
 // mark behind it, if any, has ended. held says that a topic was held by it,
 // one the relay could produce to until now. A failure of the database is
 // returned; a row that failed to produce is not a failure of the batch, as
-// its topic is held and tried again on its own.
-func (r *Relay) complete(ctx context.Context, b *batch) (held bool, err error) {
+// its topic is held (when hold says so; else the row stays pending) and
+// tried again on its own.
+func (r *Relay) complete(ctx context.Context, b *batch, hold bool) (held bool, err error) {
 	markErr := r.awaitMark()
 	failed, err := r.settle(ctx, b.rows, b.acks(), b.spans, false)
 	if err = errors.Join(markErr, err); err != nil {
 		return false, err
 	}
 	r.metrics.batchSeconds.Observe(time.Since(b.start).Seconds())
-	if len(failed) == 0 {
+	if len(failed) == 0 || !hold {
 		return false, nil
 	}
 	var ids []int64

@@ -957,20 +957,25 @@ func TestAStopGivesMarksBehindOneGrace(t *testing.T) {
 }
 
 // TestAReadTakesRowsUpToItsBytes: a read with a byte bound takes rows while
-// the rows before them hold fewer key and payload bytes than the bound, so a
-// row larger than the bound comes alone and none is ever skipped; Full says
-// when rows may have been left behind.
+// the rows before them hold fewer bytes (key, headers as stored, payload)
+// than the bound, so a row larger than the bound comes alone and none is
+// ever skipped; Full says when rows may have been left behind.
 func TestAReadTakesRowsUpToItsBytes(t *testing.T) {
 	e := open(t)
 	table := relay.NewTable(e.db)
-	// Key and payload bytes of the rows, in id order: the key is 2 bytes,
-	// or none for the fourth.
-	sizes := []int{40, 40, 40, 300, 10, 10}
+	// The rows' bytes as stored, in id order: a key of 2 bytes, headers
+	// stored as "null" (4), the payload the rest; the fourth row has no key,
+	// the seventh 208 bytes of headers.
+	sizes := []int{40, 40, 40, 300, 10, 10, 212, 10}
 	var recs []relay.Record
 	for i, n := range sizes {
-		rec := relay.Record{Topic: "t", Key: []byte("k" + strconv.Itoa(i)), Payload: bytes.Repeat([]byte{'x'}, n-2)}
-		if i == 3 {
-			rec.Key, rec.Payload = nil, bytes.Repeat([]byte{'x'}, n)
+		rec := relay.Record{Topic: "t", Key: []byte("k" + strconv.Itoa(i)), Payload: bytes.Repeat([]byte{'x'}, n-6)}
+		switch i {
+		case 3:
+			rec.Key, rec.Payload = nil, bytes.Repeat([]byte{'x'}, n-4)
+		case 6:
+			rec.Headers = map[string]string{"h": strings.Repeat("x", 200)} // {"h":"x…"}: 208 bytes
+			rec.Payload = []byte("xx")
 		}
 		recs = append(recs, rec)
 	}
@@ -989,14 +994,15 @@ func TestAReadTakesRowsUpToItsBytes(t *testing.T) {
 		want  []int
 		full  bool
 	}{
-		{"no byte bound", 0, relay.Limit{Rows: 100}, []int{0, 1, 2, 3, 4, 5}, false},
+		{"no byte bound", 0, relay.Limit{Rows: 100}, []int{0, 1, 2, 3, 4, 5, 6, 7}, false},
 		{"rows bound first", 0, relay.Limit{Rows: 2, Bytes: 1000}, []int{0, 1}, true},
 		{"bytes bound first", 0, relay.Limit{Rows: 100, Bytes: 100}, []int{0, 1, 2}, true},
 		{"bound met exactly by the rows before", 0, relay.Limit{Rows: 100, Bytes: 80}, []int{0, 1}, true},
 		{"a row larger than the bound comes alone", 3, relay.Limit{Rows: 100, Bytes: 100}, []int{3}, true},
 		{"a bound of one byte takes one row", 0, relay.Limit{Rows: 100, Bytes: 1}, []int{0}, true},
-		{"the last rows, under the bound", 4, relay.Limit{Rows: 100, Bytes: 100}, []int{4, 5}, false},
-		{"nothing left", 6, relay.Limit{Rows: 100, Bytes: 100}, nil, false},
+		{"headers count", 5, relay.Limit{Rows: 100, Bytes: 100}, []int{5, 6}, true},
+		{"the last row, under the bound", 7, relay.Limit{Rows: 100, Bytes: 100}, []int{7}, false},
+		{"nothing left", 8, relay.Limit{Rows: 100, Bytes: 100}, nil, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rows, err := table.Pending(context.Background(), tc.after, tc.limit)

@@ -52,6 +52,9 @@ func (r Record) Size() int {
 type Row struct {
 	ID int64
 	Record
+	// stored is the bytes of its key, headers and payload as the table
+	// holds them: what Limit.Bytes counts.
+	stored int
 }
 
 // Table is the outbox table, eventfn_outbox, in a database opened by store.
@@ -89,7 +92,8 @@ func InsertStatement(rec Record) (query string, args []any, err error) {
 type Limit struct {
 	// Rows is the most rows read.
 	Rows int
-	// Bytes, when above 0, bounds the rows' key and payload bytes: rows are
+	// Bytes, when above 0, bounds the rows' bytes as stored (key, headers
+	// and payload; headers count as their JSON): rows are
 	// read while those before them hold fewer, so the first row is read
 	// whatever its size, and the bytes read stay below Bytes plus one row.
 	Bytes int
@@ -101,14 +105,14 @@ func (l Limit) Full(rows []Row) bool {
 	if len(rows) >= l.Rows {
 		return true
 	}
-	return l.Bytes > 0 && keyAndPayloadBytes(rows) >= l.Bytes
+	return l.Bytes > 0 && storedBytes(rows) >= l.Bytes
 }
 
-// keyAndPayloadBytes is what Limit.Bytes counts of rows.
-func keyAndPayloadBytes(rows []Row) int {
+// storedBytes is what Limit.Bytes counts of rows.
+func storedBytes(rows []Row) int {
 	n := 0
 	for _, r := range rows {
-		n += len(r.Key) + len(r.Payload)
+		n += r.stored
 	}
 	return n
 }
@@ -136,15 +140,15 @@ func (t *Table) bounded(cond string, arg any, limit Limit) (string, []any) {
 	}
 	return `SELECT id, topic, key, headers, payload FROM (
 		SELECT id, topic, key, headers, payload, sum(size) OVER (ORDER BY id) - size AS before FROM (
-			SELECT id, topic, key, headers, payload, octet_length(payload) + coalesce(octet_length(key), 0) AS size
+			SELECT id, topic, key, headers, payload, octet_length(payload) + coalesce(octet_length(key), 0) + octet_length(headers) AS size
 			FROM eventfn_outbox WHERE ` + cond + ` ORDER BY id LIMIT $2
 		) AS taken
 	) AS sized WHERE before < $3 ORDER BY id`, []any{arg, limit.Rows, limit.Bytes}
 }
 
 // rows runs query, which selects outbox rows, on the read pool, and takes
-// its rows while those taken hold fewer key and payload bytes than
-// maxBytes (0 for no bound; see Limit).
+// its rows while those taken hold fewer bytes than maxBytes (0 for no
+// bound; see Limit).
 func (t *Table) rows(ctx context.Context, query string, args []any, maxBytes int) ([]Row, error) {
 	rows, err := t.db.Read.QueryContext(ctx, query, args...)
 	if err != nil {
@@ -168,8 +172,9 @@ func (t *Table) rows(ctx context.Context, query string, args []any, maxBytes int
 			h = map[string]string{headerDecodeError: err.Error()}
 		}
 		r.Headers = h
+		r.stored = len(r.Key) + len(headers) + len(r.Payload)
 		out = append(out, r)
-		taken += len(r.Key) + len(r.Payload)
+		taken += r.stored
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("read pending outbox rows: %w", err)
