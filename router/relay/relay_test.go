@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"log/slog"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -782,6 +784,58 @@ func TestAStopDoesNotCutAMarkBehindShort(t *testing.T) {
 				t.Fatalf("%d of the %d rows whose mark the stop met are marked forwarded, want %d", forwarded, len(ids), want)
 			}
 		})
+	}
+}
+
+// refusingMarks refuses every mark of rows forwarded while refuse is set,
+// as a database that takes reads but no writes, and says so on refused.
+type refusingMarks struct {
+	*relay.Table
+	refuse  atomic.Bool
+	refused chan struct{}
+}
+
+func (s *refusingMarks) MarkForwarded(ctx context.Context, ids []int64) error {
+	if s.refuse.Load() {
+		select {
+		case s.refused <- struct{}{}:
+		default:
+		}
+		return errors.New("cannot execute UPDATE in a read-only transaction")
+	}
+	return s.Table.MarkForwarded(ctx, ids)
+}
+
+// TestAStopMarksTheRowsOnKafkaWhoseMarkFailed: rows on Kafka whose mark
+// failed are marked before the relay reads again; a relay stopped while it
+// waited to retry left them pending, and they went again after the restart
+// (found by a fresh-eyed attack, with marks cancelled at a
+// statement_timeout). A stop now tries their mark once more.
+func TestAStopMarksTheRowsOnKafkaWhoseMarkFailed(t *testing.T) {
+	e := open(t)
+	topic := e.topic(t, 1)
+	p, m := producerAndMetrics(t, e)
+	const rows = 20
+	insert(t, e, oneKey(topic, rows), rows)
+	src := &refusingMarks{Table: relay.NewTable(e.db), refused: make(chan struct{}, 1)}
+	src.refuse.Store(true)
+	// After the refused mark the relay waits an hour to retry: only the
+	// stop can mark the rows.
+	r := relay.New(relay.Config{BatchSize: 100, PollInterval: time.Hour, MinBackoff: time.Hour, MaxBackoff: time.Hour}, src, p, relay.NewLease(e.db), m, slog.New(slog.DiscardHandler))
+	stop, stopped := stoppable(t, r)
+	select {
+	case <-src.refused:
+	case <-time.After(time.Minute):
+		t.Fatal("the relay never marked its batch")
+	}
+	src.refuse.Store(false)
+	stop()
+	stopped()
+	if s := stats(t, e); s.Pending != 0 {
+		t.Fatalf("%d rows on Kafka left pending by the stop, to go again after the restart", s.Pending)
+	}
+	if got := endOffset(t, e, topic); got != rows {
+		t.Fatalf("%d records on Kafka for %d rows", got, rows)
 	}
 }
 
