@@ -228,6 +228,9 @@ type batch struct {
 	start time.Time
 	spans []trace.Span
 	errs  []error // the acks, once waited for
+	// full says the read that gave rows was full: rows above it are likely
+	// pending, however many of its rows were held rather than sent.
+	full bool
 }
 
 // acks waits for b's acks, once: one error (or nil) per row.
@@ -396,6 +399,10 @@ func (r *Relay) Run(ctx context.Context) error {
 				// it is settled before the held rows are tried again, so
 				// that no row is in flight twice.
 				_, doneErr = r.complete(ctx, next, true)
+				// A full read gave next: rows above it are likely pending,
+				// and waiting for the poll stalled a backlog at each topic
+				// held (found by a fresh-eyed attack).
+				owed = owed || next.full
 				next = nil
 			}
 		}
@@ -457,14 +464,16 @@ func (r *Relay) standingBy() {
 }
 
 // moreLikely says whether rows above the batch in flight are likely pending,
-// so that reading them while it waits for its acks pays: the batch was full
-// (a backlog), or a commit nudged the relay since it read the batch; nudged
+// so that reading them while it waits for its acks pays: the read that gave
+// the batch was full (a backlog; counted before the rows of held topics were
+// taken out, or a backlog of mostly held rows drained one batch per poll,
+// found by a fresh-eyed attack), or a commit nudged the relay since it read the batch; nudged
 // says the nudge was taken. Otherwise the read nearly always finds nothing:
 // below a backlog every batch was followed by one such empty read, a third
 // of the relay's statements at 100 orders/s. Rows that other processes
 // commit do not nudge; the poll finds them, as when idle.
 func (r *Relay) moreLikely(inFlight *batch) (readAhead, nudged bool) {
-	if r.readLimit().Full(inFlight.rows) {
+	if inFlight.full {
 		return true, false
 	}
 	select {
@@ -529,7 +538,7 @@ func (r *Relay) send(ctx context.Context, after int64, inFlight *batch) (*batch,
 		recs[i] = row.Record
 		spans[i] = r.traceSend(ctx, &recs[i])
 	}
-	return &batch{rows: rows, sent: r.sink.Send(ctx, recs), start: time.Now(), spans: spans}, nil
+	return &batch{rows: rows, sent: r.sink.Send(ctx, recs), start: time.Now(), spans: spans, full: r.readLimit().Full(read)}, nil
 }
 
 // prefetched is a read of the pending rows above an id, started before the
