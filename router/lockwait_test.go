@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/eventfn/eventfn/configs"
 	"github.com/eventfn/eventfn/internal/testenv"
 	"github.com/eventfn/eventfn/runtime"
 )
@@ -225,6 +226,50 @@ func TestAShortStatementContextDoesNotCutLaterLockWaits(t *testing.T) {
 	if n, conflicts := attempts.Load(), tr.metric(t, "eventfn_handler_attempts_total", "handler", "lock-ctx", "result", "unavailable"); n != 1 || conflicts != 0 {
 		t.Errorf("a 500 ms lock wait within a 1 s lock timeout failed: %d attempts, %v counted as conflicts\n%s", n, conflicts, tr.logs.String())
 	}
+}
+
+// TestALockWaitEndsBeforeTheStatementTimeout: a role's statement_timeout
+// (here the URL's, 400 ms) shorter than a call's lock timeout (half its
+// 10 s) ended a wait for a lock held elsewhere as the statement cancelled,
+// the call's own error: the retries went, and the good event was
+// dead-lettered while the lock was held. The lock timeout now stays below
+// the statement_timeout, so the wait ends as a conflict, waited out
+// without using a retry, and the event is handled once the lock is gone.
+func TestALockWaitEndsBeforeTheStatementTimeout(t *testing.T) {
+	if testenv.DatabaseURL() == "" {
+		t.Skip("SQLite has no statement_timeout; PostgreSQL only")
+	}
+	update := func(ctx context.Context, tx runtime.Tx, ev chargeLike) error {
+		_, err := tx.ExecContext(ctx, `UPDATE lock_stmt SET n = n + 1 WHERE id = $1`, ev.ID)
+		return err
+	}
+	h := runtime.NewHandler("lock-stmt", update,
+		runtime.WithPolicy(runtime.Policy{MaxRetries: 1, InitialBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond, Timeout: 10 * time.Second, MaxBatch: 1}))
+	tr := startRuntime(t, func(c *configs.Config) { c.Database.URL += "&statement_timeout=400" }, h)
+	if got := tr.db.StatementTimeout; got != 400*time.Millisecond {
+		t.Fatalf("the store read statement_timeout %s, want 400ms", got)
+	}
+	ctx := context.Background()
+	holder := lockRowElsewhere(t, tr, "lock_stmt")
+	produceEvent(t, tr, chargeLike{ID: "locked"})
+	// Several statement_timeouts past the event's two tries.
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) && tr.metric(t, "eventfn_dead_lettered_total", "handler", "lock-stmt") == 0 {
+		time.Sleep(20 * time.Millisecond) // polling interval
+	}
+	if n := tr.metric(t, "eventfn_dead_lettered_total", "handler", "lock-stmt"); n != 0 {
+		t.Fatalf("the event was dead-lettered while a lock elsewhere held it\n%s", tr.logs.String())
+	}
+	if n := tr.metric(t, "eventfn_handler_attempts_total", "handler", "lock-stmt", "result", "unavailable"); n == 0 {
+		t.Errorf("no attempt counted as waiting for the lock\n%s", tr.logs.String())
+	}
+	if err := holder.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the event handled after the lock was released", 30*time.Second, func() bool {
+		var n int
+		return tr.db.Read.QueryRowContext(ctx, `SELECT n FROM lock_stmt WHERE id = 'locked'`).Scan(&n) == nil && n == 1
+	})
 }
 
 // lockRowElsewhere makes table (id, n) with the row 'locked' and returns a

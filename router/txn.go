@@ -289,7 +289,7 @@ func openForCall(ctx context.Context, db *store.DB) (*pipelinedTx, error) {
 	if err != nil {
 		return nil, err
 	}
-	t.beginLockTimeout = lockTimeoutFor(ctx)
+	t.beginLockTimeout = lockTimeoutFor(ctx, db.StatementTimeout)
 	t.lockTimeout.Store(t.beginLockTimeout)
 	return t, nil
 }
@@ -385,13 +385,25 @@ const setLockTimeoutSQL = `SELECT set_config('lock_timeout', $1, true)`
 // which classifyFailure makes a wait that uses no retry. Without it, the
 // wait ran into the call's timeout, an error of the call's own, and after
 // the retries a good event was dead-lettered while the lock was held.
-// 0 when ctx has no deadline.
-func lockTimeoutFor(ctx context.Context) int64 {
-	deadline, ok := ctx.Deadline()
-	if !ok {
-		return 0
+//
+// It also stays a tenth below statementTimeout, the server's
+// statement_timeout for eventfn's sessions (0 for none): a role's timeout
+// of a few seconds under the default 30 s call (lock timeout 15 s) ended a
+// lock wait as the statement cancelled, the call's own error, and after the
+// retries a good event was dead-lettered while a lock elsewhere was held.
+// 0 when ctx has no deadline and there is no statement_timeout.
+func lockTimeoutFor(ctx context.Context, statementTimeout time.Duration) int64 {
+	var ms int64
+	if deadline, ok := ctx.Deadline(); ok {
+		ms = max(time.Until(deadline).Milliseconds()/2, 1)
 	}
-	return max(time.Until(deadline).Milliseconds()/2, 1)
+	if st := statementTimeout.Milliseconds(); st > 0 {
+		below := max(st-max(st/10, 1), 1)
+		if ms == 0 || below < ms {
+			ms = below
+		}
+	}
+	return ms
 }
 
 // lockTimeoutFits says whether the lock timeout in force must change for a

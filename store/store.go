@@ -44,6 +44,11 @@ type DB struct {
 	Driver Driver
 	// Where names the database for people (a file path or host/database), never a password.
 	Where string
+	// StatementTimeout is PostgreSQL's statement_timeout for this pool's
+	// sessions when Open ran (a role's, a database's or the URL's
+	// setting); 0 for none, and on SQLite. Handler transactions keep their
+	// lock waits below it (see the router's lockTimeoutFor).
+	StatementTimeout time.Duration
 }
 
 // Config says which database to open.
@@ -98,6 +103,14 @@ func Open(ctx context.Context, cfg Config) (*DB, error) {
 	if err := checkSchema(ctx, db); err != nil {
 		_ = db.Close()
 		return nil, err
+	}
+	if db.Driver == Postgres {
+		var ms int64
+		if err := db.QueryRowContext(ctx, `SELECT setting::bigint FROM pg_settings WHERE name = 'statement_timeout'`).Scan(&ms); err != nil {
+			_ = db.Close()
+			return nil, fmt.Errorf("read statement_timeout of %s database %s: %w", db.Driver, db.Where, err)
+		}
+		db.StatementTimeout = time.Duration(ms) * time.Millisecond
 	}
 	if db.Driver == Postgres {
 		locker = migrationLocker(db, "", log)
