@@ -197,10 +197,10 @@ func (r *Relay) probe(ctx context.Context) error {
 	full := map[string]bool{}
 	for topic, held := range h.topics {
 		// One probe takes a batch's rows and bytes at most, as a batch
-		// does: with every broker away and many topics held, a probe of BatchSize rows
-		// per topic outgrew the client's buffer (10,000 records), and
-		// handing it over blocked the relay's loop. A topic left out stays
-		// due, for the next probe.
+		// does: with every broker away and many topics held, a probe of
+		// BatchSize rows per topic outgrew the client's buffer (10,000
+		// records), and handing it over blocked the relay's loop. A topic
+		// left out stays due, for the next probe.
 		limit := Limit{Rows: r.limit - len(rows), Bytes: r.cfg.BatchBytes - storedBytes(rows)}
 		if limit.Rows <= 0 || limit.Bytes <= 0 {
 			break

@@ -40,11 +40,11 @@ import (
 type Config struct {
 	// BatchSize is the most rows one batch reads and produces.
 	BatchSize int
-	// BatchBytes bounds the bytes of one batch's rows, as stored: keys,
-	// headers and payloads (one
-	// row larger than it goes alone): the relay holds up to three batches
-	// while it drains a backlog, and a backlog of large rows held BatchSize
-	// times the largest record the broker takes, three times over.
+	// BatchBytes bounds the bytes of one batch's rows as stored (keys,
+	// headers and payloads; one row larger than it goes alone): the relay
+	// holds up to three batches while it drains a backlog, and a backlog of
+	// large rows held BatchSize times the largest record the broker takes,
+	// three times over.
 	BatchBytes int
 	// PollInterval is how often an idle relay looks for rows written by other
 	// processes; rows this process writes wake it at once.
@@ -465,10 +465,10 @@ func (r *Relay) standingBy() {
 
 // moreLikely says whether rows above the batch in flight are likely pending,
 // so that reading them while it waits for its acks pays: the read that gave
-// the batch was full (a backlog; counted before the rows of held topics were
-// taken out, or a backlog of mostly held rows drained one batch per poll,
-// found by a fresh-eyed attack), or a commit nudged the relay since it read the batch; nudged
-// says the nudge was taken. Otherwise the read nearly always finds nothing:
+// the batch was full (a backlog; counted before the rows of held topics
+// were taken out, or a backlog of mostly held rows drained one batch per
+// poll, found by a fresh-eyed attack), or a commit nudged the relay since
+// it read the batch; nudged says the nudge was taken. Otherwise the read nearly always finds nothing:
 // below a backlog every batch was followed by one such empty read, a third
 // of the relay's statements at 100 orders/s. Rows that other processes
 // commit do not nudge; the poll finds them, as when idle.
