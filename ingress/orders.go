@@ -270,10 +270,11 @@ func (s *Server) createOrder(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		span.SetStatus(codes.Error, "the order could not be stored")
 		s.storing.Failed(err)
-		if store.Unavailable(err) {
-			// Away, read-only (a failover), out of disk: not the order's
-			// fault and not a bug; a client or a load balancer retries a
-			// 503 after Retry-After.
+		if store.Unavailable(err) || store.StatementTimedOut(err) {
+			// Away, read-only (a failover), out of disk, or too slow for
+			// the role's statement_timeout (a lock held elsewhere, a
+			// loaded server): not the order's fault and not a bug; a
+			// client or a load balancer retries a 503 after Retry-After.
 			databaseUnavailable(w, "the order could not be stored: the database cannot take it now; try again")
 			return
 		}
@@ -304,7 +305,7 @@ func (s *Server) getOrder(w http.ResponseWriter, r *http.Request) {
 	}
 	if err != nil {
 		s.reading.Failed(err)
-		if store.Unavailable(err) {
+		if store.Unavailable(err) || store.StatementTimedOut(err) {
 			databaseUnavailable(w, "the order could not be read: the database cannot serve now; try again")
 			return
 		}

@@ -212,3 +212,49 @@ func TestADatabaseThatCannotServeAnswers503(t *testing.T) {
 		t.Errorf("%d ERROR lines, want 1 saying 503 for the whole outage:\n%s", c, out)
 	}
 }
+
+// TestAnOrderTheStatementTimeoutCancelsAnswers503: an order whose insert
+// the role's statement_timeout cancels (here a trigger makes it take
+// 500 ms against 200 ms; a lock held elsewhere or a loaded server do the
+// same) answered 500, as for a bug. It is the database that could not take
+// it in time: 503 with Retry-After, nothing stored, and stored once the
+// insert is quick again.
+func TestAnOrderTheStatementTimeoutCancelsAnswers503(t *testing.T) {
+	pg := testenv.NewPostgresDatabase(t, testenv.RequirePostgres(t))
+	ctx := context.Background()
+	setup, _ := openStore(t, store.Config{Driver: store.Postgres, URL: pg.URL, MaxOpenConns: 2})
+	for _, stmt := range []string{
+		`CREATE FUNCTION slow_insert() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.5); RETURN NEW; END $$`,
+		`CREATE TRIGGER slow_insert BEFORE INSERT ON orders FOR EACH ROW EXECUTE FUNCTION slow_insert()`,
+	} {
+		if _, err := setup.ExecContext(ctx, stmt); err != nil {
+			t.Fatalf("%s: %v", stmt, err)
+		}
+	}
+	pg.Set(t, "statement_timeout", "200ms")
+	db, cfg := openStore(t, store.Config{Driver: store.Postgres, URL: pg.URL, MaxOpenConns: 4})
+	srv := httptest.NewServer(ingress.NewServer(router.NewOutbox(db, cfg, watermill.NopLogger{}), db.Read, func(context.Context) error { return nil },
+		http.NotFoundHandler(), 1<<20, slog.New(slog.DiscardHandler)).Handler())
+	t.Cleanup(srv.Close)
+	order := `{"customer_email": "a@example.com", "items": [{"sku": "S-1", "quantity": 1, "price_cents": 100}]}`
+
+	resp, err := http.Post(srv.URL+"/orders", "application/json", strings.NewReader(order))
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("status %d, Retry-After %q (%s) for an order the statement_timeout cancelled, want 503 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"), raw)
+	}
+	var n int
+	if err := setup.QueryRowContext(ctx, `SELECT count(*) FROM orders`).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("%d orders stored (%v), want none", n, err)
+	}
+	if _, err := setup.ExecContext(ctx, `DROP TRIGGER slow_insert ON orders`); err != nil {
+		t.Fatal(err)
+	}
+	if status, out := post(t, srv.URL, order); status != http.StatusCreated {
+		t.Fatalf("status %d (%v) once the insert is quick, want 201", status, out)
+	}
+}
