@@ -32,23 +32,28 @@ func TestShutdownMidTrafficLosesNothing(t *testing.T) {
 	var mu sync.Mutex
 	var accepted []string
 	stop := make(chan struct{})
-	senderDone := make(chan struct{})
-	go func() {
-		defer close(senderDone)
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			default:
+	// Four senders, so that orders arrive faster than they are charged: on
+	// SQLite a charge holds the one writer for its 200 ms, and one sender's
+	// next POST waited for it, so orders arrived no faster than they were
+	// charged, and CI once found all 44 finished before the stop.
+	var senders sync.WaitGroup
+	for sender := range 4 {
+		senders.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				id, status, _ := first.tryPlaceOrder(fmt.Sprintf("s%d-%d@example.com", sender, i))
+				if status == http.StatusCreated {
+					mu.Lock()
+					accepted = append(accepted, id)
+					mu.Unlock()
+				}
 			}
-			id, status, _ := first.tryPlaceOrder(fmt.Sprintf("s%d@example.com", i))
-			if status == http.StatusCreated {
-				mu.Lock()
-				accepted = append(accepted, id)
-				mu.Unlock()
-			}
-		}
-	}()
+		})
+	}
 	eventually(t, 30*time.Second, "orders accepted before the stop", func() (bool, string) {
 		mu.Lock()
 		defer mu.Unlock()
@@ -56,7 +61,7 @@ func TestShutdownMidTrafficLosesNothing(t *testing.T) {
 	})
 	first.stop(t)
 	close(stop)
-	<-senderDone
+	senders.Wait()
 
 	mu.Lock()
 	ids := append([]string(nil), accepted...)
