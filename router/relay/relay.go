@@ -528,7 +528,8 @@ func (r *Relay) send(ctx context.Context, after int64, inFlight *batch) (*batch,
 	if inFlight != nil && inFlight.sent.Failed() {
 		return nil, nil
 	}
-	if r.readLimit().Full(read) {
+	full := r.readLimit().Full(read)
+	if full {
 		// A backlog: the next read will likely find a full batch too.
 		r.prefetch(ctx, read[len(read)-1].ID)
 	}
@@ -538,7 +539,7 @@ func (r *Relay) send(ctx context.Context, after int64, inFlight *batch) (*batch,
 		recs[i] = row.Record
 		spans[i] = r.traceSend(ctx, &recs[i])
 	}
-	return &batch{rows: rows, sent: r.sink.Send(ctx, recs), start: time.Now(), spans: spans, full: r.readLimit().Full(read)}, nil
+	return &batch{rows: rows, sent: r.sink.Send(ctx, recs), start: time.Now(), spans: spans, full: full}, nil
 }
 
 // prefetched is a read of the pending rows above an id, started before the
