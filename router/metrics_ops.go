@@ -42,6 +42,7 @@ type opsMetrics struct {
 	retrying        *prometheus.GaugeVec
 	unavailable     *prometheus.GaugeVec
 	deadLetters     *prometheus.CounterVec
+	deleted         *prometheus.CounterVec
 	lag             *lagCollector
 }
 
@@ -73,6 +74,10 @@ func newOpsMetrics(reg prometheus.Registerer, outbox *Outbox) (*opsMetrics, erro
 			Namespace: "eventfn", Name: "dead_letters_total",
 			Help: "Dead letters written, by class: malformed, permanent, exhausted, timeout.",
 		}, []string{"handler", "class"}),
+		deleted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "eventfn", Name: "consumer_records_deleted_total",
+			Help: "Records Kafka deleted (the topic's retention, kafka-delete-records) before the handler's group consumed them: lost to the handler.",
+		}, []string{"handler"}),
 		lag: &lagCollector{desc: prometheus.NewDesc("eventfn_consumer_lag",
 			"Records of a handler's partition not yet handled: the partition's high watermark minus the next offset to finish.",
 			[]string{"handler", "partition"}, nil)},
@@ -89,12 +94,18 @@ func newOpsMetrics(reg prometheus.Registerer, outbox *Outbox) (*opsMetrics, erro
 		}
 		return pendingAge(s.OldestPending, time.Now())
 	})
-	for _, c := range []prometheus.Collector{m.handlerDuration, m.chainLatency, m.retrying, m.unavailable, m.deadLetters, m.lag, oldest} {
+	for _, c := range []prometheus.Collector{m.handlerDuration, m.chainLatency, m.retrying, m.unavailable, m.deadLetters, m.deleted, m.lag, oldest} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register metric: %w", err)
 		}
 	}
 	return m, nil
+}
+
+// deletedCounter counts, in c, the records a handler's group found deleted
+// before it consumed them (dispatch.Config.Deleted).
+func deletedCounter(c prometheus.Counter) func(topic string, partition int32, from, to int64) {
+	return func(_ string, _ int32, from, to int64) { c.Add(float64(to - from)) }
 }
 
 // pendingAge is how long ago oldest was, 0 for none; a clock that went

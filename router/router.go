@@ -286,6 +286,7 @@ func (r *Runtime) buildHandlers(handlers []runtime.Handler) error {
 			NackResendSleep: 100 * time.Millisecond,
 			DrainTimeout:    r.cfg.Shutdown.Timeout,
 			StartAtEnd:      r.cfg.StartPosition(h.Name()) == configs.StartLatest,
+			Deleted:         deletedCounter(r.metrics.ops.deleted.WithLabelValues(h.Name())),
 			Logger:          r.logger.With("component", "consumer", "handler", h.Name()),
 			Opts:            r.kopts,
 		})

@@ -43,9 +43,15 @@ type Config struct {
 	Group string
 	// StartAtEnd starts a group that has no committed offset at the end of
 	// each partition, skipping the records produced before it first joined.
-	// Kafka applies the same reset when a committed offset is no longer in the
-	// log (deleted by retention), so such a group then skips to the end too.
+	// It says nothing of a committed offset that is no longer in the log:
+	// the group resumes at the log start, and Deleted is told of the records
+	// it missed (see resumeInLog).
 	StartAtEnd bool
+	// Deleted, if set, is told of records Kafka deleted (retention,
+	// DeleteRecords) before this group fetched them: offsets from up to
+	// (not including) to of the partition are lost to the handler. The
+	// subscriber also logs them as an error.
+	Deleted func(topic string, partition int32, from, to int64)
 	// NewGroupSettle is how long a member that placed partitions at their
 	// end holds its periodic commits back (see addedPartitions); 5 s when
 	// zero.
@@ -190,9 +196,12 @@ type Subscriber struct {
 	// subscriber placed it for a new group, or -1 when the group had
 	// commits on it already (see addedPartitions).
 	firstPartitions map[string]int32
-	buffered        int
-	space           chan struct{} // signalled when buffered drops below the cap
-	out             chan *message.Message
+	// expected is, per partition owned, the offset this member fetches
+	// next, as far as it knows (see noteDeleted).
+	expected map[topicPartition]int64
+	buffered int
+	space    chan struct{} // signalled when buffered drops below the cap
+	out      chan *message.Message
 
 	slots      chan struct{}
 	closing    chan struct{}
@@ -217,6 +226,7 @@ func NewSubscriber(cfg Config) (*Subscriber, error) {
 		cfg:        cfg,
 		parts:      map[topicPartition]*partition{},
 		owned:      map[topicPartition]bool{},
+		expected:   map[topicPartition]int64{},
 		space:      make(chan struct{}, 1),
 		slots:      make(chan struct{}, cfg.MaxInFlight),
 		closing:    make(chan struct{}),
@@ -260,9 +270,9 @@ func (s *Subscriber) Subscribe(_ context.Context, topic string) (<-chan *message
 // says: the topic was deleted and created again while the group consumed
 // it, so all of the new topic came after the group first joined.
 func (s *Subscriber) newClient(afterRecreation bool) (*kgo.Client, error) {
-	reset := s.resetOffset()
+	start := s.startOffset()
 	if afterRecreation {
-		reset = kgo.NewOffset().AtStart()
+		start = kgo.NewOffset().AtStart()
 	}
 	opts := append([]kgo.Opt{
 		kgo.SeedBrokers(s.cfg.Brokers...),
@@ -270,7 +280,13 @@ func (s *Subscriber) newClient(afterRecreation bool) (*kgo.Client, error) {
 		kgo.ConsumerGroup(s.cfg.Group),
 		kgo.ConsumeTopics(s.topic),
 		kgo.DisableAutoCommit(),
-		kgo.ConsumeResetOffset(reset),
+		// Only where a partition without a commit starts. Where a committed
+		// offset that is no longer in the log resumes is franz-go's default
+		// (ConsumeResetOffset): at the log start when records were deleted,
+		// a minute back when the broker lost some. Set to the start offset,
+		// as before, a group that starts at the end skipped every record
+		// still in the log past a commit that retention had overtaken.
+		kgo.ConsumeStartOffset(start),
 		kgo.FetchMaxWait(100 * time.Millisecond),
 		// A member that died (kill -9, a lost host) is noticed after the
 		// session timeout, and its partitions wait that long for a new owner;
@@ -286,9 +302,13 @@ func (s *Subscriber) newClient(afterRecreation bool) (*kgo.Client, error) {
 		// records waited that long.
 		kgo.MetadataMaxAge(metadataMaxAge),
 	}, s.cfg.Opts...)
-	if s.cfg.StartAtEnd && !afterRecreation {
-		opts = append(opts, kgo.AdjustFetchOffsetsFn(s.startAtEnd))
-	}
+	opts = append(opts, kgo.AdjustFetchOffsetsFn(func(ctx context.Context, offsets map[string]map[int32]kgo.Offset) (map[string]map[int32]kgo.Offset, error) {
+		offsets = s.resumeInLog(ctx, offsets)
+		if s.cfg.StartAtEnd && !afterRecreation {
+			return s.startAtEnd(ctx, offsets)
+		}
+		return offsets, nil
+	}))
 	client, err := kgo.NewClient(opts...)
 	if err != nil {
 		return nil, fmt.Errorf("kafka consumer for group %s on %s: %w", s.cfg.Group, s.topic, err)
@@ -311,8 +331,8 @@ func (s *Subscriber) currentClient() *kgo.Client {
 	return s.client
 }
 
-// resetOffset is where a partition without a committed offset starts.
-func (s *Subscriber) resetOffset() kgo.Offset {
+// startOffset is where a partition without a committed offset starts.
+func (s *Subscriber) startOffset() kgo.Offset {
 	if s.cfg.StartAtEnd {
 		return kgo.NewOffset().AtEnd()
 	}
@@ -364,6 +384,7 @@ func (s *Subscriber) poll() {
 		if fetches.NumRecords() > 0 {
 			s.errors.recovered()
 		}
+		s.noteDeleted(fetches)
 		fetches.EachRecord(s.enqueue)
 		s.noteHighWatermarks(fetches)
 		backoff = nextFetchBackoff(backoff, failed && fetches.NumRecords() == 0)
@@ -880,6 +901,7 @@ func (s *Subscriber) release(ctx context.Context, tps map[string][]int32, commit
 	var gone []*partition
 	only := map[topicPartition]bool{}
 	for topic, ps := range tps {
+		s.forgetExpected(topic, ps)
 		for _, part := range ps {
 			tp := topicPartition{topic, part}
 			delete(s.owned, tp)

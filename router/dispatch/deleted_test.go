@@ -1,0 +1,306 @@
+package dispatch_test
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/eventfn/eventfn/internal/testenv"
+	"github.com/eventfn/eventfn/router/dispatch"
+)
+
+// TestAGroupWhoseRecordsWereDeletedResumesAtTheLogStart: a handler's group
+// committed offset 5 of a partition, then stopped for longer than the
+// topic's retention, and Kafka deleted records 0–9 (DeleteRecords stands in
+// for retention). Records 5–9 are gone; 10–29 still exist and were never
+// handled. From either start position the group must handle 10–29 and
+// report 5–9 as deleted before it consumed them. A group that starts at the
+// end (latest) took Kafka's reset for such a commit and skipped to the end:
+// 20 good records, silently, with a lag of 0.
+func TestAGroupWhoseRecordsWereDeletedResumesAtTheLogStart(t *testing.T) {
+	t.Parallel()
+	addrs := brokers(t)
+	for _, c := range []struct {
+		name       string
+		startAtEnd bool
+	}{
+		{"earliest", false},
+		{"latest", true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			topic := createTopic(t, addrs, 1)
+			group := testenv.UniqueName("deleted-")
+			produce(t, addrs, topic, []string{"k"}, 30) // offsets 0–29
+			deleteBefore(t, addrs, group, topic, 5, 10)
+
+			var mu sync.Mutex
+			handled := map[int64]bool{}
+			var deleted []string
+			sub, err := dispatch.NewSubscriber(dispatch.Config{
+				Brokers: addrs, Group: group, Unmarshal: unmarshal,
+				CommitInterval: 20 * time.Millisecond, DrainTimeout: 10 * time.Second, StartAtEnd: c.startAtEnd,
+				Deleted: func(topic string, partition int32, from, to int64) {
+					mu.Lock()
+					defer mu.Unlock()
+					deleted = append(deleted, strconv.Itoa(int(partition))+":"+strconv.FormatInt(from, 10)+"-"+strconv.FormatInt(to, 10))
+				},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			runRouter(t, topic, sub, func(msg *message.Message) error {
+				mu.Lock()
+				defer mu.Unlock()
+				_, offset, _ := strings.Cut(msg.UUID, "/")
+				n, err := strconv.ParseInt(offset, 10, 64)
+				if err != nil {
+					t.Errorf("message id %q: %v", msg.UUID, err)
+				}
+				handled[n] = true
+				return nil
+			})
+			waitFor(t, "records 10–29, which still exist", 30*time.Second, func() bool {
+				mu.Lock()
+				defer mu.Unlock()
+				for o := int64(10); o < 30; o++ {
+					if !handled[o] {
+						return false
+					}
+				}
+				return true
+			})
+			waitFor(t, "a report of the deleted records", 10*time.Second, func() bool {
+				mu.Lock()
+				defer mu.Unlock()
+				return len(deleted) > 0
+			})
+			mu.Lock()
+			defer mu.Unlock()
+			for o := range handled {
+				if o < 10 {
+					t.Errorf("record %d was handled, but Kafka had deleted it", o)
+				}
+			}
+			if len(deleted) != 1 || deleted[0] != "0:5-10" {
+				t.Errorf("deleted records reported as %q, want [0:5-10] (partition 0, offsets 5 to 10)", deleted)
+			}
+		})
+	}
+}
+
+// deleteBefore commits offset committed of partition 0 for group, as a
+// member that had handled the records before it would have, and deletes the
+// partition's records before offset before.
+func deleteBefore(t *testing.T, addrs []string, group, topic string, committed, before int64) {
+	t.Helper()
+	adm := admin(t, addrs)
+	commitOffset(t, adm, group, topic, committed)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var to kadm.Offsets
+	to.AddOffset(topic, 0, before, -1)
+	resp, err := adm.DeleteRecords(ctx, to)
+	if err == nil {
+		err = resp.Error()
+	}
+	if err != nil {
+		t.Fatalf("delete the records of %s before %d: %v", topic, before, err)
+	}
+}
+
+// commitOffset commits offset of partition 0 of topic for group.
+func commitOffset(t *testing.T, adm *kadm.Client, group, topic string, offset int64) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var offsets kadm.Offsets
+	offsets.AddOffset(topic, 0, offset, -1)
+	resp, err := adm.CommitOffsets(ctx, group, offsets)
+	if err == nil {
+		err = resp.Error()
+	}
+	if err != nil {
+		t.Fatalf("commit offset %d of %s for group %s: %v", offset, topic, group, err)
+	}
+}
+
+func admin(t *testing.T, addrs []string) *kadm.Client {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(addrs...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Close)
+	return kadm.NewClient(cl)
+}
+
+// TestAGroupWhoseCommitIsPastThePartitionsEndReadsItAgain: the broker
+// lost records the group had consumed and committed past (an unclean
+// leader election), so the partition now ends before the commit, and the
+// records produced since took those offsets again. How many were produced
+// since, nobody can tell: resumed at the end, the group would skip them.
+// It reads the partition again from its start (the inbox absorbs what it
+// had handled), and so handles every record produced since the loss.
+func TestAGroupWhoseCommitIsPastThePartitionsEndReadsItAgain(t *testing.T) {
+	t.Parallel()
+	addrs := brokers(t)
+	for _, startAtEnd := range []bool{false, true} {
+		t.Run(fmt.Sprintf("StartAtEnd=%v", startAtEnd), func(t *testing.T) {
+			t.Parallel()
+			topic := createTopic(t, addrs, 1)
+			group := testenv.UniqueName("past-end-")
+			produce(t, addrs, topic, []string{"before"}, 20) // offsets 0–19, handled before the loss
+			commitOffset(t, admin(t, addrs), group, topic, 40)
+			produce(t, addrs, topic, []string{"since"}, 5) // offsets 20–24, produced since
+			var mu sync.Mutex
+			handled := map[string]int{}
+			sub, err := dispatch.NewSubscriber(dispatch.Config{
+				Brokers: addrs, Group: group, Unmarshal: unmarshal, StartAtEnd: startAtEnd,
+				CommitInterval: 20 * time.Millisecond, DrainTimeout: 10 * time.Second,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			runRouter(t, topic, sub, func(msg *message.Message) error {
+				mu.Lock()
+				defer mu.Unlock()
+				handled[msg.Metadata.Get("key")]++
+				return nil
+			})
+			if !waitUntil(30*time.Second, func() bool {
+				mu.Lock()
+				defer mu.Unlock()
+				return handled["since"] == 5
+			}) {
+				mu.Lock()
+				defer mu.Unlock()
+				t.Fatalf("the 5 records produced since the loss were not handled within 30s: %v", handled)
+			}
+		})
+	}
+}
+
+// TestRecordsDeletedWhileTheGroupWasBehindAreReported: a group falls
+// behind (its handler is stuck on the first record), and Kafka deletes
+// records it has not fetched yet. franz-go resumes at the new log start, so
+// the group goes on; the records it passed over must be reported, and
+// every record must be either handled or reported, none silently skipped.
+func TestRecordsDeletedWhileTheGroupWasBehindAreReported(t *testing.T) {
+	t.Parallel()
+	addrs := brokers(t)
+	topic := createTopic(t, addrs, 1)
+	const n, deleteTo = 30, 20
+	for i := range n { // a batch each, so that a fetch of one batch takes one record
+		produce(t, addrs, topic, []string{"k" + strconv.Itoa(i)}, 1)
+	}
+	var mu sync.Mutex
+	handled := map[int64]bool{}
+	var deleted [][2]int64
+	holding, release := make(chan struct{}), make(chan struct{})
+	sub, err := dispatch.NewSubscriber(dispatch.Config{
+		Brokers: addrs, Group: testenv.UniqueName("behind-"), Unmarshal: unmarshal,
+		MaxInFlight: 1, MaxBuffered: 1,
+		CommitInterval: 20 * time.Millisecond, DrainTimeout: 10 * time.Second,
+		Deleted: func(_ string, _ int32, from, to int64) {
+			mu.Lock()
+			defer mu.Unlock()
+			deleted = append(deleted, [2]int64{from, to})
+		},
+		Opts: []kgo.Opt{kgo.FetchMaxBytes(1), kgo.FetchMaxPartitionBytes(1)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runRouter(t, topic, sub, func(msg *message.Message) error {
+		_, offset, _ := strings.Cut(msg.UUID, "/")
+		o, err := strconv.ParseInt(offset, 10, 64)
+		if err != nil {
+			t.Errorf("message id %q: %v", msg.UUID, err)
+		}
+		if o == 0 {
+			close(holding)
+			<-release
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		handled[o] = true
+		return nil
+	})
+	// The handler holds record 0; the group has fetched a record or two.
+	select {
+	case <-holding:
+	case <-time.After(30 * time.Second):
+		t.Fatal("record 0 was not handed to the handler within 30s")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var to kadm.Offsets
+	to.AddOffset(topic, 0, deleteTo, -1)
+	if resp, err := admin(t, addrs).DeleteRecords(ctx, to); err != nil || resp.Error() != nil {
+		t.Fatalf("delete the records of %s before %d: %v %v", topic, deleteTo, err, resp.Error())
+	}
+	close(release)
+
+	accounted := func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		for o := int64(0); o < n; o++ {
+			if !handled[o] && !slicesContainsOffset(deleted, o) {
+				return false
+			}
+		}
+		return true
+	}
+	if !waitUntil(30*time.Second, accounted) {
+		mu.Lock()
+		defer mu.Unlock()
+		t.Fatalf("within 30s, not every record was handled or reported deleted: handled %v, deleted %v", handled, deleted)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for o := int64(deleteTo); o < n; o++ {
+		if !handled[o] {
+			t.Errorf("record %d, which Kafka kept, was not handled", o)
+		}
+	}
+	for _, d := range deleted {
+		for o := d[0]; o < d[1]; o++ {
+			if handled[o] {
+				t.Errorf("record %d was handled and also reported deleted (%v)", o, deleted)
+			}
+		}
+	}
+	if len(deleted) != 1 || deleted[0][1] != deleteTo {
+		t.Errorf("deleted records reported as %v, want one range ending at %d", deleted, deleteTo)
+	}
+}
+
+// slicesContainsOffset says whether o lies in one of the ranges [from, to).
+func slicesContainsOffset(ranges [][2]int64, o int64) bool {
+	for _, r := range ranges {
+		if o >= r[0] && o < r[1] {
+			return true
+		}
+	}
+	return false
+}
+
+// waitUntil polls cond until it holds or timeout passes, and says which.
+func waitUntil(timeout time.Duration, cond func() bool) bool {
+	for deadline := time.Now().Add(timeout); !cond(); {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(5 * time.Millisecond) // polling; the condition decides
+	}
+	return true
+}
