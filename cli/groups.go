@@ -33,7 +33,9 @@ type GroupState struct {
 	StartPosition string        `json:"start_position"`
 	Members       []GroupMember `json:"members"`
 	// Lag sums the partitions' lag.
-	Lag        int64          `json:"lag"`
+	Lag int64 `json:"lag"`
+	// Deleted sums the partitions' records deleted past the group's commit.
+	Deleted    int64          `json:"deleted"`
 	Partitions []PartitionLag `json:"partitions"`
 	// Note says why no commit time is shown.
 	Note string `json:"note"`
@@ -55,9 +57,14 @@ type PartitionLag struct {
 	Committed *int64 `json:"committed"`
 	Start     int64  `json:"start"`
 	End       int64  `json:"end"`
-	// Lag is End − Committed; with no commit, the records the group will
-	// read: End − Start from earliest, 0 from latest.
+	// Lag is End − Committed, the records the group has to read: End −
+	// Start from a commit below the log start, and with no commit End −
+	// Start from earliest, 0 from latest.
 	Lag int64 `json:"lag"`
+	// Deleted is Start − Committed when Kafka deleted records past the
+	// group's commit (retention): lost to the handler, which will log and
+	// count them when it resumes, at Start.
+	Deleted int64 `json:"deleted,omitempty"`
 	// CommitMetadata is the metadata committed with the offset, if any.
 	CommitMetadata string `json:"commit_metadata,omitempty"`
 	// Member is the member id of the process that owns the partition.
@@ -101,7 +108,11 @@ between them. ` + commitTimeNote + ".",
 					if p.Committed != nil {
 						c = fmt.Sprint(*p.Committed)
 					}
-					parts = append(parts, fmt.Sprintf("%d:%s/%d", p.Partition, c, p.End))
+					part := fmt.Sprintf("%d:%s/%d", p.Partition, c, p.End)
+					if p.Deleted > 0 {
+						part += fmt.Sprintf(" (%d deleted unread)", p.Deleted)
+					}
+					parts = append(parts, part)
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%d %s\t%d\t%s\n", gs.Handler, gs.Group, gs.State, len(gs.Members),
 					strings.Join(members, ","), gs.Lag, strings.Join(parts, " "))
@@ -197,12 +208,14 @@ func Groups(ctx context.Context, cfg configs.Config) ([]GroupState, error) {
 			if c, ok := committed.Lookup(e.Topic, e.Partition); ok && c.Err == nil && c.At >= 0 {
 				at := c.At
 				pl.Committed = &at
-				pl.Lag = max(0, e.Offset-at)
+				pl.Deleted = max(0, s.Offset-at)
+				pl.Lag = max(0, e.Offset-max(at, s.Offset))
 				pl.CommitMetadata = c.Metadata
 			} else if gs.StartPosition == configs.StartEarliest {
 				pl.Lag = e.Offset - s.Offset
 			}
 			gs.Lag += pl.Lag
+			gs.Deleted += pl.Deleted
 			gs.Partitions = append(gs.Partitions, pl)
 		}
 		out = append(out, gs)

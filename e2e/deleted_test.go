@@ -66,6 +66,9 @@ func TestOrdersKafkaDeletedBeforeTheirHandlerRanAreCountedAndTheRestPaid(t *test
 			if err := adm.DeleteRecords(topic, map[int32]int64{0: end}); err != nil {
 				t.Fatalf("delete the records of %s before %d: %v", topic, end, err)
 			}
+			if g := groupsByHandler(t, cfg)["charge-payment"]; g.Deleted != 3 || g.Lag != 3 {
+				t.Errorf("eventfn groups before the restart: %d deleted and a lag of %d, want 3 and 3: %+v", g.Deleted, g.Lag, g)
+			}
 
 			c := startApp(t, cfg)
 			c.waitEmailed(t, kept, 60*time.Second)
