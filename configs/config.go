@@ -142,6 +142,10 @@ type Kafka struct {
 	ReplicationFactor int `koanf:"replication_factor"`
 	// DeadLetterTopic receives events a handler could not process.
 	DeadLetterTopic string `koanf:"dead_letter_topic"`
+	// DeadLetterRetention is the retention.ms eventfn gives the dead-letter
+	// topic when it creates it; 0 keeps dead letters until someone deletes
+	// them (-1). Kafka's default, 7 days, deleted them unseen.
+	DeadLetterRetention time.Duration `koanf:"dead_letter_retention"`
 	// RunsTopic receives a record of every handler attempt, for
 	// `publish --wait` and anyone watching; empty sends none.
 	RunsTopic string `koanf:"runs_topic"`
@@ -312,6 +316,7 @@ func defaults() map[string]any {
 		"kafka.replication_factor":       1,
 		"kafka.runs_topic":               "eventfn.runs",
 		"kafka.dead_letter_topic":        "eventfn.dead-letter",
+		"kafka.dead_letter_retention":    "0s",
 		"kafka.max_message_bytes":        1000000,
 		"kafka.sasl.mechanism":           "",
 		"kafka.sasl.username":            "",
@@ -659,6 +664,11 @@ func (c Config) Validate() error {
 	}
 	if c.Kafka.DeadLetterTopic == "" {
 		bad("kafka.dead_letter_topic", "empty: name a topic")
+	}
+	if c.Kafka.DeadLetterRetention < 0 {
+		bad("kafka.dead_letter_retention", "%s: must not be negative (0 keeps dead letters until deleted)", c.Kafka.DeadLetterRetention)
+	} else if c.Kafka.DeadLetterRetention%time.Millisecond != 0 {
+		bad("kafka.dead_letter_retention", "%s: Kafka's retention.ms counts whole milliseconds", c.Kafka.DeadLetterRetention)
 	}
 	if c.Kafka.RunsTopic != "" && c.Kafka.RunsTopic == c.Kafka.DeadLetterTopic {
 		// Every handler attempt would show up as a dead letter.

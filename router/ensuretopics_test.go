@@ -393,3 +393,49 @@ func TestTopicsCreatedForALargeRecordLimitTakeIt(t *testing.T) {
 		t.Fatalf("the topic takes %d bytes, want 2,020,000", got[topic].Bytes)
 	}
 }
+
+// TestTheDeadLetterTopicKeepsDeadLettersAsConfigured: start-up creates the
+// dead-letter topic with kafka.dead_letter_retention as its retention.ms,
+// by default forever (-1). At the broker's default of 7 days, dead letters
+// nobody had looked at were deleted, and with them the events in them.
+// Other topics keep the broker's retention.
+func TestTheDeadLetterTopicKeepsDeadLettersAsConfigured(t *testing.T) {
+	brokers := testBrokers(t)
+	for _, c := range []struct {
+		name      string
+		retention time.Duration
+		want      time.Duration
+	}{
+		{"by default until deleted", 0, -time.Millisecond},
+		{"for a configured time", 72 * time.Hour, 72 * time.Hour},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			prefix := testenv.UniqueName("dlq-retention-") + "."
+			testenv.DeleteTopicsAtCleanup(t, prefix)
+			cfg, err := configs.Load(configs.Options{Profile: "test"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg.Kafka.Brokers = brokers
+			cfg.Kafka.ReplicationFactor = 1
+			cfg.Kafka.TopicPrefix = prefix
+			cfg.Kafka.DeadLetterRetention = c.retention
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			dlq, other := cfg.Kafka.Topic(cfg.Kafka.DeadLetterTopic), cfg.Kafka.Topic("order.placed")
+			if err := router.EnsureTopics(ctx, cfg.Kafka, []string{dlq, other}, nil); err != nil {
+				t.Fatal(err)
+			}
+			got, err := router.TopicRetentions(ctx, cfg.Kafka, []string{dlq, other})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got[dlq] != c.want {
+				t.Errorf("the dead-letter topic's retention.ms is %s, want %s", got[dlq], c.want)
+			}
+			if r, ok := got[other]; ok && r == c.want {
+				t.Errorf("%s got the dead-letter topic's retention too (%s)", other, r)
+			}
+		})
+	}
+}

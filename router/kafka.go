@@ -91,7 +91,7 @@ func EnsureTopics(ctx context.Context, k configs.Kafka, topics []string, logger 
 		err := admin.CreateTopic(t, &sarama.TopicDetail{
 			NumPartitions:     int32(k.Partitions),
 			ReplicationFactor: int16(k.ReplicationFactor),
-			ConfigEntries:     createdTopicConfig(k.MaxMessageBytes),
+			ConfigEntries:     createdTopicConfig(k, t),
 		}, false)
 		if err != nil && !errors.Is(err, sarama.ErrTopicAlreadyExists) {
 			return fmt.Errorf("create topic %s (%d partitions, replication %d): %w", t, k.Partitions, k.ReplicationFactor, err)
@@ -111,17 +111,30 @@ func EnsureTopics(ctx context.Context, k configs.Kafka, topics []string, logger 
 // Kafka's defaults.
 const kafkaDefaultMaxMessageBytes = 1048588
 
-// createdTopicConfig is the configuration of a topic start-up creates: the
-// broker's, unless kafka.max_message_bytes needs more than Kafka's default,
-// which start-up would refuse on a topic it had just made itself. The
-// hundredth more covers a broker that compresses batches again.
-func createdTopicConfig(maxBytes int) map[string]*string {
-	need := maxBytes + maxBytes/recompressionMargin
-	if need <= kafkaDefaultMaxMessageBytes {
+// createdTopicConfig is the configuration of topic when start-up creates
+// it: the broker's, unless kafka.max_message_bytes needs more than Kafka's
+// default, which start-up would refuse on a topic it had just made itself
+// (the hundredth more covers a broker that compresses batches again); and
+// the dead-letter topic keeps its records for kafka.dead_letter_retention,
+// by default until deleted: at the broker's 7 days, dead letters nobody had
+// looked at yet were gone, with the events in them.
+func createdTopicConfig(k configs.Kafka, topic string) map[string]*string {
+	out := map[string]*string{}
+	if need := k.MaxMessageBytes + k.MaxMessageBytes/recompressionMargin; need > kafkaDefaultMaxMessageBytes {
+		v := strconv.Itoa(need)
+		out["max.message.bytes"] = &v
+	}
+	if topic == k.Topic(k.DeadLetterTopic) {
+		v := "-1"
+		if k.DeadLetterRetention > 0 {
+			v = strconv.FormatInt(k.DeadLetterRetention.Milliseconds(), 10)
+		}
+		out["retention.ms"] = &v
+	}
+	if len(out) == 0 {
 		return nil
 	}
-	v := strconv.Itoa(need)
-	return map[string]*string{"max.message.bytes": &v}
+	return out
 }
 
 // topicsVisibleWithin bounds how long start-up waits for topics it created
