@@ -193,6 +193,37 @@ func TestAKafkaMaxMessageBytesAboveATopicsLimitIsRefused(t *testing.T) {
 	}
 }
 
+// TestAHandlersTopicThatCompactsIsWarnedOf: order.placed made by an operator
+// with cleanup.policy compact. Kafka would delete an event once a later one
+// with its key is written, handled or not, and nothing reports such a loss
+// (the log start does not move). eventfn starts, and says so at WARN,
+// naming the topic; a topic that deletes is not named.
+func TestAHandlersTopicThatCompactsIsWarnedOf(t *testing.T) {
+	t.Parallel()
+	e := newEngines(t)
+	cfg := e.config(t, nil)
+	compacted := cfg.Kafka.Topic("order.placed")
+	admin, err := sarama.NewClusterAdminFromClient(kafkaClient(t, cfg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	policy := "compact"
+	if err := admin.CreateTopic(compacted, &sarama.TopicDetail{NumPartitions: 1, ReplicationFactor: int16(cfg.Kafka.ReplicationFactor),
+		ConfigEntries: map[string]*string{"cleanup.policy": &policy}}, false); err != nil {
+		t.Fatalf("create %s: %v", compacted, err)
+	}
+	a := startApp(t, cfg)
+	var warned []string
+	for line := range strings.Lines(a.logs.String()) {
+		if strings.Contains(line, "kafka topic compacts") {
+			warned = append(warned, line)
+		}
+	}
+	if len(warned) != 1 || !strings.Contains(warned[0], "topic="+compacted+" ") || !strings.Contains(warned[0], "level=WARN") {
+		t.Errorf("start-up's warnings of compacting topics: %q, want one at WARN naming %s", warned, compacted)
+	}
+}
+
 // startRefused runs an app of cfg that must refuse to start, and returns why;
 // it fails t if the app starts.
 func startRefused(t *testing.T, cfg configs.Config) error {

@@ -475,6 +475,24 @@ func recordLimitsOf(values map[string]map[string]string) (map[string]RecordLimit
 	return out, nil
 }
 
+// compactedTopics are those of topics whose cleanup.policy compacts
+// (compact, or compact,delete), in the order given, each once.
+func compactedTopics(values map[string]map[string]string, topics []string) []string {
+	var out []string
+	for _, t := range topics {
+		if slices.Contains(out, t) {
+			continue
+		}
+		for p := range strings.SplitSeq(values[t]["cleanup.policy"], ",") {
+			if strings.TrimSpace(p) == "compact" {
+				out = append(out, t)
+				break
+			}
+		}
+	}
+	return out
+}
+
 // topicConfigs reads configuration entries of each topic; an entry its
 // broker does not report is missing from the result.
 func topicConfigs(ctx context.Context, k configs.Kafka, topics []string, names ...string) (map[string]map[string]string, error) {

@@ -348,9 +348,10 @@ func Topics(cfg configs.Config, infos []HandlerInfo) []string {
 }
 
 // checkTopicConfigs reads the topics' configuration once and refuses a
-// kafka.max_message_bytes or a retention.inbox that they make unsafe.
+// kafka.max_message_bytes or a retention.inbox that they make unsafe. It
+// warns of a handler's topic, or the dead-letter topic, that compacts.
 func (r *Runtime) checkTopicConfigs(ctx context.Context, topics []string) error {
-	names := recordLimitConfigs
+	names := append(slices.Clip(recordLimitConfigs), "cleanup.policy")
 	if r.cfg.Retention.Inbox > 0 {
 		names = append(slices.Clip(names), "retention.ms")
 	}
@@ -371,12 +372,19 @@ func (r *Runtime) checkTopicConfigs(ctx context.Context, topics []string) error 
 	} else if err := checkRecordLimits(r.cfg.Kafka.MaxMessageBytes, limits); err != nil {
 		return err
 	}
-	if r.cfg.Retention.Inbox <= 0 {
-		return nil
-	}
 	consumed := make([]string, 0, len(r.infos))
 	for _, i := range r.infos {
 		consumed = append(consumed, i.Topic)
+	}
+	// Compaction deletes a record once a later one with its key is
+	// written, whether a handler had it or not: events lost without a
+	// report (the log start, which the consumers watch, does not move).
+	for _, t := range compactedTopics(values, append(slices.Clip(consumed), r.cfg.Kafka.Topic(r.cfg.Kafka.DeadLetterTopic))) {
+		r.logger.Warn("kafka topic compacts (cleanup.policy compact): Kafka deletes an event once a later one with the same key is written, handled or not, and such losses are not reported; set cleanup.policy=delete",
+			"topic", t, "cleanup.policy", values[t]["cleanup.policy"])
+	}
+	if r.cfg.Retention.Inbox <= 0 {
+		return nil
 	}
 	retentions, err := retentionsOf(values, consumed)
 	if err != nil {
