@@ -58,8 +58,9 @@ type PartitionLag struct {
 	Start     int64  `json:"start"`
 	End       int64  `json:"end"`
 	// Lag is End − Committed, the records the group has to read: End −
-	// Start from a commit below the log start, and with no commit End −
-	// Start from earliest, 0 from latest.
+	// Start from a commit below the log start or past the end (read again
+	// from the start), and with no commit End − Start from earliest, 0 from
+	// latest.
 	Lag int64 `json:"lag"`
 	// Deleted is Start − Committed when Kafka deleted records past the
 	// group's commit (retention): lost to the handler, which will log and
@@ -209,7 +210,13 @@ func Groups(ctx context.Context, cfg configs.Config) ([]GroupState, error) {
 				at := c.At
 				pl.Committed = &at
 				pl.Deleted = max(0, s.Offset-at)
-				pl.Lag = max(0, e.Offset-max(at, s.Offset))
+				from := max(at, s.Offset)
+				if at > e.Offset {
+					// The partition ends before the commit (the broker lost
+					// records): the group reads it again from its start.
+					from = s.Offset
+				}
+				pl.Lag = e.Offset - from
 				pl.CommitMetadata = c.Metadata
 			} else if gs.StartPosition == configs.StartEarliest {
 				pl.Lag = e.Offset - s.Offset

@@ -1,12 +1,15 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/IBM/sarama"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/eventfn/eventfn/configs"
 )
@@ -85,5 +88,55 @@ func TestOrdersKafkaDeletedBeforeTheirHandlerRanAreCountedAndTheRestPaid(t *test
 				return strings.Contains(c.logs.String(), "kafka deleted records before this handler's group consumed them"), ""
 			})
 		})
+	}
+}
+
+// TestAHandlerWhoseCommitIsPastThePartitionsEndReadsItAgainAndChargesOnce:
+// the broker lost records charge-payment had consumed (an unclean leader
+// election), so its group's commit lies past the end of order.placed.
+// `eventfn groups` shows the partition to be read again from its start,
+// and the restarted handler does so: the orders placed since are paid, and
+// the ones paid before are not charged again (the inbox has them).
+func TestAHandlerWhoseCommitIsPastThePartitionsEndReadsItAgainAndChargesOnce(t *testing.T) {
+	t.Parallel()
+	e := newEngines(t)
+	cfg := e.config(t, func(c *configs.Config) { c.Kafka.Partitions = 1 })
+	a := startApp(t, cfg)
+	before := []string{a.placeOrder(t, "before-0@example.com"), a.placeOrder(t, "before-1@example.com")}
+	a.waitEmailed(t, before, 60*time.Second)
+	a.stop(t)
+
+	group := groupsByHandler(t, cfg)["charge-payment"].Group
+	topic := cfg.Kafka.Topic("order.placed")
+	cl, err := kgo.NewClient(kgo.SeedBrokers(cfg.Kafka.Brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var past kadm.Offsets
+	past.AddOffset(topic, 0, 40, -1)
+	if resp, err := kadm.NewClient(cl).CommitOffsets(ctx, group, past); err != nil || resp.Error() != nil {
+		t.Fatalf("commit offset 40 of %s for %s: %v %v", topic, group, err, resp.Error())
+	}
+	if g := groupsByHandler(t, cfg)["charge-payment"]; g.Lag != 2 || len(g.Partitions) != 1 || g.Partitions[0].Committed == nil || *g.Partitions[0].Committed != 40 {
+		t.Errorf("eventfn groups with the commit past the end: lag %d, want 2 (read again from the start), committed 40: %+v", g.Lag, g)
+	}
+
+	c := startApp(t, cfg)
+	since := []string{c.placeOrder(t, "since-0@example.com"), c.placeOrder(t, "since-1@example.com")}
+	c.waitEmailed(t, since, 60*time.Second)
+	eventually(t, 30*time.Second, "charge-payment caught up", func() (bool, string) {
+		g := groupsByHandler(t, cfg)["charge-payment"]
+		return g.Lag == 0, fmt.Sprintf("%+v", g)
+	})
+	for _, id := range before {
+		if n := c.Payments.Attempts("order-" + id); n != 0 {
+			t.Errorf("order %s, paid before the loss, was charged %d more times by the restarted app", id, n)
+		}
+	}
+	if !strings.Contains(c.logs.String(), "kafka lost records this group had consumed") {
+		t.Error("the restarted app did not log that Kafka lost records the group had consumed")
 	}
 }

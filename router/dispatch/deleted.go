@@ -1,99 +1,48 @@
 package dispatch
 
 import (
-	"context"
-
-	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
 // Records that Kafka deletes (a topic's retention.ms or retention.bytes,
 // kafka-delete-records) before a handler's group fetched them are lost to
 // the handler: nothing can bring them back, but nothing may pass over them
-// silently either. A group finds out in two places. When it is given a
-// partition, its commit may point below the log start (it was stopped
-// longer than the retention, or too far behind): resumeInLog. While it
-// consumes, the log start may overtake its fetches (a backlog older than
-// the retention): noteDeleted. Both log an error and tell Config.Deleted;
-// the group goes on at the log start.
+// silently either. The group's commit, or the offset a member fetched up
+// to, is where it expects the next record; when the first record a fetch
+// brings lies past that and the log now starts past it too, the records
+// between were deleted unread (a gap the log start does not explain, a
+// compacted topic's, is no loss). franz-go itself goes on at the log start
+// (its reset for a commit below it); noteDeleted logs an error, tells
+// Config.Deleted, and moves the group's commit past the gap as soon as what
+// came before it is finished, so that the next owner of the partition does
+// not report the same records again. Nothing is asked of the brokers for
+// it: a list of the partitions' starts when they were assigned, as first
+// written, held every assignment for 50 s while one broker did not answer.
+//
+// Transaction markers take offsets too. The subscriber asks for them
+// (kgo.KeepControlRecords) and counts them finished at once, so that a
+// commit moves past a transaction's marker, as the Java consumer's does:
+// without that, a quiet partition of a transactional producer kept a lag of
+// 1, and once retention deleted its last segment the marker was reported
+// as a lost record.
 
-// resumeInLog places each partition whose commit is no longer in the log
-// at the log start: records were deleted past the commit (reported), or
-// the broker lost records the group had consumed (an unclean leader
-// election). In the second case the records produced since took those
-// offsets again, and how many there are nobody can tell: the partition is
-// read again from its start, and the inbox makes the records handled before
-// duplicates. Called by franz-go with the group's offsets, before it
-// fetches; the offsets of partitions with a commit are remembered for
-// noteDeleted. A failure to list the log leaves the offsets as they are:
-// franz-go's own reset then resumes within the log the same way, only
-// without the report.
-func (s *Subscriber) resumeInLog(ctx context.Context, offsets map[string]map[int32]kgo.Offset) map[string]map[int32]kgo.Offset {
-	var topics []string
-	for topic, ps := range offsets {
-		for _, o := range ps {
-			if o.EpochOffset().Offset >= 0 {
-				topics = append(topics, topic)
-				break
-			}
-		}
-	}
-	if len(topics) == 0 {
-		return offsets
-	}
-	adm := kadm.NewClient(s.currentClient())
-	starts, err := adm.ListStartOffsets(ctx, topics...)
-	if err == nil {
-		err = starts.Error()
-	}
-	var ends kadm.ListedOffsets
-	if err == nil {
-		ends, err = adm.ListEndOffsets(ctx, topics...)
-	}
-	if err == nil {
-		err = ends.Error()
-	}
-	if err != nil {
-		s.cfg.Logger.Warn("could not list where the log of the partitions given to this member starts; commits no longer in the log resume at its start unreported",
-			"group", s.cfg.Group, "topics", topics, "err", err)
-		return offsets
-	}
+// noteCommitted remembers, for noteDeleted, the offsets of the group's
+// commits on the partitions franz-go is about to fetch (AdjustFetchOffsetsFn).
+func (s *Subscriber) noteCommitted(offsets map[string]map[int32]kgo.Offset) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for topic, ps := range offsets {
 		for p, o := range ps {
-			committed := o.EpochOffset().Offset
-			start, okStart := starts.Lookup(topic, p)
-			end, okEnd := ends.Lookup(topic, p)
-			if committed < 0 || !okStart || !okEnd {
-				continue
+			if at := o.EpochOffset().Offset; at >= 0 {
+				s.expected[topicPartition{topic, p}] = at
 			}
-			at := committed
-			switch {
-			case committed < start.Offset:
-				at = start.Offset
-				s.reportDeleted(topic, p, committed, start.Offset)
-			case committed > end.Offset:
-				at = start.Offset
-				s.cfg.Logger.Warn("kafka lost records this group had consumed (the partition ends before the group's commit: an unclean leader election?); reading the partition again from its start, so that none produced since is skipped (the inbox absorbs those handled before)",
-					"group", s.cfg.Group, "topic", topic, "partition", p, "committed", committed, "end", end.Offset, "start", start.Offset)
-			}
-			if at != committed {
-				// In the log, the commit stays as it is, with its leader
-				// epoch, which franz-go checks for a log that diverged.
-				ps[p] = kgo.NewOffset().At(at)
-			}
-			s.expected[topicPartition{topic, p}] = at
 		}
 	}
-	return offsets
 }
 
-// noteDeleted reports the records a fetch passed over because the log start
-// overtook them: a partition's first record fetched lies past the offset
-// this member expected next, and the log now starts past it too (a gap
-// that the log start does not explain, a compacted topic's, is no loss).
-// It remembers the offset expected next of every partition fetched.
+// noteDeleted reports the records each fetched partition passed over
+// because the log start overtook them, and remembers the offset this
+// member expects next of every partition fetched.
 func (s *Subscriber) noteDeleted(fetches kgo.Fetches) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -106,11 +55,42 @@ func (s *Subscriber) noteDeleted(fetches kgo.Fetches) {
 			return
 		}
 		first := fp.Records[0].Offset
-		if want, ok := s.expected[tp]; ok && first > want && fp.LogStartOffset > want {
-			s.reportDeleted(fp.Topic, fp.Partition, want, min(first, fp.LogStartOffset))
+		want, known := s.expected[tp]
+		switch {
+		case !known:
+		case first > want && fp.LogStartOffset > want:
+			to := min(first, fp.LogStartOffset)
+			s.reportDeleted(fp.Topic, fp.Partition, want, to)
+			s.skipDeleted(tp, want, to)
+		case first < want:
+			// franz-go read the partition again from before where this
+			// member was: the broker lost records (an unclean leader
+			// election), and the records produced since took their
+			// offsets. The inbox absorbs those handled before.
+			s.cfg.Logger.Warn("kafka lost records this group had consumed (the partition ended before the group's offset: an unclean leader election?); reading it again from an earlier offset, so that none produced since is skipped",
+				"group", s.cfg.Group, "topic", fp.Topic, "partition", fp.Partition, "expected", want, "from_offset", first)
 		}
 		s.expected[tp] = fp.Records[len(fp.Records)-1].Offset + 1
 	})
+}
+
+// skipDeleted lets the partition's commit pass the deleted offsets from up
+// to to once everything before them is finished. Called with mu held.
+func (s *Subscriber) skipDeleted(tp topicPartition, from, to int64) {
+	p := s.parts[tp]
+	switch {
+	case p == nil:
+		// The first fetch since the partition came to this member: the
+		// group's commit is from; commit to at once.
+		s.parts[tp] = s.newPartition(to, from)
+	case len(p.offsets) == 0:
+		p.next = max(p.next, to)
+	default:
+		if p.gaps == nil {
+			p.gaps = map[int64]int64{}
+		}
+		p.gaps[from] = to
+	}
 }
 
 // reportDeleted logs and tells Config.Deleted that offsets from up to to of

@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -303,4 +304,206 @@ func waitUntil(timeout time.Duration, cond func() bool) bool {
 		time.Sleep(5 * time.Millisecond) // polling; the condition decides
 	}
 	return true
+}
+
+// produceTxn writes n records to partition 0 of topic in one committed
+// transaction: offsets for the n records, then one for the commit marker.
+func produceTxn(t *testing.T, addrs []string, topic string, n int) {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(addrs...), kgo.DefaultProduceTopic(topic),
+		kgo.TransactionalID(testenv.UniqueName("txn-")), kgo.RecordPartitioner(kgo.ManualPartitioner()), kgo.UnknownTopicRetries(-1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := cl.BeginTransaction(); err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		if err := cl.ProduceSync(ctx, &kgo.Record{Key: []byte("k" + strconv.Itoa(i)), Value: []byte("v"), Partition: 0}).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := cl.EndTransaction(ctx, kgo.TryCommit); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestATransactionsMarkerIsNotReportedDeleted: a transactional producer
+// wrote offsets 0–4 and its commit marker took offset 5. The group handles
+// 0–4; then the partition is quiet for longer than its retention, and Kafka
+// deletes the whole log (DeleteRecords to its end stands in). No event was
+// lost. The commit stopped at the marker (5), and the marker, once deleted,
+// was reported as a lost record, by a member that restarted and by one that
+// ran on; the lag of such a partition stayed at 1 for good. The commit now
+// moves past the marker, and nothing is reported.
+func TestATransactionsMarkerIsNotReportedDeleted(t *testing.T) {
+	t.Parallel()
+	addrs := brokers(t)
+	for _, restart := range []bool{false, true} {
+		t.Run(fmt.Sprintf("restart=%v", restart), func(t *testing.T) {
+			t.Parallel()
+			adm := admin(t, addrs)
+			topic := createTopic(t, addrs, 1)
+			group := testenv.UniqueName("txn-")
+			produceTxn(t, addrs, topic, 5)
+			var mu sync.Mutex
+			handled := map[int64]bool{}
+			var deleted [][2]int64
+			newSub := func() *dispatch.Subscriber {
+				sub, err := dispatch.NewSubscriber(dispatch.Config{
+					Brokers: addrs, Group: group, Unmarshal: unmarshal,
+					CommitInterval: 20 * time.Millisecond, DrainTimeout: 10 * time.Second,
+					Deleted: func(_ string, _ int32, from, to int64) {
+						mu.Lock()
+						defer mu.Unlock()
+						deleted = append(deleted, [2]int64{from, to})
+					},
+				})
+				if err != nil {
+					t.Fatal(err)
+				}
+				return sub
+			}
+			handle := func(msg *message.Message) error {
+				_, offset, _ := strings.Cut(msg.UUID, "/")
+				o, err := strconv.ParseInt(offset, 10, 64)
+				if err != nil {
+					t.Errorf("message id %q: %v", msg.UUID, err)
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				handled[o] = true
+				return nil
+			}
+			first := runRouter(t, topic, newSub(), handle)
+			waitFor(t, "the commit past the marker", 30*time.Second, func() bool {
+				c, err := adm.FetchOffsets(context.Background(), group)
+				o, ok := c.Lookup(topic, 0)
+				return err == nil && ok && o.At == 6
+			})
+			if restart {
+				if err := first.Close(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			var to kadm.Offsets
+			to.AddOffset(topic, 0, 6, -1)
+			if resp, err := adm.DeleteRecords(ctx, to); err != nil || resp.Error() != nil {
+				t.Fatalf("delete the records of %s before 6: %v %v", topic, err, resp.Error())
+			}
+			if restart {
+				runRouter(t, topic, newSub(), handle)
+			}
+			produceTxn(t, addrs, topic, 3) // offsets 6–8, the marker at 9
+			waitFor(t, "the records after the deletion handled", 30*time.Second, func() bool {
+				mu.Lock()
+				defer mu.Unlock()
+				return handled[6] && handled[7] && handled[8]
+			})
+			mu.Lock()
+			defer mu.Unlock()
+			if len(deleted) > 0 || len(handled) != 8 {
+				t.Errorf("reported deleted %v and handled %v; want nothing deleted and 0–4, 6–8 handled", deleted, handled)
+			}
+		})
+	}
+}
+
+// TestDeletedRecordsAreReportedOnceAcrossARestart: records 2–19 are deleted
+// while the group is behind, and reported. The first record after them
+// (20) fails and is retried, and the member restarts meanwhile (a deploy).
+// The group's commit was 2, the offset after the last record finished, below
+// the log start: the next member reported 2–19 again, and the counter said
+// 36 records for 18. The commit now passes a reported gap as soon as what
+// came before it is finished.
+func TestDeletedRecordsAreReportedOnceAcrossARestart(t *testing.T) {
+	t.Parallel()
+	addrs := brokers(t)
+	topic := createTopic(t, addrs, 1)
+	group := testenv.UniqueName("once-")
+	const n, deleteTo = 30, 20
+	for i := range n { // a batch each, so that a fetch of one batch takes one record
+		produce(t, addrs, topic, []string{"k" + strconv.Itoa(i)}, 1)
+	}
+	var mu sync.Mutex
+	var deleted [][2]int64
+	config := dispatch.Config{
+		Brokers: addrs, Group: group, Unmarshal: unmarshal,
+		MaxInFlight: 1, MaxBuffered: 1,
+		CommitInterval: 20 * time.Millisecond, DrainTimeout: time.Second,
+		Deleted: func(_ string, _ int32, from, to int64) {
+			mu.Lock()
+			defer mu.Unlock()
+			deleted = append(deleted, [2]int64{from, to})
+		},
+		Opts: []kgo.Opt{kgo.FetchMaxBytes(1), kgo.FetchMaxPartitionBytes(1)},
+	}
+	offsetOf := func(msg *message.Message) int64 {
+		_, offset, _ := strings.Cut(msg.UUID, "/")
+		o, err := strconv.ParseInt(offset, 10, 64)
+		if err != nil {
+			t.Errorf("message id %q: %v", msg.UUID, err)
+		}
+		return o
+	}
+	holding, release := make(chan struct{}), make(chan struct{})
+	failing := make(chan struct{}, 1)
+	sub, err := dispatch.NewSubscriber(config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := runRouter(t, topic, sub, func(msg *message.Message) error {
+		switch o := offsetOf(msg); {
+		case o == 0:
+			close(holding)
+			<-release
+		case o >= deleteTo:
+			select {
+			case failing <- struct{}{}:
+			default:
+			}
+			return fmt.Errorf("record %d fails for now", o)
+		}
+		return nil
+	})
+	<-holding
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var to kadm.Offsets
+	to.AddOffset(topic, 0, deleteTo, -1)
+	if resp, err := admin(t, addrs).DeleteRecords(ctx, to); err != nil || resp.Error() != nil {
+		t.Fatalf("delete the records of %s before %d: %v %v", topic, deleteTo, err, resp.Error())
+	}
+	close(release)
+	select {
+	case <-failing:
+	case <-ctx.Done():
+		t.Fatal("the first record after the deleted ones was not handed out within 30s")
+	}
+	if err := first.Close(); err != nil { // a deploy, while 20 is retried
+		t.Fatal(err)
+	}
+
+	var last atomic.Bool
+	sub, err = dispatch.NewSubscriber(config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runRouter(t, topic, sub, func(msg *message.Message) error {
+		if offsetOf(msg) == n-1 {
+			last.Store(true)
+		}
+		return nil
+	})
+	waitFor(t, "the records after the deleted ones handled", 30*time.Second, last.Load)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(deleted) != 1 || deleted[0][1] != deleteTo {
+		t.Errorf("deleted records reported as %v, want one range ending at %d", deleted, deleteTo)
+	}
 }

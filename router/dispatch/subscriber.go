@@ -45,7 +45,7 @@ type Config struct {
 	// each partition, skipping the records produced before it first joined.
 	// It says nothing of a committed offset that is no longer in the log:
 	// the group resumes at the log start, and Deleted is told of the records
-	// it missed (see resumeInLog).
+	// it missed (see noteDeleted).
 	StartAtEnd bool
 	// Deleted, if set, is told of records Kafka deleted (retention,
 	// DeleteRecords) before this group fetched them: offsets from up to
@@ -134,6 +134,9 @@ type partition struct {
 	done    map[int64]bool
 	// next is the offset to commit: everything before it is finished.
 	next, committed int64
+	// gaps maps the first offset of a run Kafka deleted before it was
+	// fetched to the offset after it: next jumps over it (see skipDeleted).
+	gaps map[int64]int64
 	// highWatermark is the partition's end as of the latest fetch (see Lag).
 	highWatermark int64
 	// lanes holds, per key, the records waiting; the head is in flight.
@@ -287,6 +290,8 @@ func (s *Subscriber) newClient(afterRecreation bool) (*kgo.Client, error) {
 		// as before, a group that starts at the end skipped every record
 		// still in the log past a commit that retention had overtaken.
 		kgo.ConsumeStartOffset(start),
+		// Transaction markers are counted finished at once (see enqueue).
+		kgo.KeepControlRecords(),
 		kgo.FetchMaxWait(100 * time.Millisecond),
 		// A member that died (kill -9, a lost host) is noticed after the
 		// session timeout, and its partitions wait that long for a new owner;
@@ -303,7 +308,7 @@ func (s *Subscriber) newClient(afterRecreation bool) (*kgo.Client, error) {
 		kgo.MetadataMaxAge(metadataMaxAge),
 	}, s.cfg.Opts...)
 	opts = append(opts, kgo.AdjustFetchOffsetsFn(func(ctx context.Context, offsets map[string]map[int32]kgo.Offset) (map[string]map[int32]kgo.Offset, error) {
-		offsets = s.resumeInLog(ctx, offsets)
+		s.noteCommitted(offsets)
 		if s.cfg.StartAtEnd && !afterRecreation {
 			return s.startAtEnd(ctx, offsets)
 		}
@@ -491,11 +496,31 @@ func (s *Subscriber) enqueue(r *kgo.Record) {
 		s.parts[tp] = p
 	}
 	p.offsets = append(p.offsets, r.Offset)
+	if r.Attrs.IsControl() {
+		// A transaction's commit or abort marker: no event, finished now.
+		p.done[r.Offset] = true
+		p.advance()
+		return
+	}
 	s.buffered++
 	key := string(r.Key)
 	p.lanes[key] = append(p.lanes[key], r)
 	if len(p.lanes[key]) == 1 {
 		s.start(p, r)
+	}
+}
+
+// advance moves next past the offsets finished in order, and past the
+// deleted ones reported after them (see skipDeleted).
+func (p *partition) advance() {
+	for len(p.offsets) > 0 && p.done[p.offsets[0]] {
+		delete(p.done, p.offsets[0])
+		p.next = p.offsets[0] + 1
+		p.offsets = p.offsets[1:]
+		if to, ok := p.gaps[p.next]; ok {
+			delete(p.gaps, p.next)
+			p.next = to
+		}
 	}
 }
 
@@ -776,11 +801,7 @@ func (s *Subscriber) finish(p *partition, r *kgo.Record, finished bool) {
 		return
 	}
 	p.done[r.Offset] = true
-	for len(p.offsets) > 0 && p.done[p.offsets[0]] {
-		delete(p.done, p.offsets[0])
-		p.next = p.offsets[0] + 1
-		p.offsets = p.offsets[1:]
-	}
+	p.advance()
 	lane = lane[1:]
 	if len(lane) == 0 {
 		delete(p.lanes, key)
