@@ -424,6 +424,13 @@ func (s *Subscriber) followRecreated(ctx context.Context, topic string) {
 			old[topic] = append(old[topic], tp.partition)
 		}
 	}
+	// The new topic's offsets start again; where the old one's were says
+	// nothing of them (see noteDeleted).
+	for tp := range s.expected {
+		if tp.topic == topic {
+			delete(s.expected, tp)
+		}
+	}
 	s.mu.Unlock()
 	s.release(ctx, old, false)
 	// Leaving the group calls revoked, which finds nothing left of the
