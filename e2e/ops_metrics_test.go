@@ -140,6 +140,12 @@ func TestOperationalMetricsFollowAFlow(t *testing.T) {
 		if malformed != 2 {
 			return false, fmt.Sprintf("%v malformed dead letters", malformed)
 		}
+		// A scrape gathers the metrics concurrently: it could read the
+		// written count before a dead letter's write and its class after
+		// (one CI run under CPU contention saw 1 and 2). Both must show it.
+		if n := sum(fams, "eventfn_dead_lettered_total", "handler", "charge-payment"); n < 2 {
+			return false, fmt.Sprintf("eventfn_dead_lettered_total %v", n)
+		}
 		for _, h := range handlerNames {
 			lags := series(fams, "eventfn_consumer_lag", "handler", h)
 			if len(lags) == 0 {

@@ -2,6 +2,7 @@ package dispatch_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -505,5 +506,90 @@ func TestDeletedRecordsAreReportedOnceAcrossARestart(t *testing.T) {
 	defer mu.Unlock()
 	if len(deleted) != 1 || deleted[0][1] != deleteTo {
 		t.Errorf("deleted records reported as %v, want one range ending at %d", deleted, deleteTo)
+	}
+}
+
+// TestARecordStuckWhenItsMemberRestartsIsNotSkipped: the member's first
+// record since it got the partition fails and is retried when the member
+// is restarted (a deploy). Nothing was committed for the partition until
+// that record finished, so the group's position stayed where it was: with
+// a commit past the partition's end (the broker lost records), the next
+// member resumed there once producers had written that far, and 20
+// records (the stuck one among them) were handled by neither member; in a
+// group with no commit yet, the stuck record went unreported once Kafka
+// deleted it. The first record's offset is now committed at once.
+func TestARecordStuckWhenItsMemberRestartsIsNotSkipped(t *testing.T) {
+	t.Parallel()
+	addrs := brokers(t)
+	topic := createTopic(t, addrs, 1)
+	group := testenv.UniqueName("stuck-")
+	produce(t, addrs, topic, []string{"before"}, 20) // 0–19
+	commitOffset(t, admin(t, addrs), group, topic, 40)
+	produce(t, addrs, topic, []string{"since"}, 5) // 20–24
+	config := dispatch.Config{
+		Brokers: addrs, Group: group, Unmarshal: unmarshal,
+		NackResendSleep: 10 * time.Millisecond,
+		CommitInterval:  20 * time.Millisecond, DrainTimeout: time.Second,
+	}
+	offsetOf := func(msg *message.Message) int64 {
+		_, offset, _ := strings.Cut(msg.UUID, "/")
+		o, err := strconv.ParseInt(offset, 10, 64)
+		if err != nil {
+			t.Errorf("message id %q: %v", msg.UUID, err)
+		}
+		return o
+	}
+	var mu sync.Mutex
+	handled := map[int64]bool{}
+	sub, err := dispatch.NewSubscriber(config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tried atomic.Bool
+	first := runRouter(t, topic, sub, func(msg *message.Message) error {
+		o := offsetOf(msg)
+		if o == 0 {
+			tried.Store(true)
+			return errors.New("record 0 fails for now")
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		handled[o] = true
+		return nil
+	})
+	waitFor(t, "record 0 tried", 30*time.Second, tried.Load)
+	produce(t, addrs, topic, []string{"later"}, 20) // 25–44: past the old commit
+	waitFor(t, "record 44 handled by the first member", 30*time.Second, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return handled[44]
+	})
+	if err := first.Close(); err != nil {
+		t.Fatal(err)
+	}
+	sub, err = dispatch.NewSubscriber(config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runRouter(t, topic, sub, func(msg *message.Message) error {
+		mu.Lock()
+		defer mu.Unlock()
+		handled[offsetOf(msg)] = true
+		return nil
+	})
+	if !waitUntil(30*time.Second, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return handled[0]
+	}) {
+		mu.Lock()
+		defer mu.Unlock()
+		var missing []int64
+		for o := int64(0); o < 45; o++ {
+			if !handled[o] {
+				missing = append(missing, o)
+			}
+		}
+		t.Fatalf("records handled by neither member: %v", missing)
 	}
 }

@@ -499,7 +499,15 @@ func (s *Subscriber) enqueue(r *kgo.Record) {
 	}
 	p := s.parts[tp]
 	if p == nil {
-		p = s.newPartition(r.Offset, r.Offset)
+		// The first record fetched since the partition came to this
+		// member: everything before it is behind the group (finished, or
+		// deleted and reported), so the commit loop commits its offset at
+		// once. Left uncommitted until the record finished, a group with
+		// no commit yet, or one whose commit was past the partition's end,
+		// skipped the record silently when it was restarted while the
+		// record was stuck (a fresh-eyed attack: 20 records handled by
+		// neither member).
+		p = s.newPartition(r.Offset, -1)
 		s.parts[tp] = p
 	}
 	p.offsets = append(p.offsets, r.Offset)
