@@ -593,3 +593,73 @@ func TestARecordStuckWhenItsMemberRestartsIsNotSkipped(t *testing.T) {
 		t.Fatalf("records handled by neither member: %v", missing)
 	}
 }
+
+// TestAnAbortedTransactionsRecordsAreNotHandled: a transactional producer
+// (another service writing a handler's topic) commits a transaction,
+// aborts one, and commits another. The aborted records never happened, to
+// that producer and to Kafka's read_committed consumers; eventfn read
+// uncommitted records, Kafka's default, and handled them. Only the
+// committed ones are handled now, and the group's commit still reaches the
+// partition's end, past both markers.
+func TestAnAbortedTransactionsRecordsAreNotHandled(t *testing.T) {
+	t.Parallel()
+	addrs := brokers(t)
+	topic := createTopic(t, addrs, 1)
+	group := testenv.UniqueName("aborted-")
+	cl, err := kgo.NewClient(kgo.SeedBrokers(addrs...), kgo.DefaultProduceTopic(topic),
+		kgo.TransactionalID(testenv.UniqueName("txn-")), kgo.UnknownTopicRetries(-1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	transaction := func(value string, end kgo.TransactionEndTry) {
+		t.Helper()
+		if err := cl.BeginTransaction(); err != nil {
+			t.Fatal(err)
+		}
+		for i := range 3 {
+			r := &kgo.Record{Key: []byte("k" + strconv.Itoa(i)), Value: []byte(value)}
+			if err := cl.ProduceSync(ctx, r).FirstErr(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := cl.EndTransaction(ctx, end); err != nil {
+			t.Fatal(err)
+		}
+	}
+	transaction("committed-1", kgo.TryCommit)
+	transaction("aborted", kgo.TryAbort)
+	transaction("committed-2", kgo.TryCommit) // offsets 0–2, 3; 4–6, 7; 8–10, 11
+	var mu sync.Mutex
+	handled := map[string]int{}
+	sub, err := dispatch.NewSubscriber(dispatch.Config{
+		Brokers: addrs, Group: group, Unmarshal: unmarshal,
+		CommitInterval: 20 * time.Millisecond, DrainTimeout: 10 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runRouter(t, topic, sub, func(msg *message.Message) error {
+		mu.Lock()
+		defer mu.Unlock()
+		handled[string(msg.Payload)]++
+		return nil
+	})
+	adm := admin(t, addrs)
+	if !waitUntil(30*time.Second, func() bool {
+		c, err := adm.FetchOffsets(ctx, group)
+		o, ok := c.Lookup(topic, 0)
+		return err == nil && ok && o.At == 12
+	}) {
+		c, err := adm.FetchOffsets(ctx, group)
+		o, _ := c.Lookup(topic, 0)
+		t.Fatalf("the group's commit did not reach the partition's end (12) within 30s: %d (%v)", o.At, err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if handled["committed-1"] != 3 || handled["committed-2"] != 3 || handled["aborted"] != 0 {
+		t.Errorf("handled %v, want 3 of each committed transaction and none of the aborted one", handled)
+	}
+}

@@ -292,6 +292,11 @@ func (s *Subscriber) newClient(afterRecreation bool) (*kgo.Client, error) {
 		kgo.ConsumeStartOffset(start),
 		// Transaction markers are counted finished at once (see enqueue).
 		kgo.KeepControlRecords(),
+		// An aborted transaction's records never happened: read
+		// uncommitted (Kafka's default), another service's aborted events
+		// were handled. eventfn's own relay writes no transactions, so its
+		// records are readable as soon as they are acknowledged.
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 		kgo.FetchMaxWait(100 * time.Millisecond),
 		// A member that died (kill -9, a lost host) is noticed after the
 		// session timeout, and its partitions wait that long for a new owner;
