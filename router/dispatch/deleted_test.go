@@ -62,12 +62,7 @@ func TestAGroupWhoseRecordsWereDeletedResumesAtTheLogStart(t *testing.T) {
 			runRouter(t, topic, sub, func(msg *message.Message) error {
 				mu.Lock()
 				defer mu.Unlock()
-				_, offset, _ := strings.Cut(msg.UUID, "/")
-				n, err := strconv.ParseInt(offset, 10, 64)
-				if err != nil {
-					t.Errorf("message id %q: %v", msg.UUID, err)
-				}
-				handled[n] = true
+				handled[recordOffset(t, msg)] = true
 				return nil
 			})
 			waitFor(t, "records 10–29, which still exist", 30*time.Second, func() bool {
@@ -104,19 +99,8 @@ func TestAGroupWhoseRecordsWereDeletedResumesAtTheLogStart(t *testing.T) {
 // partition's records before offset before.
 func deleteBefore(t *testing.T, addrs []string, group, topic string, committed, before int64) {
 	t.Helper()
-	adm := admin(t, addrs)
-	commitOffset(t, adm, group, topic, committed)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	var to kadm.Offsets
-	to.AddOffset(topic, 0, before, -1)
-	resp, err := adm.DeleteRecords(ctx, to)
-	if err == nil {
-		err = resp.Error()
-	}
-	if err != nil {
-		t.Fatalf("delete the records of %s before %d: %v", topic, before, err)
-	}
+	commitOffset(t, admin(t, addrs), group, topic, committed)
+	deleteRecords(t, addrs, topic, before)
 }
 
 // commitOffset commits offset of partition 0 of topic for group.
@@ -223,11 +207,7 @@ func TestRecordsDeletedWhileTheGroupWasBehindAreReported(t *testing.T) {
 		t.Fatal(err)
 	}
 	runRouter(t, topic, sub, func(msg *message.Message) error {
-		_, offset, _ := strings.Cut(msg.UUID, "/")
-		o, err := strconv.ParseInt(offset, 10, 64)
-		if err != nil {
-			t.Errorf("message id %q: %v", msg.UUID, err)
-		}
+		o := recordOffset(t, msg)
 		if o == 0 {
 			close(holding)
 			<-release
@@ -243,13 +223,7 @@ func TestRecordsDeletedWhileTheGroupWasBehindAreReported(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("record 0 was not handed to the handler within 30s")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	var to kadm.Offsets
-	to.AddOffset(topic, 0, deleteTo, -1)
-	if resp, err := admin(t, addrs).DeleteRecords(ctx, to); err != nil || resp.Error() != nil {
-		t.Fatalf("delete the records of %s before %d: %v %v", topic, deleteTo, err, resp.Error())
-	}
+	deleteRecords(t, addrs, topic, deleteTo)
 	close(release)
 
 	accounted := func() bool {
@@ -369,11 +343,7 @@ func TestATransactionsMarkerIsNotReportedDeleted(t *testing.T) {
 				return sub
 			}
 			handle := func(msg *message.Message) error {
-				_, offset, _ := strings.Cut(msg.UUID, "/")
-				o, err := strconv.ParseInt(offset, 10, 64)
-				if err != nil {
-					t.Errorf("message id %q: %v", msg.UUID, err)
-				}
+				o := recordOffset(t, msg)
 				mu.Lock()
 				defer mu.Unlock()
 				handled[o] = true
@@ -390,13 +360,7 @@ func TestATransactionsMarkerIsNotReportedDeleted(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			var to kadm.Offsets
-			to.AddOffset(topic, 0, 6, -1)
-			if resp, err := adm.DeleteRecords(ctx, to); err != nil || resp.Error() != nil {
-				t.Fatalf("delete the records of %s before 6: %v %v", topic, err, resp.Error())
-			}
+			deleteRecords(t, addrs, topic, 6)
 			if restart {
 				runRouter(t, topic, newSub(), handle)
 			}
@@ -444,14 +408,6 @@ func TestDeletedRecordsAreReportedOnceAcrossARestart(t *testing.T) {
 		},
 		Opts: []kgo.Opt{kgo.FetchMaxBytes(1), kgo.FetchMaxPartitionBytes(1)},
 	}
-	offsetOf := func(msg *message.Message) int64 {
-		_, offset, _ := strings.Cut(msg.UUID, "/")
-		o, err := strconv.ParseInt(offset, 10, 64)
-		if err != nil {
-			t.Errorf("message id %q: %v", msg.UUID, err)
-		}
-		return o
-	}
 	holding, release := make(chan struct{}), make(chan struct{})
 	failing := make(chan struct{}, 1)
 	sub, err := dispatch.NewSubscriber(config)
@@ -459,7 +415,7 @@ func TestDeletedRecordsAreReportedOnceAcrossARestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	first := runRouter(t, topic, sub, func(msg *message.Message) error {
-		switch o := offsetOf(msg); {
+		switch o := recordOffset(t, msg); {
 		case o == 0:
 			close(holding)
 			<-release
@@ -473,17 +429,11 @@ func TestDeletedRecordsAreReportedOnceAcrossARestart(t *testing.T) {
 		return nil
 	})
 	<-holding
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	var to kadm.Offsets
-	to.AddOffset(topic, 0, deleteTo, -1)
-	if resp, err := admin(t, addrs).DeleteRecords(ctx, to); err != nil || resp.Error() != nil {
-		t.Fatalf("delete the records of %s before %d: %v %v", topic, deleteTo, err, resp.Error())
-	}
+	deleteRecords(t, addrs, topic, deleteTo)
 	close(release)
 	select {
 	case <-failing:
-	case <-ctx.Done():
+	case <-time.After(30 * time.Second):
 		t.Fatal("the first record after the deleted ones was not handed out within 30s")
 	}
 	if err := first.Close(); err != nil { // a deploy, while 20 is retried
@@ -496,7 +446,7 @@ func TestDeletedRecordsAreReportedOnceAcrossARestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	runRouter(t, topic, sub, func(msg *message.Message) error {
-		if offsetOf(msg) == n-1 {
+		if recordOffset(t, msg) == n-1 {
 			last.Store(true)
 		}
 		return nil
@@ -531,14 +481,6 @@ func TestARecordStuckWhenItsMemberRestartsIsNotSkipped(t *testing.T) {
 		NackResendSleep: 10 * time.Millisecond,
 		CommitInterval:  20 * time.Millisecond, DrainTimeout: time.Second,
 	}
-	offsetOf := func(msg *message.Message) int64 {
-		_, offset, _ := strings.Cut(msg.UUID, "/")
-		o, err := strconv.ParseInt(offset, 10, 64)
-		if err != nil {
-			t.Errorf("message id %q: %v", msg.UUID, err)
-		}
-		return o
-	}
 	var mu sync.Mutex
 	handled := map[int64]bool{}
 	sub, err := dispatch.NewSubscriber(config)
@@ -547,7 +489,7 @@ func TestARecordStuckWhenItsMemberRestartsIsNotSkipped(t *testing.T) {
 	}
 	var tried atomic.Bool
 	first := runRouter(t, topic, sub, func(msg *message.Message) error {
-		o := offsetOf(msg)
+		o := recordOffset(t, msg)
 		if o == 0 {
 			tried.Store(true)
 			return errors.New("record 0 fails for now")
@@ -574,7 +516,7 @@ func TestARecordStuckWhenItsMemberRestartsIsNotSkipped(t *testing.T) {
 	runRouter(t, topic, sub, func(msg *message.Message) error {
 		mu.Lock()
 		defer mu.Unlock()
-		handled[offsetOf(msg)] = true
+		handled[recordOffset(t, msg)] = true
 		return nil
 	})
 	if !waitUntil(30*time.Second, func() bool {
@@ -661,5 +603,33 @@ func TestAnAbortedTransactionsRecordsAreNotHandled(t *testing.T) {
 	defer mu.Unlock()
 	if handled["committed-1"] != 3 || handled["committed-2"] != 3 || handled["aborted"] != 0 {
 		t.Errorf("handled %v, want 3 of each committed transaction and none of the aborted one", handled)
+	}
+}
+
+// recordOffset is the offset of the record msg was made of (see unmarshal).
+func recordOffset(t *testing.T, msg *message.Message) int64 {
+	t.Helper()
+	_, offset, _ := strings.Cut(msg.UUID, "/")
+	o, err := strconv.ParseInt(offset, 10, 64)
+	if err != nil {
+		t.Errorf("message id %q: %v", msg.UUID, err)
+	}
+	return o
+}
+
+// deleteRecords deletes the records of partition 0 of topic before offset
+// before, as retention would.
+func deleteRecords(t *testing.T, addrs []string, topic string, before int64) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var to kadm.Offsets
+	to.AddOffset(topic, 0, before, -1)
+	resp, err := admin(t, addrs).DeleteRecords(ctx, to)
+	if err == nil {
+		err = resp.Error()
+	}
+	if err != nil {
+		t.Fatalf("delete the records of %s before %d: %v", topic, before, err)
 	}
 }
