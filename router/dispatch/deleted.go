@@ -79,14 +79,13 @@ func (s *Subscriber) noteDeleted(fetches kgo.Fetches) {
 }
 
 // skipDeleted lets the partition's commit pass the deleted offsets from up
-// to to once everything before them is finished. Called with mu held.
+// to to once everything before them is finished. With no state for the
+// partition yet (its first fetch since it came to this member), enqueue
+// commits the first record's offset at once. Called with mu held.
 func (s *Subscriber) skipDeleted(tp topicPartition, from, to int64) {
 	p := s.parts[tp]
 	switch {
 	case p == nil:
-		// The first fetch since the partition came to this member: the
-		// group's commit is from; commit to at once.
-		s.parts[tp] = s.newPartition(to, from)
 	case len(p.offsets) == 0:
 		p.next = max(p.next, to)
 	default:
