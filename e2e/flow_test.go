@@ -1,7 +1,9 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -289,5 +291,94 @@ func TestMalformedEventsAreDeadLetteredAndTrafficFlows(t *testing.T) {
 					header(m, router.HeaderOriginPartition), header(m, router.HeaderOriginOffset), topic, want.partition, want.offset)
 			}
 		})
+	}
+}
+
+// TestAnOrderWhoseAnswerWasLostIsSentAgainAndChargedOnce: clients that give
+// up before their answer (a timeout shorter than the order's transaction)
+// cannot tell whether their order was stored. They send it again with the
+// same Idempotency-Key until one request is answered. Each key makes one
+// order, charged and emailed once, and a request sent again later gets that
+// order as it is now.
+func TestAnOrderWhoseAnswerWasLostIsSentAgainAndChargedOnce(t *testing.T) {
+	t.Parallel()
+	e := newEngines(t)
+	cfg := e.config(t, nil)
+	a := startApp(t, cfg)
+
+	const orders = 20
+	body := `{"customer_email": "lost@example.com", "items": [{"sku": "SKU-1", "quantity": 1, "price_cents": 700}]}`
+	send := func(client *http.Client, key string) (*http.Response, error) {
+		req, err := http.NewRequest(http.MethodPost, a.base+"/orders", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Idempotency-Key", key)
+		return client.Do(req)
+	}
+	// Gives up before any answer: whether its order was stored is what
+	// the test does not know, as such a client does not.
+	impatient := &http.Client{Timeout: time.Millisecond}
+	keys := make([]string, orders)
+	ids := make([]string, orders)
+	replayed := 0 // orders the impatient request had stored
+	for i := range keys {
+		keys[i] = fmt.Sprintf("lost-%d-%s", i, uuid.NewString())
+		if resp, err := send(impatient, keys[i]); err == nil {
+			resp.Body.Close()
+		}
+		eventually(t, 30*time.Second, "the order sent again answered", func() (bool, string) {
+			resp, err := send(http.DefaultClient, keys[i])
+			if err != nil {
+				return false, err.Error()
+			}
+			defer resp.Body.Close()
+			var out struct {
+				ID string `json:"id"`
+			}
+			raw, _ := io.ReadAll(resp.Body)
+			switch resp.StatusCode {
+			case http.StatusCreated:
+				if resp.Header.Get("Idempotent-Replayed") == "true" {
+					replayed++
+				}
+				_ = json.Unmarshal(raw, &out)
+				ids[i] = out.ID
+				return out.ID != "", string(raw)
+			case http.StatusConflict: // its first request is being stored
+				return false, string(raw)
+			}
+			t.Fatalf("order %d sent again: %d %s", i, resp.StatusCode, raw)
+			return false, ""
+		})
+	}
+	t.Logf("%d of %d orders were stored by the request whose answer was lost", replayed, orders)
+	a.waitEmailed(t, ids, 60*time.Second)
+	if n := count(t, cfg, `SELECT COUNT(*) FROM orders WHERE idempotency_key LIKE 'lost-%'`); n != orders {
+		t.Errorf("%d orders stored for %d keys, want one each", n, orders)
+	}
+	if n := count(t, cfg, `SELECT COUNT(*) FROM orders`); n != orders {
+		t.Errorf("%d orders stored in all, want %d", n, orders)
+	}
+	if got := a.Payments.Charges(); got != orders {
+		t.Errorf("the gateway charged %d times for %d orders", got, orders)
+	}
+	if n := count(t, cfg, `SELECT COUNT(*) FROM emails`); n != orders {
+		t.Errorf("%d emails for %d orders", n, orders)
+	}
+
+	resp, err := send(http.DefaultClient, keys[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var later struct {
+		ID     string `json:"id"`
+		Status string `json:"status"`
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&later)
+	if resp.StatusCode != http.StatusCreated || resp.Header.Get("Idempotent-Replayed") != "true" || later.ID != ids[0] || later.Status != "emailed" {
+		t.Errorf("sent once more after it was emailed: %d, replayed %q, %+v; want 201, true, order %s emailed",
+			resp.StatusCode, resp.Header.Get("Idempotent-Replayed"), later, ids[0])
 	}
 }

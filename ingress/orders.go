@@ -206,6 +206,17 @@ func (s *Server) createOrder(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusBadRequest, err)
 		return
 	}
+	key, err := idempotencyKey(r.Header)
+	if err != nil {
+		writeJSON(w, http.StatusBadRequest, err)
+		return
+	}
+	var keyArg, digestArg any // NULL for an order sent without a key
+	var digest string
+	if key != "" {
+		digest = orderDigest(req)
+		keyArg, digestArg = key, digest
+	}
 	order := Order{ID: uuid.NewString(), CustomerEmail: req.CustomerEmail, Items: req.Items, Status: "placed"}
 	for _, it := range req.Items {
 		order.TotalCents += it.Quantity * it.PriceCents
@@ -240,8 +251,8 @@ func (s *Server) createOrder(w http.ResponseWriter, r *http.Request) {
 	// the stored timestamps, so the answer needs no second read.
 	err = s.tx.Write(ctx, []runtime.Statement{
 		{
-			Query:     `INSERT INTO orders (id, customer_email, total_cents, status) VALUES ($1, $2, $3, $4) RETURNING created_at, updated_at`,
-			Args:      []any{order.ID, order.CustomerEmail, order.TotalCents, order.Status},
+			Query:     `INSERT INTO orders (id, customer_email, total_cents, status, idempotency_key, request_digest) VALUES ($1, $2, $3, $4, $5, $6) RETURNING created_at, updated_at`,
+			Args:      []any{order.ID, order.CustomerEmail, order.TotalCents, order.Status, keyArg, digestArg},
 			Returning: []any{&order.CreatedAt, &order.UpdatedAt},
 		},
 		insertItems(order.ID, order.Items),
@@ -251,6 +262,13 @@ func (s *Server) createOrder(w http.ResponseWriter, r *http.Request) {
 		Items:         order.Items,
 		TotalCents:    order.TotalCents,
 	})
+	if key != "" && store.UniqueViolation(err) {
+		// The key's order is stored already: this is the same request sent
+		// again (its answer was lost), or a different one under a key that
+		// was used. The collision waited for the first order's commit.
+		s.replayOrder(ctx, w, key, digest)
+		return
+	}
 	if runtime.IsPermanent(err) {
 		// The order cannot be stored as it is (its event would be larger than
 		// Kafka takes, say): the client must change it, retrying will not help.
@@ -326,6 +344,76 @@ func databaseUnavailable(w http.ResponseWriter, msg string) {
 	writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": msg})
 }
 
+// replayOrder answers a request whose Idempotency-Key an order stored before
+// holds: that order (as it is now) when the request is the same, 422 when it
+// is not.
+func (s *Server) replayOrder(ctx context.Context, w http.ResponseWriter, key, digest string) {
+	span := trace.SpanFromContext(ctx)
+	id, stored, err := s.orderOfKey(ctx, key)
+	if errors.Is(err, sql.ErrNoRows) && ctx.Err() == nil {
+		// The order that holds the key is not committed yet, and may never
+		// be: on SQLite, calls share a transaction, and the collision came
+		// before its commit. The client asks again, as the draft has it.
+		w.Header().Set("Retry-After", "1")
+		writeJSON(w, http.StatusConflict, fieldError{idempotencyKeyHeader,
+			"an order with this key is being stored now; send the request again to get it"})
+		return
+	}
+	var o Order
+	if err == nil {
+		o, err = s.loadOrder(ctx, id)
+	}
+	if err != nil && ctx.Err() != nil {
+		s.logger.DebugContext(ctx, "order request abandoned by the client before its answer", "err", err)
+		return
+	}
+	if err != nil {
+		span.SetStatus(codes.Error, "the order stored under its idempotency key could not be read")
+		s.reading.Failed(fmt.Errorf("read the order stored under Idempotency-Key %q: %w", key, err))
+		if store.Unavailable(err) || store.StatementTimedOut(err) {
+			databaseUnavailable(w, "the order stored under this Idempotency-Key could not be read: the database cannot serve now; try again")
+			return
+		}
+		writeJSON(w, http.StatusInternalServerError, map[string]string{"error": "the order stored under this Idempotency-Key could not be read; try again"})
+		return
+	}
+	s.reading.Succeeded()
+	span.SetAttributes(attribute.String("eventfn.order_id", id), attribute.Bool("eventfn.idempotent_replay", true))
+	if !stored.Valid || stored.String != digest {
+		writeJSON(w, http.StatusUnprocessableEntity, fieldError{idempotencyKeyHeader,
+			"was sent before with a different order; send a new key with a new order"})
+		return
+	}
+	// The answer the first request had, with the order as it is now: its
+	// status may have moved on. Idempotent-Replayed tells a client that
+	// cares that nothing new was stored.
+	w.Header().Set("Location", "/orders/"+o.ID)
+	w.Header().Set("Idempotent-Replayed", "true")
+	writeJSON(w, http.StatusCreated, o)
+}
+
+// keyCommitWait bounds how long a request waits for the order that holds its
+// key to commit: about a group commit's time, far less than a client's
+// timeout.
+const keyCommitWait = 2 * time.Second
+
+// orderOfKey reads the id and request digest of the order stored under key,
+// waiting up to keyCommitWait for it to commit; sql.ErrNoRows when it did not.
+func (s *Server) orderOfKey(ctx context.Context, key string) (id string, digest sql.NullString, err error) {
+	deadline := time.Now().Add(keyCommitWait)
+	for pause := time.Millisecond; ; pause = min(2*pause, 50*time.Millisecond) {
+		err = s.read.QueryRowContext(ctx, `SELECT id, request_digest FROM orders WHERE idempotency_key = $1`, key).Scan(&id, &digest)
+		if !errors.Is(err, sql.ErrNoRows) || time.Now().Add(pause).After(deadline) {
+			return id, digest, err
+		}
+		select {
+		case <-ctx.Done():
+			return id, digest, ctx.Err()
+		case <-time.After(pause):
+		}
+	}
+}
+
 func (s *Server) loadOrder(ctx context.Context, id string) (Order, error) {
 	var o Order
 	err := s.read.QueryRowContext(ctx,
@@ -371,10 +459,9 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // sends what (AsyncAPI).
 func Sends() []string { return []string{handlers.OrderPlaced{}.EventType()} }
 
-// insertItems writes all of an order's items with one statement: one round
-// trip to the database however many items the order has (at most 100, so
-// at most 401 parameters).
-// insertItems is the statement that writes an order's items, all in one.
+// insertItems is the statement that writes all of an order's items: one
+// round trip to the database however many items the order has (at most 100,
+// so at most 401 parameters).
 func insertItems(orderID string, items []handlers.OrderItem) runtime.Statement {
 	var q strings.Builder
 	q.WriteString(`INSERT INTO order_items (order_id, line, sku, quantity, price_cents) VALUES `)

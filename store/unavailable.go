@@ -96,3 +96,28 @@ func StatementTimedOut(err error) bool {
 	var pe *pgconn.PgError
 	return errors.As(err, &pe) && pe.Code == "57014"
 }
+
+// UniqueViolation reports whether err says a write broke a unique index or
+// primary key: PostgreSQL's 23505 (unique_violation), SQLite's
+// SQLITE_CONSTRAINT_UNIQUE or SQLITE_CONSTRAINT_PRIMARYKEY. The row it
+// collided with is committed (PostgreSQL waits for the other writer's
+// transaction to end before it says so), so a caller can read it.
+func UniqueViolation(err error) bool {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		return pe.Code == "23505"
+	}
+	var se *sqlite.Error
+	if errors.As(err, &se) {
+		code := se.Code()
+		return code == sqliteConstraintUnique || code == sqliteConstraintPrimaryKey
+	}
+	return false
+}
+
+// SQLite's extended result codes for a unique index and a primary key that a
+// write would break.
+const (
+	sqliteConstraintUnique     = 2067
+	sqliteConstraintPrimaryKey = 1555
+)

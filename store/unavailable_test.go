@@ -300,3 +300,68 @@ func TestStatementTimedOutTellsACancelledStatement(t *testing.T) {
 		t.Fatal("StatementTimedOut is true for nil or a context's end")
 	}
 }
+
+// TestUniqueViolationTellsACollisionFromOtherBadWork: a write that collides
+// with a row on a unique index or a primary key is told apart from other
+// errors of bad work, on each engine, through a wrapping error.
+func TestUniqueViolationTellsACollisionFromOtherBadWork(t *testing.T) {
+	ctx := context.Background()
+	engines := []struct {
+		name string
+		cfg  func(t *testing.T) Config
+	}{
+		{"sqlite", func(t *testing.T) Config {
+			return Config{Driver: SQLite, SQLitePath: filepath.Join(t.TempDir(), "u.db")}
+		}},
+	}
+	if u := testenv.DatabaseURL(); u != "" {
+		engines = append(engines, struct {
+			name string
+			cfg  func(t *testing.T) Config
+		}{"postgres", func(t *testing.T) Config {
+			return Config{Driver: Postgres, URL: testenv.PostgresSchema(t, u), MaxOpenConns: 2}
+		}})
+	}
+	for _, e := range engines {
+		t.Run(e.name, func(t *testing.T) {
+			db, err := Open(ctx, e.cfg(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer db.Close()
+			if _, err := db.ExecContext(ctx, `CREATE TABLE u (id INTEGER PRIMARY KEY, k TEXT NOT NULL)`); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := db.ExecContext(ctx, `CREATE UNIQUE INDEX u_k ON u (k) WHERE k <> ''`); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := db.ExecContext(ctx, `INSERT INTO u (id, k) VALUES (1, 'a')`); err != nil {
+				t.Fatal(err)
+			}
+			for _, tc := range []struct {
+				name  string
+				query string
+				want  bool
+			}{
+				{"the same primary key", `INSERT INTO u (id, k) VALUES (1, 'b')`, true},
+				{"the same key on a partial unique index", `INSERT INTO u (id, k) VALUES (2, 'a')`, true},
+				{"a NULL where none may be", `INSERT INTO u (id, k) VALUES (3, NULL)`, false},
+				{"a table that does not exist", `INSERT INTO nothing (id) VALUES (1)`, false},
+			} {
+				t.Run(tc.name, func(t *testing.T) {
+					_, err := db.ExecContext(ctx, tc.query)
+					if err == nil {
+						t.Fatal("no error")
+					}
+					wrapped := fmt.Errorf("statement 1 of 2: %w", err)
+					if got := UniqueViolation(wrapped); got != tc.want {
+						t.Fatalf("UniqueViolation(%v) = %v, want %v", wrapped, got, tc.want)
+					}
+				})
+			}
+			if UniqueViolation(nil) || UniqueViolation(context.Canceled) {
+				t.Fatal("UniqueViolation is true for nil or a context's end")
+			}
+		})
+	}
+}
