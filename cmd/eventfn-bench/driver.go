@@ -74,10 +74,12 @@ type driver struct {
 	client  *http.Client
 	timeout time.Duration
 	maxOut  int
-	seq     atomic.Int64
+	// keyed sends each order with an Idempotency-Key of its own.
+	keyed bool
+	seq   atomic.Int64
 }
 
-func newDriver(url string, maxOutstanding int, timeout time.Duration) *driver {
+func newDriver(url string, maxOutstanding int, timeout time.Duration, keyed bool) *driver {
 	tr := &http.Transport{
 		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 		MaxIdleConns:        maxOutstanding,
@@ -85,7 +87,7 @@ func newDriver(url string, maxOutstanding int, timeout time.Duration) *driver {
 		IdleConnTimeout:     90 * time.Second,
 		DisableCompression:  true,
 	}
-	return &driver{url: url, client: &http.Client{Transport: tr}, timeout: timeout, maxOut: maxOutstanding}
+	return &driver{url: url, client: &http.Client{Transport: tr}, timeout: timeout, maxOut: maxOutstanding, keyed: keyed}
 }
 
 // post sends one order and records the answer in p; it reports whether the
@@ -101,6 +103,9 @@ func (d *driver) post(ctx context.Context, p *phase) bool {
 		return false
 	}
 	req.Header.Set("Content-Type", "application/json")
+	if d.keyed {
+		req.Header.Set("Idempotency-Key", fmt.Sprintf("load-%d", n))
+	}
 	p.sent.Add(1)
 	p.inflight.Add(1)
 	defer p.inflight.Add(-1)

@@ -54,6 +54,7 @@ type loadOptions struct {
 	ceilingDur     time.Duration
 	ceilingRecords int
 	plots          []string
+	keyed          bool
 	env            map[string]string
 	keep           bool
 }
@@ -93,6 +94,7 @@ func parseLoadFlags(args []string, out io.Writer) (loadOptions, error) {
 	fs.BoolVar(&o.ceilings, "ceilings", true, "measure the engines' ceilings in the same run")
 	fs.DurationVar(&o.ceilingDur, "ceiling-duration", 5*time.Second, "duration of the order+outbox transaction ceiling")
 	fs.IntVar(&o.ceilingRecords, "ceiling-records", 100_000, "records of the raw produce and consume ceilings")
+	fs.BoolVar(&o.keyed, "idempotency-keys", false, "send each order with an Idempotency-Key of its own")
 	fs.Var(envFlag(o.env), "env", "EVENTFN_KEY=VALUE passed to eventfn over the bench's settings (repeatable), e.g. -env EVENTFN_RELAY_BATCH_SIZE=1000")
 	fs.BoolVar(&o.keep, "keep", false, "keep the temporary directory, the PostgreSQL schema and the topics")
 	if err := fs.Parse(args); err != nil {
@@ -285,7 +287,7 @@ func runLoad(ctx context.Context, o loadOptions) (res *loadResult, err error) {
 		}
 	}
 
-	drv := newDriver(app.url, o.maxOutstanding, o.reqTimeout)
+	drv := newDriver(app.url, o.maxOutstanding, o.reqTimeout, o.keyed)
 	rep := startReporter(w)
 	if o.warmup > 0 {
 		// Not reported: the broker's JIT, the connection pools and the
