@@ -288,15 +288,7 @@ func (s *Server) createOrder(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		span.SetStatus(codes.Error, "the order could not be stored")
 		s.storing.Failed(err)
-		if store.Unavailable(err) || store.StatementTimedOut(err) {
-			// Away, read-only (a failover), out of disk, or too slow for
-			// the role's statement_timeout (a lock held elsewhere, a
-			// loaded server): not the order's fault and not a bug; a
-			// client or a load balancer retries a 503 after Retry-After.
-			databaseUnavailable(w, "the order could not be stored: the database cannot take it now; try again")
-			return
-		}
-		writeJSON(w, http.StatusInternalServerError, map[string]string{"error": "the order could not be stored; try again"})
+		answerDatabaseError(w, err, "the order could not be stored", "take it")
 		return
 	}
 	s.storing.Succeeded()
@@ -323,11 +315,7 @@ func (s *Server) getOrder(w http.ResponseWriter, r *http.Request) {
 	}
 	if err != nil {
 		s.reading.Failed(err)
-		if store.Unavailable(err) || store.StatementTimedOut(err) {
-			databaseUnavailable(w, "the order could not be read: the database cannot serve now; try again")
-			return
-		}
-		writeJSON(w, http.StatusInternalServerError, map[string]string{"error": "the order could not be read; try again"})
+		answerDatabaseError(w, err, "the order could not be read", "serve")
 		return
 	}
 	s.reading.Succeeded()
@@ -338,10 +326,19 @@ func (s *Server) getOrder(w http.ResponseWriter, r *http.Request) {
 // not serve, in seconds: about what a restart or a failover takes.
 const retryAfterDatabase = "5"
 
-// databaseUnavailable answers 503 with Retry-After.
-func databaseUnavailable(w http.ResponseWriter, msg string) {
-	w.Header().Set("Retry-After", retryAfterDatabase)
-	writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": msg})
+// answerDatabaseError answers a request that failed on err, a database's
+// error: 503 with Retry-After when the database cannot do (serve, take it)
+// now (away, read-only after a failover, out of disk, or too slow for the
+// role's statement_timeout: a lock held elsewhere, a loaded server), which
+// is neither the request's fault nor a bug, and a client or a load balancer
+// retries it; 500 otherwise. what says what failed.
+func answerDatabaseError(w http.ResponseWriter, err error, what, do string) {
+	if store.Unavailable(err) || store.StatementTimedOut(err) {
+		w.Header().Set("Retry-After", retryAfterDatabase)
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": what + ": the database cannot " + do + " now; try again"})
+		return
+	}
+	writeJSON(w, http.StatusInternalServerError, map[string]string{"error": what + "; try again"})
 }
 
 // replayOrder answers a request whose Idempotency-Key an order stored before
@@ -370,11 +367,7 @@ func (s *Server) replayOrder(ctx context.Context, w http.ResponseWriter, key, di
 	if err != nil {
 		span.SetStatus(codes.Error, "the order stored under its idempotency key could not be read")
 		s.reading.Failed(fmt.Errorf("read the order stored under Idempotency-Key %q: %w", key, err))
-		if store.Unavailable(err) || store.StatementTimedOut(err) {
-			databaseUnavailable(w, "the order stored under this Idempotency-Key could not be read: the database cannot serve now; try again")
-			return
-		}
-		writeJSON(w, http.StatusInternalServerError, map[string]string{"error": "the order stored under this Idempotency-Key could not be read; try again"})
+		answerDatabaseError(w, err, "the order stored under this Idempotency-Key could not be read", "serve")
 		return
 	}
 	s.reading.Succeeded()
