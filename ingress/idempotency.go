@@ -45,13 +45,15 @@ func idempotencyKey(h http.Header) (string, error) {
 
 // orderDigest is what tells the same order from another under one key: a
 // SHA-256 of the order as decoded, so bodies that differ only in spacing or
-// in the order of their fields are the same order. Each string is quoted,
-// so no two orders write the same bytes.
+// in the order of their fields are the same order. Each string goes in as
+// its length and its bytes, so no two orders write the same bytes, and
+// nothing in it depends on the Go release (a key is kept as long as its
+// order: a digest that changed would refuse the same order sent again).
 func orderDigest(req OrderRequest) string {
 	h := sha256.New()
-	fmt.Fprintf(h, "%q", req.CustomerEmail)
+	fmt.Fprintf(h, "%d:%s", len(req.CustomerEmail), req.CustomerEmail)
 	for _, it := range req.Items {
-		fmt.Fprintf(h, ";%q,%d,%d", it.SKU, it.Quantity, it.PriceCents)
+		fmt.Fprintf(h, "%d:%s%d,%d;", len(it.SKU), it.SKU, it.Quantity, it.PriceCents)
 	}
 	return hex.EncodeToString(h.Sum(nil))
 }

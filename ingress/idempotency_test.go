@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -249,5 +250,39 @@ func TestAKeyWhoseOrderNeverCommittedIsAnsweredConflict(t *testing.T) {
 	}
 	if orders, events := storedAndSent(t, db, outbox); orders != 1 || events != 1 {
 		t.Fatalf("sent again: %d orders, %d events; want 1 and 1", orders, events)
+	}
+}
+
+// TestAnOrderSentAgainWhileTheHandlersAreBehindGetsItsOrder: while the
+// backlog refuses new orders, a request whose key an order holds stores
+// nothing, so it is answered as at any other time: its order, or 422. It was
+// answered 503 saying the order was not stored, which was false.
+func TestAnOrderSentAgainWhileTheHandlersAreBehindGetsItsOrder(t *testing.T) {
+	var backlog atomic.Int64
+	srv, db, _ := heldServer(t, backlog.Load, 10, 0)
+	first := postKeyed(t, srv.URL, anOrder, "sent-before-the-backlog")
+	if first.status != http.StatusCreated {
+		t.Fatalf("first: %d %v", first.status, first.body)
+	}
+	backlog.Store(100)
+	for _, tc := range []struct {
+		name, body, key string
+		status          int
+		replayed        string
+	}{
+		{"the same order again", anOrder, "sent-before-the-backlog", http.StatusCreated, "true"},
+		{"another order under its key", anotherOrder, "sent-before-the-backlog", http.StatusUnprocessableEntity, ""},
+		{"a new key", anOrder, "sent-during-the-backlog", http.StatusServiceUnavailable, ""},
+	} {
+		a := postKeyed(t, srv.URL, tc.body, tc.key)
+		if a.status != tc.status || a.replayed != tc.replayed {
+			t.Errorf("%s during a backlog: %d, replayed %q (%v); want %d, %q", tc.name, a.status, a.replayed, a.body, tc.status, tc.replayed)
+		}
+		if tc.replayed != "" && a.body["id"] != first.body["id"] {
+			t.Errorf("%s during a backlog: order %v, want %v", tc.name, a.body["id"], first.body["id"])
+		}
+	}
+	if n := storedOrders(t, db); n != 1 {
+		t.Fatalf("%d orders stored, want 1", n)
 	}
 }

@@ -236,6 +236,12 @@ func (s *Server) createOrder(w http.ResponseWriter, r *http.Request) {
 	if err := s.backpressure.admit(ctx); err != nil {
 		var behind behindError
 		if errors.As(err, &behind) {
+			// A request whose key an order holds stores nothing, so the
+			// backlog does not refuse it: a client whose answer was lost
+			// gets its order, not a 503 saying it was not stored.
+			if key != "" && s.replayOrder(ctx, w, key, digest, 0) {
+				return
+			}
 			span.SetStatus(codes.Error, "held: the handlers are behind")
 			w.Header().Set("Retry-After", "1")
 			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": behind.Error()})
@@ -266,7 +272,15 @@ func (s *Server) createOrder(w http.ResponseWriter, r *http.Request) {
 		// The key's order is stored already: this is the same request sent
 		// again (its answer was lost), or a different one under a key that
 		// was used. The collision waited for the first order's commit.
-		s.replayOrder(ctx, w, key, digest)
+		if !s.replayOrder(ctx, w, key, digest, keyCommitWait) {
+			// The order that holds the key is not committed yet, and may
+			// never be: on SQLite, calls share a transaction, and the
+			// collision came before its commit. The client asks again, as
+			// the draft has it.
+			w.Header().Set("Retry-After", "1")
+			writeJSON(w, http.StatusConflict, fieldError{idempotencyKeyHeader,
+				"an order with this key is being stored now; send the request again to get it"})
+		}
 		return
 	}
 	if runtime.IsPermanent(err) {
@@ -343,18 +357,13 @@ func answerDatabaseError(w http.ResponseWriter, err error, what, do string) {
 
 // replayOrder answers a request whose Idempotency-Key an order stored before
 // holds: that order (as it is now) when the request is the same, 422 when it
-// is not.
-func (s *Server) replayOrder(ctx context.Context, w http.ResponseWriter, key, digest string) {
+// is not. It waits up to wait for such an order to commit; when none has,
+// it answers nothing and reports false.
+func (s *Server) replayOrder(ctx context.Context, w http.ResponseWriter, key, digest string, wait time.Duration) bool {
 	span := trace.SpanFromContext(ctx)
-	id, stored, err := s.orderOfKey(ctx, key)
+	id, stored, err := s.orderOfKey(ctx, key, wait)
 	if errors.Is(err, sql.ErrNoRows) && ctx.Err() == nil {
-		// The order that holds the key is not committed yet, and may never
-		// be: on SQLite, calls share a transaction, and the collision came
-		// before its commit. The client asks again, as the draft has it.
-		w.Header().Set("Retry-After", "1")
-		writeJSON(w, http.StatusConflict, fieldError{idempotencyKeyHeader,
-			"an order with this key is being stored now; send the request again to get it"})
-		return
+		return false
 	}
 	var o Order
 	if err == nil {
@@ -362,20 +371,20 @@ func (s *Server) replayOrder(ctx context.Context, w http.ResponseWriter, key, di
 	}
 	if err != nil && ctx.Err() != nil {
 		s.logger.DebugContext(ctx, "order request abandoned by the client before its answer", "err", err)
-		return
+		return true
 	}
 	if err != nil {
 		span.SetStatus(codes.Error, "the order stored under its idempotency key could not be read")
 		s.reading.Failed(fmt.Errorf("read the order stored under Idempotency-Key %q: %w", key, err))
 		answerDatabaseError(w, err, "the order stored under this Idempotency-Key could not be read", "serve")
-		return
+		return true
 	}
 	s.reading.Succeeded()
 	span.SetAttributes(attribute.String("eventfn.order_id", id), attribute.Bool("eventfn.idempotent_replay", true))
 	if !stored.Valid || stored.String != digest {
 		writeJSON(w, http.StatusUnprocessableEntity, fieldError{idempotencyKeyHeader,
 			"was sent before with a different order; send a new key with a new order"})
-		return
+		return true
 	}
 	// The answer the first request had, with the order as it is now: its
 	// status may have moved on. Idempotent-Replayed tells a client that
@@ -383,17 +392,18 @@ func (s *Server) replayOrder(ctx context.Context, w http.ResponseWriter, key, di
 	w.Header().Set("Location", "/orders/"+o.ID)
 	w.Header().Set("Idempotent-Replayed", "true")
 	writeJSON(w, http.StatusCreated, o)
+	return true
 }
 
-// keyCommitWait bounds how long a request waits for the order that holds its
-// key to commit: about a group commit's time, far less than a client's
-// timeout.
+// keyCommitWait bounds how long a request whose key collided waits for the
+// order that holds the key to commit: about a group commit's time, far less
+// than a client's timeout.
 const keyCommitWait = 2 * time.Second
 
 // orderOfKey reads the id and request digest of the order stored under key,
-// waiting up to keyCommitWait for it to commit; sql.ErrNoRows when it did not.
-func (s *Server) orderOfKey(ctx context.Context, key string) (id string, digest sql.NullString, err error) {
-	deadline := time.Now().Add(keyCommitWait)
+// waiting up to wait for it to commit; sql.ErrNoRows when it did not.
+func (s *Server) orderOfKey(ctx context.Context, key string, wait time.Duration) (id string, digest sql.NullString, err error) {
+	deadline := time.Now().Add(wait)
 	for pause := time.Millisecond; ; pause = min(2*pause, 50*time.Millisecond) {
 		err = s.read.QueryRowContext(ctx, `SELECT id, request_digest FROM orders WHERE idempotency_key = $1`, key).Scan(&id, &digest)
 		if !errors.Is(err, sql.ErrNoRows) || time.Now().Add(pause).After(deadline) {
