@@ -16,12 +16,14 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -269,15 +271,27 @@ func (d *deployment) term(t *testing.T, p *proc) {
 	}
 }
 
-// traffic posts orders at a fixed rate to the deployment's live processes.
+// traffic posts orders at a fixed rate to the deployment's live processes,
+// as clients that cannot afford to lose an order: each order has an
+// Idempotency-Key, and is sent again with it after no answer, a 5xx or a
+// 409 (waiting Retry-After, else a pause that grows to 5 s) until it is
+// answered 201 or 4xx, or orderDeadline passes.
 type traffic struct {
 	mu       sync.Mutex
 	accepted []string
-	statuses map[int]int // by HTTP status; 0: no answer
+	statuses map[int]int // every answer, by HTTP status; 0: no answer
 	errs     []string    // the first few transport errors, for the log
+	orders   int         // orders sent at least once
+	resent   int         // requests that sent an order again
+	replayed int         // 201s for an order a request before had stored
+	gaveUp   int         // orders never answered 201 or 4xx within orderDeadline
 	stop     chan struct{}
 	done     chan struct{}
 }
+
+// orderDeadline bounds how long a client sends one order again: far past
+// every scenario's outage, so an order given up is a fault of eventfn's.
+const orderDeadline = 4 * time.Minute
 
 func (d *deployment) drive(t *testing.T, perSecond int) *traffic {
 	t.Helper()
@@ -295,49 +309,97 @@ func (d *deployment) drive(t *testing.T, perSecond int) *traffic {
 				return
 			case <-tick.C:
 			}
-			p := d.pick(i)
-			if p == nil {
-				tr.record("", 0)
-				continue
-			}
-			wg.Add(1)
-			go func(n int) {
-				defer wg.Done()
-				defer p.inflight.Add(-1)
-				body := fmt.Sprintf(`{"customer_email": "f%d@example.com", "items": [{"sku": "SKU-1", "quantity": 1, "price_cents": 100}]}`, n)
-				resp, err := client.Post(p.base+"/orders", "application/json", strings.NewReader(body))
-				if err != nil {
-					tr.mu.Lock()
-					if len(tr.errs) < 5 {
-						tr.errs = append(tr.errs, p.name+": "+err.Error())
-					}
-					tr.mu.Unlock()
-					tr.record("", 0)
-					return
-				}
-				defer resp.Body.Close()
-				var buf bytes.Buffer
-				_, _ = buf.ReadFrom(resp.Body)
-				id := ""
-				if m := orderID.FindSubmatch(buf.Bytes()); m != nil {
-					id = string(m[1])
-				}
-				tr.record(id, resp.StatusCode)
-			}(i)
+			wg.Go(func() { tr.order(d, client, i) })
 		}
 	}()
 	return tr
 }
 
+// order sends order n until it is answered 201 or 4xx (see traffic).
+func (tr *traffic) order(d *deployment, client *http.Client, n int) {
+	key := fmt.Sprintf("fault-order-%d", n)
+	body := fmt.Sprintf(`{"customer_email": "f%d@example.com", "items": [{"sku": "SKU-1", "quantity": 1, "price_cents": 100}]}`, n)
+	giveUp := time.Now().Add(orderDeadline)
+	pause := 200 * time.Millisecond
+	for attempt := 0; ; attempt++ {
+		p := d.pick(n + attempt)
+		for ; p == nil; p = d.pick(n + attempt) { // no process takes requests now
+			if time.Now().After(giveUp) {
+				tr.count(func() { tr.gaveUp++ })
+				return
+			}
+			time.Sleep(100 * time.Millisecond) // a client's pause before it tries again
+		}
+		tr.count(func() {
+			if attempt == 0 {
+				tr.orders++
+			} else {
+				tr.resent++
+			}
+		})
+		status, retryAfter := tr.send(client, p, key, body)
+		if status >= 200 && status < 500 && status != http.StatusConflict {
+			return
+		}
+		if time.Now().After(giveUp) {
+			tr.count(func() { tr.gaveUp++ })
+			return
+		}
+		wait := max(retryAfter, pause)
+		pause = min(2*pause, 5*time.Second)
+		time.Sleep(wait/2 + rand.N(wait)) // a client's pause, with jitter so clients spread out
+	}
+}
+
+// send posts one request for an order to p and records its answer: the
+// status (0 for none) and the Retry-After it asked for.
+func (tr *traffic) send(client *http.Client, p *proc, key, body string) (int, time.Duration) {
+	defer p.inflight.Add(-1)
+	req, err := http.NewRequest(http.MethodPost, p.base+"/orders", strings.NewReader(body))
+	if err != nil {
+		panic(err) // a constant method and a URL the suite built
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Idempotency-Key", key)
+	resp, err := client.Do(req)
+	if err != nil {
+		tr.count(func() {
+			tr.statuses[0]++
+			if len(tr.errs) < 5 {
+				tr.errs = append(tr.errs, p.name+": "+err.Error())
+			}
+		})
+		return 0, 0
+	}
+	defer resp.Body.Close()
+	var buf bytes.Buffer
+	_, _ = buf.ReadFrom(resp.Body)
+	retryAfter := time.Duration(0)
+	if secs, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil {
+		retryAfter = time.Duration(secs) * time.Second
+	}
+	tr.count(func() {
+		tr.statuses[resp.StatusCode]++
+		if resp.StatusCode != http.StatusCreated {
+			return
+		}
+		if m := orderID.FindSubmatch(buf.Bytes()); m != nil {
+			tr.accepted = append(tr.accepted, string(m[1]))
+		}
+		if resp.Header.Get("Idempotent-Replayed") == "true" {
+			tr.replayed++
+		}
+	})
+	return resp.StatusCode, retryAfter
+}
+
 var orderID = regexp.MustCompile(`"id":"([^"]+)"`)
 
-func (tr *traffic) record(id string, status int) {
+// count changes the traffic's counts under its lock.
+func (tr *traffic) count(change func()) {
 	tr.mu.Lock()
 	defer tr.mu.Unlock()
-	tr.statuses[status]++
-	if status == http.StatusCreated && id != "" {
-		tr.accepted = append(tr.accepted, id)
-	}
+	change()
 }
 
 // end stops the traffic and waits for the requests in flight.
@@ -346,7 +408,8 @@ func (tr *traffic) end() {
 	<-tr.done
 }
 
-func (tr *traffic) count() int {
+// acceptedOrders is how many orders were answered 201.
+func (tr *traffic) acceptedOrders() int {
 	tr.mu.Lock()
 	defer tr.mu.Unlock()
 	return len(tr.accepted)
@@ -394,11 +457,16 @@ func (d *deployment) live() []*proc {
 type result struct {
 	scenario      string
 	accepted      int
-	refused       map[int]int
+	refused       map[int]int // answers other than 201, every request's
+	orders        int         // orders sent
+	resent        int         // requests that sent an order again
+	replayed      int         // 201s for an order a request before had stored
+	gaveUp        int         // orders never answered 201 or 4xx
 	emailed       int
 	stuck         int
-	unknown       int // orders stored whose request got no answer
+	unknown       int // orders stored whose client got no 201
 	unknownStuck  int
+	doubleOrders  int // keys with more than one order
 	doubleCharges int
 	doubleEmails  int
 	deadLettered  int
@@ -425,10 +493,12 @@ func (d *deployment) settle(t *testing.T, name string, tr *traffic, recovered ti
 			refused[s] = n
 		}
 	}
+	r := result{scenario: name, accepted: len(accepted), refused: refused,
+		orders: tr.orders, resent: tr.resent, replayed: tr.replayed, gaveUp: tr.gaveUp}
+	errs := tr.errs
 	tr.mu.Unlock()
-	r := result{scenario: name, accepted: len(accepted), refused: refused}
-	if len(tr.errs) > 0 {
-		t.Logf("requests without an answer, the first few: %v", tr.errs)
+	if len(errs) > 0 {
+		t.Logf("requests without an answer, the first few: %v", errs)
 	}
 	want := map[string]bool{}
 	for _, id := range accepted {
@@ -493,6 +563,9 @@ func (d *deployment) settle(t *testing.T, name string, tr *traffic, recovered ti
 		if n > 1 {
 			r.doubleEmails++
 		}
+	}
+	if err := d.db.QueryRow(`SELECT COUNT(*) FROM (SELECT idempotency_key FROM orders GROUP BY idempotency_key HAVING COUNT(*) > 1) twice`).Scan(&r.doubleOrders); err != nil {
+		t.Fatalf("count keys stored twice: %v", err)
 	}
 	r.deadLettered = d.deadLetters(t)
 	return r
@@ -567,15 +640,16 @@ func (d *deployment) deadLetters(t *testing.T) int {
 // check reports the scenario's row and fails on any loss or double effect.
 func (r result) check(t *testing.T) {
 	t.Helper()
-	t.Logf("| %s | %d | %v | %d | %d | %d (%d stuck) | %d / %d | %d | %s | %d |", r.scenario, r.accepted, r.refused, r.emailed,
-		r.stuck, r.unknown, r.unknownStuck, r.doubleCharges, r.doubleEmails, r.deadLettered, r.drainText(), r.errorLines)
+	row := fmt.Sprintf("| %s | %d of %d | %s | %d (%d stored before) | %d | %d | %d | %d (%d stuck) | %d / %d / %d | %d | %s | %d |",
+		r.scenario, r.accepted, r.orders, refusedText(r.refused), r.resent, r.replayed, r.gaveUp, r.emailed, r.stuck,
+		r.unknown, r.unknownStuck, r.doubleOrders, r.doubleCharges, r.doubleEmails, r.deadLettered, r.drainText(), r.errorLines)
+	t.Log(row)
 	if len(r.errorSample) > 0 {
 		t.Logf("ERROR lines, the first distinct ones:\n%s", strings.Join(r.errorSample, "\n"))
 	}
 	if f := os.Getenv("EVENTFN_FAULTS_REPORT"); f != "" {
 		if out, err := os.OpenFile(f, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644); err == nil {
-			fmt.Fprintf(out, "| %s | %d | %s | %d | %d | %d (%d stuck) | %d / %d | %d | %s | %d |\n", r.scenario, r.accepted, refusedText(r.refused),
-				r.emailed, r.stuck, r.unknown, r.unknownStuck, r.doubleCharges, r.doubleEmails, r.deadLettered, r.drainText(), r.errorLines)
+			fmt.Fprintln(out, row)
 			_ = out.Close()
 		}
 	}
@@ -585,8 +659,11 @@ func (r result) check(t *testing.T) {
 	if r.stuck > 0 || r.unknownStuck > 0 {
 		t.Errorf("%d accepted orders and %d unanswered ones did not reach emailed", r.stuck, r.unknownStuck)
 	}
-	if r.doubleCharges > 0 || r.doubleEmails > 0 {
-		t.Errorf("double effects: %d orders charged twice, %d emailed twice", r.doubleCharges, r.doubleEmails)
+	if r.gaveUp > 0 || r.accepted != r.orders {
+		t.Errorf("%d of %d orders were answered 201; %d were never answered within %s", r.accepted, r.orders, r.gaveUp, orderDeadline)
+	}
+	if r.doubleOrders > 0 || r.doubleCharges > 0 || r.doubleEmails > 0 {
+		t.Errorf("double effects: %d keys stored twice, %d orders charged twice, %d emailed twice", r.doubleOrders, r.doubleCharges, r.doubleEmails)
 	}
 	if r.deadLettered > 0 {
 		t.Errorf("%d good events were dead-lettered", r.deadLettered)
@@ -634,7 +711,7 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() (b
 func waitAccepted(t *testing.T, tr *traffic, n int) {
 	t.Helper()
 	eventually(t, 60*time.Second, fmt.Sprintf("%d orders accepted", n), func() (bool, string) {
-		c := tr.count()
+		c := tr.acceptedOrders()
 		return c >= n, fmt.Sprint(c)
 	})
 }
