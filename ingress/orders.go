@@ -341,11 +341,12 @@ func (s *Server) getOrder(w http.ResponseWriter, r *http.Request) {
 const retryAfterDatabase = "5"
 
 // answerDatabaseError answers a request that failed on err, a database's
-// error: 503 with Retry-After when the database cannot do (serve, take it)
-// now (away, read-only after a failover, out of disk, or too slow for the
-// role's statement_timeout: a lock held elsewhere, a loaded server), which
-// is neither the request's fault nor a bug, and a client or a load balancer
-// retries it; 500 otherwise. what says what failed.
+// error: 503 with Retry-After when the database cannot serve now (away,
+// read-only after a failover, out of disk, or too slow for the role's
+// statement_timeout: a lock held elsewhere, a loaded server), which is
+// neither the request's fault nor a bug, and a client or a load balancer
+// retries it; 500 otherwise. what says what failed, and do what the
+// database could not do ("serve", "take it").
 func answerDatabaseError(w http.ResponseWriter, err error, what, do string) {
 	if store.Unavailable(err) || store.StatementTimedOut(err) {
 		w.Header().Set("Retry-After", retryAfterDatabase)
