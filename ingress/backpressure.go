@@ -63,11 +63,17 @@ func (e behindError) Error() string {
 		e.backlog, e.limit, e.wait)
 }
 
+// behind reports whether the handlers' backlog is at the limit now: a new
+// order would be held.
+func (b *Backpressure) behind() bool {
+	return b != nil && b.limit > 0 && b.backlog() >= b.limit
+}
+
 // admit returns nil when an order may go in: at once while the backlog is
 // below the limit, else when it falls below within the wait. It returns a
 // behindError when it does not, and ctx's error when the client gives up.
 func (b *Backpressure) admit(ctx context.Context) error {
-	if b == nil || b.limit <= 0 || b.backlog() < b.limit {
+	if !b.behind() {
 		return nil
 	}
 	deadline := time.NewTimer(b.wait)

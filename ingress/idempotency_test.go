@@ -13,6 +13,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 
@@ -254,12 +255,13 @@ func TestAKeyWhoseOrderNeverCommittedIsAnsweredConflict(t *testing.T) {
 }
 
 // TestAnOrderSentAgainWhileTheHandlersAreBehindGetsItsOrder: while the
-// backlog refuses new orders, a request whose key an order holds stores
-// nothing, so it is answered as at any other time: its order, or 422. It was
-// answered 503 saying the order was not stored, which was false.
+// backlog holds and refuses new orders, a request whose key an order holds
+// stores nothing, so it is answered as at any other time, without being
+// held: its order, or 422. It was held, then answered 503 saying the order
+// was not stored, which was false.
 func TestAnOrderSentAgainWhileTheHandlersAreBehindGetsItsOrder(t *testing.T) {
 	var backlog atomic.Int64
-	srv, db, _ := heldServer(t, backlog.Load, 10, 0)
+	srv, db, reg := heldServer(t, backlog.Load, 10, 200*time.Millisecond)
 	first := postKeyed(t, srv.URL, anOrder, "sent-before-the-backlog")
 	if first.status != http.StatusCreated {
 		t.Fatalf("first: %d %v", first.status, first.body)
@@ -284,5 +286,8 @@ func TestAnOrderSentAgainWhileTheHandlersAreBehindGetsItsOrder(t *testing.T) {
 	}
 	if n := storedOrders(t, db); n != 1 {
 		t.Fatalf("%d orders stored, want 1", n)
+	}
+	if held := heldCounts(t, reg); held["rejected"] != 1 || held["admitted"] != 0 {
+		t.Errorf("orders held, by outcome: %v; want the new key's alone, rejected", held)
 	}
 }

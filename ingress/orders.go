@@ -233,15 +233,15 @@ func (s *Server) createOrder(w http.ResponseWriter, r *http.Request) {
 		}
 		ctx = runtime.WithMetadata(ctx, runtime.Metadata{CorrelationID: id})
 	}
+	// A request whose key an order holds stores nothing, so the backlog
+	// neither holds nor refuses it: a client whose answer was lost gets its
+	// order at once, not a 503 saying it was not stored.
+	if key != "" && s.backpressure.behind() && s.replayOrder(ctx, w, key, digest, 0) {
+		return
+	}
 	if err := s.backpressure.admit(ctx); err != nil {
 		var behind behindError
 		if errors.As(err, &behind) {
-			// A request whose key an order holds stores nothing, so the
-			// backlog does not refuse it: a client whose answer was lost
-			// gets its order, not a 503 saying it was not stored.
-			if key != "" && s.replayOrder(ctx, w, key, digest, 0) {
-				return
-			}
 			span.SetStatus(codes.Error, "held: the handlers are behind")
 			w.Header().Set("Retry-After", "1")
 			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": behind.Error()})
