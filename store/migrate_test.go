@@ -2,9 +2,11 @@ package store
 
 import (
 	"context"
+	"fmt"
 	"io/fs"
 	"log/slog"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -41,7 +43,7 @@ func TestTheInboxMigrationKeepsEveryProcessedEvent(t *testing.T) {
 				}
 			}
 
-			if err := migrate(ctx, db, migrationLocker(db, cfg.SQLitePath, slog.New(slog.DiscardHandler))); err != nil {
+			if err := migrate(ctx, db, migrationLocker(db, cfg.SQLitePath, slog.New(slog.DiscardHandler)), slog.New(slog.DiscardHandler)); err != nil {
 				t.Fatal(err)
 			}
 			var n int
@@ -112,4 +114,45 @@ func provider(t *testing.T, db *DB) *goose.Provider {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// TestASchemaNewerThanTheBinaryIsUsedWithAWarning: an eventfn older than
+// the database's schema (a rollback, an old replica restarted during a
+// deploy) starts on it, as the migrations only add, and says so at WARN
+// with both versions; a schema this release made says nothing.
+func TestASchemaNewerThanTheBinaryIsUsedWithAWarning(t *testing.T) {
+	for _, e := range freshDatabases {
+		t.Run(e.name, func(t *testing.T) {
+			ctx := context.Background()
+			cfg := e.cfg(t)
+			open := func() (*DB, string) {
+				t.Helper()
+				logs := &testenv.LogBuffer{}
+				c := cfg
+				c.Logger = slog.New(slog.NewTextHandler(logs, nil))
+				db, err := Open(ctx, c)
+				if err != nil {
+					t.Fatalf("open: %v", err)
+				}
+				return db, logs.String()
+			}
+			db, logs := open()
+			if strings.Contains(logs, "level=WARN") {
+				t.Fatalf("a schema this release made logged a warning:\n%s", logs)
+			}
+			sources := provider(t, db).ListSources()
+			// A later release's migration, as its goose row says.
+			_, err := db.ExecContext(ctx, `INSERT INTO goose_db_version (version_id, is_applied) VALUES (990, TRUE)`)
+			_ = db.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			db, logs = open()
+			defer db.Close()
+			want := fmt.Sprintf("schema_version=990 this_release_version=%d", sources[len(sources)-1].Version)
+			if !strings.Contains(logs, "level=WARN") || !strings.Contains(logs, want) {
+				t.Fatalf("a schema at 990 logged no warning with %q:\n%s", want, logs)
+			}
+		})
+	}
 }

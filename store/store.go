@@ -115,7 +115,7 @@ func Open(ctx context.Context, cfg Config) (*DB, error) {
 	if db.Driver == Postgres {
 		locker = migrationLocker(db, "", log)
 	}
-	if err := migrate(ctx, db, locker); err != nil {
+	if err := migrate(ctx, db, locker, log); err != nil {
 		_ = db.Close()
 		return nil, err
 	}
@@ -233,8 +233,11 @@ func checkSchema(ctx context.Context, db *DB) error {
 }
 
 // migrate applies pending migrations under locker; nil for a caller that
-// holds the lock already (SQLite's, see Open).
-func migrate(ctx context.Context, db *DB, locker lock.SessionLocker) error {
+// holds the lock already (SQLite's, see Open). A schema newer than this
+// binary's migrations (a rollback, or an old replica restarted during a
+// deploy) is used as it is, with a warning: migrations only add what an
+// older release does not read (see TestMigrationsOnlyAdd).
+func migrate(ctx context.Context, db *DB, locker lock.SessionLocker, log *slog.Logger) error {
 	dialect := goose.DialectSQLite3
 	if db.Driver == Postgres {
 		dialect = goose.DialectPostgres
@@ -253,6 +256,15 @@ func migrate(ctx context.Context, db *DB, locker lock.SessionLocker) error {
 	}
 	if _, err := p.Up(ctx); err != nil {
 		return fmt.Errorf("migrate %s database %s: %w", db.Driver, db.Where, err)
+	}
+	applied, err := p.GetDBVersion(ctx)
+	if err != nil {
+		return fmt.Errorf("read the schema version of %s database %s: %w", db.Driver, db.Where, err)
+	}
+	sources := p.ListSources()
+	if known := sources[len(sources)-1].Version; applied > known {
+		log.WarnContext(ctx, "the database's schema is newer than this eventfn's: running on it, as after a rollback; its migrations only added what this release does not read",
+			"database", db.Where, "schema_version", applied, "this_release_version", known)
 	}
 	return nil
 }

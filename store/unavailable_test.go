@@ -306,23 +306,7 @@ func TestStatementTimedOutTellsACancelledStatement(t *testing.T) {
 // errors of bad work, on each engine, through a wrapping error.
 func TestUniqueViolationTellsACollisionFromOtherBadWork(t *testing.T) {
 	ctx := context.Background()
-	engines := []struct {
-		name string
-		cfg  func(t *testing.T) Config
-	}{
-		{"sqlite", func(t *testing.T) Config {
-			return Config{Driver: SQLite, SQLitePath: filepath.Join(t.TempDir(), "u.db")}
-		}},
-	}
-	if u := testenv.DatabaseURL(); u != "" {
-		engines = append(engines, struct {
-			name string
-			cfg  func(t *testing.T) Config
-		}{"postgres", func(t *testing.T) Config {
-			return Config{Driver: Postgres, URL: testenv.PostgresSchema(t, u), MaxOpenConns: 2}
-		}})
-	}
-	for _, e := range engines {
+	for _, e := range freshDatabases {
 		t.Run(e.name, func(t *testing.T) {
 			db, err := Open(ctx, e.cfg(t))
 			if err != nil {
