@@ -9,9 +9,21 @@ import (
 
 // changesAnOlderReleaseReads matches what a migration's Up may not do: take
 // away or change what the release before it reads and writes (a table, a
-// column, an index, a column's type), or make its inserts fail (a column it
-// does not write that must not be NULL and has no default).
-var changesAnOlderReleaseReads = regexp.MustCompile(`(?is)\bDROP\b|\bRENAME\b|\bALTER\s+COLUMN\b|\bSET\s+NOT\s+NULL\b|\bADD\s+(?:COLUMN\s+)?\w+\s+[\w ()]*\bNOT\s+NULL\b(?:[^,;]*\bDEFAULT\b)?`)
+// column, an index, a column's type), make its writes fail (a column it
+// does not write that must not be NULL and has no default; a constraint,
+// as a CHECK, a foreign key or a unique one, on what it writes), or make
+// its writes do more (a trigger).
+var changesAnOlderReleaseReads = regexp.MustCompile(`(?is)\bDROP\b|\bRENAME\b|\bALTER\s+COLUMN\b|\bSET\s+NOT\s+NULL\b|\bADD\s+(?:CONSTRAINT|CHECK|UNIQUE|PRIMARY|FOREIGN)\b|\bCREATE\s+(?:OR\s+REPLACE\s+)?TRIGGER\b|\bADD\s+(?:COLUMN\s+)?\w+\s+[\w ()]*\bNOT\s+NULL\b(?:[^,;]*\bDEFAULT\b)?`)
+
+// uniqueIndex matches a unique index and captures its table and columns:
+// one on columns the release before writes can refuse its writes.
+var uniqueIndex = regexp.MustCompile(`(?is)\bCREATE\s+UNIQUE\s+INDEX\s+(?:IF\s+NOT\s+EXISTS\s+)?\w+\s+ON\s+(\w+)\s*\(([^)]*)\)`)
+
+// addedHere match what a migration adds itself: a table, and a column.
+var (
+	createdTable = regexp.MustCompile(`(?is)\bCREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)`)
+	addedColumn  = regexp.MustCompile(`(?is)\bALTER\s+TABLE\s+(\w+)\s+ADD\s+(?:COLUMN\s+)?(\w+)`)
+)
 
 // beforeThePolicy are the migrations written before eventfn promised that
 // the release before a migration runs on the schema after it: 4 rebuilt
@@ -59,10 +71,32 @@ func takesAway(migration string) []string {
 		code, _, _ := strings.Cut(line, "--")
 		sql.WriteString(code + "\n")
 	}
+	code := sql.String()
 	var found []string
-	for _, m := range changesAnOlderReleaseReads.FindAllString(sql.String(), -1) {
+	for _, m := range changesAnOlderReleaseReads.FindAllString(code, -1) {
 		if !strings.Contains(strings.ToUpper(m), "DEFAULT") {
 			found = append(found, strings.Join(strings.Fields(m), " "))
+		}
+	}
+	// A unique index is new to the release before only on a table or on
+	// columns this migration adds.
+	added := map[string]bool{}
+	for _, m := range createdTable.FindAllStringSubmatch(code, -1) {
+		added[strings.ToLower(m[1])] = true
+	}
+	for _, m := range addedColumn.FindAllStringSubmatch(code, -1) {
+		added[strings.ToLower(m[1]+"."+m[2])] = true
+	}
+	for _, m := range uniqueIndex.FindAllStringSubmatch(code, -1) {
+		table := strings.ToLower(m[1])
+		if added[table] {
+			continue
+		}
+		for _, col := range strings.Split(m[2], ",") {
+			if !added[table+"."+strings.ToLower(strings.TrimSpace(col))] {
+				found = append(found, strings.Join(strings.Fields(m[0]), " "))
+				break
+			}
 		}
 	}
 	return found
@@ -80,7 +114,14 @@ func TestTakesAwayTellsWhatAnOlderReleaseWouldMeet(t *testing.T) {
 		{"ALTER TABLE orders ADD tries INTEGER NOT NULL;", true},
 		{"ALTER TABLE orders ADD COLUMN tries INTEGER NOT NULL;", true},
 		{"CREATE TABLE t (id TEXT NOT NULL PRIMARY KEY);", false},
-		{"CREATE UNIQUE INDEX i ON orders (note) WHERE note IS NOT NULL;", false},
+		{"ALTER TABLE orders ADD COLUMN note TEXT;\nCREATE UNIQUE INDEX i ON orders (note) WHERE note IS NOT NULL;", false},
+		{"CREATE TABLE t (id TEXT, k TEXT);\nCREATE UNIQUE INDEX i ON t (k);", false},
+		{"CREATE UNIQUE INDEX i ON orders (customer_email);", true},
+		{"ALTER TABLE orders ADD COLUMN note TEXT;\nCREATE UNIQUE INDEX i ON orders (note, customer_email);", true},
+		{"ALTER TABLE orders ADD CONSTRAINT positive CHECK (total_cents >= 0);", true},
+		{"ALTER TABLE order_items ADD FOREIGN KEY (sku) REFERENCES skus (sku);", true},
+		{"CREATE TRIGGER t BEFORE INSERT ON orders FOR EACH ROW EXECUTE FUNCTION f();", true},
+		{"CREATE INDEX i ON orders (customer_email);", false},
 		{"ALTER TABLE orders DROP COLUMN note;", true},
 		{"DROP INDEX orders_idempotency_key;", true},
 		{"ALTER TABLE orders RENAME COLUMN note TO notes;", true},
