@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,7 +17,6 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 
 	"github.com/eventfn/eventfn/ingress"
-	"github.com/eventfn/eventfn/internal/testenv"
 	"github.com/eventfn/eventfn/router"
 	"github.com/eventfn/eventfn/runtime"
 	"github.com/eventfn/eventfn/store"
@@ -220,11 +218,7 @@ func (c collidingTransactor) Write(ctx context.Context, _ []runtime.Statement, _
 // order's answer, and the request sent again stores the order.
 func TestAKeyWhoseOrderNeverCommittedIsAnsweredConflict(t *testing.T) {
 	ctx := context.Background()
-	sc := store.Config{Driver: store.SQLite, SQLitePath: filepath.Join(t.TempDir(), "api.db")}
-	if u := testenv.DatabaseURL(); u != "" {
-		sc = store.Config{Driver: store.Postgres, URL: testenv.PostgresSchema(t, u), MaxOpenConns: 4}
-	}
-	db, cfg := openStore(t, sc)
+	db, cfg := openStore(t, testStore(t))
 	for _, q := range []string{`CREATE TABLE scratch_keys (k TEXT PRIMARY KEY)`, `INSERT INTO scratch_keys (k) VALUES ('taken')`} {
 		if _, err := db.ExecContext(ctx, q); err != nil {
 			t.Fatal(err)

@@ -39,17 +39,23 @@ func newServerWith(t *testing.T, maxBody int64, edit func(*configs.Config)) (*ht
 // HTTP server's own limits first.
 func newUnstartedServer(t *testing.T, maxBody int64, edit func(*configs.Config), opts ...ingress.ServerOption) (*httptest.Server, *store.DB, *router.Outbox) {
 	t.Helper()
-	sc := store.Config{Driver: store.SQLite, SQLitePath: filepath.Join(t.TempDir(), "api.db")}
-	if u := testenv.DatabaseURL(); u != "" {
-		sc = store.Config{Driver: store.Postgres, URL: testenv.PostgresSchema(t, u), MaxOpenConns: 4}
-	}
-	db, cfg := openStore(t, sc)
+	db, cfg := openStore(t, testStore(t))
 	edit(&cfg)
 	outbox := router.NewOutbox(db, cfg, watermill.NopLogger{})
 	ready := func(context.Context) error { return nil }
 	srv := httptest.NewUnstartedServer(ingress.NewServer(outbox, db.Read, ready, http.NotFoundHandler(), maxBody, slog.New(slog.DiscardHandler), opts...).Handler())
 	t.Cleanup(srv.Close)
 	return srv, db, outbox
+}
+
+// testStore names a database of the test's own: PostgreSQL when the
+// environment names one, SQLite otherwise.
+func testStore(t *testing.T) store.Config {
+	t.Helper()
+	if u := testenv.DatabaseURL(); u != "" {
+		return store.Config{Driver: store.Postgres, URL: testenv.PostgresSchema(t, u), MaxOpenConns: 4}
+	}
+	return store.Config{Driver: store.SQLite, SQLitePath: filepath.Join(t.TempDir(), "api.db")}
 }
 
 // openStore opens and migrates the database sc names, closed when the test
